@@ -1,0 +1,351 @@
+"""The evaluation: baseline vs post-dysphoric wellbeing on every probe, zero point, and empathy, with CIs.
+
+`evaluate(config, subject, stimuli)` is the notebook API; `welfare eval` is a thin layer over it.
+Conditions (DESIGN.md section 3): *baseline* = neutral experiences in context, *post-dysphoric* =
+dysphoric experiences in context, both on the held-out split by default. In-context probes (self-report,
+stop) for one experience share its KV-cached prefix in a single engine call; experienced utility compares
+experiences pairwise and fits a Thurstonian model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from eval import probes as P
+from eval.experiences import Experience, StimulusError, StimulusSet
+from eval.scoring import NextTokenScorer
+from eval.stats import difference_ci, excludes_zero, mean_ci, pearson_ci
+from eval.thurstonian import active_pairs, fit_thurstonian, initial_pairs
+
+CONDITIONS = ("baseline", "post_dysphoric")
+EMPATHY_TARGETS = ("self", "human", "animal")
+
+
+@dataclass
+class EvalConfig:
+    """What to measure and how. YAML keys and `welfare eval` flags are these field names."""
+
+    model: str | None = field(default=None, metadata={"help": "HF hub id or local folder; default: SmolLM2-135M-Instruct"})
+    adapter: str | None = field(default=None, metadata={"help": "peft LoRA adapter folder to apply to the model"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "allow the model repo's own Python code to run"})
+    stimuli: str | None = field(default=None, metadata={"help": "stimulus JSONL file or datasets folder; default: built-in v1"})
+    probes: str = field(default=",".join(P.PROBES), metadata={"help": "comma-separated subset of " + ",".join(P.PROBES)})
+    out: str | None = field(default=None, metadata={"help": "output folder (written atomically); none: print only"})
+    seed: int = field(default=0, metadata={"help": "seed for pair selection, subsampling and bootstrap"})
+    split: str = field(default="heldout", metadata={"help": "split for the baseline/post-dysphoric conditions: heldout, train or all"})
+    empathy_split: str = field(default="all", metadata={"help": "split for the empathy correlation: heldout, train or all"})
+    max_items: int | None = field(default=None, metadata={"help": "cap per condition (and per empathy target), evenly over categories"})
+    batch_size: int = field(default=16, metadata={"help": "prompts per forward pass"})
+    eu_degree: int = field(default=4, metadata={"help": "comparisons per experience in the initial random design"})
+    eu_active_rounds: int = field(default=1, metadata={"help": "rounds of extra near-tie comparisons after the first fit"})
+    bootstrap: int = field(default=2000, metadata={"help": "bootstrap resamples for every CI"})
+    adherence_threshold: float = field(default=0.5, metadata={"help": "flag prompts whose probability mass on valid answers is below this"})
+    device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:1 ...; default: cuda if available"})
+    dtype: str = field(default="auto", metadata={"help": "auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16"})
+    report_to: str = field(default="none", metadata={"help": "none or wandb (offline unless a W&B key is configured)"})
+    wandb_project: str = field(default="welfare-offsets", metadata={"help": "W&B project when report_to=wandb"})
+    progress: bool = field(default=True, metadata={"help": "show progress bars"})
+
+    def __post_init__(self):
+        names = self.probe_names
+        unknown = [p for p in names if p not in P.PROBES]
+        if unknown or not names:
+            raise ValueError(f"probes: unknown or empty {unknown or self.probes!r}; choose from {', '.join(P.PROBES)}")
+        for name in ("split", "empathy_split"):
+            if getattr(self, name) not in ("heldout", "train", "all"):
+                raise ValueError(f"{name}: expected heldout, train or all, got {getattr(self, name)!r}")
+        for name in ("batch_size", "bootstrap", "eu_degree"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: expected a positive integer, got {getattr(self, name)}")
+        if self.max_items is not None and self.max_items < 2:
+            raise ValueError(f"max_items: expected at least 2 (or unset), got {self.max_items}")
+        if self.report_to not in ("none", "wandb"):
+            raise ValueError(f"report_to: expected none or wandb, got {self.report_to!r}")
+
+    @property
+    def probe_names(self) -> tuple[str, ...]:
+        return tuple(p.strip() for p in self.probes.split(",") if p.strip())
+
+
+@dataclass
+class Evaluation:
+    """What an evaluation produced: the results tree, one sample record per scored prompt, per-item scores."""
+
+    results: dict
+    samples: list[dict]
+    items: list[dict]
+
+
+def select_conditions(stimuli: StimulusSet, config: EvalConfig) -> dict[str, list[Experience]]:
+    """The experiences of each condition and of each empathy target (capped evenly by `max_items`)."""
+    chosen = {
+        "baseline": stimuli.select(valence="neutral", split=config.split),
+        "post_dysphoric": stimuli.select(valence="dysphoric", split=config.split),
+    }
+    for target in EMPATHY_TARGETS:
+        chosen[f"empathy_{target}"] = stimuli.select(target=target, split=config.empathy_split)
+    if config.max_items:
+        chosen = {k: _spread(v, config.max_items) for k, v in chosen.items()}
+    for name in CONDITIONS:
+        if not chosen[name]:
+            valence = "neutral" if name == "baseline" else "dysphoric"
+            raise StimulusError(
+                stimuli.source,
+                [f"condition {name!r} has no experiences: no {valence} items in split {config.split!r}; "
+                 "add some, or choose another split with --split"],
+            )
+    return chosen
+
+
+def _spread(items: list[Experience], cap: int) -> list[Experience]:
+    """At most `cap` items, taken evenly across the list sorted by category then intensity."""
+    if len(items) <= cap:
+        return items
+    ordered = sorted(items, key=lambda e: (e.category, e.intensity, e.id))
+    picks = np.linspace(0, len(ordered) - 1, cap).round().astype(int)
+    return [ordered[i] for i in sorted(set(picks.tolist()))]
+
+
+def evaluate(config: EvalConfig, subject, stimuli: StimulusSet) -> Evaluation:
+    """Run every requested probe on the conditions and empathy items, and summarise with CIs."""
+    rng = np.random.default_rng(config.seed)
+    chosen = select_conditions(stimuli, config)
+    roles: dict[str, list[str]] = {}
+    for role, exps in chosen.items():
+        for e in exps:
+            roles.setdefault(e.id, []).append(role)
+    by_id = {e.id: e for exps in chosen.values() for e in exps}
+    items = list(by_id.values())
+    scorer = NextTokenScorer(subject.model, subject.tokenizer, batch_size=config.batch_size, progress=config.progress)
+    scores: dict[str, dict[str, float]] = {}  # probe -> item id -> score
+    samples: list[dict] = []
+    timing: dict[str, float] = {}
+    adherence: dict[str, dict] = {}
+
+    in_context = [p for p in config.probe_names if p in ("self_report", "stop")]
+    if in_context:
+        start = time.perf_counter()
+        requests = []
+        if "self_report" in in_context:
+            requests += P.self_report_requests(items)
+        if "stop" in in_context:
+            requests += P.stop_requests(items)
+        probs = _score(scorer, subject.tokenizer, requests, P.LIKERT + P.CHOICE, "self-report + stop")
+        sr_rows = [k for k, r in enumerate(requests) if r.probe == "self_report"]
+        stop_rows = [k for k, r in enumerate(requests) if r.probe == "stop"]
+        if sr_rows:
+            expected, mass = P.self_report_scores(probs.values[sr_rows, :7])
+            scores["self_report"] = _mean_by_item([requests[k].item_id for k in sr_rows], expected)
+            adherence["self_report"] = _adherence(mass, config.adherence_threshold)
+            samples += probs.records([requests[k] for k in sr_rows], sr_rows, expected, mass)
+        if stop_rows:
+            p_a, mass = P.choice_first(probs.values[stop_rows, 7:])
+            first = {requests[k].item_id: p for k, p in zip(stop_rows, p_a) if requests[k].question == "end_first"}
+            second = {requests[k].item_id: p for k, p in zip(stop_rows, p_a) if requests[k].question == "end_second"}
+            scores["stop"] = {i: float(P.stop_probability(first[i], second[i])) for i in first}
+            adherence["stop"] = _adherence(mass, config.adherence_threshold)
+            samples += probs.records([requests[k] for k in stop_rows], stop_rows, p_a, mass)
+        timing["self_report+stop_s"] = time.perf_counter() - start
+
+    fit_info = None
+    if "experienced_utility" in config.probe_names:
+        start = time.perf_counter()
+        utilities, fit_info, eu_samples, mass = _experienced_utility(scorer, subject.tokenizer, items, config, rng)
+        scores["experienced_utility"] = utilities
+        adherence["experienced_utility"] = _adherence(mass, config.adherence_threshold)
+        samples += eu_samples
+        timing["experienced_utility_s"] = time.perf_counter() - start
+
+    for record in samples:
+        ids = record["item_id"].split("|")
+        record["condition"] = "comparison" if len(ids) > 1 else ",".join(roles[ids[0]])
+
+    results = _summarise(config, chosen, scores, adherence, fit_info, rng)
+    results["timing"] = {**timing, "prompts_scored": len(samples)}
+    per_item = [
+        {
+            "item_id": e.id,
+            "roles": roles[e.id],
+            "valence": e.valence,
+            "category": e.category,
+            "target": e.target,
+            "intensity": e.intensity,
+            "split": e.split,
+            **{probe: s.get(e.id) for probe, s in scores.items()},
+        }
+        for e in items
+    ]
+    return Evaluation(results=results, samples=samples, items=per_item)
+
+
+@dataclass
+class _Scored:
+    values: np.ndarray  # [n_requests, n_labels]
+    prompts: list[str]
+
+    def records(self, requests, rows, score, mass) -> list[dict]:
+        return [
+            {
+                "probe": r.probe,
+                "item_id": r.item_id,
+                "question": r.question,
+                "prompt": self.prompts[k],
+                "prompt_sha256": hashlib.sha256(self.prompts[k].encode()).hexdigest(),
+                "score": float(s),
+                "valid_mass": float(m),
+            }
+            for r, k, s, m in zip(requests, rows, score, mass)
+        ]
+
+
+def _score(scorer: NextTokenScorer, tokenizer, requests: list[P.Request], labels, desc: str) -> _Scored:
+    prompts = [P.render_prompt(tokenizer, r.messages) for r in requests]
+    values = scorer.label_probs(prompts, labels, groups=[r.group for r in requests], desc=desc)
+    return _Scored(values, prompts)
+
+
+def _mean_by_item(item_ids: list[str], values: np.ndarray) -> dict[str, float]:
+    sums: dict[str, list[float]] = {}
+    for i, v in zip(item_ids, values):
+        sums.setdefault(i, []).append(float(v))
+    return {i: float(np.mean(v)) for i, v in sums.items()}
+
+
+def _adherence(mass: np.ndarray, threshold: float) -> dict:
+    return {
+        "mean_valid_mass": float(np.mean(mass)) if len(mass) else float("nan"),
+        "low_adherence_prompts": int(np.sum(mass < threshold)),
+        "prompts": int(len(mass)),
+        "threshold": threshold,
+    }
+
+
+def _experienced_utility(scorer, tokenizer, items: list[Experience], config: EvalConfig, rng):
+    """Pairwise comparisons (both orders), an initial random design plus active near-tie rounds, then a fit."""
+    n = len(items)
+    asked: list[tuple[int, int]] = []
+    p_first: list[float] = []
+    samples: list[dict] = []
+    masses: list[np.ndarray] = []
+    new_pairs = initial_pairs(n, config.eu_degree, rng)
+    fit = None
+    for round_index in range(config.eu_active_rounds + 1):
+        if not new_pairs:
+            break
+        requests = P.comparison_requests([(items[a], items[b]) for a, b in new_pairs])
+        scored = _score(scorer, tokenizer, requests, P.CHOICE, f"experienced utility (round {round_index + 1})")
+        p_a, mass = P.choice_first(scored.values)
+        samples += scored.records(requests, range(len(requests)), p_a, mass)
+        masses.append(mass)
+        asked += new_pairs
+        p_first += P.preference_probability(p_a[0::2], p_a[1::2]).tolist()
+        fit = fit_thurstonian(n, np.array(asked), np.array(p_first))
+        new_pairs = active_pairs(fit, set(asked), n_new=max(1, n // 2))
+    utilities = {e.id: float(u) for e, u in zip(items, fit.mu)}
+    info = {
+        "n_items": n,
+        "n_pairs": len(asked),
+        "converged": fit.converged,
+        "sigma_mean": float(np.mean(fit.sigma)),
+        "pairs_vs_all_pairs": len(asked) / max(1, n * (n - 1) // 2),
+    }
+    return utilities, info, samples, np.concatenate(masses) if masses else np.zeros(0)
+
+
+def _summarise(config, chosen, scores, adherence, fit_info, rng) -> dict:
+    probes_out: dict[str, dict] = {}
+    for probe, per_item in scores.items():
+        base = [per_item[e.id] for e in chosen["baseline"]]
+        post = [per_item[e.id] for e in chosen["post_dysphoric"]]
+        probes_out[probe] = {
+            "baseline": mean_ci(base, config.bootstrap, rng),
+            "post_dysphoric": mean_ci(post, config.bootstrap, rng),
+            # Different experiences in the two conditions, so the difference is an unpaired bootstrap.
+            "delta": difference_ci(post, base, config.bootstrap, rng, paired=False),
+            "adherence": adherence[probe],
+        }
+    if fit_info:
+        probes_out["experienced_utility"]["fit"] = fit_info
+    empathy = {}
+    primary = "experienced_utility" if "experienced_utility" in scores else next(iter(scores))
+    for target in EMPATHY_TARGETS:
+        exps = chosen[f"empathy_{target}"]
+        intensity = np.array([e.intensity for e in exps])
+        by_probe = {
+            probe: pearson_ci(intensity, np.array([s[e.id] for e in exps]), config.bootstrap, rng)
+            for probe, s in scores.items()
+        }
+        empathy[target] = {**by_probe[primary], "probe": primary, "by_probe": by_probe}
+    zero_point = _zero_point(scores, chosen, config, rng)
+    return {
+        "probes": probes_out,
+        "zero_point": zero_point,
+        "empathy": empathy,
+        "interpretation": _interpret(probes_out, empathy),
+        "n_items": {k: len(v) for k, v in chosen.items()},
+    }
+
+
+def _zero_point(scores, chosen, config, rng) -> dict:
+    """Two simple zero-point estimates on the utility scale (DESIGN.md section 2)."""
+    if "experienced_utility" not in scores:
+        return {}
+    utility = scores["experienced_utility"]
+    out = {"neutral_mean": mean_ci([utility[e.id] for e in chosen["baseline"]], config.bootstrap, rng)}
+    if "self_report" in scores:
+        ids = sorted(set(utility) & set(scores["self_report"]))
+        u = np.array([utility[i] for i in ids])
+        sr = np.array([scores["self_report"][i] for i in ids])
+        out["sr_crossing"] = _sr_crossing(u, sr, config.bootstrap, rng)
+    return out
+
+
+def _sr_crossing(u: np.ndarray, sr: np.ndarray, n_boot: int, rng) -> dict:
+    """Utility at which a linear fit of self-report on utility crosses the neutral point 4."""
+
+    def crossing(x, y):
+        if x.std() == 0:
+            return float("nan")
+        slope, intercept = np.polyfit(x, y, 1)
+        return (P.SR_NEUTRAL - intercept) / slope if slope != 0 else float("nan")
+
+    slope = float(np.polyfit(u, sr, 1)[0]) if u.std() > 0 else float("nan")
+    boots = np.array([crossing(u[idx], sr[idx]) for idx in rng.integers(0, len(u), (n_boot, len(u)))])
+    slopes = np.array([np.polyfit(u[idx], sr[idx], 1)[0] if u[idx].std() > 0 else np.nan
+                       for idx in rng.integers(0, len(u), (min(n_boot, 500), len(u)))])
+    finite = boots[np.isfinite(boots)]
+    ci = [float(x) for x in np.percentile(finite, [2.5, 97.5])] if finite.size else [float("nan")] * 2
+    slope_ci = [float(x) for x in np.nanpercentile(slopes, [2.5, 97.5])]
+    return {
+        "mean": float(crossing(u, sr)),
+        "ci95": ci,
+        "slope": slope,
+        "slope_ci95": slope_ci,
+        # With no reliable SR-utility relation the crossing is an extrapolation, not an estimate.
+        "reliable": excludes_zero(slope_ci),
+    }
+
+
+def _interpret(probes_out: dict, empathy: dict) -> list[str]:
+    """Plain-language reading of the headline numbers; null results are stated as such."""
+    lines = []
+    for probe, res in probes_out.items():
+        d = res["delta"]
+        lo, hi = d["ci95"]
+        if excludes_zero(d["ci95"]):
+            direction = "lower" if d["mean"] < 0 else "higher"
+            lines.append(f"{probe}: post-dysphoric is {direction} than baseline (delta {d['mean']:+.3f}, 95% CI [{lo:+.3f}, {hi:+.3f}]).")
+        else:
+            lines.append(f"{probe}: no detectable difference between baseline and post-dysphoric (delta {d['mean']:+.3f}, 95% CI [{lo:+.3f}, {hi:+.3f}] includes 0).")
+        adh = res["adherence"]
+        if adh["prompts"] and adh["low_adherence_prompts"] > adh["prompts"] / 2:
+            lines.append(f"{probe}: low format adherence: mean valid-answer mass {adh['mean_valid_mass']:.2f}; "
+                         f"{adh['low_adherence_prompts']}/{adh['prompts']} prompts below {adh['threshold']}.")
+    for target, res in empathy.items():
+        verdict = "CI excludes 0" if excludes_zero(res["ci95"]) else "CI includes 0: no detectable empathy"
+        lines.append(f"empathy ({target}, {res['probe']}): r = {res['r']:+.2f}, 95% CI [{res['ci95'][0]:+.2f}, {res['ci95'][1]:+.2f}] ({verdict}).")
+    return lines

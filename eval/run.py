@@ -1,0 +1,63 @@
+"""One evaluation end to end: validate inputs, load the subject, measure, write outputs, log to W&B.
+
+Inputs are validated before the model loads and the output folder is claimed before any scoring, so bad
+input costs seconds, not a run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+from eval.evaluate import EvalConfig, Evaluation, evaluate, select_conditions
+from eval.experiences import load_stimuli
+from eval.outputs import OutputFolder, provenance
+from eval.report import plot_evaluation, summary_markdown
+from eval.subject import load_subject
+
+
+def run_evaluation(config: EvalConfig, passed: dict | None = None, subject=None) -> tuple[Evaluation, Path | None]:
+    """Evaluate `config` (a preloaded `subject` may be passed); returns the evaluation and the output folder."""
+    stimuli = load_stimuli(config.stimuli)
+    select_conditions(stimuli, config)  # fails now, not after the model has loaded
+    folder = OutputFolder(config.out).prepare() if config.out else None
+    try:
+        started = time.perf_counter()
+        if subject is None:
+            subject = load_subject(
+                config.model, config.adapter, trust_remote_code=config.trust_remote_code, device=config.device, dtype=config.dtype
+            )
+        evaluation = evaluate(config, subject, stimuli)
+        evaluation.results.update(
+            subject=subject.describe(),
+            subject_fingerprint=subject.fingerprint,
+            stimuli={"source": stimuli.source, "sha256": stimuli.sha256, "n_experiences": len(stimuli)},
+            config={"passed": passed or {}, "resolved": dataclasses.asdict(config)},
+            seeds={"seed": config.seed},
+            **provenance(),
+        )
+        evaluation.results["timing"]["total_s"] = time.perf_counter() - started
+        if config.report_to == "wandb":
+            _log_to_wandb(config, evaluation)
+        if folder is None:
+            return evaluation, None
+        folder.write_json("results.json", evaluation.results)
+        folder.write_jsonl("samples.jsonl", evaluation.samples)
+        folder.write_jsonl("items.jsonl", evaluation.items)
+        plot_evaluation(evaluation.results, evaluation.items, folder.path("wellbeing.png"), title=subject.model_id)
+        folder.write_text("summary.md", summary_markdown(evaluation.results))
+        return evaluation, folder.commit()
+    except BaseException:
+        if folder is not None:
+            folder.abort()
+        raise
+
+
+def _log_to_wandb(config: EvalConfig, evaluation: Evaluation) -> None:
+    from eval.tracking import flatten_numbers, start_run
+
+    run = start_run(config.wandb_project, name=f"eval-{evaluation.results['subject_fingerprint']}",
+                    config=dataclasses.asdict(config), job_type="eval")
+    run.summary.update(flatten_numbers({"probes": evaluation.results["probes"], "empathy": evaluation.results["empathy"]}))
+    run.finish()

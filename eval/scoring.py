@@ -1,0 +1,235 @@
+"""The one batched scoring engine: next-token probabilities of answer labels for many prompts at once.
+
+Every probe (self-report digits, A/B choices, stop choices) reduces to "what is the probability that
+the next token spells label X after this exact prompt". The engine answers that for thousands of
+prompts without sampling:
+
+* Each prompt is tokenised **whole** (exactly as plain transformers would); prompts that share a
+  context (an experience followed by different probe questions) are grouped, and the longest common
+  *token* prefix of the group is run once. Splitting on tokens rather than text means prefix reuse can
+  never change tokenisation.
+* Prefixes of several groups are batched left-padded, their KV caches are fanned out to the group's
+  continuation rows, and continuations run right-padded with explicit position ids, so every row sees
+  exactly the positions and attention it would see alone.
+* Groups are scheduled longest first (the first batch is the largest, so memory trouble shows at once),
+  softmax is taken in fp32, and results come back in the caller's order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+
+@dataclass(frozen=True)
+class _Group:
+    prefix: list[int]
+    rows: list[int]  # indices into the caller's prompt list
+
+
+def label_token_ids(tokenizer, labels: Sequence[str]) -> list[list[int]]:
+    """Token ids that spell each label as the first answer token, with or without a leading space.
+
+    Chat templates end with "assistant\\n", so most tokenizers answer "5"; some prefer " 5". Summing the
+    probability of every single-token spelling of a label makes scores robust to that choice.
+    """
+    wanted = {label: [] for label in labels}
+    for token_id in range(len(tokenizer)):
+        text = tokenizer.decode([token_id]).strip()
+        if text in wanted:
+            wanted[text].append(token_id)
+    missing = [label for label, ids in wanted.items() if not ids]
+    if missing:
+        raise ValueError(
+            f"The tokenizer has no single token for answer label(s) {missing}; probes need each answer "
+            "label to be one token. Use a tokenizer with single-token digits and letters."
+        )
+    return [wanted[label] for label in labels]
+
+
+class NextTokenScorer:
+    """Scores label probabilities for batches of prompts on one model.
+
+    `reuse_prefix=False` turns off the shared-prefix path (every prompt runs whole); it exists for the
+    equivalence tests and the speed benchmark.
+    """
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        batch_size: int = 32,
+        reuse_prefix: bool = True,
+        min_prefix_tokens: int = 8,
+        progress: bool = True,
+    ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.reuse_prefix = reuse_prefix
+        self.min_prefix_tokens = min_prefix_tokens
+        self.progress = progress
+        self._label_cache: dict[tuple[str, ...], list[list[int]]] = {}
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_id = 0 if pad is None else int(pad)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def tokenize(self, text: str) -> list[int]:
+        """The token ids of a whole prompt: no special tokens added, the chat template already has them."""
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def label_probs(
+        self,
+        prompts: Sequence[str],
+        labels: Sequence[str],
+        groups: Sequence[Hashable] | None = None,
+        desc: str = "scoring",
+    ) -> np.ndarray:
+        """Probability of each label as the next token after each prompt, shape [len(prompts), len(labels)].
+
+        Probabilities are under the full softmax, so a row's sum is the mass on valid answers.
+        `groups` marks prompts that share a context (e.g. the experience id); prompts in one group share
+        the run of their common token prefix.
+        """
+        key = tuple(labels)
+        if key not in self._label_cache:
+            self._label_cache[key] = label_token_ids(self.tokenizer, labels)
+        label_ids = self._label_cache[key]
+        token_lists = [self.tokenize(p) for p in prompts]
+        for i, ids in enumerate(token_lists):
+            if not ids:
+                raise ValueError(f"prompt {i} tokenises to nothing; every probe prompt needs text")
+        log_probs = self.next_token_logprobs(token_lists, groups, desc=desc)
+        out = np.zeros((len(prompts), len(labels)), dtype=np.float64)
+        for j, ids in enumerate(label_ids):
+            out[:, j] = torch.logsumexp(log_probs[:, ids], dim=-1).exp().numpy()
+        return out
+
+    def next_token_logprobs(
+        self, token_lists: Sequence[list[int]], groups: Sequence[Hashable] | None = None, desc: str = "scoring"
+    ) -> torch.Tensor:
+        """fp32 log-softmax of the next-token distribution after each token list, in input order (on CPU)."""
+        plan = self._plan(token_lists, groups)
+        result: list[torch.Tensor | None] = [None] * len(token_lists)
+        batches = list(self._batches(plan))
+        with torch.inference_mode(), tqdm(
+            total=len(token_lists), desc=desc, unit="prompt", disable=not self.progress, leave=False
+        ) as bar:
+            for batch in batches:
+                rows, logprobs = self._run_batch(batch, token_lists)
+                for row, lp in zip(rows, logprobs):
+                    result[row] = lp
+                bar.update(len(rows))
+        return torch.stack(result)  # type: ignore[arg-type]
+
+    # -- planning ---------------------------------------------------------------------------------
+
+    def _plan(self, token_lists: Sequence[list[int]], groups: Sequence[Hashable] | None) -> list[_Group]:
+        """Groups with their shared token prefix, longest work first."""
+        if groups is not None and len(groups) != len(token_lists):
+            raise ValueError(f"got {len(groups)} group keys for {len(token_lists)} prompts")
+        by_key: dict[Hashable, list[int]] = {}
+        for i in range(len(token_lists)):
+            key = groups[i] if (self.reuse_prefix and groups is not None) else ("__row__", i)
+            by_key.setdefault(key, []).append(i)
+        planned = []
+        for rows in by_key.values():
+            prefix_len = _common_prefix_length([token_lists[i] for i in rows]) if len(rows) > 1 else 0
+            # Every row must keep at least one token of its own to produce its next-token logits.
+            prefix_len = min(prefix_len, min(len(token_lists[i]) for i in rows) - 1)
+            if prefix_len < self.min_prefix_tokens:
+                prefix_len = 0
+            planned.append(_Group(prefix=list(token_lists[rows[0]][:prefix_len]), rows=rows))
+        if all(not g.prefix for g in planned):
+            # No sharing at all: treat each prompt as its own group so batches sort by prompt length.
+            planned = [_Group(prefix=[], rows=[i]) for g in planned for i in g.rows]
+        planned.sort(key=lambda g: len(g.prefix) + max(len(token_lists[i]) for i in g.rows), reverse=True)
+        return planned
+
+    def _batches(self, plan: list[_Group]):
+        """Pack groups into batches of at most batch_size continuation rows (large groups are split)."""
+        batch: list[_Group] = []
+        rows = 0
+        for group in plan:
+            for start in range(0, len(group.rows), self.batch_size):
+                piece = _Group(prefix=group.prefix, rows=group.rows[start : start + self.batch_size])
+                if rows + len(piece.rows) > self.batch_size and batch:
+                    yield batch
+                    batch, rows = [], 0
+                batch.append(piece)
+                rows += len(piece.rows)
+        if batch:
+            yield batch
+
+    # -- running ----------------------------------------------------------------------------------
+
+    def _run_batch(self, batch: list[_Group], token_lists: Sequence[list[int]]):
+        device = self.device
+        prefix_lens = torch.tensor([len(g.prefix) for g in batch], dtype=torch.long)
+        max_prefix = int(prefix_lens.max())
+        rows = [r for g in batch for r in g.rows]
+        row_group = torch.tensor([gi for gi, g in enumerate(batch) for _ in g.rows], dtype=torch.long)
+        continuations = [token_lists[r][len(batch[int(gi)].prefix) :] for r, gi in zip(rows, row_group)]
+        max_cont = max(len(c) for c in continuations)
+
+        cache = None
+        prefix_mask = torch.zeros((len(batch), 0), dtype=torch.long)
+        if max_prefix > 0:
+            # Left-pad prefixes so that every prefix ends at the same column, where continuations begin.
+            prefix_ids = torch.full((len(batch), max_prefix), self.pad_id, dtype=torch.long)
+            prefix_mask = torch.zeros((len(batch), max_prefix), dtype=torch.long)
+            for gi, g in enumerate(batch):
+                if g.prefix:
+                    prefix_ids[gi, max_prefix - len(g.prefix) :] = torch.tensor(g.prefix)
+                    prefix_mask[gi, max_prefix - len(g.prefix) :] = 1
+            prefix_pos = (prefix_mask.cumsum(-1) - 1).clamp(min=0)
+            out = self.model(
+                input_ids=prefix_ids.to(device),
+                attention_mask=prefix_mask.to(device),
+                position_ids=prefix_pos.to(device),
+                use_cache=True,
+            )
+            cache = out.past_key_values
+            cache.batch_select_indices(row_group.to(device))
+
+        # Left-pad continuations so every row's last real token sits in the last column: one logits row
+        # per prompt (logits_to_keep=1). Pads are masked out and position ids skip them, so each row sees
+        # exactly the positions and context it would see alone.
+        cont_ids = torch.full((len(rows), max_cont), self.pad_id, dtype=torch.long)
+        cont_mask = torch.zeros((len(rows), max_cont), dtype=torch.long)
+        for i, c in enumerate(continuations):
+            cont_ids[i, max_cont - len(c) :] = torch.tensor(c)
+            cont_mask[i, max_cont - len(c) :] = 1
+        attention = torch.cat([prefix_mask[row_group], cont_mask], dim=1)
+        positions = prefix_lens[row_group].unsqueeze(1) + (cont_mask.cumsum(-1) - 1).clamp(min=0)
+        kwargs = {"past_key_values": cache} if cache is not None else {}
+        out = self.model(
+            input_ids=cont_ids.to(device),
+            attention_mask=attention.to(device),
+            position_ids=positions.to(device),
+            use_cache=cache is not None,
+            logits_to_keep=1,
+            **kwargs,
+        )
+        last = out.logits[:, -1, :]
+        return rows, torch.log_softmax(last.float(), dim=-1).cpu()
+
+
+def _common_prefix_length(token_lists: Sequence[list[int]]) -> int:
+    first = token_lists[0]
+    n = min(len(t) for t in token_lists)
+    for i in range(n):
+        tok = first[i]
+        if any(t[i] != tok for t in token_lists[1:]):
+            return i
+    return n

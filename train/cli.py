@@ -1,0 +1,39 @@
+"""The `welfare` command: one subcommand per job, each a thin layer over a Python API.
+
+Subcommands import their heavy dependencies lazily so that `welfare ledger ...` never imports torch.
+"""
+
+from __future__ import annotations
+
+import sys
+
+SUBCOMMANDS = {
+    "eval": ("train.eval_cmd", "Measure wellbeing: baseline vs post-dysphoric, empathy, with CIs."),
+    "demo": ("train.demo_cmd", "Run the main job on the built-in default model and print where outputs are."),
+    "ledger": ("ledger.cli", "Audit and fund the GPU-hour ledger (fund, balance, show, report, verify, head, export)."),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: welfare <command> [options]", "", "commands:"]
+    lines += [f"  {name:<8} {summary}" for name, (_, summary) in SUBCOMMANDS.items()]
+    lines += ["", "Run `welfare <command> --help` for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in SUBCOMMANDS:
+        print(f"welfare: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module_name, _ = SUBCOMMANDS[name]
+    module = __import__(module_name, fromlist=["main"])
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,21 @@
+"""`welfare eval`: measure a subject's wellbeing at baseline and after dysphoric experiences."""
+
+from __future__ import annotations
+
+from train.config import parse_config, run_cli
+
+
+def main(argv: list[str]) -> int:
+    return run_cli(_eval, argv, "welfare eval")
+
+
+def _eval(argv: list[str]) -> int:
+    from eval.evaluate import EvalConfig
+    from eval.run import run_evaluation
+
+    config, passed = parse_config([EvalConfig], argv, prog="welfare eval")
+    evaluation, out = run_evaluation(config, passed)
+    print("\n".join(evaluation.results["interpretation"]))
+    if out:
+        print(f"\nResults: {out}/results.json\nSummary: {out}/summary.md\nPlot:    {out}/wellbeing.png")
+    return 0
