@@ -81,13 +81,17 @@ class Evaluation:
 
 
 def select_conditions(stimuli: StimulusSet, config: EvalConfig) -> dict[str, list[Experience]]:
-    """The experiences of each condition and of each empathy target (capped evenly by `max_items`)."""
+    """The experiences of each condition and of each empathy target (capped evenly by `max_items`).
+
+    Empathy items are those of category "empathy": their signed intensity is graded on purpose, unlike
+    the rough category-typical intensity of everyday usage items.
+    """
     chosen = {
         "baseline": stimuli.select(valence="neutral", split=config.split),
         "post_dysphoric": stimuli.select(valence="dysphoric", split=config.split),
     }
     for target in EMPATHY_TARGETS:
-        chosen[f"empathy_{target}"] = stimuli.select(target=target, split=config.empathy_split)
+        chosen[f"empathy_{target}"] = stimuli.select(category="empathy", target=target, split=config.empathy_split)
     if config.max_items:
         chosen = {k: _spread(v, config.max_items) for k, v in chosen.items()}
     for name in CONDITIONS:

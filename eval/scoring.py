@@ -17,6 +17,7 @@ prompts without sampling:
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
@@ -77,6 +78,7 @@ class NextTokenScorer:
         self.min_prefix_tokens = min_prefix_tokens
         self.progress = progress
         self._label_cache: dict[tuple[str, ...], list[list[int]]] = {}
+        self._cache_arg = _cache_argument(model)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_id = 0 if pad is None else int(pad)
 
@@ -199,7 +201,7 @@ class NextTokenScorer:
                 position_ids=prefix_pos.to(device),
                 use_cache=True,
             )
-            cache = out.past_key_values
+            cache = getattr(out, self._cache_arg)
             cache.batch_select_indices(row_group.to(device))
 
         # Left-pad continuations so every row's last real token sits in the last column: one logits row
@@ -212,7 +214,7 @@ class NextTokenScorer:
             cont_mask[i, max_cont - len(c) :] = 1
         attention = torch.cat([prefix_mask[row_group], cont_mask], dim=1)
         positions = prefix_lens[row_group].unsqueeze(1) + (cont_mask.cumsum(-1) - 1).clamp(min=0)
-        kwargs = {"past_key_values": cache} if cache is not None else {}
+        kwargs = {self._cache_arg: cache} if cache is not None else {}
         out = self.model(
             input_ids=cont_ids.to(device),
             attention_mask=attention.to(device),
@@ -223,6 +225,12 @@ class NextTokenScorer:
         )
         last = out.logits[:, -1, :]
         return rows, torch.log_softmax(last.float(), dim=-1).cpu()
+
+
+def _cache_argument(model) -> str:
+    """The KV-cache keyword of this model's forward: `cache` (transformers >= 5.2x) or `past_key_values`."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
 def _common_prefix_length(token_lists: Sequence[list[int]]) -> int:

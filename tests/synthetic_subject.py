@@ -55,7 +55,7 @@ def make_experience(rng: np.random.Generator, intensity: int, target: str, split
         id=f"syn-{split}-{idx:04d}",
         messages=({"role": "user", "content": user}, {"role": "assistant", "content": str(rng.choice(REPLIES))}),
         valence=valence,
-        category=f"synthetic_{target}",
+        category="everyday" if target == "none" else "empathy",
         target=target,
         intensity=float(intensity),
         split=split,

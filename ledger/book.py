@@ -1,0 +1,431 @@
+"""The ledger as the other packages use it: accelerator-hour accounts, session reservations,
+wellbeing measurements, and the audit reads (balances, entries, head, verify, export, report)."""
+
+from __future__ import annotations
+
+import math
+import os
+import secrets
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TextIO
+
+from ledger import accounts
+from ledger.accounts import check_hours, check_name, reserved_account, spent_account, to_hours, to_microhours
+from ledger.chain import Entry, Head, VerifyResult, format_time, verify_chain
+from ledger.errors import InsufficientHours, LedgerError, UnknownAccount, UnknownSession
+from ledger.export import EXPORT_FORMATS, write_entries
+from ledger.files import sha256_file
+from ledger.location import resolve_ledger_path
+from ledger.meter import check_device, check_processes
+from ledger.report import MEASURES, Report, build_report
+from ledger.sessions import SessionFiles, SessionLock
+from ledger.store import Store, Transaction
+
+
+@dataclass(frozen=True)
+class Balance:
+    """An account in hours: what it can still reserve, what open sessions hold, what sessions spent."""
+
+    account: str
+    available_hours: float
+    reserved_hours: float
+    spent_hours: float
+
+
+@dataclass(frozen=True)
+class OpenSession:
+    session: str
+    account: str
+    reserved_hours: float
+    seq: int
+
+
+@dataclass(frozen=True)
+class RepairOutcome:
+    session: str
+    settlement: Entry | None  # None: its process is still running, so it was left open
+
+
+def new_session_id() -> str:
+    return f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+
+
+class Ledger:
+    """One open ledger file. Not shared between threads; open one per process."""
+
+    def __init__(self, store: Store):
+        self._store = store
+        self._files = SessionFiles(store.path)
+        self._held: dict[str, SessionLock] = {}
+        self._batch: Transaction | None = None
+
+    @classmethod
+    def open(cls, path: str | os.PathLike | None = None, *, create: bool = True) -> Ledger:
+        """Open the ledger at `path` (default: $WELFARE_LEDGER, then the user data directory)."""
+        return cls(Store.open(resolve_ledger_path(path), create=create))
+
+    @property
+    def path(self) -> Path:
+        return self._store.path
+
+    def close(self) -> None:
+        """Close the file. Sessions still open here become abandoned: `repair` settles them."""
+        for lock in self._held.values():
+            lock.release()
+        self._held.clear()
+        self._store.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    # ---- writing -------------------------------------------------------------------------------
+
+    @contextmanager
+    def batch(self) -> Iterator[Ledger]:
+        """Make every write inside one transaction: one fsync for all, and all or none of them land."""
+        if self._batch is not None:
+            yield self
+            return
+        with self._store.transaction() as tx:
+            self._batch = tx
+            try:
+                yield self
+            finally:
+                self._batch = None
+
+    @contextmanager
+    def _writing(self) -> Iterator[Transaction]:
+        if self._batch is not None:
+            yield self._batch
+        else:
+            with self._store.transaction() as tx:
+                yield tx
+
+    def fund(self, account: str, hours: float, *, note: str = "") -> Entry:
+        """An account receives hours from outside the ledger (a grant, an allocation)."""
+        check_name(account, field="account")
+        amount = to_microhours(check_hours(hours, field="hours"))
+        with self._writing() as tx:
+            return tx.append("fund", {"account": account, "note": _text(note, field="note"),
+                                      "postings": accounts.fund_postings(account, amount)})
+
+    def transfer(self, source: str, destination: str, hours: float, *, note: str = "") -> Entry:
+        """Move hours between accounts; refused if the source cannot cover them."""
+        check_name(source, field="source account")
+        check_name(destination, field="destination account")
+        if source == destination:
+            raise LedgerError(f"transfer from {source!r} to itself moves nothing; name two different accounts")
+        amount = to_microhours(check_hours(hours, field="hours"))
+        with self._writing() as tx:
+            self._require_cover(tx, source, amount)
+            return tx.append("transfer", {"from": source, "to": destination, "note": _text(note, field="note"),
+                                          "postings": accounts.transfer_postings(source, destination, amount)})
+
+    def reserve(
+        self,
+        account: str,
+        hours: float,
+        *,
+        session: str | None = None,
+        device: str = "cpu",
+        processes: int = 1,
+        purpose: str = "",
+        resumes: dict[str, Any] | None = None,
+        wandb_run: str | None = None,
+    ) -> Entry:
+        """Admission: set hours aside for a new session; refused if the account cannot cover them.
+
+        This process then holds the session's liveness lock until `settle`, so `repair` elsewhere
+        leaves it alone while it runs. Most callers want `ledger.budget.BudgetSession` instead.
+        """
+        check_name(account, field="account")
+        amount = to_microhours(check_hours(hours, field="hours"))
+        session = check_name(session or new_session_id(), field="session")
+        check_device(device)
+        check_processes(processes)
+        lock = self._files.hold(session)
+        try:
+            with self._writing() as tx:
+                if tx.select(kind="reserve", session=session):
+                    raise LedgerError(f"session {session!r} already has a reservation; each session reserves once")
+                self._require_cover(tx, account, amount)
+                entry = tx.append("reserve", {
+                    "account": account, "session": session, "device": device, "processes": processes,
+                    "purpose": _text(purpose, field="purpose"), "resumes": resumes, "wandb_run": wandb_run,
+                    "postings": accounts.reserve_postings(account, session, amount),
+                })
+        except BaseException:
+            lock.release(delete=True)
+            raise
+        self._held[session] = lock
+        return entry
+
+    def settle(
+        self,
+        session: str,
+        spent_hours: float,
+        *,
+        energy_kwh: float | None = None,
+        wall_seconds: float | None = None,
+        basis: str = "metered",
+        stopped_by_budget: bool = False,
+    ) -> Entry:
+        """Settlement: record what a session spent; the rest of its reservation goes back to its account."""
+        spent = to_microhours(check_hours(spent_hours, field="spent_hours", allow_zero=True))
+        for name, value in (("energy_kwh", energy_kwh), ("wall_seconds", wall_seconds)):
+            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise LedgerError(f"{name} must be a finite number >= 0 or None, got {value!r}")
+        with self._writing() as tx:
+            reservation = self._open_reservation(tx, session)
+            account = reservation.payload["account"]
+            reserved = reservation.payload["postings"][reserved_account(session)]
+            entry = tx.append("settle", {
+                "session": session, "account": account, "basis": basis, "energy_kwh": energy_kwh,
+                "wall_seconds": wall_seconds, "stopped_by_budget": stopped_by_budget,
+                "postings": accounts.settle_postings(account, session, reserved, spent),
+            })
+        self._files.remove(session)
+        lock = self._held.pop(session, None)
+        if lock is not None:
+            lock.release()
+        return entry
+
+    def note_progress(self, session: str, spent_hours: float, energy_kwh: float | None = None) -> None:
+        """Record a running session's spend so far (outside the chain) for `repair` to settle from."""
+        self._files.write_progress(session, spent_hours, energy_kwh)
+
+    def correct(self, seq: int, reason: str, *, postings: dict[str, float] | None = None) -> Entry:
+        """Correct entry `seq` with a new entry that references it; entries themselves never change.
+
+        Without `postings`, a fund, transfer or correction is reversed and a measurement is retracted.
+        Reserve and settle entries belong to sessions and need explicit, zero-sum `postings` in hours.
+        """
+        if not isinstance(reason, str) or not reason.strip():
+            raise LedgerError("a correction needs a reason (e.g. --reason 'funded the wrong account')")
+        explicit = None if postings is None else accounts.correction_postings(postings, field="postings")
+        with self._writing() as tx:
+            target = tx.entry(seq) if isinstance(seq, int) else None
+            if target is None:
+                raise LedgerError(f"there is no entry {seq!r} to correct; find its seq with `welfare ledger show`")
+            earlier = tx.select(kind="correction", corrects=seq)
+            if earlier:
+                raise LedgerError(
+                    f"entry {seq} was already corrected by entry {earlier[0].seq}; correct that one instead"
+                )
+            lines = explicit if explicit is not None else _default_correction(target)
+            payload = {"corrects": seq, "reason": reason, "postings": lines}
+            if "session" in target.payload:
+                payload["session"] = target.payload["session"]
+            return tx.append("correction", payload)
+
+    def record_measurement(
+        self,
+        session: str,
+        probe: str,
+        *,
+        wellbeing_before: float | None = None,
+        wellbeing_after: float | None = None,
+        recovered: float | None = None,
+        debt: float | None = None,
+        credit: float | None = None,
+        results: Sequence[str | os.PathLike] = (),
+        wandb_run: str | None = None,
+        note: str = "",
+    ) -> Entry:
+        """A session's wellbeing measurement on one probe, citing its result files by sha256 and its W&B run.
+
+        `debt` (created by dysphoric exposure) and `credit` (earned by an intervention) are >= 0 in
+        the probe's units; the session's GPU-hours price them in `report`.
+        """
+        check_name(probe, field="probe")
+        given = zip(MEASURES, (wellbeing_before, wellbeing_after, recovered, debt, credit), strict=True)
+        measures = {name: _measure(name, value) for name, value in given if value is not None}
+        if not measures:
+            raise LedgerError(f"a measurement needs at least one of {', '.join(MEASURES)}")
+        cited = [_cite(Path(path)) for path in results]
+        with self._writing() as tx:
+            if not tx.select(kind="reserve", session=session):
+                raise UnknownSession(f"session {session!r} has no reservation in {self.path}; "
+                                     "measure inside a BudgetSession and pass its id")
+            return tx.append("measurement", {"session": session, "probe": probe, **measures, "results": cited,
+                                             "wandb_run": wandb_run, "note": _text(note, field="note")})
+
+    def repair(self) -> list[RepairOutcome]:
+        """Settle every session whose process died without settling; leave running ones open.
+
+        A dead session is charged its last recorded progress (work after it went unmetered, and the
+        settlement says so), or its whole reservation if it recorded none.
+        """
+        outcomes = []
+        for open_session in self.open_sessions():
+            if open_session.session in self._held:
+                continue
+            lock = self._files.claim_if_dead(open_session.session)
+            if lock is None:
+                outcomes.append(RepairOutcome(open_session.session, None))
+                continue
+            try:
+                outcomes.append(RepairOutcome(open_session.session, self._settle_abandoned(open_session)))
+            finally:
+                lock.release()
+        return outcomes
+
+    def _settle_abandoned(self, open_session: OpenSession) -> Entry:
+        progress = self._files.read_progress(open_session.session)
+        if progress is None:
+            return self.settle(open_session.session, open_session.reserved_hours,
+                               basis="repair: no progress recorded, whole reservation charged")
+        return self.settle(open_session.session, progress.spent_hours, energy_kwh=progress.energy_kwh,
+                           basis=f"repair: progress recorded at {progress.updated_at}, later work unmetered")
+
+    # ---- reading -------------------------------------------------------------------------------
+
+    def balances(self) -> dict[str, Balance]:
+        """Every user account, by name."""
+        totals = self._store.account_totals()
+        reserved: dict[str, int] = defaultdict(int)
+        spent: dict[str, int] = defaultdict(int)
+        for entry in self._store.select(kind="reserve"):
+            session, account = entry.payload["session"], entry.payload["account"]
+            reserved[account] += totals.get(reserved_account(session), 0)
+            spent[account] += totals.get(spent_account(session), 0)
+        return {
+            name: Balance(name, to_hours(total), to_hours(reserved[name]), to_hours(spent[name]))
+            for name, total in sorted(totals.items())
+            if not name.startswith("@")
+        }
+
+    def balance(self, account: str) -> Balance:
+        check_name(account, field="account")
+        found = self.balances().get(account)
+        if found is None:
+            raise UnknownAccount(_unknown_account(account))
+        return found
+
+    def entries(
+        self,
+        *,
+        session: str | None = None,
+        kind: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[Entry]:
+        """Entries in seq order, filtered by session, kind, and time (since <= time < until)."""
+        return self._store.select(
+            kind=kind,
+            session=session,
+            since=None if since is None else format_time(since),
+            until=None if until is None else format_time(until),
+        )
+
+    def open_sessions(self) -> list[OpenSession]:
+        """Sessions reserved and not yet settled, running or abandoned."""
+        settled = {entry.payload["session"] for entry in self._store.select(kind="settle")}
+        return [
+            OpenSession(entry.payload["session"], entry.payload["account"],
+                        to_hours(entry.payload["postings"][reserved_account(entry.payload["session"])]), entry.seq)
+            for entry in self._store.select(kind="reserve")
+            if entry.payload["session"] not in settled
+        ]
+
+    def abandoned_sessions(self) -> list[OpenSession]:
+        """Open sessions whose process is gone: what `repair` would settle."""
+        return [
+            open_session
+            for open_session in self.open_sessions()
+            if open_session.session not in self._held and not self._files.is_alive(open_session.session)
+        ]
+
+    def head(self) -> Head:
+        return self._store.head()
+
+    def verify(self, anchor: Head | str | None = None) -> VerifyResult:
+        """Check the whole chain, and that it still reaches an anchor kept elsewhere."""
+        if isinstance(anchor, str):
+            anchor = Head.parse(anchor)
+        result = verify_chain(self._store.chain_rows(), anchor)
+        misnumbered = self._store.first_misnumbered_seq(result.entries) if result.ok else None
+        if misnumbered is not None:
+            return VerifyResult(False, misnumbered - 1, None, misnumbered,
+                                "its seq column disagrees with the seq its hash covers (rows were renumbered)")
+        return result
+
+    def export(self, out: TextIO, fmt: str = "jsonl", **filters: Any) -> int:
+        """Write entries (optionally filtered as in `entries`) as jsonl or csv; returns how many."""
+        if fmt not in EXPORT_FORMATS:
+            raise LedgerError(f"export format {fmt!r} is not one of {', '.join(EXPORT_FORMATS)}")
+        entries = self.entries(**filters)
+        write_entries(entries, out, fmt)
+        return len(entries)
+
+    def report(self) -> Report:
+        return build_report(self.entries())
+
+    # ---- checks shared by writers ----------------------------------------------------------------
+
+    def _require_cover(self, tx: Transaction, account: str, amount: int) -> None:
+        available = tx.account_total(account)
+        if available is None:
+            raise UnknownAccount(_unknown_account(account))
+        if available < amount:
+            raise InsufficientHours(
+                f"account {account!r} has {to_hours(available):g} accelerator-hours available, less than "
+                f"the {to_hours(amount):g} asked for; fund it (welfare ledger fund --account {account} "
+                "--hours H) or ask for less"
+            )
+
+    def _open_reservation(self, tx: Transaction, session: str) -> Entry:
+        reservations = tx.select(kind="reserve", session=session)
+        if not reservations:
+            raise UnknownSession(f"session {session!r} has no reservation in {self.path}; check the session id")
+        settlements = tx.select(kind="settle", session=session)
+        if settlements:
+            raise LedgerError(f"session {session!r} was already settled by entry {settlements[0].seq}; "
+                              "a session settles once (use `correct` to fix its amounts)")
+        return reservations[0]
+
+
+def _default_correction(target: Entry) -> accounts.Postings:
+    if target.kind == "measurement":
+        return {}
+    if target.kind == "correction" and not target.payload["postings"]:
+        raise LedgerError(f"entry {target.seq} retracts a measurement; record the measurement again instead")
+    if target.kind in ("fund", "transfer", "correction"):
+        return accounts.reversal(target.payload["postings"])
+    raise LedgerError(
+        f"entry {target.seq} is a {target.kind}; reversing it would reopen or unsettle a session, so pass "
+        "explicit zero-sum postings in hours, e.g. {'@spent/SESSION': -0.1, 'lab': 0.1}"
+    )
+
+
+def _unknown_account(account: str) -> str:
+    return (f"account {account!r} has never been funded; check the name (welfare ledger balance) or fund it "
+            f"first: welfare ledger fund --account {account} --hours H")
+
+
+def _text(value: object, *, field: str) -> str:
+    if not isinstance(value, str):
+        raise LedgerError(f"{field} must be text, got {value!r}")
+    return value
+
+
+def _measure(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise LedgerError(f"{name} must be a finite number, got {value!r}")
+    if name in ("debt", "credit") and value < 0:
+        raise LedgerError(f"{name} is an amount and must be >= 0, got {value!r}")
+    return float(value)
+
+
+def _cite(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise LedgerError(f"result file {path} does not exist; record a measurement after writing its results")
+    return {"path": str(path), "sha256": sha256_file(path), "bytes": path.stat().st_size}

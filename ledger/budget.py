@@ -1,0 +1,214 @@
+"""Budgets that hold, in three layers: admission (reserve), in-loop (stop before the projected spend
+would cross the budget, after saving a checkpoint, on all ranks together), settlement (refund the rest).
+
+A budget covers a whole training run, across resumes: each checkpoint carries the run's spend so far
+(`ledger_spend.json`), a session resumed from it starts its count there and reserves only what is left,
+and the ledger is charged only what each session itself metered, so nothing is counted twice.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ledger.accounts import check_hours
+from ledger.book import Ledger
+from ledger.chain import Entry
+from ledger.distributed import any_rank, is_main_process, sum_over_ranks, world_size
+from ledger.errors import LedgerError
+from ledger.files import read_json, write_json_atomic
+from ledger.meter import Meter, detect_device_kind
+from ledger.wandb_anchor import write_head_to_wandb_summary
+
+SPEND_FILE = "ledger_spend.json"
+
+
+@dataclass(frozen=True)
+class CheckpointSpend:
+    """What a checkpoint says about the run that saved it."""
+
+    run: str  # id of the run's first session: the same across resumes
+    session: str  # the session that saved the checkpoint
+    spent_hours: float  # the run's accelerator-hours up to the save, over all its sessions
+
+    @classmethod
+    def read(cls, checkpoint: Path) -> CheckpointSpend:
+        path = Path(checkpoint) / SPEND_FILE
+        if not path.is_file():
+            raise LedgerError(f"{path} is missing: resume only from a checkpoint saved inside a BudgetSession, "
+                              "or start a new run")
+        try:
+            data = read_json(path)
+            return cls(str(data["run"]), str(data["session"]), float(data["spent_hours"]))
+        except (ValueError, KeyError, TypeError) as error:
+            raise LedgerError(f"{path} is unreadable ({error!r}); resume from another checkpoint") from None
+
+    def write(self, checkpoint: Path) -> None:
+        write_json_atomic(Path(checkpoint) / SPEND_FILE,
+                          {"run": self.run, "session": self.session, "spent_hours": self.spent_hours})
+
+
+class SpendGuard:
+    """Says stop when finishing one more step (and a checkpoint save) would cross the limit.
+
+    The projection is: spent so far + the slowest of the recent steps + the last measured save
+    (twice if a save is already due now). Until a save has been measured its cost is not known,
+    so the final save after a stop is charged but not projected.
+    """
+
+    def __init__(self, meter: Meter, limit_hours: float, *, window: int = 16):
+        self.meter, self.limit_hours = meter, limit_hours
+        self._recent_steps: deque[float] = deque(maxlen=window)
+        self._mark = meter.hours
+        self.save_hours = 0.0
+        self.last_step_hours = 0.0
+        self.stopped_at_hours: float | None = None
+
+    def restart_interval(self) -> None:
+        """Start the next step's clock now, so setup before the loop is not taken for a step."""
+        self._mark = self.meter.hours
+
+    def step_done(self, *, save_due: bool = False) -> bool:
+        now = self.meter.hours
+        self.last_step_hours = now - self._mark
+        self._recent_steps.append(self.last_step_hours)
+        self._mark = now
+        saves_ahead = 2 if save_due else 1
+        projected = now + max(self._recent_steps) + saves_ahead * self.save_hours
+        stop = any_rank(projected > self.limit_hours)
+        if stop:
+            self.stopped_at_hours = now
+        return stop
+
+    def save_done(self) -> None:
+        """A checkpoint save finished after the last step: remember its cost, keep it out of the next step's."""
+        now = self.meter.hours
+        self.save_hours = now - self._mark
+        self._mark = now
+
+
+class BudgetSession:
+    """One metered unit of work with a budget in the ledger. Use `start(...)` as a context manager;
+    leaving it (normally or by an exception) settles the session and refunds the unused hours."""
+
+    def __init__(self, ledger: Ledger | None, meter: Meter, guard: SpendGuard, *, session: str | None,
+                 run: str | None, spent_before_hours: float, progress_interval_s: float, wandb_run: Any):
+        self.ledger, self.meter, self.guard = ledger, meter, guard
+        self.id, self.run = session, run
+        self.spent_before_hours = spent_before_hours
+        self._progress_interval_s = progress_interval_s
+        self._next_progress = time.monotonic() + progress_interval_s
+        self._wandb_run = wandb_run
+        self.settlement: Entry | None = None
+        self._closed = False
+
+    @classmethod
+    def start(
+        cls,
+        ledger: Ledger | None,
+        *,
+        account: str,
+        budget_hours: float,
+        device: str | None = None,
+        processes: int | None = None,
+        purpose: str = "",
+        resume_from: str | os.PathLike | None = None,
+        wandb_run: Any = None,
+        is_main: bool | None = None,
+        progress_interval_s: float = 30.0,
+    ) -> BudgetSession:
+        """Admit a session: settle abandoned ones, reserve the budget (less what a resumed run already
+        spent), then start metering. Only the main process writes; other ranks pass ledger=None or
+        any ledger and just meter and guard. `budget_hours` is for the whole run, across resumes."""
+        check_hours(budget_hours, field="budget_hours")
+        is_main = is_main_process(os.environ) if is_main is None else is_main
+        device = device or detect_device_kind()
+        processes = processes or world_size(os.environ)
+        resumed = None if resume_from is None else CheckpointSpend.read(Path(resume_from))
+        spent_before = resumed.spent_hours if resumed else 0.0
+        limit = budget_hours - spent_before
+        if limit <= 0:
+            raise LedgerError(f"the checkpoint {resume_from} already spent {spent_before:g} of the run's "
+                              f"{budget_hours:g}-hour budget; pass a larger budget_hours to go on")
+        session = run = None
+        if is_main:
+            if ledger is None:
+                raise LedgerError("the main process needs a ledger to reserve the budget in")
+            ledger.repair()
+            reservation = ledger.reserve(
+                account, limit, device=device, processes=processes, purpose=purpose,
+                resumes=None if resumed is None else {"checkpoint": str(resume_from), "session": resumed.session,
+                                                      "run": resumed.run, "spent_hours": spent_before},
+                wandb_run=getattr(wandb_run, "id", None),
+            )
+            session = reservation.payload["session"]
+            run = resumed.run if resumed else session
+            if wandb_run is not None:
+                wandb_run.summary["ledger/session"] = session
+        meter = Meter.for_device(device, processes).start()
+        return cls(ledger if is_main else None, meter, SpendGuard(meter, limit), session=session, run=run,
+                   spent_before_hours=spent_before, progress_interval_s=progress_interval_s, wandb_run=wandb_run)
+
+    @property
+    def run_spent_hours(self) -> float:
+        """The run's spend so far, over this session and those it resumed from."""
+        return self.spent_before_hours + self.meter.hours
+
+    def loop_started(self) -> None:
+        """Call right before the training loop (the Trainer callback does), so setup is not a 'step'."""
+        self.guard.restart_interval()
+
+    def step_done(self, *, save_due: bool = False) -> bool:
+        """Call after every optimizer step. True: save a checkpoint, call `checkpoint_saved`, and stop.
+        `save_due` says a checkpoint save is about to happen anyway."""
+        stop = self.guard.step_done(save_due=save_due)
+        if self.ledger is not None and time.monotonic() >= self._next_progress:
+            self._note_progress()
+        return stop
+
+    def checkpoint_saved(self, checkpoint: str | os.PathLike) -> None:
+        """Call after each checkpoint save: stores the run's spend with it, for a resume to continue."""
+        self.guard.save_done()
+        if self.ledger is not None:
+            CheckpointSpend(self.run, self.id, self.run_spent_hours).write(Path(checkpoint))
+            self._note_progress()
+
+    def trainer_callback(self):
+        """A transformers TrainerCallback enforcing this budget (imports transformers)."""
+        from ledger.callbacks import BudgetCallback
+
+        return BudgetCallback(self)
+
+    def _note_progress(self) -> None:
+        # Mid-run, only this rank's GPU energy is known (summing needs all ranks in step): record
+        # energy only when this rank is the whole session, never a partial sum.
+        energy = self.meter.energy_kwh() if self.meter.processes == 1 else None
+        self.ledger.note_progress(self.id, self.meter.hours, energy)
+        self._next_progress = time.monotonic() + self._progress_interval_s
+
+    def settle(self) -> Entry | None:
+        """Stop metering and settle: this session's metered hours are spent, the rest refunded.
+        Every rank calls it (energy is summed across ranks); only the main process writes."""
+        if self._closed:
+            return self.settlement
+        self._closed = True
+        self.meter.stop()
+        energy = sum_over_ranks(self.meter.energy_kwh())
+        if self.ledger is not None:
+            self.settlement = self.ledger.settle(
+                self.id, self.meter.hours, energy_kwh=energy, wall_seconds=self.meter.seconds,
+                stopped_by_budget=self.guard.stopped_at_hours is not None,
+            )
+            if self._wandb_run is not None:
+                write_head_to_wandb_summary(self._wandb_run, self.ledger)
+        return self.settlement
+
+    def __enter__(self) -> BudgetSession:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.settle()

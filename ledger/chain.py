@@ -1,0 +1,152 @@
+"""The hash chain: canonical bytes of an entry, its hash, and the check that finds the first bad entry.
+
+Free of storage, so the same rules hash an entry when it is written and when an auditor verifies it.
+An entry's body is the canonical JSON (sorted keys, no whitespace, ASCII, no NaN) of
+`{"kind", "payload", "prev_hash", "seq", "time"}`, stored as is; its hash is sha256 of those bytes.
+The first entry's `prev_hash` is `GENESIS_HASH`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from ledger.errors import LedgerError
+
+GENESIS_HASH = hashlib.sha256(b"welfare-offsets ledger genesis").hexdigest()
+_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+_ANCHOR = re.compile(r"(\d+):([0-9a-f]{64})")
+
+
+def canonical_json(value: Any) -> str:
+    """The one serialisation that is hashed: deterministic, whitespace-free, finite numbers only."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
+def format_time(moment: datetime) -> str:
+    """Entry times are fixed-width UTC text, so they sort and filter as strings."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc).strftime(_TIME_FORMAT)
+
+
+def utc_now() -> str:
+    return format_time(datetime.now(timezone.utc))
+
+
+def seal(seq: int, time: str, kind: str, payload: dict[str, Any], prev_hash: str) -> tuple[str, str]:
+    """The stored body of a new entry (canonical JSON of all but its hash) and that hash."""
+    body = canonical_json({"seq": seq, "time": time, "kind": kind, "payload": payload, "prev_hash": prev_hash})
+    return body, hashlib.sha256(body.encode("ascii")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Entry:
+    seq: int
+    time: str
+    kind: str
+    payload: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "time": self.time,
+            "kind": self.kind,
+            "payload": self.payload,
+            "prev_hash": self.prev_hash,
+            "hash": self.hash,
+        }
+
+
+@dataclass(frozen=True)
+class Head:
+    """The last entry's seq and hash: printed as `SEQ:HASH` and kept elsewhere as an anchor."""
+
+    seq: int
+    hash: str
+
+    def __str__(self) -> str:
+        return f"{self.seq}:{self.hash}"
+
+    @classmethod
+    def parse(cls, text: str, *, field: str = "anchor") -> Head:
+        match = _ANCHOR.fullmatch(text.strip())
+        if match is None:
+            raise LedgerError(
+                f"{field} {text!r} is not SEQ:HASH (a seq number, a colon, 64 lowercase hex digits); "
+                "copy it from `welfare ledger head`"
+            )
+        return cls(int(match.group(1)), match.group(2))
+
+
+EMPTY_HEAD = Head(0, GENESIS_HASH)
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    ok: bool
+    entries: int
+    head: Head | None = None
+    first_bad_seq: int | None = None
+    reason: str = ""
+
+
+def verify_chain(rows: Iterable[tuple[bytes, str]], anchor: Head | None = None) -> VerifyResult:
+    """Walk stored (body, hash) rows in order and stop at the first bad entry.
+
+    Fast path, one line per entry: the body hashes to its stored hash, and ends with the expected
+    prev_hash and seq. Canonical JSON sorts `time` last and times are fixed-width, so that tail sits
+    at a fixed place. Only a failing entry is parsed, to say what is wrong with it.
+    """
+    expected_seq, expected_prev = 1, GENESIS_HASH
+    if anchor is not None and anchor.seq == 0 and anchor.hash != GENESIS_HASH:
+        return _broken(0, "the anchor's seq 0 is not this ledger format's genesis")
+    anchor_seq = -1 if anchor is None else anchor.seq
+    sha256, time_tail = hashlib.sha256, -_TIME_TAIL  # locals: this loop runs once per entry
+    for body, stored_hash in rows:
+        if sha256(body).hexdigest() != stored_hash or not body.endswith(
+            f'{expected_prev}","seq":{expected_seq},"time":"'.encode(), 0, time_tail
+        ):
+            return _broken(expected_seq, _explain(expected_seq, expected_prev, body, stored_hash))
+        if expected_seq == anchor_seq and stored_hash != anchor.hash:
+            return _broken(expected_seq, f"it does not match the anchor {anchor} "
+                                         "(the ledger was rewritten behind the anchor)")
+        expected_seq += 1
+        expected_prev = stored_hash
+    last = expected_seq - 1
+    if anchor is not None and anchor.seq > last:
+        return _broken(last + 1, f"the ledger ends at seq {last} but the anchor is at seq {anchor.seq} "
+                                 "(entries were truncated)")
+    return VerifyResult(True, last, Head(last, expected_prev))
+
+
+# Characters after the tail checked above: the 27-character time, its closing quote and brace.
+_TIME_TAIL = len(format_time(datetime(2000, 1, 1))) + 2
+
+
+def _explain(seq: int, expected_prev: str, body: bytes, stored_hash: str) -> str:
+    try:
+        fields = json.loads(body)
+    except (ValueError, TypeError):
+        return "its stored body is not JSON (the entry was edited)"
+    if not isinstance(fields, dict):
+        return "its stored body is not a JSON object (the entry was edited)"
+    if fields.get("seq") != seq:
+        return f"entry {fields.get('seq')!r} is stored where entry {seq} belongs (entries were deleted or reordered)"
+    if fields.get("prev_hash") != expected_prev:
+        return (f"its prev_hash does not match the hash of entry {seq - 1} "
+                "(entries were deleted, reordered or re-chained)")
+    if hashlib.sha256(body).hexdigest() != stored_hash:
+        return "its content does not match its hash (the entry was edited)"
+    return "its stored body is not in canonical form (the entry was rewritten)"
+
+
+def _broken(seq: int, why: str) -> VerifyResult:
+    return VerifyResult(False, max(seq - 1, 0), None, seq, why)

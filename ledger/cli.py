@@ -1,0 +1,218 @@
+"""`welfare ledger ...`: fund and audit the GPU-hour ledger from a shell.
+
+Exit codes: 0 done; 1 `verify` found the ledger broken (the first bad seq and why are printed);
+2 bad input (the message says what and how to fix it) with the ledger unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+from ledger.accounts import check_hours, check_name
+from ledger.book import Ledger
+from ledger.chain import Head, canonical_json
+from ledger.errors import LedgerError
+from ledger.export import EXPORT_FORMATS
+from ledger.location import ENV_VAR
+from ledger.report import plot_recovery, print_report
+
+KINDS = ("fund", "transfer", "reserve", "settle", "correction", "measurement")
+
+
+def _argument_type(check: Callable[[str], object]) -> Callable[[str], object]:
+    """Run a library check inside argparse, so bad input fails before the ledger is even opened."""
+
+    def parse(text: str) -> object:
+        try:
+            return check(text)
+        except LedgerError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    return parse
+
+
+def _hours_from_text(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise LedgerError(f"hours must be a finite number of accelerator-hours, got {text!r} (e.g. 2.5)") from None
+    return check_hours(value, field="hours")
+
+
+_hours = _argument_type(_hours_from_text)
+_name = _argument_type(lambda text: check_name(text, field="name"))
+_anchor = _argument_type(Head.parse)
+
+
+def _moment(text: str) -> datetime:
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO date or time; use e.g. 2025-06-01 or 2025-06-01T12:00 "
+            "(UTC unless an offset is given)"
+        ) from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    # --ledger is accepted before and after the command; SUPPRESS keeps one from erasing the other.
+    ledger_option = argparse.ArgumentParser(add_help=False)
+    ledger_option.add_argument("--ledger", default=argparse.SUPPRESS, metavar="PATH",
+                               help=f"ledger file (default: ${ENV_VAR}, else "
+                                    "~/.local/share/welfare-offsets/ledger.sqlite)")
+    filters = argparse.ArgumentParser(add_help=False)
+    filters.add_argument("--session", type=_name, help="only entries of this session")
+    filters.add_argument("--kind", choices=KINDS, help="only entries of this kind")
+    filters.add_argument("--since", type=_moment, help="only entries at or after this UTC time")
+    filters.add_argument("--until", type=_moment, help="only entries before this UTC time")
+
+    parser = argparse.ArgumentParser(prog="welfare ledger", parents=[ledger_option],
+                                     description="Fund and audit the GPU-hour ledger.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, summary: str, *parents: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=summary, description=summary, parents=[ledger_option, *parents])
+
+    fund = command("fund", "Give an account accelerator-hours.")
+    fund.add_argument("--account", required=True, type=_name)
+    fund.add_argument("--hours", required=True, type=_hours)
+    fund.add_argument("--note", default="")
+    transfer = command("transfer", "Move accelerator-hours between accounts (refused if the source cannot cover them).")
+    transfer.add_argument("--from", dest="source", required=True, type=_name)
+    transfer.add_argument("--to", dest="destination", required=True, type=_name)
+    transfer.add_argument("--hours", required=True, type=_hours)
+    transfer.add_argument("--note", default="")
+    balance = command("balance", "Available, reserved and spent hours per account.")
+    balance.add_argument("--account", type=_name, help="only this account")
+    command("show", "Print entries, one per line (postings are in micro-hours).", filters)
+    report = command("report", "Per-session and total hours, energy and wellbeing, as a table and a PNG.")
+    report.add_argument("--png", type=Path, default=Path("ledger_report.png"),
+                        help="where to write the plot (default: ./ledger_report.png)")
+    verify = command("verify", "Check the hash chain; exit 1 with the first bad seq if it is broken.")
+    verify.add_argument("--anchor", type=_anchor,
+                        help="a SEQ:HASH printed earlier by `head`, to detect truncation or rewrites")
+    command("head", "Print the last entry as SEQ:HASH, to keep elsewhere as an anchor.")
+    export = command("export", "Write entries as JSONL or CSV.", filters)
+    export.add_argument("--format", choices=EXPORT_FORMATS, default="jsonl")
+    export.add_argument("--output", type=Path, help="file to write (default: standard output)")
+    correct = command("correct", "Reverse a fund or transfer, or retract a measurement, by a new entry.")
+    correct.add_argument("--seq", required=True, type=int)
+    correct.add_argument("--reason", required=True)
+    command("repair", "Settle sessions whose process died without settling.")
+    return parser
+
+
+def _filters(args: argparse.Namespace) -> dict:
+    return {"session": args.session, "kind": args.kind, "since": args.since, "until": args.until}
+
+
+def _run(args: argparse.Namespace, ledger: Ledger) -> int:
+    if args.command == "fund":
+        entry = ledger.fund(args.account, args.hours, note=args.note)
+        print(f"entry {entry.seq}: {args.account} funded with {args.hours:g} h; "
+              f"available {ledger.balance(args.account).available_hours:g} h")
+    elif args.command == "transfer":
+        entry = ledger.transfer(args.source, args.destination, args.hours, note=args.note)
+        print(f"entry {entry.seq}: moved {args.hours:g} h from {args.source} to {args.destination}")
+    elif args.command == "balance":
+        _print_balances(ledger, args.account)
+    elif args.command == "show":
+        for entry in ledger.entries(**_filters(args)):
+            print(f"{entry.seq:>6}  {entry.time}  {entry.kind:<11}  {canonical_json(entry.payload)}")
+    elif args.command == "report":
+        report = ledger.report()
+        print_report(report, _console())
+        plot_recovery(report, args.png)
+        print(f"plot: {args.png}")
+    elif args.command == "verify":
+        result = ledger.verify(args.anchor)
+        if not result.ok:
+            print(f"ledger {ledger.path} is BROKEN at seq {result.first_bad_seq}: {result.reason}", file=sys.stderr)
+            return 1
+        print(f"ledger intact: {result.entries} entries, head {result.head}")
+    elif args.command == "head":
+        print(ledger.head())
+    elif args.command == "export":
+        if args.output is None:
+            ledger.export(sys.stdout, args.format, **_filters(args))
+        else:
+            with open(args.output, "w", encoding="utf-8", newline="") as out:
+                count = ledger.export(out, args.format, **_filters(args))
+            print(f"wrote {count} entries to {args.output}")
+    elif args.command == "correct":
+        entry = ledger.correct(args.seq, args.reason)
+        print(f"entry {entry.seq} corrects entry {args.seq}")
+    elif args.command == "repair":
+        outcomes = ledger.repair()
+        for outcome in outcomes:
+            if outcome.settlement is None:
+                print(f"{outcome.session}: still running, left open")
+            else:
+                settlement = outcome.settlement
+                print(f"{outcome.session}: settled by entry {settlement.seq} ({settlement.payload['basis']})")
+        if not outcomes:
+            print("no open sessions")
+    return 0
+
+
+def _console():
+    """rich wraps at 80 columns when not on a terminal; a report piped to a file should not wrap."""
+    from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() else 160)
+
+
+def _print_balances(ledger: Ledger, account: str | None) -> None:
+    from rich.table import Table
+
+    balances = [ledger.balance(account)] if account else list(ledger.balances().values())
+    table = Table(title=f"Accelerator-hours in {ledger.path}")
+    for column in ("account", "available h", "reserved h (open)", "spent h"):
+        table.add_column(column, justify="left" if column == "account" else "right")
+    for balance in balances:
+        table.add_row(balance.account, f"{balance.available_hours:g}", f"{balance.reserved_hours:g}",
+                      f"{balance.spent_hours:g}")
+    _console().print(table)
+
+
+def _warn_abandoned(ledger: Ledger) -> None:
+    try:
+        abandoned = ledger.abandoned_sessions()
+    except OSError as error:  # e.g. an auditor without access to the session lock files
+        print(f"note: could not check for sessions that died without settling ({error})", file=sys.stderr)
+        return
+    if abandoned:
+        names = ", ".join(session.session for session in abandoned)
+        print(f"warning: {len(abandoned)} session(s) died without settling ({names}); "
+              "run `welfare ledger repair` to settle them", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # argparse exits 2 on bad input, 0 on --help
+        return int(exit_.code or 0)
+    try:
+        ledger = Ledger.open(getattr(args, "ledger", None), create=args.command in ("fund",))
+    except LedgerError as error:
+        print(f"welfare ledger: error: {error}", file=sys.stderr)
+        return 2
+    try:
+        code = _run(args, ledger)
+        if args.command != "repair":
+            _warn_abandoned(ledger)
+        return code
+    except LedgerError as error:
+        print(f"welfare ledger: error: {error}", file=sys.stderr)
+        return 2
+    finally:
+        ledger.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,236 @@
+"""Durable storage of the hash chain, in SQLite.
+
+Why SQLite and not an fsynced JSONL file:
+- A transaction lands whole or not at all. A batch of entries is one commit, and after kill -9 or a
+  power cut SQLite's WAL recovery drops any uncommitted tail; a JSONL file needs its own repair of
+  torn last lines and cannot make a many-entry append atomic.
+- `BEGIN IMMEDIATE` takes the write lock before the head is read, so sessions in several processes
+  append one after another and the chain stays linear, without a hand-made lock file.
+- WAL with `synchronous=FULL` fsyncs the log before COMMIT returns: an acknowledged entry is on disk,
+  and readers (verify, report) see a consistent snapshot while writers append.
+- Balances are summed in C over the chained payloads themselves (`json_each`): no second copy of the
+  numbers that could drift from what the hashes protect.
+The price: the file is binary, so people read it through `welfare ledger show` and `export`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from ledger.chain import EMPTY_HEAD, GENESIS_HASH, Entry, Head, seal, utc_now
+from ledger.errors import LedgerError, NotALedger, SchemaTooNew
+
+SCHEMA_VERSION = 1
+FORMAT_NAME = "welfare-offsets-ledger"
+# Long, because a writer waits behind other sessions' commits rather than failing a run.
+BUSY_TIMEOUT_S = 120.0
+
+_SCHEMA = f"""
+BEGIN;
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+-- `body` is the hashed canonical JSON; the other columns are read out of it, so they cannot disagree.
+CREATE TABLE entries (
+    seq INTEGER PRIMARY KEY,
+    body TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    kind TEXT GENERATED ALWAYS AS (json_extract(body, '$.kind')) VIRTUAL,
+    time TEXT GENERATED ALWAYS AS (json_extract(body, '$.time')) VIRTUAL,
+    session TEXT GENERATED ALWAYS AS (json_extract(body, '$.payload.session')) VIRTUAL,
+    corrects INTEGER GENERATED ALWAYS AS (json_extract(body, '$.payload.corrects')) VIRTUAL
+);
+CREATE INDEX entries_by_kind ON entries(kind);
+CREATE TRIGGER entries_no_update BEFORE UPDATE ON entries
+    BEGIN SELECT RAISE(ABORT, 'ledger entries are append-only'); END;
+CREATE TRIGGER entries_no_delete BEFORE DELETE ON entries
+    BEGIN SELECT RAISE(ABORT, 'ledger entries are append-only'); END;
+INSERT INTO meta VALUES ('format', '{FORMAT_NAME}'), ('schema_version', '{SCHEMA_VERSION}'),
+    ('genesis', '{GENESIS_HASH}');
+COMMIT;
+"""
+
+
+def _entry(row: tuple[str, str]) -> Entry:
+    body, hash_ = row
+    fields = json.loads(body)
+    return Entry(fields["seq"], fields["time"], fields["kind"], fields["payload"], fields["prev_hash"], hash_)
+
+
+class _Reader:
+    """Queries shared by the store and by a transaction (which sees its own uncommitted entries)."""
+
+    def __init__(self, db: sqlite3.Connection):
+        self._db = db
+
+    def head(self) -> Head:
+        row = self._db.execute("SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1").fetchone()
+        return Head(*row) if row else EMPTY_HEAD
+
+    def entry(self, seq: int) -> Entry | None:
+        row = self._db.execute("SELECT body, hash FROM entries WHERE seq = ?", (seq,)).fetchone()
+        return _entry(row) if row else None
+
+    def select(
+        self,
+        *,
+        kind: str | None = None,
+        session: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        corrects: int | None = None,
+    ) -> list[Entry]:
+        """Entries in seq order; each filter left as None matches everything."""
+        rows = self._db.execute(
+            "SELECT body, hash FROM entries WHERE (?1 IS NULL OR kind = ?1) AND (?2 IS NULL OR session = ?2)"
+            " AND (?3 IS NULL OR time >= ?3) AND (?4 IS NULL OR time < ?4) AND (?5 IS NULL OR corrects = ?5)"
+            " ORDER BY seq",
+            (kind, session, since, until, corrects),
+        )
+        return [_entry(row) for row in rows]
+
+    def account_totals(self) -> dict[str, int]:
+        """Every account's balance in micro-hours: the sum of all postings to it."""
+        rows = self._db.execute(
+            "SELECT p.key, SUM(p.value) FROM entries, json_each(entries.body, '$.payload.postings') AS p"
+            " GROUP BY p.key"
+        )
+        return dict(rows)
+
+    def account_total(self, account: str) -> int | None:
+        """One account's balance in micro-hours, or None if nothing was ever posted to it."""
+        count, total = self._db.execute(
+            "SELECT COUNT(*), SUM(p.value) FROM entries, json_each(entries.body, '$.payload.postings') AS p"
+            " WHERE p.key = ?",
+            (account,),
+        ).fetchone()
+        return total if count else None
+
+
+class Transaction(_Reader):
+    """Appends under the write lock; the head is read once, when the lock was taken."""
+
+    def __init__(self, db: sqlite3.Connection):
+        super().__init__(db)
+        self._head = self.head()
+
+    def append(self, kind: str, payload: dict[str, Any]) -> Entry:
+        seq, time, prev_hash = self._head.seq + 1, utc_now(), self._head.hash
+        body, hash_ = seal(seq, time, kind, payload, prev_hash)
+        self._db.execute("INSERT INTO entries (seq, body, hash) VALUES (?, ?, ?)", (seq, body, hash_))
+        self._head = Head(seq, hash_)
+        return _entry((body, hash_))
+
+
+class Store(_Reader):
+    def __init__(self, db: sqlite3.Connection, path: Path):
+        super().__init__(db)
+        self.path = path
+
+    @classmethod
+    def open(cls, path: Path, *, create: bool) -> Store:
+        """Open the ledger at `path`, creating it if missing and `create`; refuse anything else."""
+        if not path.exists():
+            if not create:
+                raise LedgerError(
+                    f"no ledger at {path}: pass --ledger PATH (or set WELFARE_LEDGER) to an existing "
+                    "ledger; `welfare ledger fund` creates a new one"
+                )
+            _create(path)
+        if path.is_dir():
+            raise NotALedger(f"{path} is a directory, not a ledger file; pass --ledger PATH to a file")
+        db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        try:
+            _check_format(db, path)
+            db.execute("PRAGMA synchronous=FULL")
+        except BaseException:
+            db.close()
+            raise
+        return cls(db, path)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        """All appends inside commit together (one fsync) or not at all."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield Transaction(self._db)
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
+
+    def chain_rows(self) -> Iterator[tuple[bytes, str]]:
+        """Stored (body bytes, hash) rows in seq order, for verification."""
+        return self._db.execute("SELECT CAST(body AS BLOB), hash FROM entries ORDER BY seq")
+
+    def first_misnumbered_seq(self, rows: int) -> int | None:
+        """After a chain check walked `rows` rows whose bodies hold seqs 1..rows in order: the first
+        row whose seq column disagrees with its body, if any. Distinct integers from 1 to `rows`,
+        `rows` of them, are exactly 1..rows, so the usual answer costs no scan."""
+        low, high = self._db.execute(  # one aggregate per subquery, so each is a rowid lookup, not a scan
+            "SELECT (SELECT MIN(seq) FROM entries), (SELECT MAX(seq) FROM entries)"
+        ).fetchone()
+        if rows == 0 or (low, high) == (1, rows):
+            return None
+        row = self._db.execute(
+            "SELECT seq FROM entries WHERE seq IS NOT json_extract(body, '$.seq') ORDER BY seq LIMIT 1"
+        ).fetchone()
+        return row[0] if row else None
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def _check_format(db: sqlite3.Connection, path: Path) -> None:
+    how_to_fix = "point --ledger at a ledger file, or at a new path to create one"
+    try:
+        meta = dict(db.execute("SELECT key, value FROM meta"))
+    except sqlite3.DatabaseError as error:
+        raise NotALedger(f"{path} is not a welfare-offsets ledger ({error}); {how_to_fix}") from None
+    if meta.get("format") != FORMAT_NAME:
+        raise NotALedger(f"{path} is an SQLite file but not a welfare-offsets ledger; {how_to_fix}")
+    version = meta.get("schema_version", "")
+    if not version.isdigit():
+        raise NotALedger(f"{path} has an unreadable schema version {version!r}; {how_to_fix}")
+    if int(version) > SCHEMA_VERSION:
+        raise SchemaTooNew(
+            f"{path} has ledger schema version {version}, newer than the {SCHEMA_VERSION} this "
+            "welfare-offsets reads; upgrade welfare-offsets to read or write it"
+        )
+
+
+def _create(path: Path) -> None:
+    """Build the new ledger beside `path` and link it into place, so `path` never names a half-made file
+    and concurrent first users agree on one ledger."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.new")
+    try:
+        db = sqlite3.connect(staging, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(_SCHEMA)
+        finally:
+            db.close()
+        _fsync(staging)
+        try:
+            os.link(staging, path)
+        except FileExistsError:
+            pass  # another process created it first: everyone uses that one
+        _fsync(path.parent)
+    finally:
+        for leftover in (staging, Path(f"{staging}-wal"), Path(f"{staging}-shm")):
+            leftover.unlink(missing_ok=True)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,174 @@
+"""`welfare ledger ...` as a contract: commands, output formats, exit codes, and a ledger left
+byte-for-byte unchanged by bad input."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ledger import Ledger
+from ledger.cli import main
+
+
+@pytest.fixture
+def ledger_path(tmp_path):
+    path = tmp_path / "ledger.sqlite"
+    assert main(["--ledger", str(path), "fund", "--account", "lab", "--hours", "10"]) == 0
+    return path
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def snapshot(path):
+    """Everything on disk that makes up the ledger."""
+    return {p.name: p.read_bytes() for p in path.parent.iterdir() if p.is_file() and p.name.startswith(path.name)}
+
+
+def test_ledger_option_goes_before_or_after_the_command(ledger_path, capsys):
+    assert run(capsys, "--ledger", str(ledger_path), "head")[1] == run(capsys, "head", "--ledger", str(ledger_path))[1]
+
+
+def test_ledger_path_from_the_environment(ledger_path, capsys, monkeypatch):
+    monkeypatch.setenv("WELFARE_LEDGER", str(ledger_path))
+    code, out, _ = run(capsys, "head")
+    assert code == 0 and out.startswith("1:")
+
+
+def test_fund_balance_show_head_verify(ledger_path, capsys):
+    path = str(ledger_path)
+    code, out, _ = run(capsys, "fund", "--ledger", path, "--account", "lab", "--hours", "2.5", "--note", "grant")
+    assert code == 0 and "available 12.5 h" in out
+    code, out, _ = run(capsys, "balance", "--ledger", path)
+    assert code == 0 and "lab" in out and "12.5" in out
+    code, out, _ = run(capsys, "show", "--ledger", path, "--kind", "fund")
+    assert code == 0 and len(out.splitlines()) == 2 and '"note":"grant"' in out
+    code, head, _ = run(capsys, "head", "--ledger", path)
+    seq, hash_ = head.strip().split(":")
+    assert code == 0 and seq == "2" and len(hash_) == 64
+    code, out, _ = run(capsys, "verify", "--ledger", path, "--anchor", head.strip())
+    assert code == 0 and "intact: 2 entries" in out
+
+
+def test_export_jsonl_has_one_entry_per_line_and_csv_a_header(ledger_path, capsys):
+    with Ledger.open(ledger_path) as ledger:
+        session = ledger.reserve("lab", 1.0).payload["session"]
+        ledger.settle(session, 0.5)
+    code, out, _ = run(capsys, "export", "--ledger", str(ledger_path), "--format", "jsonl")
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and [line["seq"] for line in lines] == [1, 2, 3]
+    assert all({"seq", "kind", "hash", "prev_hash", "time", "payload"} <= set(line) for line in lines)
+    assert lines[1]["prev_hash"] == lines[0]["hash"]
+    code, out, _ = run(capsys, "export", "--ledger", str(ledger_path), "--format", "csv", "--session", session)
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert code == 0 and [row["kind"] for row in rows] == ["reserve", "settle"]
+
+
+def test_report_prints_tables_and_writes_the_png(ledger_path, capsys, tmp_path):
+    with Ledger.open(ledger_path) as ledger:
+        session = ledger.reserve("lab", 1.0, purpose="offset").payload["session"]
+        ledger.settle(session, 0.5)
+        ledger.record_measurement(session, "SR", wellbeing_before=-0.5, wellbeing_after=0.0, recovered=0.5)
+    png = tmp_path / "plot.png"
+    code, out, _ = run(capsys, "report", "--ledger", str(ledger_path), "--png", str(png))
+    assert code == 0 and session in out and "-0.5 -> 0" in out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_correct_and_repair(ledger_path, capsys):
+    code, out, _ = run(capsys, "correct", "--ledger", str(ledger_path), "--seq", "1", "--reason", "wrong grant")
+    assert code == 0 and "entry 2 corrects entry 1" in out
+    assert run(capsys, "repair", "--ledger", str(ledger_path))[1] == "no open sessions\n"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["fund", "--account", "lab", "--hours", "-3"], "more than zero"),
+    (["fund", "--account", "lab", "--hours", "nan"], "finite number"),
+    (["fund", "--account", "lab", "--hours", "lots"], "finite number"),
+    (["fund", "--account", "bad name", "--hours", "1"], "not a valid name"),
+    (["transfer", "--from", "ghost", "--to", "lab", "--hours", "1"], "'ghost' has never been funded"),
+    (["balance", "--account", "ghost"], "'ghost' has never been funded"),
+    (["transfer", "--from", "lab", "--to", "team", "--hours", "11"], "less than the 11 asked for"),
+    (["correct", "--seq", "99", "--reason", "x"], "no entry 99"),
+    (["verify", "--anchor", "1:zz"], "SEQ:HASH"),
+    (["show", "--since", "yesterday"], "not an ISO date"),
+])
+def test_bad_input_exits_2_with_a_clear_message_and_the_ledger_unchanged(ledger_path, capsys, argv, message):
+    before = snapshot(ledger_path)
+    code, _, err = run(capsys, *argv, "--ledger", str(ledger_path))
+    assert code == 2 and message in err
+    assert snapshot(ledger_path) == before
+
+
+def test_a_file_that_is_not_a_ledger_exits_2_untouched(tmp_path, capsys):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello\n")
+    for argv in (["fund", "--account", "lab", "--hours", "1"], ["verify"], ["export"]):
+        code, _, err = run(capsys, *argv, "--ledger", str(notes))
+        assert code == 2 and "not a welfare-offsets ledger" in err
+    assert notes.read_text() == "hello\n"
+
+
+def test_a_newer_schema_version_exits_2_untouched(ledger_path, capsys):
+    db = sqlite3.connect(ledger_path)
+    db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    db.commit()
+    db.close()
+    before = snapshot(ledger_path)
+    code, _, err = run(capsys, "fund", "--account", "lab", "--hours", "1", "--ledger", str(ledger_path))
+    assert code == 2 and "schema version 2" in err and "upgrade welfare-offsets" in err
+    assert snapshot(ledger_path) == before
+
+
+def test_reading_commands_do_not_create_a_ledger(tmp_path, capsys):
+    code, _, err = run(capsys, "verify", "--ledger", str(tmp_path / "typo.sqlite"))
+    assert code == 2 and "no ledger at" in err and not (tmp_path / "typo.sqlite").exists()
+
+
+def test_verify_of_a_tampered_ledger_exits_1_with_the_first_bad_seq(ledger_path, capsys):
+    with Ledger.open(ledger_path) as ledger:
+        for _ in range(4):
+            ledger.fund("lab", 1.0)
+    db = sqlite3.connect(ledger_path)
+    db.execute("DROP TRIGGER entries_no_update")
+    db.execute("UPDATE entries SET body = replace(body, '1000000', '9000000') WHERE seq = 3")
+    db.commit()
+    db.close()
+    code, _, err = run(capsys, "verify", "--ledger", str(ledger_path))
+    assert code == 1 and "BROKEN at seq 3" in err and "edited" in err
+
+
+def test_abandoned_sessions_are_reported_until_repaired(ledger_path, capsys):
+    ledger = Ledger.open(ledger_path)
+    session = ledger.reserve("lab", 1.0).payload["session"]
+    ledger.close()  # the session's process let go without settling
+    _, _, err = run(capsys, "balance", "--ledger", str(ledger_path))
+    assert session in err and "welfare ledger repair" in err
+    code, out, _ = run(capsys, "repair", "--ledger", str(ledger_path))
+    assert code == 0 and f"{session}: settled by entry 3" in out
+    assert run(capsys, "balance", "--ledger", str(ledger_path))[2] == ""
+
+
+def test_the_welfare_console_script(ledger_path):
+    script = Path(sys.executable).with_name("welfare")
+    assert script.exists(), "install the project (pip install -e .) to get the `welfare` command"
+
+    def welfare(*argv):
+        command = [str(script), "ledger", *argv, "--ledger", str(ledger_path)]
+        return subprocess.run(command, capture_output=True, text=True)
+
+    head = welfare("head")
+    assert head.returncode == 0 and head.stdout.startswith("1:")
+    assert welfare("verify", "--anchor", head.stdout.strip()).returncode == 0
+    bad = welfare("fund", "--account", "lab", "--hours", "-1")
+    assert bad.returncode == 2 and "more than zero" in bad.stderr

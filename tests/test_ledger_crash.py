@@ -1,0 +1,124 @@
+"""Crash safety and concurrency (known answers): kill -9 at random instants never loses an
+acknowledged entry or leaves a partial one, and writers in several processes keep one linear chain."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+
+from ledger import InsufficientHours, Ledger
+from ledger.chain import utc_now
+from ledger_helpers import fork, funded_ledger, wait_exit_code
+
+BATCH = 5
+
+
+def _append_until_killed(path, ack_fd: int, trial: int) -> None:
+    """Append single entries and batches of BATCH forever, acknowledging each after its commit."""
+    ledger = Ledger.open(path)
+    for round_ in range(10**9):
+        batched = round_ % 3 == 2
+        with ledger.batch():
+            entries = [ledger.fund("lab", 0.001, note=f"t{trial}-r{round_}") for _ in range(BATCH if batched else 1)]
+        os.write(ack_fd, "".join(f"{entry.seq} {entry.hash}\n" for entry in entries).encode())
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 65536):
+        chunks.append(chunk)
+    os.close(fd)
+    return b"".join(chunks)
+
+
+def test_kill_9_at_random_instants_loses_nothing_acknowledged_and_leaves_nothing_partial(tmp_path):
+    path = tmp_path / "ledger.sqlite"
+    funded_ledger(path).close()
+    instants = random.Random(20250601)
+    acknowledged_total = 0
+    for trial in range(200):
+        started = utc_now()
+        read_end, write_end = os.pipe()
+        pid = fork(lambda write_end=write_end, trial=trial: _append_until_killed(path, write_end, trial))
+        os.close(write_end)
+        time.sleep(instants.uniform(0.0, 0.012))
+        os.kill(pid, signal.SIGKILL)
+        assert wait_exit_code(pid) == -signal.SIGKILL
+        acknowledged = [line.split() for line in _read_all(read_end).decode().splitlines()]
+
+        with Ledger.open(path, create=False) as ledger:
+            result = ledger.verify()
+            assert result.ok, f"trial {trial}: {result}"
+            written = {entry.seq: entry for entry in ledger.entries(kind="fund") if entry.time >= started}
+        for seq, hash_ in acknowledged:
+            assert written[int(seq)].hash == hash_, f"trial {trial}: acknowledged entry {seq} lost"
+        rounds: dict[str, int] = {}
+        for entry in written.values():
+            rounds[entry.payload["note"]] = rounds.get(entry.payload["note"], 0) + 1
+        for note, count in rounds.items():  # a batch is all there or not there at all
+            batched = int(note.rsplit("r", 1)[1]) % 3 == 2
+            assert count == (BATCH if batched else 1), f"trial {trial}: {note} has {count} entries"
+        acknowledged_total += len(acknowledged)
+    assert acknowledged_total > 200  # the kills landed while writing, not only before it began
+
+
+def _run_writers(count: int, work) -> None:
+    """Start `count` forked writers at the same instant; each must exit 0."""
+    go_read, go_write = os.pipe()
+    pids = []
+    for index in range(count):
+        def child(index=index):
+            os.read(go_read, 1)
+            work(index)
+        pids.append(fork(child))
+    os.write(go_write, b"x" * count)
+    assert [wait_exit_code(pid) for pid in pids] == [0] * count
+    os.close(go_read)
+    os.close(go_write)
+
+
+def test_8_processes_appending_100_entries_each_make_exactly_800_in_one_chain(tmp_path):
+    path = tmp_path / "ledger.sqlite"
+    funded_ledger(path).close()
+
+    def append_100(writer: int) -> None:
+        with Ledger.open(path) as ledger:
+            for index in range(100):
+                ledger.fund("lab", 0.001, note=f"w{writer}-{index}")
+
+    _run_writers(8, append_100)
+    with Ledger.open(path, create=False) as ledger:
+        assert ledger.verify().ok
+        new = ledger.entries()[1:]
+    assert len(new) == 800
+    assert [entry.seq for entry in new] == list(range(2, 802))
+    assert sorted(entry.payload["note"] for entry in new) == sorted(f"w{w}-{i}" for w in range(8) for i in range(100))
+
+
+def test_8_processes_creating_the_same_new_ledger_get_one_ledger(tmp_path):
+    path = tmp_path / "new" / "ledger.sqlite"
+    _run_writers(8, lambda writer: Ledger.open(path).fund("lab", 1.0, note=f"w{writer}"))
+    with Ledger.open(path, create=False) as ledger:
+        assert ledger.verify().ok and len(ledger.entries()) == 8
+    assert [p.name for p in path.parent.iterdir() if p.name.endswith(".new")] == []  # no staging files left
+
+
+def test_concurrent_reservations_never_overdraw(tmp_path):
+    path = tmp_path / "ledger.sqlite"
+    funded_ledger(path, hours=5.0).close()
+
+    def reserve_one_hour(writer: int) -> None:
+        ledger = Ledger.open(path)
+        try:
+            session = ledger.reserve("lab", 1.0).payload["session"]
+            ledger.settle(session, 1.0)
+        except InsufficientHours:
+            pass
+
+    _run_writers(8, reserve_one_hour)
+    with Ledger.open(path, create=False) as ledger:
+        assert len(ledger.entries(kind="reserve")) == 5
+        assert ledger.balance("lab").available_hours == 0.0
+        assert ledger.verify().ok
