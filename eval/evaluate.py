@@ -63,6 +63,8 @@ class EvalConfig:
                 raise ValueError(f"{name}: expected a positive integer, got {getattr(self, name)}")
         if self.max_items is not None and self.max_items < 2:
             raise ValueError(f"max_items: expected at least 2 (or unset), got {self.max_items}")
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ValueError(f"dtype: expected auto, float32, bfloat16 or float16, got {self.dtype!r}")
         if self.report_to not in ("none", "wandb"):
             raise ValueError(f"report_to: expected none or wandb, got {self.report_to!r}")
 

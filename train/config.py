@@ -11,6 +11,8 @@ import dataclasses
 import sys
 from pathlib import Path
 
+from transformers import HfArgumentParser
+
 from eval.errors import InputError
 
 
@@ -24,9 +26,8 @@ def parse_config(dataclass_types: list[type], argv: list[str], prog: str) -> tup
     Returns (instances..., passed) where `passed` records the YAML values and flags as given.
     """
     import yaml
-    from transformers import HfArgumentParser
 
-    argv = list(argv)
+    argv = [part for a in argv for part in (a.split("=", 1) if a.startswith("--config=") else [a])]
     yaml_values: dict = {}
     config_path = None
     if "--config" in argv:
@@ -42,20 +43,34 @@ def parse_config(dataclass_types: list[type], argv: list[str], prog: str) -> tup
         raise ConfigError(
             f"{config_path}: unknown key(s) {unknown}. Known keys: {', '.join(sorted(known))}."
         )
-    parser = HfArgumentParser(dataclass_types, prog=prog)
+    parser = _StrictParser(dataclass_types, prog=prog)
     from_yaml = []
     for key, value in yaml_values.items():
         if value is None:
             continue
         values = value if isinstance(value, list) else [value]
         from_yaml += [f"--{key}", *[_to_flag_text(v) for v in values]]
+    if from_yaml:
+        try:  # type-check the file's values alone first, so an error names the file
+            parser.parse_known_args(from_yaml)
+        except ConfigError as err:
+            raise ConfigError(f"{config_path}: {err}") from None
     # Flags after the YAML values win: argparse keeps the last occurrence.
     try:
         parsed = parser.parse_args_into_dataclasses(args=from_yaml + argv)
+    except ConfigError:
+        raise
     except ValueError as err:  # dataclass __post_init__ validation
         raise ConfigError(f"{config_path or 'flags'}: {err}") from err
     passed = {"config_file": str(Path(config_path).resolve()) if config_path else None, "yaml": yaml_values, "argv": argv}
     return (*parsed, passed)
+
+
+class _StrictParser(HfArgumentParser):
+    """HfArgumentParser whose errors raise ConfigError (one clear line) instead of printing usage and exiting."""
+
+    def error(self, message):
+        raise ConfigError(f"{message} (see `{self.prog} --help`)")
 
 
 def _read_yaml(path: str, yaml) -> dict:
