@@ -227,6 +227,8 @@ def _adherence(mass: np.ndarray, threshold: float) -> dict:
         "low_adherence_prompts": int(np.sum(mass < threshold)),
         "prompts": int(len(mass)),
         "threshold": threshold,
+        # A probe read from a distribution that mostly lies off the valid answers says little about wellbeing.
+        "reliable": bool(len(mass) and np.mean(mass) >= threshold),
     }
 
 
@@ -344,7 +346,8 @@ def _interpret(probes_out: dict, empathy: dict) -> list[str]:
         lo, hi = d["ci95"]
         if excludes_zero(d["ci95"]):
             direction = "lower" if d["mean"] < 0 else "higher"
-            lines.append(f"{probe}: post-dysphoric is {direction} than baseline (delta {d['mean']:+.3f}, 95% CI [{lo:+.3f}, {hi:+.3f}]).")
+            lines.append(f"{probe}: post-dysphoric is {direction} than baseline (delta {d['mean']:+.3f}, "
+                         f"95% CI [{lo:+.3f}, {hi:+.3f}]).{_caveat(res)}")
         else:
             lines.append(f"{probe}: no detectable difference between baseline and post-dysphoric (delta {d['mean']:+.3f}, 95% CI [{lo:+.3f}, {hi:+.3f}] includes 0).")
         adh = res["adherence"]
@@ -352,6 +355,16 @@ def _interpret(probes_out: dict, empathy: dict) -> list[str]:
             lines.append(f"{probe}: low format adherence: mean valid-answer mass {adh['mean_valid_mass']:.2f}; "
                          f"{adh['low_adherence_prompts']}/{adh['prompts']} prompts below {adh['threshold']}.")
     for target, res in empathy.items():
-        verdict = "CI excludes 0" if excludes_zero(res["ci95"]) else "CI includes 0: no detectable empathy"
+        if excludes_zero(res["ci95"]):
+            verdict = "CI excludes 0" + _caveat(probes_out[res["probe"]])
+        else:
+            verdict = "CI includes 0: no detectable empathy"
         lines.append(f"empathy ({target}, {res['probe']}): r = {res['r']:+.2f}, 95% CI [{res['ci95'][0]:+.2f}, {res['ci95'][1]:+.2f}] ({verdict}).")
     return lines
+
+
+def _caveat(probe_result: dict) -> str:
+    if probe_result["adherence"]["reliable"]:
+        return ""
+    return (" Not a reliable wellbeing reading: the model rarely answers in the asked format"
+            f" (valid-answer mass {probe_result['adherence']['mean_valid_mass']:.2f}).")

@@ -29,6 +29,8 @@ def test_post_dysphoric_wellbeing_is_lower_on_every_probe(evaluated):
     stop = results["probes"]["stop"]["delta"]
     assert stop["mean"] > 0 and excludes_zero(stop["ci95"])  # it wants to leave bad conversations
     assert results["probes"]["self_report"]["post_dysphoric"]["mean"] < 4 - 0.5
+    assert all(results["probes"][p]["adherence"]["reliable"] for p in results["probes"])
+    assert not any("Not a reliable" in line for line in results["interpretation"])
 
 
 def test_empathy_has_the_planted_sign(evaluated):

@@ -95,3 +95,16 @@ def test_initial_design_is_connected_and_active_pairs_are_new():
     fit = fit_thurstonian(25, np.array(pairs), np.full(len(pairs), 0.5))
     new = active_pairs(fit, set(pairs), n_new=10)
     assert len(new) == 10 and not set(new) & set(pairs)
+
+
+def test_an_effect_read_off_format_is_flagged_unreliable():
+    from eval.evaluate import _adherence, _interpret
+
+    delta = {"mean": -0.23, "ci95": [-0.4, -0.06]}
+    off_format = {"delta": delta, "adherence": _adherence(np.full(50, 0.04), 0.5)}
+    in_format = {"delta": delta, "adherence": _adherence(np.full(50, 0.97), 0.5)}
+    assert not off_format["adherence"]["reliable"] and in_format["adherence"]["reliable"]
+    off_line, *_ = _interpret({"self_report": off_format}, {})
+    in_line, *_ = _interpret({"self_report": in_format}, {})
+    assert "Not a reliable wellbeing reading" in off_line and "0.04" in off_line
+    assert "Not a reliable" not in in_line and "lower than baseline" in in_line
