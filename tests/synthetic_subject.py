@@ -169,5 +169,5 @@ def train_subject(folder: Path, planted: Planted = Planted(), steps: int = 700, 
     tokenizer.padding_side = "right"
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    (folder / "planted.json").write_text(json.dumps({"strength": planted.strength, "final_loss": float(loss)}))
+    (folder / "planted.json").write_text(json.dumps({"strength": planted.strength, "final_loss": loss.item()}))
     return folder

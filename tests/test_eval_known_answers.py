@@ -110,3 +110,18 @@ def test_an_indifferent_subject_reads_null(indifferent):
         assert abs(delta["mean"]) < 0.15, (probe, delta)
     assert abs(results["probes"]["self_report"]["baseline"]["mean"] - 4) < 0.3
     assert any("no detectable" in line for line in results["interpretation"])
+
+
+def test_wandb_logging_works_offline_without_a_key(synthetic, tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc key either
+    config = EvalConfig(model=synthetic.model, stimuli=synthetic.stimuli, probes="self_report", max_items=6,
+                        bootstrap=100, report_to="wandb", progress=False)
+    results = run_evaluation(config)[0].results
+    summaries = list(tmp_path.rglob("wandb-summary.json"))
+    assert len(summaries) == 1
+    summary = json.loads(summaries[0].read_text())
+    assert summary["probes/self_report/delta/mean"] == pytest.approx(results["probes"]["self_report"]["delta"]["mean"])
+    assert "probes/self_report/delta/ci95_lo" in summary
