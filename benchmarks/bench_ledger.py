@@ -23,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ledger import BudgetSession, Ledger  # noqa: E402
+from markdown_section import replace_section  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 COMMAND = "python benchmarks/bench_ledger.py --update-md BENCHMARKS.md"
 
@@ -189,18 +190,6 @@ def report(directory: Path) -> str:
     ])
 
 
-def update_markdown(path: Path, section: str) -> None:
-    """Replace the `## Ledger` section (up to the next `## ` heading) or append it; keep the rest."""
-    lines = path.read_text().splitlines(keepends=True) if path.exists() else ["# Benchmarks\n", "\n"]
-    start = next((i for i, line in enumerate(lines) if line.strip() == "## Ledger"), None)
-    if start is None:
-        text = "".join(lines).rstrip("\n") + "\n\n" + section
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        text = "".join(lines[:start]) + section + ("\n" if end < len(lines) else "") + "".join(lines[end:])
-    path.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()), help="where to put the files")
@@ -210,7 +199,7 @@ def main() -> None:
         section = report(Path(directory))
     print(section)
     if args.update_md:
-        update_markdown(args.update_md, section)
+        replace_section(args.update_md, "## Ledger", section)
 
 
 if __name__ == "__main__":
