@@ -1,0 +1,7 @@
+"""Measuring a subject's functional wellbeing (the notebook API).
+
+    from eval.evaluate import EvalConfig, evaluate      # compute: subject + stimuli -> Evaluation
+    from eval.run import run_evaluation                 # end to end: load, evaluate, write outputs, W&B
+
+Kept free of imports so that `import eval.experiences` stays light; heavy modules load on use.
+"""
