@@ -56,8 +56,8 @@ class SpendGuard:
     """Says stop when finishing one more step (and a checkpoint save) would cross the limit.
 
     The projection is: spent so far + the slowest of the recent steps + the last measured save
-    (twice if a save is already due now). Until a save has been measured its cost is not known,
-    so the final save after a stop is charged but not projected.
+    (twice if a save is already due now). Until a save has been measured its cost is not known, so
+    the Trainer callback saves after the first step; a plain loop should do the same (`save_measured`).
     """
 
     def __init__(self, meter: Meter, limit_hours: float, *, window: int = 16):
@@ -65,6 +65,7 @@ class SpendGuard:
         self._recent_steps: deque[float] = deque(maxlen=window)
         self._mark = meter.hours
         self.save_hours = 0.0
+        self.save_measured = False
         self.last_step_hours = 0.0
         self.stopped_at_hours: float | None = None
 
@@ -88,6 +89,7 @@ class SpendGuard:
         """A checkpoint save finished after the last step: remember its cost, keep it out of the next step's."""
         now = self.meter.hours
         self.save_hours = now - self._mark
+        self.save_measured = True
         self._mark = now
 
 

@@ -22,6 +22,10 @@ class BudgetCallback(TrainerCallback):
         self.session.loop_started()
 
     def on_step_end(self, args, state, control, **kwargs):
+        if not self.session.guard.save_measured:
+            # A stop always ends with a checkpoint, so the stop rule must know what one costs before it
+            # matters: save once right away, so that cost is measured, not guessed.
+            control.should_save = True
         if self.session.step_done(save_due=control.should_save):
             control.should_save = True
             control.should_training_stop = True

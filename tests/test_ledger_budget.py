@@ -321,6 +321,9 @@ def test_trainer_stops_before_the_budget_saves_settles_and_resume_continues(tmp_
     spent = settle["postings"][f"@spent/{first.id}"]
     assert settle["stopped_by_budget"] is True
     assert spent == round(first.meter.hours * 1e6)
+    assert (tmp_path / "out" / "checkpoint-1").exists()  # the early save that measures a save's cost
+    # The final save was projected too: the whole spend stays within one step and one save's jitter.
+    assert spent / 1e6 <= budget + guard.last_step_hours + guard.save_hours
     assert settle["postings"]["lab"] == round(budget * 1e6) - spent  # the unused reservation refunded
     assert ledger.balance("lab").available_hours == pytest.approx(1.0 - spent / 1e6)
 
