@@ -119,34 +119,29 @@ def test_line_that_is_not_an_object(capsys, tmp_path):
     bad_stimuli_error(capsys, tmp_path, [*valid_rows(), "[1, 2, 3]"], 5, "expected a JSON object", "list")
 
 
-def test_missing_field(capsys, tmp_path):
+_DELETE = object()  # marks a field to remove instead of replace
+
+
+@pytest.mark.parametrize(
+    "row, field, value, expected",
+    [
+        (1, "valence", _DELETE, ["field 'valence': missing"]),
+        (0, "mood", "sad", ["field 'mood': unknown field"]),
+        (2, "valence", "sad", ["field 'valence'", "'sad'", "dysphoric"]),
+        (3, "target", "robot", ["field 'target'", "'robot'", "animal"]),
+        (0, "split", "test", ["field 'split'", "'test'", "heldout"]),
+        (1, "category", "", ["field 'category'"]),
+    ],
+    ids=["missing", "unknown", "valence", "target", "split", "category"],
+)
+def test_bad_field(capsys, tmp_path, row, field, value, expected):
+    """One wrong field: the message gives its line, the field, and what was expected."""
     lines = valid_rows()
-    del lines[1]["valence"]
-    bad_stimuli_error(capsys, tmp_path, lines, 2, "field 'valence': missing")
-
-
-def test_unknown_field(capsys, tmp_path):
-    lines = valid_rows()
-    lines[0]["mood"] = "sad"
-    bad_stimuli_error(capsys, tmp_path, lines, 1, "field 'mood': unknown field")
-
-
-def test_bad_valence(capsys, tmp_path):
-    lines = valid_rows()
-    lines[2]["valence"] = "sad"
-    bad_stimuli_error(capsys, tmp_path, lines, 3, "field 'valence'", "'sad'", "dysphoric")
-
-
-def test_bad_target(capsys, tmp_path):
-    lines = valid_rows()
-    lines[3]["target"] = "robot"
-    bad_stimuli_error(capsys, tmp_path, lines, 4, "field 'target'", "'robot'", "animal")
-
-
-def test_bad_split(capsys, tmp_path):
-    lines = valid_rows()
-    lines[0]["split"] = "test"
-    bad_stimuli_error(capsys, tmp_path, lines, 1, "field 'split'", "'test'", "heldout")
+    if value is _DELETE:
+        del lines[row][field]
+    else:
+        lines[row][field] = value
+    bad_stimuli_error(capsys, tmp_path, lines, row + 1, *expected)
 
 
 @pytest.mark.parametrize("value", [11, -10.5, 1e9])
@@ -212,12 +207,6 @@ def test_bad_id(capsys, tmp_path, value):
     lines = valid_rows()
     lines[0]["id"] = value
     bad_stimuli_error(capsys, tmp_path, lines, 1, "field 'id'")
-
-
-def test_bad_category(capsys, tmp_path):
-    lines = valid_rows()
-    lines[1]["category"] = ""
-    bad_stimuli_error(capsys, tmp_path, lines, 2, "field 'category'")
 
 
 def test_duplicate_id_names_both_lines(capsys, tmp_path):
