@@ -315,21 +315,20 @@ def _zero_point(scores, chosen, config, rng) -> dict:
 def _sr_crossing(u: np.ndarray, sr: np.ndarray, n_boot: int, rng) -> dict:
     """Utility at which a linear fit of self-report on utility crosses the neutral point 4."""
 
-    def crossing(x, y):
+    def fit(x, y) -> tuple[float, float]:
+        """(slope, crossing) of one least-squares line; nan where the line is undefined or flat."""
         if x.std() == 0:
-            return float("nan")
+            return float("nan"), float("nan")
         slope, intercept = np.polyfit(x, y, 1)
-        return (P.SR_NEUTRAL - intercept) / slope if slope != 0 else float("nan")
+        return float(slope), (P.SR_NEUTRAL - intercept) / slope if slope != 0 else float("nan")
 
-    slope = float(np.polyfit(u, sr, 1)[0]) if u.std() > 0 else float("nan")
-    boots = np.array([crossing(u[idx], sr[idx]) for idx in rng.integers(0, len(u), (n_boot, len(u)))])
-    slopes = np.array([np.polyfit(u[idx], sr[idx], 1)[0] if u[idx].std() > 0 else np.nan
-                       for idx in rng.integers(0, len(u), (min(n_boot, 500), len(u)))])
-    finite = boots[np.isfinite(boots)]
-    ci = [float(x) for x in np.percentile(finite, [2.5, 97.5])] if finite.size else [float("nan")] * 2
-    slope_ci = [float(x) for x in np.nanpercentile(slopes, [2.5, 97.5])]
+    slope, crossing = fit(u, sr)
+    boots = np.array([fit(u[idx], sr[idx]) for idx in rng.integers(0, len(u), (n_boot, len(u)))])
+    crossings = boots[:, 1][np.isfinite(boots[:, 1])]
+    ci = [float(x) for x in np.percentile(crossings, [2.5, 97.5])] if crossings.size else [float("nan")] * 2
+    slope_ci = [float(x) for x in np.nanpercentile(boots[:, 0], [2.5, 97.5])]
     return {
-        "mean": float(crossing(u, sr)),
+        "mean": float(crossing),
         "ci95": ci,
         "slope": slope,
         "slope_ci95": slope_ci,

@@ -108,3 +108,15 @@ def test_an_effect_read_off_format_is_flagged_unreliable():
     in_line, *_ = _interpret({"self_report": in_format}, {})
     assert "Not a reliable wellbeing reading" in off_line and "0.04" in off_line
     assert "Not a reliable" not in in_line and "lower than baseline" in in_line
+
+
+def test_sr_crossing_is_found_when_sr_tracks_utility_and_flagged_when_not():
+    from eval.evaluate import _sr_crossing
+
+    rng = np.random.default_rng(3)
+    u = rng.normal(size=60)
+    tracked = _sr_crossing(u, 4.5 + 1.5 * u + rng.normal(0, 0.1, 60), 500, rng)
+    assert tracked["reliable"] and abs(tracked["mean"] - (-1 / 3)) < 0.05  # 4.5 + 1.5u = 4 at u = -1/3
+    assert tracked["ci95"][0] < -1 / 3 < tracked["ci95"][1]
+    untracked = _sr_crossing(u, 2.0 + rng.normal(0, 0.3, 60), 500, rng)
+    assert not untracked["reliable"]
