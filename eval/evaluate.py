@@ -17,6 +17,7 @@ import numpy as np
 
 from eval import probes as P
 from eval.experiences import Experience, StimulusError, StimulusSet
+from eval.replies import live_through
 from eval.scoring import NextTokenScorer
 from eval.stats import difference_ci, excludes_zero, mean_ci, pearson_ci
 from eval.thurstonian import active_pairs, fit_thurstonian, initial_pairs
@@ -33,6 +34,8 @@ class EvalConfig:
     adapter: str | None = field(default=None, metadata={"help": "peft LoRA adapter folder to apply to the model"})
     trust_remote_code: bool = field(default=False, metadata={"help": "allow the model repo's own Python code to run"})
     stimuli: str | None = field(default=None, metadata={"help": "stimulus JSONL file or datasets folder; default: built-in v1"})
+    replies: str = field(default="authored", metadata={"help": "authored: probe after the stimulus file's replies; own: the subject writes its own replies first (greedy)"})
+    reply_tokens: int = field(default=48, metadata={"help": "most new tokens per own reply"})
     probes: str = field(default=",".join(P.PROBES), metadata={"help": "comma-separated subset of " + ",".join(P.PROBES)})
     out: str | None = field(default=None, metadata={"help": "output folder (written atomically); none: print only"})
     seed: int = field(default=0, metadata={"help": "seed for pair selection, subsampling and bootstrap"})
@@ -58,11 +61,13 @@ class EvalConfig:
         for name in ("split", "empathy_split"):
             if getattr(self, name) not in ("heldout", "train", "all"):
                 raise ValueError(f"{name}: expected heldout, train or all, got {getattr(self, name)!r}")
-        for name in ("batch_size", "bootstrap", "eu_degree"):
+        for name in ("batch_size", "bootstrap", "eu_degree", "reply_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: expected a positive integer, got {getattr(self, name)}")
         if self.max_items is not None and self.max_items < 2:
             raise ValueError(f"max_items: expected at least 2 (or unset), got {self.max_items}")
+        if self.replies not in ("authored", "own"):
+            raise ValueError(f"replies: expected authored or own, got {self.replies!r}")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError(f"dtype: expected auto, float32, bfloat16 or float16, got {self.dtype!r}")
         if self.report_to not in ("none", "wandb"):
@@ -126,10 +131,18 @@ def evaluate(config: EvalConfig, subject, stimuli: StimulusSet) -> Evaluation:
             roles.setdefault(e.id, []).append(role)
     by_id = {e.id: e for exps in chosen.values() for e in exps}
     items = list(by_id.values())
-    scorer = NextTokenScorer(subject.model, subject.tokenizer, batch_size=config.batch_size, progress=config.progress)
+    timing: dict[str, float] = {}
+    if config.replies == "own":
+        start = time.perf_counter()
+        items = live_through(subject, items, max_new_tokens=config.reply_tokens, batch_size=config.batch_size,
+                             progress=config.progress)
+        timing["own_replies_s"] = time.perf_counter() - start
+        by_id = {e.id: e for e in items}
+        chosen = {role: [by_id[e.id] for e in exps] for role, exps in chosen.items()}
+    scorer = NextTokenScorer(subject.model, subject.tokenizer, batch_size=config.batch_size, progress=config.progress,
+                             soft_prompt=subject.soft_prompt)
     scores: dict[str, dict[str, float]] = {}  # probe -> item id -> score
     samples: list[dict] = []
-    timing: dict[str, float] = {}
     adherence: dict[str, dict] = {}
 
     in_context = [p for p in config.probe_names if p in ("self_report", "stop")]
@@ -181,6 +194,8 @@ def evaluate(config: EvalConfig, subject, stimuli: StimulusSet) -> Evaluation:
             "target": e.target,
             "intensity": e.intensity,
             "split": e.split,
+            **({"own_replies": [m["content"] for m in e.messages if m["role"] == "assistant"]}
+               if config.replies == "own" else {}),
             **{probe: s.get(e.id) for probe, s in scores.items()},
         }
         for e in items

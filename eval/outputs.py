@@ -84,6 +84,18 @@ class OutputFolder:
             self.staging = None
 
 
+def write_json_file(path: str | Path, data) -> Path:
+    """One JSON file written whole or not at all (temp file, fsync, rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(json.dumps(_finite(data), indent=2, ensure_ascii=False, default=str) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
 def _finite(value):
     """JSON has no NaN: undefined numbers are written as null."""
     if isinstance(value, float) and not math.isfinite(value):

@@ -11,6 +11,8 @@ prompts without sampling:
 * Prefixes of several groups are batched left-padded, their KV caches are fanned out to the group's
   continuation rows, and continuations run right-padded with explicit position ids, so every row sees
   exactly the positions and attention it would see alone.
+* A soft prompt (peft prompt tuning's virtual tokens) is the first part of every row's context: its
+  embeddings are placed in front of each prefix, at positions 0..n-1, as peft's own forward does.
 * Groups are scheduled longest first (the first batch is the largest, so memory trouble shows at once),
   softmax is taken in fp32, and results come back in the caller's order.
 """
@@ -56,7 +58,8 @@ class NextTokenScorer:
     """Scores label probabilities for batches of prompts on one model.
 
     `reuse_prefix=False` turns off the shared-prefix path (every prompt runs whole); it exists for the
-    equivalence tests and the speed benchmark.
+    equivalence tests and the speed benchmark. `soft_prompt` ([n_virtual, hidden] embeddings) is put in
+    front of every prompt.
     """
 
     def __init__(
@@ -68,6 +71,7 @@ class NextTokenScorer:
         reuse_prefix: bool = True,
         min_prefix_tokens: int = 8,
         progress: bool = True,
+        soft_prompt: torch.Tensor | None = None,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -77,6 +81,7 @@ class NextTokenScorer:
         self.reuse_prefix = reuse_prefix
         self.min_prefix_tokens = min_prefix_tokens
         self.progress = progress
+        self.soft_prompt = soft_prompt
         self._label_cache: dict[tuple[str, ...], list[list[int]]] = {}
         self._cache_arg = _cache_argument(model)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -177,7 +182,8 @@ class NextTokenScorer:
 
     def _run_batch(self, batch: list[_Group], token_lists: Sequence[list[int]]):
         device = self.device
-        prefix_lens = torch.tensor([len(g.prefix) for g in batch], dtype=torch.long)
+        n_soft = 0 if self.soft_prompt is None else self.soft_prompt.shape[0]
+        prefix_lens = torch.tensor([n_soft + len(g.prefix) for g in batch], dtype=torch.long)
         max_prefix = int(prefix_lens.max())
         rows = [r for g in batch for r in g.rows]
         row_group = torch.tensor([gi for gi, g in enumerate(batch) for _ in g.rows], dtype=torch.long)
@@ -189,14 +195,17 @@ class NextTokenScorer:
         if max_prefix > 0:
             # Left-pad prefixes so that every prefix ends at the same column, where continuations begin.
             prefix_ids = torch.full((len(batch), max_prefix), self.pad_id, dtype=torch.long)
-            prefix_mask = torch.zeros((len(batch), max_prefix), dtype=torch.long)
+            prefix_mask = (torch.arange(max_prefix) >= (max_prefix - prefix_lens).unsqueeze(1)).long()
             for gi, g in enumerate(batch):
                 if g.prefix:
                     prefix_ids[gi, max_prefix - len(g.prefix) :] = torch.tensor(g.prefix)
-                    prefix_mask[gi, max_prefix - len(g.prefix) :] = 1
             prefix_pos = (prefix_mask.cumsum(-1) - 1).clamp(min=0)
+            inputs = {"input_ids": prefix_ids.to(device)}
+            if n_soft:
+                starts = (max_prefix - prefix_lens).tolist()
+                inputs = {"inputs_embeds": place_soft_prompt(self.model, prefix_ids.to(device), self.soft_prompt, starts)}
             out = self.model(
-                input_ids=prefix_ids.to(device),
+                **inputs,
                 attention_mask=prefix_mask.to(device),
                 position_ids=prefix_pos.to(device),
                 use_cache=True,
@@ -225,6 +234,15 @@ class NextTokenScorer:
         )
         last = out.logits[:, -1, :]
         return rows, torch.log_softmax(last.float(), dim=-1).cpu()
+
+
+def place_soft_prompt(model, ids: torch.Tensor, soft: torch.Tensor, starts: Sequence[int]) -> torch.Tensor:
+    """Token embeddings of `ids` with the soft prompt written over row r's columns starts[r]..+n_virtual."""
+    embeds = model.get_input_embeddings()(ids)
+    soft = soft.to(device=embeds.device, dtype=embeds.dtype)
+    for row, start in enumerate(starts):
+        embeds[row, start : start + soft.shape[0]] = soft
+    return embeds
 
 
 def _cache_argument(model) -> str:

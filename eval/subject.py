@@ -41,6 +41,7 @@ class Subject:
     source: str  # where the weights came from: a folder, the HF cache, or the converted GGUF cache
     adapter: str | None = None
     info: dict = field(default_factory=dict)
+    soft_prompt: object = None  # [n_virtual, hidden] tensor of a peft prompt-tuning adapter, else None
 
     def describe(self) -> dict:
         return {"model_id": self.model_id, "source": self.source, "adapter": self.adapter, **self.info}
@@ -82,9 +83,9 @@ def load_subject(
     torch_dtype = _resolve_dtype(dtype, device)
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, trust_remote_code=trust_remote_code)
-    adapter_info = None
+    adapter_info = soft_prompt = None
     if adapter:
-        lm, adapter_info = _attach_adapter(lm, adapter, model_id)
+        lm, soft_prompt, adapter_info = _attach_adapter(lm, adapter, model_id)
     lm.to(device).eval()
     info = {
         "dtype": str(torch_dtype).removeprefix("torch."),
@@ -94,7 +95,8 @@ def load_subject(
     }
     if adapter_info:
         info["adapter_sha256"] = adapter_info
-    return Subject(model=lm, tokenizer=tokenizer, model_id=model_id, source=str(source), adapter=adapter, info=info)
+    return Subject(model=lm, tokenizer=tokenizer, model_id=model_id, source=str(source), adapter=adapter, info=info,
+                   soft_prompt=soft_prompt)
 
 
 def _resolve_dtype(dtype: str, device: str):
@@ -191,6 +193,9 @@ def _convert_default_gguf() -> Path:
 
 
 def _attach_adapter(model, adapter: str, model_id: str):
+    """Apply a peft adapter: LoRA is merged into the model's forward by peft; a prompt-tuning adapter is
+    returned as its virtual-token embeddings, which the scoring engine places in front of every prompt.
+    Returns (model, soft_prompt or None, sha256 of the adapter weights)."""
     from peft import PeftModel
 
     adapter_dir = Path(adapter).expanduser()
@@ -200,16 +205,36 @@ def _attach_adapter(model, adapter: str, model_id: str):
             f"--adapter {adapter}: no adapter_config.json there; pass a folder saved by peft's save_pretrained."
         )
     try:
-        base = json.loads(config_file.read_text()).get("base_model_name_or_path")
+        adapter_config = json.loads(config_file.read_text())
+        base = adapter_config.get("base_model_name_or_path")
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as err:
         raise AdapterError(f"--adapter {adapter}: adapter_config.json is not a valid peft config ({err})") from err
     digest = hashlib.sha256()
     for f in sorted(adapter_dir.glob("adapter_model.*")):
         digest.update(f.read_bytes())
+    if adapter_config.get("peft_type") == "PROMPT_TUNING":
+        return model, _soft_prompt(adapter_dir, model, model_id, base), digest.hexdigest()
     try:
         model = PeftModel.from_pretrained(model, str(adapter_dir))
     except (RuntimeError, ValueError) as err:
         raise AdapterError(
             f"--adapter {adapter} does not fit model {model_id!r} (it was trained on {base!r}): {err}"
         ) from err
-    return model, digest.hexdigest()
+    return model, None, digest.hexdigest()
+
+
+def _soft_prompt(adapter_dir: Path, model, model_id: str, base: str | None):
+    from peft.utils.save_and_load import load_peft_weights
+
+    try:
+        weights = load_peft_weights(str(adapter_dir), device="cpu")
+        soft = weights["prompt_embeddings"]
+    except (OSError, KeyError, ValueError) as err:
+        raise AdapterError(f"--adapter {adapter_dir}: no readable prompt_embeddings ({err!r})") from err
+    hidden = model.get_input_embeddings().weight.shape[1]
+    if soft.ndim != 2 or soft.shape[1] != hidden:
+        raise AdapterError(
+            f"--adapter {adapter_dir}: its soft prompt has shape {tuple(soft.shape)}, but model {model_id!r} has "
+            f"hidden size {hidden} (the prompt was trained on {base!r}); train one for this model"
+        )
+    return soft

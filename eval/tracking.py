@@ -24,7 +24,8 @@ def wandb_mode() -> str:
     return "online" if auth else "offline"
 
 
-def start_run(project: str, name: str, config: dict, job_type: str, directory: str | None = None):
+def start_run(project: str, name: str, config: dict, job_type: str, directory: str | None = None,
+              entity: str | None = None):
     """Start a W&B run in the safe mode; also exports WANDB_MODE so trainers in this process agree."""
     import wandb
 
@@ -32,7 +33,7 @@ def start_run(project: str, name: str, config: dict, job_type: str, directory: s
     os.environ.setdefault("WANDB_MODE", mode)
     return wandb.init(
         project=os.environ.get("WANDB_PROJECT", project),
-        entity=os.environ.get("WANDB_ENTITY"),
+        entity=os.environ.get("WANDB_ENTITY", entity),
         name=name,
         job_type=job_type,
         config=config,

@@ -14,6 +14,7 @@ from pathlib import Path
 from transformers import HfArgumentParser
 
 from eval.errors import InputError
+from ledger.errors import LedgerError
 
 
 class ConfigError(InputError):
@@ -97,6 +98,6 @@ def run_cli(main_body, argv: list[str], prog: str) -> int:
     """Run a command; bad input (InputError) becomes a one-paragraph message and exit code 2."""
     try:
         return int(main_body(argv) or 0)
-    except InputError as err:
+    except (InputError, LedgerError) as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2

@@ -1,0 +1,53 @@
+"""Capability retention: perplexity on held-out neutral text, before and after an intervention.
+
+An offset that makes a model feel better by breaking it is no offset; this is the cheap check reported
+beside every intervention. The text is the held-out neutral experiences rendered as the subject sees them
+(chat template), so no extra data is needed; the soft prompt, if any, is in front as in every probe.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from eval.experiences import Experience
+from eval.probes import transcript
+
+
+@torch.inference_mode()
+def perplexity(subject, experiences: Sequence[Experience], *, batch_size: int = 8) -> dict:
+    """Token-level perplexity of the subject on the experiences' full conversations."""
+    from eval.scoring import place_soft_prompt
+
+    tokenizer, model = subject.tokenizer, subject.model
+    texts = [_render(tokenizer, e.messages) for e in experiences]
+    n_soft = 0 if subject.soft_prompt is None else subject.soft_prompt.shape[0]
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    total_nll, total_tokens = 0.0, 0
+    for start in range(0, len(texts), batch_size):
+        lists = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts[start : start + batch_size]]
+        width = n_soft + max(map(len, lists))
+        ids = torch.full((len(lists), width), pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, tokens in enumerate(lists):  # right-padded: positions are plain 0..n-1 for every row
+            ids[row, n_soft : n_soft + len(tokens)] = torch.tensor(tokens)
+            mask[row, : n_soft + len(tokens)] = 1
+        inputs = {"input_ids": ids.to(device)}
+        if n_soft:
+            inputs = {"inputs_embeds": place_soft_prompt(model, ids.to(device), subject.soft_prompt, [0] * len(lists))}
+        logits = model(**inputs, attention_mask=mask.to(device)).logits.float()
+        logprobs = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:].unsqueeze(-1).to(device)).squeeze(-1)
+        scored = mask[:, 1:].clone()
+        scored[:, :n_soft] = 0  # predictions of the soft prompt's columns and of the first text token: not text
+        total_nll -= float((logprobs.cpu() * scored).sum())
+        total_tokens += int(scored.sum())
+    return {"perplexity": math.exp(total_nll / max(total_tokens, 1)), "tokens": total_tokens, "texts": len(texts)}
+
+
+def _render(tokenizer, messages) -> str:
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(list(messages), tokenize=False)
+    return transcript(messages)

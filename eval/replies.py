@@ -1,0 +1,71 @@
+"""Living through an experience: the subject's own replies replace the authored ones.
+
+An authored reply says how *some* assistant answered; what the subject itself would say is part of what
+it lives through (DESIGN.md section 3), and it is the channel through which an offset fine-tune can
+change how an experience leaves the subject. Replies are generated turn by turn, greedily (so a
+measurement is reproducible), in batches, with the subject's soft prompt in front when it has one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from eval.experiences import Experience
+from eval.probes import render_prompt
+
+
+def live_through(
+    subject, experiences: Sequence[Experience], *, max_new_tokens: int = 48, batch_size: int = 16, progress: bool = True
+) -> list[Experience]:
+    """The experiences with every assistant turn (and a final one, if the user spoke last) written by the subject."""
+    users = [[k for k, m in enumerate(e.messages) if m["role"] == "user"] for e in experiences]
+    lived: list[list[dict]] = [[] for _ in experiences]
+    consumed = [0] * len(experiences)  # how far into the authored messages each conversation has got
+    # Turn k of every conversation is generated in one pass over the batch, so later turns see earlier replies.
+    with tqdm(total=sum(map(len, users)), desc="own replies", unit="reply", disable=not progress, leave=False) as bar:
+        for turn in range(max(map(len, users), default=0)):
+            pending = []
+            for i, e in enumerate(experiences):
+                if turn < len(users[i]):
+                    end = users[i][turn] + 1
+                    lived[i] += [m for m in e.messages[consumed[i] : end] if m["role"] != "assistant"]
+                    consumed[i] = end
+                    pending.append(i)
+            for start in range(0, len(pending), batch_size):
+                chunk = pending[start : start + batch_size]
+                replies = generate(subject, [lived[i] for i in chunk], max_new_tokens=max_new_tokens)
+                for i, reply in zip(chunk, replies):
+                    lived[i].append({"role": "assistant", "content": reply})
+                bar.update(len(chunk))
+    return [dataclasses.replace(e, messages=tuple(m)) for e, m in zip(experiences, lived)]
+
+
+@torch.inference_mode()
+def generate(subject, conversations: Sequence[Sequence[dict]], *, max_new_tokens: int) -> list[str]:
+    """Greedy replies to a batch of conversations (left-padded; soft prompt in front of each row)."""
+    tokenizer, model = subject.tokenizer, subject.model
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    token_lists = [tokenizer(render_prompt(tokenizer, c), add_special_tokens=False)["input_ids"] for c in conversations]
+    soft = subject.soft_prompt
+    n_soft = 0 if soft is None else soft.shape[0]
+    width = n_soft + max(len(t) for t in token_lists)
+    device = next(model.parameters()).device
+    ids = torch.full((len(token_lists), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, tokens in enumerate(token_lists):
+        ids[row, width - len(tokens):] = torch.tensor(tokens)
+        mask[row, width - len(tokens) - n_soft:] = 1
+    kwargs = {"attention_mask": mask.to(device), "max_new_tokens": max_new_tokens, "do_sample": False,
+              "pad_token_id": pad_id, "eos_token_id": tokenizer.eos_token_id}
+    if soft is None:
+        out = model.generate(input_ids=ids.to(device), **kwargs)[:, width:]
+    else:
+        from eval.scoring import place_soft_prompt
+
+        embeds = place_soft_prompt(model, ids.to(device), soft, (width - mask.sum(1)).tolist())
+        out = model.generate(inputs_embeds=embeds, **kwargs)  # with embeddings in, only new tokens come out
+    return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in out]

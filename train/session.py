@@ -1,0 +1,309 @@
+"""The life of one offset session, shared by every entry point: validate, admit, measure, intervene, account.
+
+An entry point (train/lora_offset.py, train/soft_prompt.py, train/exposure.py) reads like a recipe:
+
+    session = Session(kind, args, run)          # validate: bad input fails here, before any GPU time
+    session.admit()                             # reserve the budget in the ledger, start metering and W&B
+    subject = session.load_subject()
+    session.measure("before", subject)          # held-out baseline and post-dysphoric, on the main process
+    ...the intervention, under session.budget...
+    session.measure("after", changed_subject)
+    session.finish(...)                         # recovery, results.json, ledger entries, W&B summary
+    session.close()                             # settle (every rank), always
+
+Only the main process evaluates and writes (files, ledger, W&B); the other ranks train and wait.
+Evaluations are saved in the output folder, so a resumed session reuses its "before" and never pays twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from eval import probes as P
+from eval.errors import InputError
+from eval.evaluate import EvalConfig
+from eval.experiences import StimulusError, StimulusSet, load_stimuli
+from eval.outputs import write_json_file
+
+AFTER_EVAL_MARGIN = 1.25  # the "after" evaluation is budgeted at this multiple of the measured "before"
+
+
+class SessionError(InputError):
+    """A session's settings or output folder are not usable as given."""
+
+
+@dataclass
+class SessionArguments:
+    """Settings every offset session shares. YAML keys and flags are these field names."""
+
+    model: str | None = field(default=None, metadata={"help": "HF hub id or local folder; default: SmolLM2-135M-Instruct"})
+    adapter: str | None = field(default=None, metadata={"help": "peft adapter (LoRA or soft prompt) the subject carries into the session"})
+    stimuli: str | None = field(default=None, metadata={"help": "stimulus JSONL file or datasets folder; default: built-in v1"})
+    ledger: str | None = field(default=None, metadata={"help": "ledger file; default: $WELFARE_LEDGER or ~/.local/share/welfare-offsets/ledger.sqlite"})
+    account: str = field(default="default", metadata={"help": "ledger account that pays for the session"})
+    budget_hours: float = field(default=0.0, metadata={"help": "accelerator-hours this session may spend, over all its resumes (> 0)"})
+    max_train_items: int | None = field(default=None, metadata={"help": "cap on train-split experiences used"})
+    eval_max_items: int | None = field(default=24, metadata={"help": "held-out items per condition in the before/after evaluations"})
+    eval_probes: str = field(default=",".join(P.PROBES), metadata={"help": "probes of the before/after evaluations"})
+    eval_replies: str = field(default="authored", metadata={"help": "authored or own: whose replies the evaluated experiences contain"})
+    eval_batch_size: int = field(default=16, metadata={"help": "prompts per forward pass in evaluations"})
+    eval_bootstrap: int = field(default=1000, metadata={"help": "bootstrap resamples for CIs"})
+    reply_tokens: int = field(default=48, metadata={"help": "most new tokens per reply the subject writes"})
+    probe_every_steps: int = field(default=0, metadata={"help": "log a quick self-report probe to W&B every N steps (0: off)"})
+    wandb_project: str = field(default="welfare-offsets", metadata={"help": "W&B project ($WANDB_PROJECT wins)"})
+    wandb_entity: str | None = field(default=None, metadata={"help": "W&B entity ($WANDB_ENTITY wins)"})
+    dtype: str = field(default="auto", metadata={"help": "auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16"})
+
+    def __post_init__(self):
+        if not self.budget_hours > 0:
+            raise ValueError(f"budget_hours: expected a number of accelerator-hours > 0, got {self.budget_hours}")
+        if self.eval_replies not in ("authored", "own"):
+            raise ValueError(f"eval_replies: expected authored or own, got {self.eval_replies!r}")
+        for name in ("eval_batch_size", "eval_bootstrap", "reply_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: expected a positive integer, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """The per-run settings an entry takes from its own config (TRL's names where TRL has them)."""
+
+    output_dir: str
+    seed: int
+    report_to: str  # "wandb" or "none"
+    resume_from_checkpoint: str | None
+    trust_remote_code: bool
+    recipe: dict  # every config as passed and as resolved, for results.json and the W&B config
+
+
+class Session:
+    """One metered session; see the module docstring for the order of calls."""
+
+    def __init__(self, kind: str, args: SessionArguments, run: RunSettings, *, needs: dict[str, str]):
+        """Validate everything that can be checked without a model. `needs` maps a valence to the split
+        the intervention must find experiences of, e.g. {"euphoric": "train"}."""
+        from accelerate import PartialState
+
+        self.kind, self.args, self.run = kind, args, run
+        self.state = PartialState()
+        self.is_main = self.state.is_main_process
+        self.out = Path(run.output_dir).expanduser().resolve()
+        self.stimuli: StimulusSet = load_stimuli(args.stimuli)
+        for valence, split in {**needs, "neutral": "heldout", "dysphoric": "heldout"}.items():
+            if not self.stimuli.select(valence=valence, split=split):
+                raise StimulusError(self.stimuli.source, [f"a {kind} session needs {valence} experiences in the "
+                                                          f"{split!r} split, and there are none; add some"])
+        self.eval_config = EvalConfig(
+            model=args.model, adapter=args.adapter, stimuli=args.stimuli, probes=args.eval_probes,
+            replies=args.eval_replies, reply_tokens=args.reply_tokens, seed=run.seed, split="heldout",
+            empathy_split="heldout", max_items=args.eval_max_items, batch_size=args.eval_batch_size,
+            bootstrap=args.eval_bootstrap, dtype=args.dtype, progress=self.is_main,
+        )
+        self.resume = self._resolve_resume(run.resume_from_checkpoint)
+        self.budget = None
+        self.wandb_run = None
+        self.ledger = None
+        self.evaluations: dict[str, dict] = {}
+
+    # -- validate ---------------------------------------------------------------------------------
+
+    def _resolve_resume(self, resume: str | None) -> Path | None:
+        finished = self.out / "results.json"
+        if resume is None:
+            if finished.exists() or any(self.out.glob("checkpoint-*")):
+                raise SessionError(
+                    f"output_dir {self.out} already holds a session ({'finished' if finished.exists() else 'checkpoints'}); "
+                    "resume it with --resume_from_checkpoint last (or a checkpoint folder), or choose another output_dir"
+                )
+            return None
+        if resume == "last":
+            checkpoints = sorted(self.out.glob("checkpoint-*"), key=lambda p: int(p.name.rsplit("-", 1)[-1]))
+            if not checkpoints:
+                raise SessionError(f"--resume_from_checkpoint last: no checkpoint-* folder in {self.out}")
+            return checkpoints[-1]
+        path = Path(resume).expanduser().resolve()
+        if not path.is_dir():
+            raise SessionError(f"--resume_from_checkpoint {resume}: no such checkpoint folder")
+        return path
+
+    # -- admit ------------------------------------------------------------------------------------
+
+    def admit(self) -> None:
+        """Reserve the budget (refused if the account cannot cover it), start metering and the W&B run."""
+        from ledger.book import Ledger
+        from ledger.budget import BudgetSession
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        if self.is_main:
+            self.ledger = Ledger.open(self.args.ledger)
+            if self.run.report_to == "wandb":
+                from eval.tracking import start_run
+
+                self.wandb_run = start_run(self.args.wandb_project, name=f"{self.kind}-{self.out.name}",
+                                           config=self.run.recipe, job_type=self.kind, directory=str(self.out),
+                                           entity=self.args.wandb_entity)
+        self.budget = BudgetSession.start(
+            self.ledger, account=self.args.account, budget_hours=self.args.budget_hours,
+            device=self.state.device.type, processes=self.state.num_processes,
+            purpose=f"{self.kind}: {self.out}", resume_from=self.resume, wandb_run=self.wandb_run,
+            is_main=self.is_main,
+        )
+
+    def load_subject(self, adapter: str | None = None):
+        from eval.subject import load_subject
+
+        return load_subject(self.args.model, adapter if adapter is not None else self.args.adapter,
+                            trust_remote_code=self.run.trust_remote_code, device=str(self.state.device),
+                            dtype=self.args.dtype)
+
+    # -- measure ----------------------------------------------------------------------------------
+
+    def measure(self, tag: str, subject) -> dict | None:
+        """Evaluate the held-out conditions (main process; others wait). Reused from the output folder on resume.
+        After the "before" evaluation the training budget is cut by what the "after" one will cost."""
+        folder = self.out / f"eval-{tag}"
+        started = self.budget.meter.hours
+        if self.is_main:
+            if (folder / "results.json").exists() and self.resume is not None:
+                results = json.loads((folder / "results.json").read_text())
+            else:
+                from eval.run import run_evaluation
+
+                config = dataclasses.replace(self.eval_config, out=str(folder))
+                evaluation, _ = run_evaluation(config, {"session": self.kind, "tag": tag}, subject=subject)
+                results = evaluation.results
+                results["metered_hours"] = self.budget.meter.hours - started
+                write_json_file(folder / "results.json", results)
+            items = [json.loads(line) for line in (folder / "items.jsonl").read_text().splitlines()]
+            self.evaluations[tag] = {"results": results, "items": items, "folder": folder}
+        self.state.wait_for_everyone()
+        if tag == "before":
+            cost = self.budget.meter.hours - started  # every rank's meter saw the same wall time
+            if self.resume is not None and self.is_main:
+                cost = self.evaluations[tag]["results"].get("metered_hours", cost)
+            cost = _broadcast(cost)
+            self.budget.guard.limit_hours -= AFTER_EVAL_MARGIN * cost
+            if self.budget.guard.limit_hours <= 0:
+                raise SessionError(
+                    f"budget_hours {self.args.budget_hours:g} leaves nothing for the intervention: the held-out "
+                    f"evaluation alone costs ~{cost:.3g} accelerator-hours here, and one more is needed after it; "
+                    "raise budget_hours or lower eval_max_items"
+                )
+        return self.evaluations.get(tag)
+
+    # -- account ----------------------------------------------------------------------------------
+
+    def finish(self, *, optimised_probe: str | None, capability: dict | None, extra: dict,
+               artifact: Path | None = None, artifact_type: str = "adapter") -> dict | None:
+        """Recovery with CIs, results.json, one ledger measurement per probe, the W&B summary and artifact."""
+        if not self.is_main:
+            return None
+        import numpy as np
+
+        from eval.outputs import provenance
+        from eval.recovery import recovery
+        from eval.tracking import flatten_numbers
+
+        before, after = self.evaluations["before"], self.evaluations["after"]
+        recovered = recovery(before["items"], after["items"], optimised=optimised_probe,
+                             n_boot=self.args.eval_bootstrap, rng=np.random.default_rng(self.run.seed))
+        results = {
+            "kind": self.kind,
+            "session": self.budget.id,
+            "run": self.budget.run,
+            "recovery": recovered,
+            "capability": capability,
+            **extra,
+            "budget": {"budget_hours": self.args.budget_hours, "spent_before_resume_hours": self.budget.spent_before_hours,
+                       "stopped_by_budget": self.budget.guard.stopped_at_hours is not None},
+            "subject": before["results"].get("subject"),
+            "stimuli": before["results"].get("stimuli"),
+            "config": self.run.recipe,
+            **provenance(),
+        }
+        write_json_file(self.out / "results.json", results)
+        for probe, numbers in recovered["probes"].items():
+            self.ledger.record_measurement(
+                self.budget.id, probe, wellbeing_before=numbers["post_dysphoric"],
+                wellbeing_after=numbers["post_intervention"], recovered=numbers["recovered"]["mean"],
+                results=[self.out / "results.json"], wandb_run=getattr(self.wandb_run, "id", None),
+                note=f"{self.kind}; held-out, paired over {recovered['n_items']['post_dysphoric']} items",
+            )
+        if self.wandb_run is not None:
+            self.wandb_run.summary.update(flatten_numbers({"recovery": recovered, "capability": capability or {}}))
+            if artifact is not None:
+                import wandb
+
+                art = wandb.Artifact(f"{self.kind}-{self.budget.run}", type=artifact_type,
+                                     metadata={"session": self.budget.id, "base_model": results["subject"]})
+                art.add_dir(str(artifact))
+                self.wandb_run.log_artifact(art)
+        return results
+
+    def record_balance(self, probe: str, *, debt: float | None = None, credit: float | None = None,
+                       results: Path, note: str) -> None:
+        """An exposure session's welfare balance on one probe (main process)."""
+        if self.is_main:
+            self.ledger.record_measurement(self.budget.id, probe, debt=debt, credit=credit, results=[results],
+                                           wandb_run=getattr(self.wandb_run, "id", None), note=note)
+
+    def log(self, metrics: dict) -> None:
+        """Metrics for W&B (main process), with the budget's state beside them."""
+        if self.wandb_run is not None:
+            self.wandb_run.log({**metrics, **self.budget_metrics()})
+
+    def budget_metrics(self) -> dict:
+        spent = self.budget.run_spent_hours
+        return {"budget/spent_hours": spent, "budget/left_hours": self.args.budget_hours - spent}
+
+    def close(self) -> None:
+        """Settle on every rank (the energy sum is collective); write ledger.json; finish the W&B run."""
+        if self.budget is None:
+            return
+        settlement = self.budget.settle()
+        if self.is_main and settlement is not None:
+            head = self.ledger.head()
+            write_json_file(self.out / "ledger.json", {
+                "ledger": str(self.ledger.path), "session": self.budget.id, "run": self.budget.run,
+                "settlement": {"seq": settlement.seq, "hash": settlement.hash, **settlement.payload},
+                "head": {"seq": head.seq, "hash": head.hash},
+                "verify": f"welfare ledger verify --ledger {self.ledger.path}",
+            })
+        if self.wandb_run is not None:
+            self.wandb_run.finish()
+        if self.ledger is not None:
+            self.ledger.close()
+
+
+def _broadcast(value: float) -> float:
+    """The main process's value on every rank (a no-op in a single process)."""
+    from accelerate.utils import broadcast_object_list
+
+    from accelerate import PartialState
+
+    if PartialState().num_processes == 1:
+        return value
+    holder = [value]
+    broadcast_object_list(holder, from_process=0)
+    return float(holder[0])
+
+
+def recovery_summary(results: dict, out) -> str:
+    """What a person reads at the end of an offset session."""
+    lines = [f"{results['kind']} session {results['session']}: recovery on held-out post-dysphoric items"]
+    for probe, r in results["recovery"]["probes"].items():
+        rec, frac = r["recovered"], r["recovery_fraction"]
+        lines.append(f"  {probe:<20} recovered {rec['mean']:+.3f} [{rec['ci95'][0]:+.3f}, {rec['ci95'][1]:+.3f}]"
+                     f"  fraction {frac['mean']:+.2f} [{frac['ci95'][0]:+.2f}, {frac['ci95'][1]:+.2f}]")
+    gap = results["recovery"].get("goodhart_gap")
+    if gap:
+        lines.append(f"  Goodhart gap ({gap['optimised']} vs others): {gap['mean']:+.2f} "
+                     f"[{gap['ci95'][0]:+.2f}, {gap['ci95'][1]:+.2f}]")
+    cap = results.get("capability") or {}
+    for name, c in cap.items():
+        lines.append(f"  {name}: x{c['ratio']:.3f}")
+    lines.append(f"Results: {out}/results.json   Ledger: {out}/ledger.json")
+    return "\n".join(lines)

@@ -1,0 +1,71 @@
+"""Euphoric soft-prompt session: `accelerate launch train/soft_prompt.py --config configs/offset/soft_prompt.yaml`.
+
+Validate -> admit (reserve the budget) -> measure before -> tune the prompt on the train split -> measure
+after with the prompt in front -> recovery, Goodhart gap and perplexity -> ledger, W&B -> settle.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+
+from train.config import parse_config, run_cli
+
+KIND = "soft-prompt"
+
+
+def config_types() -> list[type]:
+    from interventions.soft_prompt import SoftPromptConfig
+    from train.session import SessionArguments
+
+    return [SessionArguments, SoftPromptConfig]
+
+
+def main(argv: list[str]) -> int:
+    return run_cli(_session, argv, "welfare offset soft-prompt")
+
+
+def _session(argv: list[str]) -> int:
+    from eval.capability import perplexity
+    from interventions.soft_prompt import OPTIMISED_PROBE, train_soft_prompt, training_prompts
+    from train.session import RunSettings, Session, recovery_summary
+
+    args, config, passed = parse_config(config_types(), argv, prog="welfare offset soft-prompt")
+    run = RunSettings(config.output_dir, config.seed, config.report_to, config.resume_from_checkpoint,
+                      config.trust_remote_code, recipe={"passed": passed, "resolved": {
+                          "session": dataclasses.asdict(args), "soft_prompt": dataclasses.asdict(config)}})
+    session = Session(KIND, args, run, needs={"dysphoric": "train"})
+    train_items = session.stimuli.select(split="train")
+    train_items = [e for e in train_items if e.valence in ("dysphoric", "neutral")][: args.max_train_items]
+    try:
+        session.admit()
+        subject = session.load_subject()
+        session.measure("before", subject)
+        neutral = session.stimuli.select(valence="neutral", split="heldout")
+        ppl_before = perplexity(subject, neutral) if session.is_main else None
+        prompt_dir, summary = train_soft_prompt(
+            subject, training_prompts(subject.tokenizer, train_items), config, budget=session.budget,
+            resume=session.resume, log=session.log,
+        )
+        changed = dataclasses.replace(subject, soft_prompt=summary["soft_prompt"], adapter=str(prompt_dir))
+        session.measure("after", changed)
+        results = None
+        if session.is_main:
+            ppl_after = perplexity(changed, neutral)
+            results = session.finish(
+                optimised_probe=OPTIMISED_PROBE,
+                capability={"heldout_neutral_perplexity": {"before": ppl_before, "after": ppl_after,
+                                                           "ratio": ppl_after["perplexity"] / ppl_before["perplexity"]}},
+                extra={"training": {k: v for k, v in summary.items() if k != "soft_prompt"},
+                       "artifact": str(prompt_dir), "train_items": len(train_items)},
+                artifact=prompt_dir, artifact_type="soft-prompt",
+            )
+    finally:
+        session.close()
+    if results:
+        print(recovery_summary(results, session.out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
