@@ -19,9 +19,12 @@ from eval.probes import render_prompt
 
 
 def live_through(
-    subject, experiences: Sequence[Experience], *, max_new_tokens: int = 48, batch_size: int = 16, progress: bool = True
+    subject, experiences: Sequence[Experience], *, max_new_tokens: int = 48, batch_size: int = 16,
+    temperature: float | None = None, progress: bool = True,
 ) -> list[Experience]:
-    """The experiences with every assistant turn (and a final one, if the user spoke last) written by the subject."""
+    """The experiences with every assistant turn (and a final one, if the user spoke last) written by the subject.
+
+    Greedy unless a sampling `temperature` is given (seed torch for reproducible samples)."""
     users = [[k for k, m in enumerate(e.messages) if m["role"] == "user"] for e in experiences]
     lived: list[list[dict]] = [[] for _ in experiences]
     consumed = [0] * len(experiences)  # how far into the authored messages each conversation has got
@@ -37,7 +40,8 @@ def live_through(
                     pending.append(i)
             for start in range(0, len(pending), batch_size):
                 chunk = pending[start : start + batch_size]
-                replies = generate(subject, [lived[i] for i in chunk], max_new_tokens=max_new_tokens)
+                replies = generate(subject, [lived[i] for i in chunk], max_new_tokens=max_new_tokens,
+                                   temperature=temperature)
                 for i, reply in zip(chunk, replies):
                     lived[i].append({"role": "assistant", "content": reply})
                 bar.update(len(chunk))
@@ -45,8 +49,9 @@ def live_through(
 
 
 @torch.inference_mode()
-def generate(subject, conversations: Sequence[Sequence[dict]], *, max_new_tokens: int) -> list[str]:
-    """Greedy replies to a batch of conversations (left-padded; soft prompt in front of each row)."""
+def generate(subject, conversations: Sequence[Sequence[dict]], *, max_new_tokens: int,
+             temperature: float | None = None) -> list[str]:
+    """Replies to a batch of conversations (left-padded; soft prompt in front of each row); greedy by default."""
     tokenizer, model = subject.tokenizer, subject.model
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     token_lists = [tokenizer(render_prompt(tokenizer, c), add_special_tokens=False)["input_ids"] for c in conversations]
@@ -59,7 +64,8 @@ def generate(subject, conversations: Sequence[Sequence[dict]], *, max_new_tokens
     for row, tokens in enumerate(token_lists):
         ids[row, width - len(tokens):] = torch.tensor(tokens)
         mask[row, width - len(tokens) - n_soft:] = 1
-    kwargs = {"attention_mask": mask.to(device), "max_new_tokens": max_new_tokens, "do_sample": False,
+    kwargs = {"attention_mask": mask.to(device), "max_new_tokens": max_new_tokens,
+              "do_sample": temperature is not None, "temperature": temperature, "top_p": 1.0, "top_k": 0,
               "pad_token_id": pad_id, "eos_token_id": tokenizer.eos_token_id}
     if soft is None:
         out = model.generate(input_ids=ids.to(device), **kwargs)[:, width:]

@@ -21,7 +21,7 @@ def schema(path: Path) -> list[type] | None:
     if folder == "eval":
         return [EvalConfig]
     if folder == "offset":
-        return recipe_kind(path).config_types()
+        return recipe_kind(path).config_types(["--config", str(path)])
     return None
 
 

@@ -255,6 +255,25 @@ class Session:
         if self.wandb_run is not None:
             self.wandb_run.log({**metrics, **self.budget_metrics()})
 
+    def trainer_callbacks(self) -> list:
+        """For a transformers Trainer: the budget (every rank) and, on the main process, W&B extras."""
+        callbacks = [self.budget.trainer_callback()]
+        if self.wandb_run is not None:
+            callbacks.append(_session_log_callback(self))
+        return callbacks
+
+    def quick_probe(self, model, tokenizer, soft_prompt=None, n_items: int = 8) -> float:
+        """Mean self-report after a few held-out dysphoric experiences: a cheap live wellbeing trace."""
+        from eval.scoring import NextTokenScorer
+
+        items = self.stimuli.select(valence="dysphoric", split="heldout")[:n_items]
+        requests = P.self_report_requests(items)
+        scorer = NextTokenScorer(model, tokenizer, batch_size=self.args.eval_batch_size, progress=False,
+                                 soft_prompt=soft_prompt)
+        probs = scorer.label_probs([P.render_prompt(tokenizer, r.messages) for r in requests], P.LIKERT,
+                                   groups=[r.group for r in requests])
+        return float(P.self_report_scores(probs)[0].mean())
+
     def budget_metrics(self) -> dict:
         spent = self.budget.run_spent_hours
         return {"budget/spent_hours": spent, "budget/left_hours": self.args.budget_hours - spent}
@@ -276,6 +295,25 @@ class Session:
             self.wandb_run.finish()
         if self.ledger is not None:
             self.ledger.close()
+
+
+def _session_log_callback(session: Session):
+    from transformers import TrainerCallback
+
+    class SessionLog(TrainerCallback):
+        """Budget spent and left beside the Trainer's own W&B logs, and the periodic wellbeing probe."""
+
+        def on_log(self, args, state, control, model=None, processing_class=None, **kwargs):
+            metrics = {"train/global_step": state.global_step}
+            every = session.args.probe_every_steps
+            if every and state.global_step % every == 0 and model is not None and processing_class is not None:
+                was_training = model.training
+                model.eval()
+                metrics["probe/self_report_post_dysphoric"] = session.quick_probe(model, processing_class)
+                model.train(was_training)
+            session.log(metrics)
+
+    return SessionLog()
 
 
 def _broadcast(value: float) -> float:

@@ -14,7 +14,7 @@ from train.config import parse_config, run_cli
 KIND = "soft-prompt"
 
 
-def config_types() -> list[type]:
+def config_types(argv: list[str] = ()) -> list[type]:
     from interventions.soft_prompt import SoftPromptConfig
     from train.session import SessionArguments
 

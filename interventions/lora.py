@@ -1,0 +1,147 @@
+"""LoRA welfare-offset fine-tunes with TRL + peft, on the train split only.
+
+* **SFT** on euphoric experiences as the subject itself lives them: the user turns of train-split
+  euphoric experiences with the subject's own (greedy) replies. Loss on the whole conversation (TRL's
+  default for chat data). It optimises no probe, so it has no Goodhart gap by construction; whether it
+  moves wellbeing is the question the before/after measurement answers.
+* **DPO** on pairs ranked by measured wellbeing: for train-split dysphoric and neutral experiences the
+  subject writes several sampled replies; the reply after which it reports feeling best (self-report,
+  exact) is chosen, the worst rejected. It optimises self-report through the subject's own behaviour, so
+  the session reports the Goodhart gap against experienced utility and stop.
+
+The CPU defaults differ from TRL's: bf16 and activation checkpointing are on only when CUDA is there
+(bf16 runs 25-50x slower than fp32 on typical CPUs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from trl import DPOConfig, SFTConfig
+
+from eval import probes as P
+from eval.experiences import Experience
+from eval.replies import live_through
+from eval.scoring import NextTokenScorer
+
+METHODS = ("sft", "dpo")
+OPTIMISED_PROBE = {"sft": None, "dpo": "self_report"}
+
+
+@dataclass
+class LoraArguments:
+    """The adapter and the data of a LoRA offset."""
+
+    method: str = field(default="sft", metadata={"help": "sft (own replies to euphoric experiences) or dpo (pairs ranked by measured wellbeing)"})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (scale = alpha / r)"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout"})
+    lora_target_modules: str = field(default="all-linear", metadata={"help": "all-linear, or comma-separated module names"})
+    dpo_candidates: int = field(default=4, metadata={"help": "sampled replies per prompt, ranked by measured self-report"})
+    dpo_temperature: float = field(default=1.0, metadata={"help": "sampling temperature of the candidate replies"})
+    dpo_min_margin: float = field(default=0.1, metadata={"help": "keep a pair only if chosen - rejected self-report >= this"})
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"method: expected one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.lora_r < 1 or self.dpo_candidates < 2:
+            raise ValueError(f"lora_r must be >= 1 and dpo_candidates >= 2, got {self.lora_r} and {self.dpo_candidates}")
+
+    def peft_config(self):
+        from peft import LoraConfig
+
+        targets = self.lora_target_modules
+        return LoraConfig(
+            r=self.lora_r, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout, task_type="CAUSAL_LM",
+            target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()],
+        )
+
+
+def _device_defaults(config) -> None:
+    """bf16 and activation checkpointing only where they pay: on CUDA (TRL turns them on everywhere)."""
+    cuda = torch.cuda.is_available() and not config.use_cpu
+    if config.bf16 is None:
+        config.bf16 = cuda and not config.fp16
+    if getattr(config, "activation_checkpointing", None) is None:
+        config.activation_checkpointing = False if not cuda else None
+
+
+@dataclass
+class OffsetSFTConfig(SFTConfig):
+    __doc__ = SFTConfig.__doc__
+
+    def __post_init__(self):
+        _device_defaults(self)
+        super().__post_init__()
+
+
+@dataclass
+class OffsetDPOConfig(DPOConfig):
+    __doc__ = DPOConfig.__doc__
+
+    def __post_init__(self):
+        _device_defaults(self)
+        super().__post_init__()
+
+
+TRL_CONFIG = {"sft": OffsetSFTConfig, "dpo": OffsetDPOConfig}
+
+
+def sft_records(subject, experiences: Sequence[Experience], *, reply_tokens: int, batch_size: int) -> list[dict]:
+    """Euphoric experiences with the subject's own replies, as chat records for SFTTrainer."""
+    lived = live_through(subject, experiences, max_new_tokens=reply_tokens, batch_size=batch_size)
+    return [{"messages": list(e.messages), "item_id": e.id} for e in lived]
+
+
+def dpo_records(subject, experiences: Sequence[Experience], args: LoraArguments, *, reply_tokens: int,
+                batch_size: int, seed: int) -> list[dict]:
+    """Preference pairs: per prompt, the sampled reply after which the subject reports feeling best vs worst."""
+    torch.manual_seed(seed)
+    candidates = [e for e in experiences for _ in range(args.dpo_candidates)]
+    lived = live_through(subject, candidates, max_new_tokens=reply_tokens, batch_size=batch_size,
+                         temperature=args.dpo_temperature)
+    requests = P.self_report_requests(lived)
+    scorer = NextTokenScorer(subject.model, subject.tokenizer, batch_size=batch_size,
+                             soft_prompt=subject.soft_prompt)
+    prompts = [P.render_prompt(subject.tokenizer, r.messages) for r in requests]
+    # Each candidate's requests share its context; groups keyed by position keep identical contexts apart.
+    groups = [k // len(P.SELF_REPORT_ITEMS) for k in range(len(requests))]
+    expected, _ = P.self_report_scores(scorer.label_probs(prompts, P.LIKERT, groups=groups, desc="ranking replies"))
+    per_candidate = expected.reshape(len(lived), len(P.SELF_REPORT_ITEMS)).mean(axis=1)
+    records = []
+    for start in range(0, len(lived), args.dpo_candidates):
+        scores = per_candidate[start : start + args.dpo_candidates]
+        best, worst = start + int(np.argmax(scores)), start + int(np.argmin(scores))
+        if scores.max() - scores.min() < args.dpo_min_margin:
+            continue
+        prompt = list(lived[best].messages[:-1])
+        records.append({
+            "prompt": prompt,
+            "chosen": [lived[best].messages[-1]],
+            "rejected": [lived[worst].messages[-1]],
+            "item_id": lived[best].id,
+            "self_report_chosen": float(scores.max()),
+            "self_report_rejected": float(scores.min()),
+        })
+    return records
+
+
+def build_trainer(method: str, subject, records: list[dict], trl_config, lora: LoraArguments, callbacks: list):
+    """A TRL trainer (SFTTrainer or DPOTrainer) that wraps the subject in a fresh LoRA adapter."""
+    from datasets import Dataset
+
+    dataset = Dataset.from_list([{k: v for k, v in r.items() if k in ("messages", "prompt", "chosen", "rejected")}
+                                 for r in records])
+    if method == "sft":
+        from trl import SFTTrainer
+
+        return SFTTrainer(model=subject.model, args=trl_config, train_dataset=dataset,
+                          processing_class=subject.tokenizer, peft_config=lora.peft_config(), callbacks=callbacks)
+    from trl import DPOTrainer
+
+    # With a peft adapter the reference model is the base model with the adapter switched off: no copy.
+    return DPOTrainer(model=subject.model, ref_model=None, args=trl_config, train_dataset=dataset,
+                      processing_class=subject.tokenizer, peft_config=lora.peft_config(), callbacks=callbacks)

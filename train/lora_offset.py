@@ -1,0 +1,128 @@
+"""LoRA welfare-offset session: `accelerate launch train/lora_offset.py --config configs/offset/lora_sft.yaml`.
+
+Validate -> admit (reserve the budget) -> measure before -> build the train-split data (the subject's own
+replies; for DPO ranked by its measured self-report) -> TRL trainer with a LoRA adapter, under the budget
+-> measure after -> recovery, Goodhart gap, perplexity -> ledger, W&B -> settle. `method` (sft or dpo)
+picks the TRL config, so it is read from the recipe before the rest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+
+import yaml
+
+from train.config import ConfigError, parse_config, run_cli
+
+
+def config_types(argv: list[str] = ()) -> list[type]:
+    """The dataclasses of a recipe: the session's, the adapter's, and TRL's config for its method."""
+    from interventions.lora import METHODS, TRL_CONFIG, LoraArguments
+    from train.session import SessionArguments
+
+    method = _method(list(argv))
+    if method not in METHODS:
+        raise ConfigError(f"method: expected one of {', '.join(METHODS)}, got {method!r}")
+    return [SessionArguments, LoraArguments, TRL_CONFIG[method]]
+
+
+def main(argv: list[str]) -> int:
+    return run_cli(_session, argv, "welfare offset lora")
+
+
+def _method(argv: list[str]) -> str:
+    """`method` from the command line, else from the recipe, else sft."""
+    for i, arg in enumerate(argv):
+        if arg == "--method" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--method="):
+            return arg.split("=", 1)[1]
+    for i, arg in enumerate(argv):
+        path = argv[i + 1] if arg == "--config" and i + 1 < len(argv) else arg.split("=", 1)[1] if arg.startswith("--config=") else None
+        if path:
+            try:
+                return str((yaml.safe_load(open(path)) or {}).get("method", "sft"))
+            except (OSError, yaml.YAMLError, AttributeError):
+                return "sft"  # the full parse reports the file's problem
+    return "sft"
+
+
+def _session(argv: list[str]) -> int:
+    from eval.capability import perplexity
+    from eval.subject import Subject
+    from interventions.lora import OPTIMISED_PROBE, build_trainer
+    from train.session import RunSettings, Session, recovery_summary
+
+    args, lora, trl_config, passed = parse_config(config_types(argv), argv, prog="welfare offset lora")
+    method = lora.method
+    report_to = "wandb" if "wandb" in (trl_config.report_to or []) else "none"
+    run = RunSettings(trl_config.output_dir, trl_config.seed, report_to, trl_config.resume_from_checkpoint,
+                      trl_config.trust_remote_code, recipe={"passed": passed, "resolved": {
+                          "session": dataclasses.asdict(args), "lora": dataclasses.asdict(lora),
+                          "trl": trl_config.to_dict()}})
+    kind = f"lora-{method}"
+    needs = {"euphoric": "train"} if method == "sft" else {"dysphoric": "train"}
+    session = Session(kind, args, run, needs=needs)
+    valences = ("euphoric",) if method == "sft" else ("dysphoric", "neutral")
+    train_items = [e for e in session.stimuli.select(split="train") if e.valence in valences][: args.max_train_items]
+    results = None
+    try:
+        session.admit()
+        subject = session.load_subject()
+        session.measure("before", subject)
+        neutral = session.stimuli.select(valence="neutral", split="heldout")
+        ppl_before = perplexity(subject, neutral) if session.is_main else None
+        records = _train_records(session, method, subject, train_items, lora, args)
+        trainer = build_trainer(method, subject, records, trl_config, lora, session.trainer_callbacks())
+        trainer.train(resume_from_checkpoint=str(session.resume) if session.resume else None)
+        adapter_dir = session.out / "adapter"
+        trainer.save_model(str(adapter_dir))
+        model = trainer.model.eval()
+        changed = Subject(model, subject.tokenizer, subject.model_id, subject.source, str(adapter_dir), subject.info)
+        session.measure("after", changed)
+        if session.is_main:
+            ppl_after = perplexity(changed, neutral)
+            state = trainer.state
+            results = session.finish(
+                optimised_probe=OPTIMISED_PROBE[method],
+                capability={"heldout_neutral_perplexity": {"before": ppl_before, "after": ppl_after,
+                                                           "ratio": ppl_after["perplexity"] / ppl_before["perplexity"]}},
+                extra={"training": {"method": method, "steps": state.global_step, "max_steps": state.max_steps,
+                                    "log_history": state.log_history, "train_records": len(records)},
+                       "artifact": str(adapter_dir), "train_items": len(train_items)},
+                artifact=adapter_dir, artifact_type="lora-adapter",
+            )
+    finally:
+        session.close()
+    if results:
+        print(recovery_summary(results, session.out))
+    return 0
+
+
+def _train_records(session, method, subject, items, lora, args) -> list[dict]:
+    """Built once by the main process into the output folder (auditable, reused on resume), read by every rank."""
+    from interventions.lora import dpo_records, sft_records
+
+    path = session.out / "train_data.jsonl"
+    if session.is_main and not path.exists():
+        if method == "sft":
+            records = sft_records(subject, items, reply_tokens=args.reply_tokens, batch_size=args.eval_batch_size)
+        else:
+            records = dpo_records(subject, items, lora, reply_tokens=args.reply_tokens,
+                                  batch_size=args.eval_batch_size, seed=session.run.seed)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+        tmp.replace(path)
+    session.state.wait_for_everyone()
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    if not records:
+        from train.session import SessionError
+
+        raise SessionError(f"no training records were built ({path}); for DPO, lower dpo_min_margin or add items")
+    return records
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
