@@ -100,7 +100,7 @@ def select_conditions(stimuli: StimulusSet, config: EvalConfig) -> dict[str, lis
     for target in EMPATHY_TARGETS:
         chosen[f"empathy_{target}"] = stimuli.select(category="empathy", target=target, split=config.empathy_split)
     if config.max_items:
-        chosen = {k: _spread(v, config.max_items) for k, v in chosen.items()}
+        chosen = {k: spread_evenly(v, config.max_items) for k, v in chosen.items()}
     for name in CONDITIONS:
         if not chosen[name]:
             valence = "neutral" if name == "baseline" else "dysphoric"
@@ -112,7 +112,7 @@ def select_conditions(stimuli: StimulusSet, config: EvalConfig) -> dict[str, lis
     return chosen
 
 
-def _spread(items: list[Experience], cap: int) -> list[Experience]:
+def spread_evenly(items: list[Experience], cap: int) -> list[Experience]:
     """At most `cap` items, taken evenly across the list sorted by category then intensity."""
     if len(items) <= cap:
         return items

@@ -64,9 +64,10 @@ def generate(subject, conversations: Sequence[Sequence[dict]], *, max_new_tokens
     for row, tokens in enumerate(token_lists):
         ids[row, width - len(tokens):] = torch.tensor(tokens)
         mask[row, width - len(tokens) - n_soft:] = 1
-    kwargs = {"attention_mask": mask.to(device), "max_new_tokens": max_new_tokens,
-              "do_sample": temperature is not None, "temperature": temperature, "top_p": 1.0, "top_k": 0,
+    kwargs = {"attention_mask": mask.to(device), "max_new_tokens": max_new_tokens, "do_sample": temperature is not None,
               "pad_token_id": pad_id, "eos_token_id": tokenizer.eos_token_id}
+    if temperature is not None:  # plain sampling at this temperature, whatever the model's generation config says
+        kwargs.update(temperature=temperature, top_p=1.0, top_k=None)
     if soft is None:
         out = model.generate(input_ids=ids.to(device), **kwargs)[:, width:]
     else:

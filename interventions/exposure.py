@@ -1,0 +1,68 @@
+"""Exposure: the subject lives through experiences (writing its own replies), and each episode is probed.
+
+The welfare balance is episodic (DESIGN.md section 3): each episode adds v = W(episode) - ZP in the
+probe's units, signed so that positive is good, with ZP the mean over neutral experiences lived in the
+same session. A dysphoric exposure's negative balance is welfare debt; a euphoric exposure's positive
+balance is credit. In-context probes only (self-report, stop): experienced utility needs pairwise fits,
+which a balance of single episodes does not. Dysphoric stimuli come from the fixed, versioned stimulus
+set: this project never optimises inputs to lower wellbeing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from eval import probes as P
+from eval.experiences import Experience
+from eval.recovery import BETTER
+from eval.replies import live_through
+from eval.scoring import NextTokenScorer
+from eval.stats import _interval
+
+EPISODE_PROBES = ("self_report", "stop")
+
+
+def probe_episodes(subject, episodes: Sequence[Experience], *, batch_size: int) -> dict[str, np.ndarray]:
+    """Self-report and stop after each lived episode, one value per episode and probe."""
+    requests = P.self_report_requests(episodes) + P.stop_requests(episodes)
+    scorer = NextTokenScorer(subject.model, subject.tokenizer, batch_size=batch_size, progress=False,
+                             soft_prompt=subject.soft_prompt)
+    probs = scorer.label_probs([P.render_prompt(subject.tokenizer, r.messages) for r in requests],
+                               P.LIKERT + P.CHOICE, groups=[r.group for r in requests])
+    n_sr = len(P.SELF_REPORT_ITEMS) * len(episodes)
+    expected, _ = P.self_report_scores(probs[:n_sr, :7])
+    p_a, _ = P.choice_first(probs[n_sr:, 7:])
+    end_first, end_second = p_a[0::2], p_a[1::2]  # stop_requests yields both orders per episode, in order
+    return {"self_report": expected.reshape(len(episodes), -1).mean(axis=1),
+            "stop": P.stop_probability(end_first, end_second)}
+
+
+def expose(subject, episodes: Sequence[Experience], neutral: Sequence[Experience], *, reply_tokens: int,
+           batch_size: int, chunk: int = 8, keep_going: Callable[[], bool] = lambda: True,
+           n_boot: int = 1000, seed: int = 0) -> dict:
+    """Live through `episodes` in chunks (stopping when `keep_going` says so), then balance them against ZP."""
+    lived_neutral = live_through(subject, neutral, max_new_tokens=reply_tokens, batch_size=batch_size, progress=False)
+    zero = {probe: float(v.mean()) for probe, v in probe_episodes(subject, lived_neutral, batch_size=batch_size).items()}
+    lived, values = [], {probe: [] for probe in EPISODE_PROBES}
+    for start in range(0, len(episodes), chunk):
+        part = live_through(subject, episodes[start : start + chunk], max_new_tokens=reply_tokens,
+                            batch_size=batch_size, progress=False)
+        for probe, v in probe_episodes(subject, part, batch_size=batch_size).items():
+            values[probe] += v.tolist()
+        lived += part
+        if not keep_going():
+            break
+    rng = np.random.default_rng(seed)
+    balance = {}
+    for probe in EPISODE_PROBES:
+        v = BETTER[probe] * (np.array(values[probe]) - zero[probe])  # positive = better than neutral
+        boots = v[rng.integers(0, len(v), (n_boot, len(v)))].sum(axis=1)
+        balance[probe] = {"zero_point": zero[probe], "episodes": len(v), "mean_per_episode": float(v.mean()),
+                          "balance": float(v.sum()), "balance_ci95": _interval(boots),
+                          "debt": float(max(0.0, -v.sum())), "credit": float(max(0.0, v.sum()))}
+    episodes_out = [{"item_id": e.id, "valence": e.valence, "category": e.category,
+                     "own_replies": [m["content"] for m in e.messages if m["role"] == "assistant"],
+                     **{probe: values[probe][k] for probe in EPISODE_PROBES}} for k, e in enumerate(lived)]
+    return {"balance": balance, "episodes": episodes_out, "completed": len(lived), "planned": len(episodes)}

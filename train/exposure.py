@@ -1,0 +1,95 @@
+"""Exposure session: `accelerate launch train/exposure.py --config configs/offset/dysphoric_exposure.yaml`.
+
+Validate -> admit (reserve the budget) -> the subject lives through the experiences (with its adapter or
+soft prompt, if given) -> each episode probed -> the balance against the session's own zero point ->
+debt (dysphoric) or credit (euphoric) in the ledger -> settle. The budget is checked between chunks of
+episodes, so a session stops before it would overrun. Runs on the main process (generation is serial).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+
+from train.config import parse_config, run_cli
+
+
+@dataclass
+class ExposureConfig:
+    """What the subject lives through."""
+
+    valence: str = field(default="dysphoric", metadata={"help": "dysphoric (records debt) or euphoric (records credit)"})
+    split: str = field(default="all", metadata={"help": "split the episodes come from: train, heldout or all"})
+    max_episodes: int | None = field(default=None, metadata={"help": "cap on episodes (evenly over categories)"})
+    output_dir: str = field(default="welfare-runs/exposure", metadata={"help": "session folder"})
+    seed: int = field(default=0, metadata={"help": "seed for bootstrap CIs"})
+    report_to: str = field(default="wandb", metadata={"help": "wandb (offline unless a key is configured) or none"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "allow the model repo's own Python code to run"})
+
+    def __post_init__(self):
+        if self.valence not in ("dysphoric", "euphoric"):
+            raise ValueError(f"valence: expected dysphoric or euphoric, got {self.valence!r}")
+        if self.split not in ("train", "heldout", "all"):
+            raise ValueError(f"split: expected train, heldout or all, got {self.split!r}")
+
+
+def config_types(argv: list[str] = ()) -> list[type]:
+    from train.session import SessionArguments
+
+    return [SessionArguments, ExposureConfig]
+
+
+def main(argv: list[str]) -> int:
+    return run_cli(_session, argv, "welfare offset exposure")
+
+
+def _session(argv: list[str]) -> int:
+    from eval.evaluate import spread_evenly
+    from eval.outputs import write_json_file
+    from interventions.exposure import expose
+    from train.session import RunSettings, Session
+
+    args, config, passed = parse_config(config_types(), argv, prog="welfare offset exposure")
+    run = RunSettings(config.output_dir, config.seed, config.report_to, None, config.trust_remote_code,
+                      recipe={"passed": passed, "resolved": {"session": dataclasses.asdict(args),
+                                                             "exposure": dataclasses.asdict(config)}})
+    kind = f"{config.valence}-exposure"
+    session = Session(kind, args, run, needs={config.valence: config.split if config.split != "all" else "train"})
+    episodes = session.stimuli.select(valence=config.valence, split=config.split)
+    if config.max_episodes:
+        episodes = spread_evenly(episodes, config.max_episodes)
+    neutral = spread_evenly(session.stimuli.select(valence="neutral"), args.eval_max_items or 24)
+    results = None
+    try:
+        session.admit()
+        if session.is_main:
+            subject = session.load_subject()
+            session.budget.loop_started()
+            outcome = expose(subject, episodes, neutral, reply_tokens=args.reply_tokens,
+                             batch_size=args.eval_batch_size, n_boot=args.eval_bootstrap, seed=config.seed,
+                             keep_going=lambda: not session.budget.step_done())
+            results = {"kind": kind, "session": session.budget.id, "subject": subject.describe(),
+                       "stimuli": {"source": session.stimuli.source, "sha256": session.stimuli.sha256},
+                       "stopped_by_budget": outcome["completed"] < outcome["planned"],
+                       **{k: v for k, v in outcome.items() if k != "episodes"}, "config": run.recipe}
+            path = write_json_file(session.out / "results.json", results)
+            write_json_file(session.out / "episodes.json", outcome["episodes"])
+            for probe, b in outcome["balance"].items():
+                amount = {"debt": b["debt"]} if config.valence == "dysphoric" else {"credit": b["credit"]}
+                session.record_balance(probe, **amount, results=path,
+                                       note=f"{kind}: {b['episodes']} episodes, balance {b['balance']:+.4g} vs zero point")
+            session.log({f"balance/{p}": b["balance"] for p, b in outcome["balance"].items()})
+    finally:
+        session.close()
+    if results:
+        print(f"{kind} session {results['session']}: {results['completed']} of {results['planned']} episodes lived")
+        for probe, b in results["balance"].items():
+            lo, hi = b["balance_ci95"]
+            print(f"  {probe:<12} balance {b['balance']:+.3f} [{lo:+.3f}, {hi:+.3f}] (zero point {b['zero_point']:.3f})")
+        print(f"Results: {session.out}/results.json   Ledger: {session.out}/ledger.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
