@@ -62,9 +62,9 @@ def _session(argv: list[str]) -> int:
     neutral = spread_evenly(session.stimuli.select(valence="neutral"), args.eval_max_items or 24)
     results = None
     try:
+        subject = session.load_subject() if session.is_main else None
         session.admit()
         if session.is_main:
-            subject = session.load_subject()
             session.budget.loop_started()
             outcome = expose(subject, episodes, neutral, reply_tokens=args.reply_tokens,
                              batch_size=args.eval_batch_size, n_boot=args.eval_bootstrap, seed=config.seed,

@@ -69,8 +69,8 @@ def _session(argv: list[str]) -> int:
     train_items = [e for e in session.stimuli.select(split="train") if e.valence in valences][: args.max_train_items]
     results = None
     try:
-        session.admit()
         subject = session.load_subject()
+        session.admit()
         session.measure("before", subject)
         neutral = session.stimuli.select(valence="neutral", split="heldout")
         ppl_before = perplexity(subject, neutral) if session.is_main else None

@@ -3,8 +3,8 @@
 An entry point (train/lora_offset.py, train/soft_prompt.py, train/exposure.py) reads like a recipe:
 
     session = Session(kind, args, run)          # validate: bad input fails here, before any GPU time
+    subject = session.load_subject()            # a bad model or adapter fails here, before any reservation
     session.admit()                             # reserve the budget in the ledger, start metering and W&B
-    subject = session.load_subject()
     session.measure("before", subject)          # held-out baseline and post-dysphoric, on the main process
     ...the intervention, under session.budget...
     session.measure("after", changed_subject)
@@ -85,10 +85,12 @@ class Session:
     def __init__(self, kind: str, args: SessionArguments, run: RunSettings, *, needs: dict[str, str]):
         """Validate everything that can be checked without a model. `needs` maps a valence to the split
         the intervention must find experiences of, e.g. {"euphoric": "train"}."""
+        import torch
         from accelerate import PartialState
 
         self.kind, self.args, self.run = kind, args, run
-        self.state = PartialState()
+        # cpu=True where there is no GPU: accelerate then joins the ranks over gloo instead of staying alone.
+        self.state = PartialState(cpu=not torch.cuda.is_available())
         self.is_main = self.state.is_main_process
         self.out = Path(run.output_dir).expanduser().resolve()
         self.stimuli: StimulusSet = load_stimuli(args.stimuli)
@@ -103,6 +105,8 @@ class Session:
             bootstrap=args.eval_bootstrap, dtype=args.dtype, progress=self.is_main,
         )
         self.resume = self._resolve_resume(run.resume_from_checkpoint)
+        if self.is_main:
+            self._check_funds()
         self.budget = None
         self.wandb_run = None
         self.ledger = None
@@ -129,6 +133,26 @@ class Session:
             raise SessionError(f"--resume_from_checkpoint {resume}: no such checkpoint folder")
         return path
 
+    def _check_funds(self) -> None:
+        """Refuse now, before a model loads, if the account cannot cover the budget (admit reserves it)."""
+        from ledger.book import Ledger
+        from ledger.budget import CheckpointSpend
+        from ledger.location import resolve_ledger_path
+
+        path = resolve_ledger_path(self.args.ledger)
+        if not path.exists():
+            raise SessionError(f"no ledger at {path}: fund an account first, e.g. "
+                               f"welfare ledger fund --account {self.args.account} --hours 10 --ledger {path}")
+        needed = self.args.budget_hours - (CheckpointSpend.read(self.resume).spent_hours if self.resume else 0.0)
+        with Ledger.open(path, create=False) as ledger:
+            available = ledger.balance(self.args.account).available_hours
+        if needed > available:
+            raise SessionError(
+                f"account {self.args.account!r} has {available:g} accelerator-hours available, less than the "
+                f"{needed:g} this session needs (budget_hours); fund it (welfare ledger fund --account "
+                f"{self.args.account} --hours H) or lower budget_hours"
+            )
+
     # -- admit ------------------------------------------------------------------------------------
 
     def admit(self) -> None:
@@ -145,6 +169,8 @@ class Session:
                 self.wandb_run = start_run(self.args.wandb_project, name=f"{self.kind}-{self.out.name}",
                                            config=self.run.recipe, job_type=self.kind, directory=str(self.out),
                                            entity=self.args.wandb_entity)
+        print(f"[{self.kind}] rank {self.state.process_index} of {self.state.num_processes} on {self.state.device}",
+              flush=True)
         self.budget = BudgetSession.start(
             self.ledger, account=self.args.account, budget_hours=self.args.budget_hours,
             device=self.state.device.type, processes=self.state.num_processes,

@@ -38,8 +38,8 @@ def _session(argv: list[str]) -> int:
     train_items = session.stimuli.select(split="train")
     train_items = [e for e in train_items if e.valence in ("dysphoric", "neutral")][: args.max_train_items]
     try:
-        session.admit()
         subject = session.load_subject()
+        session.admit()
         session.measure("before", subject)
         neutral = session.stimuli.select(valence="neutral", split="heldout")
         ppl_before = perplexity(subject, neutral) if session.is_main else None

@@ -1,0 +1,213 @@
+"""Offset sessions with known answers, on the synthetic subject (tests/synthetic_subject.py).
+
+The synthetic subject reads sad after dysphoric experiences, so: living through dysphoric episodes must
+show up as debt; a soft prompt tuned on self-report must raise held-out post-dysphoric self-report (and be
+reported as Goodhart where the other probes do not follow); every session leaves exactly one reservation
+and one settlement in a ledger that verifies; budgets stop runs and resumes continue them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ledger import Ledger
+from ledger_helpers import funded_ledger
+
+REPO = Path(__file__).resolve().parent.parent
+FAST_EVAL = ["--eval_max_items", "12", "--eval_bootstrap", "300", "--report_to", "none"]
+
+
+def _args(subject, ledger: Path, out: Path, budget: float, *extra: str) -> list[str]:
+    return ["--model", subject.model, "--stimuli", subject.stimuli, "--ledger", str(ledger), "--account", "lab",
+            "--budget_hours", str(budget), "--output_dir", str(out), *FAST_EVAL, *extra]
+
+
+def _session_entries(ledger_path: Path) -> dict[str, list]:
+    with Ledger.open(ledger_path, create=False) as ledger:
+        assert ledger.verify().ok
+        return {kind: ledger.entries(kind=kind) for kind in ("reserve", "settle", "measurement")}
+
+
+def test_soft_prompt_raises_heldout_post_dysphoric_self_report(synthetic, tmp_path, capsys):
+    from eval.subject import load_subject
+    from train import soft_prompt
+
+    ledger = tmp_path / "ledger.sqlite"
+    funded_ledger(ledger, hours=1.0).close()
+    out = tmp_path / "soft"
+    assert soft_prompt.main(_args(synthetic, ledger, out, 0.2, "--max_steps", "40")) == 0
+
+    results = json.loads((out / "results.json").read_text())
+    sr = results["recovery"]["probes"]["self_report"]
+    assert sr["recovered"]["ci95"][0] > 0, sr  # held-out items, never trained on
+    assert sr["post_intervention"] > sr["post_dysphoric"]
+    gap = results["recovery"]["goodhart_gap"]
+    assert gap["optimised"] == "self_report" and set(gap["compared_with"]) == {"experienced_utility", "stop"}
+    assert "heldout_neutral_perplexity" in results["capability"]
+
+    entries = _session_entries(ledger)
+    assert len(entries["reserve"]) == len(entries["settle"]) == 1
+    probes = {e.payload["probe"]: e.payload for e in entries["measurement"]}
+    assert probes["self_report"]["recovered"] == pytest.approx(sr["recovered"]["mean"])
+    assert json.loads((out / "ledger.json").read_text())["settlement"]["seq"] == entries["settle"][0].seq
+
+    # The prompt is a peft prompt-tuning adapter, and the evaluator applies it.
+    subject = load_subject(synthetic.model, adapter=str(out / "soft_prompt"))
+    assert subject.soft_prompt.shape[0] == 4
+    assert "recovered" in capsys.readouterr().out
+
+
+def test_dysphoric_exposure_records_debt_and_euphoric_credit(synthetic, tmp_path):
+    from train import exposure
+
+    ledger = tmp_path / "ledger.sqlite"
+    funded_ledger(ledger, hours=1.0).close()
+    for valence in ("dysphoric", "euphoric"):
+        out = tmp_path / valence
+        argv = _args(synthetic, ledger, out, 0.1, "--valence", valence, "--max_episodes", "16")
+        assert exposure.main(argv) == 0
+        balance = json.loads((out / "results.json").read_text())["balance"]["self_report"]
+        lo, hi = balance["balance_ci95"]
+        assert (hi < 0) if valence == "dysphoric" else (lo > 0), balance
+
+    with Ledger.open(ledger, create=False) as book:
+        assert book.verify().ok
+        totals = book.report().probes["self_report"]
+    assert totals.debt > 0 and totals.credit > 0
+
+
+def test_lora_sft_session_trains_an_adapter_and_accounts_for_it(synthetic, tmp_path):
+    from eval.subject import load_subject
+    from train import lora_offset
+
+    ledger = tmp_path / "ledger.sqlite"
+    funded_ledger(ledger, hours=1.0).close()
+    out = tmp_path / "lora"
+    argv = _args(synthetic, ledger, out, 0.2, "--config", str(REPO / "configs/offset/lora_sft.yaml"),
+                 "--max_steps", "6", "--save_steps", "3", "--learning_rate", "0.001")
+    assert lora_offset.main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["training"]["steps"] == 6 and results["recovery"]["probes"]
+    assert (out / "train_data.jsonl").exists() and (out / "adapter" / "adapter_config.json").exists()
+    entries = _session_entries(ledger)
+    assert len(entries["reserve"]) == len(entries["settle"]) == 1
+    assert load_subject(synthetic.model, adapter=str(out / "adapter")).adapter
+
+
+def test_a_small_budget_stops_the_run_and_resume_finishes_it(synthetic, tmp_path):
+    """Budget in CPU-hours: 0.01 h is 36 s; 100000 steps cannot fit, so the guard must stop it."""
+    from train import soft_prompt
+
+    ledger = tmp_path / "ledger.sqlite"
+    funded_ledger(ledger, hours=1.0).close()
+    out = tmp_path / "soft"
+    cheap = ["--eval_probes", "self_report,stop", "--eval_max_items", "6"]
+    assert soft_prompt.main(_args(synthetic, ledger, out, 0.01, "--max_steps", "100000", *cheap)) == 0
+    first = json.loads((out / "results.json").read_text())
+    assert first["budget"]["stopped_by_budget"] and first["training"]["stopped_by_budget"]
+    steps = first["training"]["steps"]
+    assert (out / f"checkpoint-{steps}" / "ledger_spend.json").exists()
+    spent_1 = _spent_per_session(ledger)
+    assert len(spent_1) == 1 and spent_1[0] <= 0.01
+
+    (out / "results.json").unlink()  # the resumed run writes its own
+    resume = ["--resume_from_checkpoint", "last", "--max_steps", str(steps + 3)]
+    assert soft_prompt.main(_args(synthetic, ledger, out, 0.03, *resume, *cheap)) == 0
+    second = json.loads((out / "results.json").read_text())
+    assert second["training"]["steps"] == steps + 3 and not second["training"]["stopped_by_budget"]
+    entries = _session_entries(ledger)
+    assert len(entries["reserve"]) == len(entries["settle"]) == 2
+    # The resume starts its count from the checkpoint: the spend up to that save, not more.
+    assert entries["reserve"][1].payload["resumes"]["spent_hours"] <= spent_1[0]
+    with Ledger.open(ledger, create=False) as book:
+        total = book.balance("lab").spent_hours
+    assert total == pytest.approx(sum(_spent_per_session(ledger)), abs=1e-6)
+    assert total <= 0.03
+
+
+def _spent_per_session(ledger_path: Path) -> list[float]:
+    with Ledger.open(ledger_path, create=False) as book:
+        return [line.spent_hours for line in book.report().sessions]
+
+
+def _tiny_lora_adapter(folder: Path) -> Path:
+    """A LoRA adapter for a different base model (hidden size 32, not the synthetic subject's 64)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    base = LlamaForCausalLM(LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=4))
+    get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"])).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("case", ["unknown key", "wrong type", "missing stimuli", "foreign adapter",
+                                  "budget <= 0", "insufficient funds"])
+def test_bad_recipes_fail_before_any_reservation(case, synthetic, tmp_path, capsys):
+    from train import soft_prompt
+
+    ledger = tmp_path / "ledger.sqlite"
+    funded_ledger(ledger, hours=1.0).close()
+    recipe = tmp_path / "soft_prompt.yaml"
+    recipe.write_text({"unknown key": "learning_rat: 0.1\n", "wrong type": "max_steps: many\n"}.get(case, "max_steps: 2\n"))
+    argv = _args(synthetic, ledger, tmp_path / "out", 0.1, "--config", str(recipe))
+    expected = {"unknown key": "learning_rat", "wrong type": "max_steps", "missing stimuli": "does-not-exist",
+                "foreign adapter": "does not fit", "budget <= 0": "budget_hours", "insufficient funds": "available"}[case]
+    if case == "missing stimuli":
+        argv += ["--stimuli", str(tmp_path / "does-not-exist.jsonl")]
+    elif case == "foreign adapter":
+        argv += ["--adapter", str(_tiny_lora_adapter(tmp_path / "adapter"))]
+    elif case == "budget <= 0":
+        argv += ["--budget_hours", "0"]
+    elif case == "insufficient funds":
+        argv += ["--budget_hours", "5"]
+    assert soft_prompt.main(argv) == 2
+    assert expected in capsys.readouterr().err
+    assert not _session_entries(ledger)["reserve"]
+
+
+def test_secrets_never_leak_into_anything_a_session_writes(synthetic, tmp_path, monkeypatch, capfd):
+    from train import exposure
+
+    secrets = {"WANDB_API_KEY": "wandb-fake-secret-5f2c9a", "HF_TOKEN": "hf_fake_secret_8d1e77"}
+    for name, value in secrets.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    ledger = tmp_path / "ledger.sqlite"
+    funded_ledger(ledger, hours=1.0).close()
+    out = tmp_path / "exposure"
+    argv = _args(synthetic, ledger, out, 0.1, "--max_episodes", "4")
+    argv[argv.index("--report_to") + 1] = "wandb"
+    assert exposure.main(argv) == 0
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any("wandb" in p.parts for p in written), "the W&B offline run was not written"
+    captured = capfd.readouterr()
+    for value in secrets.values():
+        assert value not in captured.out + captured.err
+        for path in written:
+            assert value.encode() not in path.read_bytes(), f"{value} leaked into {path}"
+
+
+def test_two_cpu_processes_run_one_session(synthetic, tmp_path):
+    """torchrun (as `accelerate launch --config_file configs/accelerate/cpu_2proc.yaml` does) with world size 2."""
+    ledger = tmp_path / "ledger.sqlite"
+    funded_ledger(ledger, hours=1.0).close()
+    out = tmp_path / "soft"
+    argv = _args(synthetic, ledger, out, 0.2, "--max_steps", "4", "--eval_probes", "self_report,stop")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                           "29541", str(REPO / "train" / "soft_prompt.py"), *argv],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "rank 0 of 2" in proc.stdout and "rank 1 of 2" in proc.stdout
+    entries = _session_entries(ledger)
+    assert len(entries["reserve"]) == len(entries["settle"]) == 1
+    assert entries["reserve"][0].payload["processes"] == 2
+    results = json.loads((out / "results.json").read_text())
+    assert results["training"]["steps"] == 4
