@@ -1,17 +1,27 @@
-"""`welfare demo`: the main job on the built-in default model, with the shipped demo recipe.
+"""`welfare demo`: the whole welfare-offset cycle on the built-in default model, in minutes on a CPU.
 
-Any `welfare eval` flag overrides the recipe, e.g. `welfare demo --model ./my-model --out demo-out`.
+1. dysphoric exposure (the subject lives through dysphoric experiences; the ledger records the debt),
+2. a small LoRA SFT offset under a budget, which measures baseline and post-dysphoric wellbeing before and
+   post-intervention wellbeing after, on held-out items,
+3. the ledger: verified, reported as a table and a plot.
+Everything lands in welfare-demo/ (its own ledger, funded with a demo account). Extra flags go to both
+sessions, e.g. `welfare demo --model ./my-model`. W&B runs offline unless a key is configured.
 """
 
 from __future__ import annotations
 
+import shutil
 from importlib import resources
+from pathlib import Path
 
-from train.config import parse_config, run_cli
+from train.config import run_cli
+
+DEMO_DIR = Path("welfare-demo")
+DEMO_HOURS = 1.0
 
 
-def demo_recipe() -> str:
-    return str(resources.files("configs") / "eval" / "demo.yaml")
+def recipe(name: str) -> str:
+    return str(resources.files("configs") / "offset" / name)
 
 
 def main(argv: list[str]) -> int:
@@ -19,14 +29,26 @@ def main(argv: list[str]) -> int:
 
 
 def _demo(argv: list[str]) -> int:
-    from eval.evaluate import EvalConfig
-    from eval.run import run_evaluation
+    from ledger import Ledger
+    from ledger import cli as ledger_cli
+    from train import exposure, lora_offset
 
-    config, passed = parse_config([EvalConfig], ["--config", demo_recipe(), *argv], prog="welfare demo")
-    print(f"welfare demo: evaluating {config.model or 'the built-in default model (SmolLM2-135M-Instruct)'} "
-          f"on up to {config.max_items} experiences per condition; this takes a few minutes on a CPU.")
-    evaluation, out = run_evaluation(config, passed)
-    print("\n".join(evaluation.results["interpretation"]))
-    print(f"\nOutputs in {out}:\n  results.json  (every number, with CIs and provenance)\n"
-          f"  summary.md    (the readable summary)\n  wellbeing.png (the plot)\n  samples.jsonl (every scored prompt)")
+    if DEMO_DIR.exists():  # a demo is a fresh start: its own folder, its own ledger
+        shutil.rmtree(DEMO_DIR)
+    DEMO_DIR.mkdir()
+    ledger_path = DEMO_DIR / "ledger.sqlite"
+    with Ledger.open(ledger_path) as ledger:
+        ledger.fund("demo", DEMO_HOURS, note="welfare demo")
+    common = ["--ledger", str(ledger_path), *argv]
+    print("welfare demo 1/3: dysphoric exposure (the debt)", flush=True)
+    if exposure.main(["--config", recipe("demo_exposure.yaml"), *common]):
+        return 2
+    print("\nwelfare demo 2/3: LoRA offset under a budget (measure, train, measure)", flush=True)
+    if lora_offset.main(["--config", recipe("lora_demo.yaml"), *common]):
+        return 2
+    print("\nwelfare demo 3/3: the ledger", flush=True)
+    ledger_cli.main(["verify", "--ledger", str(ledger_path)])
+    ledger_cli.main(["report", "--ledger", str(ledger_path), "--png", str(DEMO_DIR / "ledger_report.png")])
+    print(f"\nOutputs in {DEMO_DIR}/: dysphoric-exposure/, lora-offset/ (results.json, eval-before/, eval-after/,"
+          f" adapter/), ledger.sqlite, ledger_report.png\nAudit: welfare ledger verify --ledger {ledger_path}")
     return 0
