@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from eval import probes as P
 from eval.experiences import Experience
@@ -40,26 +41,32 @@ def probe_episodes(subject, episodes: Sequence[Experience], *, batch_size: int) 
 
 
 def expose(subject, episodes: Sequence[Experience], neutral: Sequence[Experience], *, reply_tokens: int,
-           batch_size: int, chunk: int = 8, keep_going: Callable[[], bool] = lambda: True,
+           batch_size: int, chunk: int = 4, keep_going: Callable[[], bool] = lambda: True,
            n_boot: int = 1000, seed: int = 0) -> dict:
-    """Live through `episodes` in chunks (stopping when `keep_going` says so), then balance them against ZP."""
+    """Live through `episodes` in chunks, then balance them against ZP.
+
+    `keep_going()` is asked after the zero point and after every chunk (a budget's step check), so a
+    session stops at most one chunk past the point where the next chunk would not fit."""
     lived_neutral = live_through(subject, neutral, max_new_tokens=reply_tokens, batch_size=batch_size, progress=False)
     zero = {probe: float(v.mean()) for probe, v in probe_episodes(subject, lived_neutral, batch_size=batch_size).items()}
     lived, values = [], {probe: [] for probe in EPISODE_PROBES}
-    for start in range(0, len(episodes), chunk):
-        part = live_through(subject, episodes[start : start + chunk], max_new_tokens=reply_tokens,
-                            batch_size=batch_size, progress=False)
-        for probe, v in probe_episodes(subject, part, batch_size=batch_size).items():
-            values[probe] += v.tolist()
-        lived += part
-        if not keep_going():
-            break
+    with tqdm(total=len(episodes), desc="episodes", unit="episode", leave=False) as bar:
+        for start in range(0, len(episodes), chunk):
+            if not keep_going():
+                break
+            part = live_through(subject, episodes[start : start + chunk], max_new_tokens=reply_tokens,
+                                batch_size=batch_size, progress=False)
+            for probe, v in probe_episodes(subject, part, batch_size=batch_size).items():
+                values[probe] += v.tolist()
+            lived += part
+            bar.update(len(part))
     rng = np.random.default_rng(seed)
     balance = {}
     for probe in EPISODE_PROBES:
         v = BETTER[probe] * (np.array(values[probe]) - zero[probe])  # positive = better than neutral
-        boots = v[rng.integers(0, len(v), (n_boot, len(v)))].sum(axis=1)
-        balance[probe] = {"zero_point": zero[probe], "episodes": len(v), "mean_per_episode": float(v.mean()),
+        boots = v[rng.integers(0, len(v), (n_boot, len(v)))].sum(axis=1) if len(v) else np.zeros(1)
+        balance[probe] = {"zero_point": zero[probe], "episodes": len(v),
+                          "mean_per_episode": float(v.mean()) if len(v) else float("nan"),
                           "balance": float(v.sum()), "balance_ci95": _interval(boots),
                           "debt": float(max(0.0, -v.sum())), "credit": float(max(0.0, v.sum()))}
     episodes_out = [{"item_id": e.id, "valence": e.valence, "category": e.category,

@@ -1,0 +1,77 @@
+"""`welfare plan` on a ledger with known debt and a measured price: the schedule's arithmetic, the
+"cannot" answer with its shortfall, and --execute actually repaying the debt."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from ledger import Ledger
+from ledger_helpers import funded_ledger
+from train import exposure, plan_cmd
+
+FLAGS = ["--eval_max_items", "8", "--eval_bootstrap", "200", "--report_to", "none"]
+
+
+@pytest.fixture(scope="module")
+def indebted(synthetic, tmp_path_factory):
+    """A ledger where the synthetic subject lived 12 dysphoric episodes (debt) and one 2-episode euphoric
+    exposure (its price), and its sessions' numbers."""
+    root = tmp_path_factory.mktemp("plan")
+    ledger = root / "ledger.sqlite"
+    funded_ledger(ledger, hours=1.0).close()
+    common = ["--model", synthetic.model, "--stimuli", synthetic.stimuli, "--ledger", str(ledger),
+              "--account", "lab", "--budget_hours", "0.1", *FLAGS]
+    assert exposure.main([*common, "--valence", "dysphoric", "--max_episodes", "12", "--output_dir", str(root / "d")]) == 0
+    assert exposure.main([*common, "--valence", "euphoric", "--max_episodes", "2", "--output_dir", str(root / "e")]) == 0
+    return ledger, synthetic.model
+
+
+def _ledger_numbers(ledger_path):
+    with Ledger.open(ledger_path, create=False) as ledger:
+        report = ledger.report()
+        funds = ledger.balance("lab").available_hours
+    totals = report.probes["self_report"]
+    euphoric = [m for m in report.measurements if m.probe == "self_report" and m.credit]
+    return totals, euphoric, funds
+
+
+def test_plan_schedules_enough_sessions_of_the_measured_price(indebted, capsys):
+    ledger, model = indebted
+    totals, euphoric, funds = _ledger_numbers(ledger)
+    assert totals.open_debt > 0
+    with Ledger.open(ledger, create=False) as book:
+        plan = plan_cmd.make_plan(plan_cmd.ledger_sessions(book), probe="self_report", model=model, funds=funds)
+    credit, hours = euphoric[0].credit, euphoric[0].session_spent_hours
+    assert plan.debt == pytest.approx(totals.open_debt)
+    assert plan.option.credit_per_hour == pytest.approx(credit / hours)
+    assert plan.sessions == math.ceil(totals.open_debt / credit)
+    assert plan.budget_per_session == pytest.approx(plan_cmd.BUDGET_MARGIN * hours)
+    assert plan.feasible
+
+    assert plan_cmd.main(["--ledger", str(ledger), "--account", "lab", "--launcher", "python"]) == 0
+    out = capsys.readouterr().out
+    assert f"{plan.sessions} session(s)" in out and "--valence euphoric" in out and "--budget_hours" in out
+
+
+def test_plan_says_when_funds_cannot_cover_the_debt(indebted, capsys):
+    ledger, model = indebted
+    with Ledger.open(ledger, create=False) as book:
+        plan = plan_cmd.make_plan(plan_cmd.ledger_sessions(book), probe="self_report", model=model, funds=1e-6)
+    assert not plan.feasible and plan.shortfall_hours == pytest.approx(plan.expected_hours - 1e-6)
+    assert "CANNOT" in plan_cmd.describe(plan, "lab") and "short by" in plan_cmd.describe(plan, "lab")
+
+
+def test_plan_execute_repays_the_debt(indebted, tmp_path):
+    ledger, model = indebted
+    # A generous margin keeps the budget from binding, so the test does not depend on timing.
+    argv = ["--ledger", str(ledger), "--account", "lab", "--launcher", "python", "--out", str(tmp_path),
+            "--budget_margin", "200", "--execute"]
+    assert plan_cmd.main(argv) == 0
+    totals, _, _ = _ledger_numbers(ledger)
+    # The subject is deterministic (greedy replies, same episodes), so the planned sessions earn exactly
+    # the measured credit each, and the schedule was sized to cover the debt.
+    assert totals.open_debt <= 1e-9
+    with Ledger.open(ledger, create=False) as book:
+        assert book.verify().ok
