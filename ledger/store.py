@@ -87,10 +87,10 @@ class _Reader:
     ) -> list[Entry]:
         """Entries in seq order; each filter left as None matches everything."""
         rows = self._db.execute(
-            "SELECT body, hash FROM entries WHERE (?1 IS NULL OR kind = ?1) AND (?2 IS NULL OR session = ?2)"
-            " AND (?3 IS NULL OR time >= ?3) AND (?4 IS NULL OR time < ?4) AND (?5 IS NULL OR corrects = ?5)"
-            " ORDER BY seq",
-            (kind, session, since, until, corrects),
+            "SELECT body, hash FROM entries WHERE (:kind IS NULL OR kind = :kind)"
+            " AND (:session IS NULL OR session = :session) AND (:since IS NULL OR time >= :since)"
+            " AND (:until IS NULL OR time < :until) AND (:corrects IS NULL OR corrects = :corrects) ORDER BY seq",
+            {"kind": kind, "session": session, "since": since, "until": until, "corrects": corrects},
         )
         return [_entry(row) for row in rows]
 
