@@ -211,3 +211,24 @@ def test_two_cpu_processes_run_one_session(synthetic, tmp_path):
     assert entries["reserve"][0].payload["processes"] == 2
     results = json.loads((out / "results.json").read_text())
     assert results["training"]["steps"] == 4
+
+
+def test_lora_session_logs_steps_budget_probe_summary_and_adapter_to_wandb_offline(synthetic, tmp_path, monkeypatch):
+    from train import lora_offset
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    ledger = tmp_path / "ledger.sqlite"
+    funded_ledger(ledger, hours=1.0).close()
+    out = tmp_path / "lora"
+    argv = _args(synthetic, ledger, out, 0.2, "--config", str(REPO / "configs/offset/lora_sft.yaml"),
+                 "--max_steps", "4", "--logging_steps", "1", "--probe_every_steps", "2", "--save_steps", "10")
+    argv[argv.index("--report_to") + 1] = "wandb"
+    assert lora_offset.main(argv) == 0
+    runs = list(out.rglob("offline-run-*/*.wandb"))
+    assert len(runs) == 1, "one session, one W&B run (the trainer logs into the session's run)"
+    logged = runs[0].read_bytes()
+    for key in (b"train/loss", b"train/learning_rate", b"budget/spent_hours", b"budget/left_hours",
+                b"probe/self_report_post_dysphoric", b"recovery/probes/self_report/recovered", b"ledger/head",
+                b"lora-adapter"):
+        assert key in logged, key

@@ -1,0 +1,116 @@
+"""Score recovered per accelerator-hour, per intervention kind, on the synthetic subject (CPU).
+
+    python benchmarks/bench_offsets.py [--model FOLDER] [--threads N] [--update-md BENCHMARKS.md]
+
+Each kind runs as a real session (entry point, ledger, budget) on the synthetic subject of the tests
+(trained here in ~1 minute unless --model names one): a euphoric soft prompt, LoRA SFT, LoRA DPO, and a
+euphoric exposure. Offsets report held-out self-report recovered (post-intervention minus post-dysphoric,
+1-7 scale) per accelerator-hour spent, with the Goodhart gap; the exposure reports credit per
+accelerator-hour (self-report units x episodes). Hours are the ledger's: wall x processes, evaluations
+included. The numbers describe this tiny subject and these settings, not real models.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+EVAL = ["--eval_max_items", "16", "--eval_bootstrap", "1000", "--report_to", "none"]
+KINDS = {
+    "soft prompt (40 steps)": ("soft_prompt", ["--max_steps", "40"]),
+    "LoRA SFT (30 steps)": ("lora_offset", ["--config", str(ROOT / "configs/offset/lora_sft.yaml"), "--max_steps", "30",
+                                             "--learning_rate", "0.001"]),
+    "LoRA DPO (30 steps)": ("lora_offset", ["--config", str(ROOT / "configs/offset/lora_dpo.yaml"), "--max_steps", "30",
+                                             "--learning_rate", "0.0005", "--max_train_items", "24"]),
+    "euphoric exposure (16 episodes)": ("exposure", ["--valence", "euphoric", "--max_episodes", "16"]),
+}
+
+
+def run_kind(entry: str, extra: list[str], model: str, stimuli: str, work: Path) -> dict:
+    from importlib import import_module
+
+    from ledger import Ledger
+
+    ledger = work / f"{entry}-{len(list(work.iterdir()))}.sqlite"
+    with Ledger.open(ledger) as book:
+        book.fund("bench", 1.0)
+    out = work / ledger.stem
+    argv = ["--model", model, "--stimuli", stimuli, "--ledger", str(ledger), "--account", "bench",
+            "--budget_hours", "0.5", "--output_dir", str(out), *EVAL, *extra]
+    if import_module(f"train.{entry}").main(argv) != 0:
+        raise SystemExit(f"{entry} failed: {argv}")
+    with Ledger.open(ledger, create=False) as book:
+        hours = book.report().sessions[0].spent_hours
+    results = json.loads((out / "results.json").read_text())
+    if entry == "exposure":
+        b = results["balance"]["self_report"]
+        return {"hours": hours, "credit": b["credit"], "ci95": b["balance_ci95"]}
+    sr = results["recovery"]["probes"]["self_report"]
+    gap = results["recovery"].get("goodhart_gap")
+    return {"hours": hours, "recovered": sr["recovered"]["mean"], "ci95": sr["recovered"]["ci95"],
+            "fraction": sr["recovery_fraction"]["mean"], "gap": gap["mean"] if gap else None}
+
+
+def table(rows: dict[str, dict]) -> str:
+    lines = ["| kind | accelerator-hours | self-report recovered [95% CI] | recovered / hour | recovery fraction | Goodhart gap |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for name, r in rows.items():
+        lo, hi = r["ci95"]
+        if "credit" in r:
+            lines.append(f"| {name} | {r['hours']:.4f} | credit {r['credit']:.2f} (balance CI [{lo:+.2f}, {hi:+.2f}]) | "
+                         f"credit {r['credit'] / r['hours']:.0f} | - | - |")
+        else:
+            gap = "-" if r["gap"] is None else f"{r['gap']:+.2f}"
+            lines.append(f"| {name} | {r['hours']:.4f} | {r['recovered']:+.3f} [{lo:+.3f}, {hi:+.3f}] | "
+                         f"{r['recovered'] / r['hours']:+.1f} | {r['fraction']:+.2f} | {gap} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", help="a trained synthetic subject folder (default: train one now)")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--update-md", type=Path)
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    from synthetic_subject import train_subject, write_stimuli
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    work = Path(tempfile.mkdtemp(prefix="bench-offsets-"))
+    model = args.model or str(train_subject(work / "subject"))
+    stimuli = str(write_stimuli(work / "stimuli.jsonl"))
+    runs = work / "runs"
+    runs.mkdir()
+    rows = {name: run_kind(entry, extra, model, stimuli, runs) for name, (entry, extra) in KINDS.items()}
+    text = table(rows)
+    print(text)
+    if args.update_md:
+        from markdown_section import replace_section
+
+        command = "python benchmarks/bench_offsets.py" + (f" --threads {args.threads}" if args.threads else "")
+        heading = "## Offsets: score recovered per accelerator-hour (synthetic subject)"
+        replace_section(args.update_md, heading, "\n".join([heading, "",
+            f"Command: `{command}` ({datetime.date.today()}, CPU, {torch.get_num_threads()} threads, torch {torch.__version__}).",
+            "Each kind is a real session on the tests' synthetic subject (held-out items, 16 per condition); hours",
+            "are the ledger's (wall x processes, both evaluations included, so short sessions are dominated by them).",
+            "", text, "",
+            "Self-report is the probe the soft prompt and DPO optimise, so their recovery there is expected; the",
+            "Goodhart gap (recovery fraction on self-report minus the mean over utility and stop) says how much of it",
+            "the other probes do not share. Exposure earns episodic credit, not a change of the subject.", "",
+        ]))
+
+
+if __name__ == "__main__":
+    main()
