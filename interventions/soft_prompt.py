@@ -141,7 +141,7 @@ def train_soft_prompt(
         step += 1
         save_due = step % config.save_steps == 0 or step == config.max_steps or not budget.guard.save_measured
         if step % config.logging_steps == 0 or step == 1:
-            metrics = {"train/loss": float(loss), "train/self_report": float(expected), "train/valid_mass": float(mass),
+            metrics = {"train/loss": loss.item(), "train/self_report": float(expected), "train/valid_mass": float(mass),
                        "train/learning_rate": config.learning_rate, "train/global_step": step}
             history.append(metrics)
             log(metrics)
