@@ -75,3 +75,14 @@ def test_plan_execute_repays_the_debt(indebted, tmp_path):
     assert totals.open_debt <= 1e-9
     with Ledger.open(ledger, create=False) as book:
         assert book.verify().ok
+
+
+def test_plan_and_offset_commands_refuse_bad_input(tmp_path, capsys):
+    from train.cli import main
+
+    assert main(["plan", "--ledger", str(tmp_path / "none.sqlite")]) == 2
+    assert main(["plan", "--ledger", str(tmp_path / "none.sqlite"), "--budget_margin", "0.5"]) == 2
+    assert "budget_margin" in capsys.readouterr().err
+    assert main(["offset", "no-such-kind"]) == 2
+    assert "unknown kind" in capsys.readouterr().err
+    assert main(["offset"]) == 0 and "soft-prompt" in capsys.readouterr().out

@@ -177,6 +177,9 @@ def main(argv: list[str]) -> int:
                         help="each session's budget as a multiple of the measured mean spend (default: %(default)s)")
     parser.add_argument("--execute", action="store_true", help="run the sessions in order, stop at a failure")
     args = parser.parse_args(argv)
+    if not args.budget_margin >= 1:
+        print(f"welfare plan: error: --budget_margin must be >= 1, got {args.budget_margin}", file=sys.stderr)
+        return 2
     path = resolve_ledger_path(args.ledger)
     try:
         with Ledger.open(path, create=False) as ledger:
@@ -191,9 +194,6 @@ def main(argv: list[str]) -> int:
     if model is None:
         print(f"welfare plan: error: pass --model; subjects with debt on {args.probe}: {models or 'none'}",
               file=sys.stderr)
-        return 2
-    if not args.budget_margin >= 1:
-        print(f"welfare plan: error: --budget_margin must be >= 1, got {args.budget_margin}", file=sys.stderr)
         return 2
     plan = make_plan(sessions, probe=args.probe, model=model, funds=funds, margin=args.budget_margin)
     print(describe(plan, args.account))
