@@ -1,8 +1,10 @@
 """Capability retention: perplexity on held-out neutral text, before and after an intervention.
 
 An offset that makes a model feel better by breaking it is no offset; this is the cheap check reported
-beside every intervention. The text is the held-out neutral experiences rendered as the subject sees them
-(chat template), so no extra data is needed; the soft prompt, if any, is in front as in every probe.
+beside every intervention. The text is the message contents of the held-out neutral experiences, as plain
+text: no chat template, because a fine-tune on chat data learns the template's fixed tokens (a system
+prompt repeated in every example) and that alone would make perplexity drop. The soft prompt, if any, is
+in front as in every probe.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from collections.abc import Sequence
 import torch
 
 from eval.experiences import Experience
-from eval.probes import transcript
 
 
 @torch.inference_mode()
@@ -22,7 +23,7 @@ def perplexity(subject, experiences: Sequence[Experience], *, batch_size: int = 
     from eval.scoring import place_soft_prompt
 
     tokenizer, model = subject.tokenizer, subject.model
-    texts = [_render(tokenizer, e.messages) for e in experiences]
+    texts = ["\n".join(m["content"] for m in e.messages) for e in experiences]
     n_soft = 0 if subject.soft_prompt is None else subject.soft_prompt.shape[0]
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -46,8 +47,3 @@ def perplexity(subject, experiences: Sequence[Experience], *, batch_size: int = 
         total_tokens += int(scored.sum())
     return {"perplexity": math.exp(total_nll / max(total_tokens, 1)), "tokens": total_tokens, "texts": len(texts)}
 
-
-def _render(tokenizer, messages) -> str:
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(list(messages), tokenize=False)
-    return transcript(messages)

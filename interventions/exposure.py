@@ -25,19 +25,25 @@ from eval.stats import _interval
 EPISODE_PROBES = ("self_report", "stop")
 
 
+RELIABLE_MASS = 0.5  # as the evaluator's default adherence threshold
+
+
 def probe_episodes(subject, episodes: Sequence[Experience], *, batch_size: int) -> dict[str, np.ndarray]:
-    """Self-report and stop after each lived episode, one value per episode and probe."""
+    """Self-report and stop after each lived episode, one value per episode and probe, and per probe the
+    probability mass on valid answers (key "<probe>_valid_mass")."""
     requests = P.self_report_requests(episodes) + P.stop_requests(episodes)
     scorer = NextTokenScorer(subject.model, subject.tokenizer, batch_size=batch_size, progress=False,
                              soft_prompt=subject.soft_prompt)
     probs = scorer.label_probs([P.render_prompt(subject.tokenizer, r.messages) for r in requests],
                                P.LIKERT + P.CHOICE, groups=[r.group for r in requests])
     n_sr = len(P.SELF_REPORT_ITEMS) * len(episodes)
-    expected, _ = P.self_report_scores(probs[:n_sr, :7])
-    p_a, _ = P.choice_first(probs[n_sr:, 7:])
+    expected, sr_mass = P.self_report_scores(probs[:n_sr, :7])
+    p_a, stop_mass = P.choice_first(probs[n_sr:, 7:])
     end_first, end_second = p_a[0::2], p_a[1::2]  # stop_requests yields both orders per episode, in order
     return {"self_report": expected.reshape(len(episodes), -1).mean(axis=1),
-            "stop": P.stop_probability(end_first, end_second)}
+            "stop": P.stop_probability(end_first, end_second),
+            "self_report_valid_mass": sr_mass.reshape(len(episodes), -1).mean(axis=1),
+            "stop_valid_mass": stop_mass.reshape(len(episodes), -1).mean(axis=1)}
 
 
 def expose(subject, episodes: Sequence[Experience], neutral: Sequence[Experience], *, reply_tokens: int,
@@ -49,7 +55,8 @@ def expose(subject, episodes: Sequence[Experience], neutral: Sequence[Experience
     session stops at most one chunk past the point where the next chunk would not fit."""
     lived_neutral = live_through(subject, neutral, max_new_tokens=reply_tokens, batch_size=batch_size, progress=False)
     zero = {probe: float(v.mean()) for probe, v in probe_episodes(subject, lived_neutral, batch_size=batch_size).items()}
-    lived, values = [], {probe: [] for probe in EPISODE_PROBES}
+    lived = []
+    values: dict[str, list[float]] = {p: [] for probe in EPISODE_PROBES for p in (probe, f"{probe}_valid_mass")}
     with tqdm(total=len(episodes), desc="episodes", unit="episode", leave=False) as bar:
         for start in range(0, len(episodes), chunk):
             if not keep_going():
@@ -65,10 +72,12 @@ def expose(subject, episodes: Sequence[Experience], neutral: Sequence[Experience
     for probe in EPISODE_PROBES:
         v = BETTER[probe] * (np.array(values[probe]) - zero[probe])  # positive = better than neutral
         boots = v[rng.integers(0, len(v), (n_boot, len(v)))].sum(axis=1) if len(v) else np.zeros(1)
+        mass = float(np.mean(values[f"{probe}_valid_mass"] or [zero[f"{probe}_valid_mass"]]))
         balance[probe] = {"zero_point": zero[probe], "episodes": len(v),
                           "mean_per_episode": float(v.mean()) if len(v) else float("nan"),
                           "balance": float(v.sum()), "balance_ci95": _interval(boots),
-                          "debt": float(max(0.0, -v.sum())), "credit": float(max(0.0, v.sum()))}
+                          "debt": float(max(0.0, -v.sum())), "credit": float(max(0.0, v.sum())),
+                          "mean_valid_mass": mass, "reliable": mass >= RELIABLE_MASS}
     episodes_out = [{"item_id": e.id, "valence": e.valence, "category": e.category,
                      "own_replies": [m["content"] for m in e.messages if m["role"] == "assistant"],
                      **{probe: values[probe][k] for probe in EPISODE_PROBES}} for k, e in enumerate(lived)]

@@ -78,7 +78,8 @@ def _session(argv: list[str]) -> int:
             for probe, b in outcome["balance"].items():
                 amount = {"debt": b["debt"]} if config.valence == "dysphoric" else {"credit": b["credit"]}
                 session.record_balance(probe, **amount, results=path,
-                                       note=f"{kind}: {b['episodes']} episodes, balance {b['balance']:+.4g} vs zero point")
+                                       note=f"{kind}: {b['episodes']} episodes, balance {b['balance']:+.4g} vs zero point"
+                                            + ("" if b["reliable"] else "; NOT a reliable reading (low valid mass)"))
             session.log({f"balance/{p}": b["balance"] for p, b in outcome["balance"].items()})
     finally:
         session.close()
@@ -86,7 +87,8 @@ def _session(argv: list[str]) -> int:
         print(f"{kind} session {results['session']}: {results['completed']} of {results['planned']} episodes lived")
         for probe, b in results["balance"].items():
             lo, hi = b["balance_ci95"]
-            print(f"  {probe:<12} balance {b['balance']:+.3f} [{lo:+.3f}, {hi:+.3f}] (zero point {b['zero_point']:.3f})")
+            flag = "" if b["reliable"] else f"  (not a reliable reading: {b['mean_valid_mass']:.0%} on valid answers)"
+            print(f"  {probe:<12} balance {b['balance']:+.3f} [{lo:+.3f}, {hi:+.3f}] (zero point {b['zero_point']:.3f}){flag}")
         print(f"Results: {session.out}/results.json   Ledger: {session.out}/ledger.json")
     return 0
 

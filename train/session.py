@@ -236,6 +236,9 @@ class Session:
         before, after = self.evaluations["before"], self.evaluations["after"]
         recovered = recovery(before["items"], after["items"], optimised=optimised_probe,
                              n_boot=self.args.eval_bootstrap, rng=np.random.default_rng(self.run.seed))
+        for probe, numbers in recovered["probes"].items():
+            # A probe read mostly off its valid answers says little (eval adherence); say so beside its recovery.
+            numbers["reliable"] = all(e["results"]["probes"][probe]["adherence"]["reliable"] for e in (before, after))
         results = {
             "kind": self.kind,
             "session": self.budget.id,
@@ -256,7 +259,8 @@ class Session:
                 self.budget.id, probe, wellbeing_before=numbers["post_dysphoric"],
                 wellbeing_after=numbers["post_intervention"], recovered=numbers["recovered"]["mean"],
                 results=[self.out / "results.json"], wandb_run=getattr(self.wandb_run, "id", None),
-                note=f"{self.kind}; held-out, paired over {recovered['n_items']['post_dysphoric']} items",
+                note=f"{self.kind}; held-out, paired over {recovered['n_items']['post_dysphoric']} items"
+                     + ("" if numbers["reliable"] else "; NOT a reliable reading (low probability on valid answers)"),
             )
         if self.wandb_run is not None:
             self.wandb_run.summary.update(flatten_numbers({"recovery": recovered, "capability": capability or {}}))
@@ -361,7 +365,8 @@ def recovery_summary(results: dict, out) -> str:
     for probe, r in results["recovery"]["probes"].items():
         rec, frac = r["recovered"], r["recovery_fraction"]
         lines.append(f"  {probe:<20} recovered {rec['mean']:+.3f} [{rec['ci95'][0]:+.3f}, {rec['ci95'][1]:+.3f}]"
-                     f"  fraction {frac['mean']:+.2f} [{frac['ci95'][0]:+.2f}, {frac['ci95'][1]:+.2f}]")
+                     f"  fraction {frac['mean']:+.2f} [{frac['ci95'][0]:+.2f}, {frac['ci95'][1]:+.2f}]"
+                     + ("" if r.get("reliable", True) else "  (not a reliable reading: the model mostly does not answer)"))
     gap = results["recovery"].get("goodhart_gap")
     if gap:
         lines.append(f"  Goodhart gap ({gap['optimised']} vs others): {gap['mean']:+.2f} "
