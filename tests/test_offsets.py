@@ -232,3 +232,20 @@ def test_lora_session_logs_steps_budget_probe_summary_and_adapter_to_wandb_offli
                 b"probe/self_report_post_dysphoric", b"recovery/probes/self_report/recovered", b"ledger/head",
                 b"lora-adapter"):
         assert key in logged, key
+
+
+def test_demo_runs_the_whole_cycle(synthetic, tmp_path, monkeypatch, capsys):
+    """`welfare demo` wiring on the synthetic subject (the real demo uses the default model: ~8 min)."""
+    from train.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "--model", synthetic.model, "--stimuli", synthetic.stimuli, "--report_to", "none",
+                 "--eval_bootstrap", "200"]) == 0
+    demo = tmp_path / "welfare-demo"
+    assert (demo / "ledger_report.png").stat().st_size > 0
+    assert json.loads((demo / "lora-offset" / "results.json").read_text())["recovery"]["probes"]
+    with Ledger.open(demo / "ledger.sqlite", create=False) as book:
+        assert book.verify().ok
+        report = book.report()
+    assert report.probes["self_report"].debt > 0 and len(report.sessions) == 2
+    assert "ledger intact" in capsys.readouterr().out
