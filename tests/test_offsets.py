@@ -117,9 +117,14 @@ def test_a_small_budget_stops_the_run_and_resume_finishes_it(synthetic, tmp_path
     assert len(spent_1) == 1 and spent_1[0] <= 0.01
 
     (out / "results.json").unlink()  # the resumed run writes its own
+    before_eval = (out / "eval-before" / "results.json").read_bytes()
+    after_eval = (out / "eval-after" / "results.json").read_bytes()
     resume = ["--resume_from_checkpoint", "last", "--max_steps", str(steps + 3)]
     assert soft_prompt.main(_args(synthetic, ledger, out, 0.03, *resume, *cheap)) == 0
     second = json.loads((out / "results.json").read_text())
+    # "before" measured the unchanged subject and is reused; "after" measures the further-trained prompt.
+    assert (out / "eval-before" / "results.json").read_bytes() == before_eval
+    assert (out / "eval-after" / "results.json").read_bytes() != after_eval
     assert second["training"]["steps"] == steps + 3 and not second["training"]["stopped_by_budget"]
     entries = _session_entries(ledger)
     assert len(entries["reserve"]) == len(entries["settle"]) == 2

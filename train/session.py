@@ -178,22 +178,23 @@ class Session:
             is_main=self.is_main,
         )
 
-    def load_subject(self, adapter: str | None = None):
+    def load_subject(self):
         from eval.subject import load_subject
 
-        return load_subject(self.args.model, adapter if adapter is not None else self.args.adapter,
+        return load_subject(self.args.model, self.args.adapter,
                             trust_remote_code=self.run.trust_remote_code, device=str(self.state.device),
                             dtype=self.args.dtype)
 
     # -- measure ----------------------------------------------------------------------------------
 
     def measure(self, tag: str, subject) -> dict | None:
-        """Evaluate the held-out conditions (main process; others wait). Reused from the output folder on resume.
-        After the "before" evaluation the training budget is cut by what the "after" one will cost."""
+        """Evaluate the held-out conditions (main process; others wait). A resumed session reuses its saved
+        "before" (the subject it measured has not changed) and always measures "after" anew. After the
+        "before" evaluation the training budget is cut by what the "after" one will cost."""
         folder = self.out / f"eval-{tag}"
         started = self.budget.meter.hours
         if self.is_main:
-            if (folder / "results.json").exists() and self.resume is not None:
+            if tag == "before" and self.resume is not None and (folder / "results.json").exists():
                 results = json.loads((folder / "results.json").read_text())
             else:
                 from eval.run import run_evaluation
