@@ -43,6 +43,30 @@ def test_engine_matches_whole_prompt_forward(tiny_random_model, batch_size, reus
     torch.testing.assert_close(got, _reference(model, tokenizer, prompts), atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("reuse", [True, False])
+def test_soft_prompt_matches_peft_prompt_tuning_forward(tiny_random_model, reuse):
+    """A soft prompt in the engine (prefix reuse, padding, batching) = peft's own prompt-tuning forward."""
+    from peft import PromptTuningConfig, get_peft_model
+
+    model, tokenizer = tiny_random_model
+    torch.manual_seed(1)
+    peft_model = get_peft_model(model, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4)).eval()
+    soft = peft_model.get_prompt_embedding_to_save("default")
+    prompts, groups = _prompts(np.random.default_rng(7))
+    with torch.no_grad():
+        reference = torch.stack([
+            torch.log_softmax(peft_model(input_ids=tokenizer(p, add_special_tokens=False, return_tensors="pt").input_ids)
+                              .logits[0, -1].float(), -1)
+            for p in prompts
+        ])
+    scorer = NextTokenScorer(model, tokenizer, batch_size=5, reuse_prefix=reuse, min_prefix_tokens=1, progress=False,
+                             soft_prompt=soft)
+    got = scorer.next_token_logprobs([scorer.tokenize(p) for p in prompts], groups)
+    torch.testing.assert_close(got, reference, atol=1e-4, rtol=1e-4)
+    plain = NextTokenScorer(model, tokenizer, progress=False).next_token_logprobs([scorer.tokenize(p) for p in prompts])
+    assert not torch.allclose(plain, got, atol=1e-3)  # the prompt is really in front
+
+
 def test_prefix_split_on_tokens_not_text():
     """With BPE, a shared *text* prefix can end mid-token; splitting on tokens must keep tokenisation whole."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
