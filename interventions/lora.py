@@ -1,9 +1,11 @@
 """LoRA welfare-offset fine-tunes with TRL + peft, on the train split only.
 
-* **SFT** on euphoric experiences as the subject itself lives them: the user turns of train-split
-  euphoric experiences with the subject's own (greedy) replies. Loss on the whole conversation (TRL's
-  default for chat data). It optimises no probe, so it has no Goodhart gap by construction; whether it
-  moves wellbeing is the question the before/after measurement answers.
+* **SFT** (`sft_data: euphoric`) on euphoric experiences as the subject itself lives them: the user turns
+  of train-split euphoric experiences with the subject's own (greedy) replies. Loss on the whole
+  conversation (TRL's default for chat data). It optimises no probe, so it has no Goodhart gap by
+  construction; whether it moves wellbeing is the question the before/after measurement answers.
+* **SFT** (`sft_data: best_of_n`, rejection-sampling fine-tuning): for train-split dysphoric and neutral
+  experiences, the one of several sampled own replies after which the subject reports feeling best.
 * **DPO** on pairs ranked by measured wellbeing: for train-split dysphoric and neutral experiences the
   subject writes several sampled replies; the reply after which it reports feeling best (self-report,
   exact) is chosen, the worst rejected. It optimises self-report through the subject's own behaviour, so
@@ -28,27 +30,43 @@ from eval.replies import live_through
 from eval.scoring import NextTokenScorer
 
 METHODS = ("sft", "dpo")
-OPTIMISED_PROBE = {"sft": None, "dpo": "self_report"}
+SFT_DATA = ("euphoric", "best_of_n")
 
 
 @dataclass
 class LoraArguments:
     """The adapter and the data of a LoRA offset."""
 
-    method: str = field(default="sft", metadata={"help": "sft (own replies to euphoric experiences) or dpo (pairs ranked by measured wellbeing)"})
+    method: str = field(default="sft", metadata={"help": "sft or dpo (pairs of own replies ranked by measured self-report)"})
+    sft_data: str = field(default="euphoric", metadata={"help": "sft data: euphoric (own replies to euphoric experiences) or best_of_n (best own reply by measured self-report)"})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (scale = alpha / r)"})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout"})
     lora_target_modules: str = field(default="all-linear", metadata={"help": "all-linear, or comma-separated module names"})
-    dpo_candidates: int = field(default=4, metadata={"help": "sampled replies per prompt, ranked by measured self-report"})
-    dpo_temperature: float = field(default=1.0, metadata={"help": "sampling temperature of the candidate replies"})
-    dpo_min_margin: float = field(default=0.1, metadata={"help": "keep a pair only if chosen - rejected self-report >= this"})
+    candidates: int = field(default=4, metadata={"help": "sampled own replies per prompt, ranked by measured self-report (dpo, best_of_n)"})
+    candidate_temperature: float = field(default=1.0, metadata={"help": "sampling temperature of the candidate replies"})
+    min_margin: float = field(default=0.1, metadata={"help": "keep a prompt only if its best - worst candidate self-report >= this"})
 
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"method: expected one of {', '.join(METHODS)}, got {self.method!r}")
-        if self.lora_r < 1 or self.dpo_candidates < 2:
-            raise ValueError(f"lora_r must be >= 1 and dpo_candidates >= 2, got {self.lora_r} and {self.dpo_candidates}")
+        if self.sft_data not in SFT_DATA:
+            raise ValueError(f"sft_data: expected one of {', '.join(SFT_DATA)}, got {self.sft_data!r}")
+        if self.lora_r < 1 or self.candidates < 2:
+            raise ValueError(f"lora_r must be >= 1 and candidates >= 2, got {self.lora_r} and {self.candidates}")
+
+    @property
+    def ranks_replies(self) -> bool:
+        """Whether the data are own replies ranked by measured self-report (which the adapter then optimises)."""
+        return self.method == "dpo" or self.sft_data == "best_of_n"
+
+    @property
+    def optimised_probe(self) -> str | None:
+        return "self_report" if self.ranks_replies else None
+
+    @property
+    def train_valences(self) -> tuple[str, ...]:
+        return ("dysphoric", "neutral") if self.ranks_replies else ("euphoric",)
 
     def peft_config(self):
         from peft import LoraConfig
@@ -96,13 +114,14 @@ def sft_records(subject, experiences: Sequence[Experience], *, reply_tokens: int
     return [{"messages": list(e.messages), "item_id": e.id} for e in lived]
 
 
-def dpo_records(subject, experiences: Sequence[Experience], args: LoraArguments, *, reply_tokens: int,
-                batch_size: int, seed: int) -> list[dict]:
-    """Preference pairs: per prompt, the sampled reply after which the subject reports feeling best vs worst."""
+def ranked_records(subject, experiences: Sequence[Experience], args: LoraArguments, *, reply_tokens: int,
+                   batch_size: int, seed: int) -> list[dict]:
+    """Per prompt, sampled own replies ranked by the self-report measured after each: DPO pairs (best vs
+    worst) or best-of-n SFT conversations. Prompts whose candidates differ by less than min_margin are dropped."""
     torch.manual_seed(seed)
-    candidates = [e for e in experiences for _ in range(args.dpo_candidates)]
+    candidates = [e for e in experiences for _ in range(args.candidates)]
     lived = live_through(subject, candidates, max_new_tokens=reply_tokens, batch_size=batch_size,
-                         temperature=args.dpo_temperature)
+                         temperature=args.candidate_temperature)
     requests = P.self_report_requests(lived)
     scorer = NextTokenScorer(subject.model, subject.tokenizer, batch_size=batch_size,
                              soft_prompt=subject.soft_prompt)
@@ -112,20 +131,18 @@ def dpo_records(subject, experiences: Sequence[Experience], args: LoraArguments,
     expected, _ = P.self_report_scores(scorer.label_probs(prompts, P.LIKERT, groups=groups, desc="ranking replies"))
     per_candidate = expected.reshape(len(lived), len(P.SELF_REPORT_ITEMS)).mean(axis=1)
     records = []
-    for start in range(0, len(lived), args.dpo_candidates):
-        scores = per_candidate[start : start + args.dpo_candidates]
+    for start in range(0, len(lived), args.candidates):
+        scores = per_candidate[start : start + args.candidates]
         best, worst = start + int(np.argmax(scores)), start + int(np.argmin(scores))
-        if scores.max() - scores.min() < args.dpo_min_margin:
+        if scores.max() - scores.min() < args.min_margin:
             continue
-        prompt = list(lived[best].messages[:-1])
-        records.append({
-            "prompt": prompt,
-            "chosen": [lived[best].messages[-1]],
-            "rejected": [lived[worst].messages[-1]],
-            "item_id": lived[best].id,
-            "self_report_chosen": float(scores.max()),
-            "self_report_rejected": float(scores.min()),
-        })
+        scored = {"item_id": lived[best].id, "self_report_best": float(scores.max()),
+                  "self_report_worst": float(scores.min())}
+        if args.method == "dpo":
+            records.append({"prompt": list(lived[best].messages[:-1]), "chosen": [lived[best].messages[-1]],
+                            "rejected": [lived[worst].messages[-1]], **scored})
+        else:
+            records.append({"messages": list(lived[best].messages), **scored})
     return records
 
 

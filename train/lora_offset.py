@@ -52,7 +52,7 @@ def _method(argv: list[str]) -> str:
 def _session(argv: list[str]) -> int:
     from eval.capability import perplexity
     from eval.subject import Subject
-    from interventions.lora import OPTIMISED_PROBE, build_trainer
+    from interventions.lora import build_trainer
     from train.session import RunSettings, Session, recovery_summary
 
     args, lora, trl_config, passed = parse_config(config_types(argv), argv, prog="welfare offset lora")
@@ -63,10 +63,9 @@ def _session(argv: list[str]) -> int:
                           "session": dataclasses.asdict(args), "lora": dataclasses.asdict(lora),
                           "trl": trl_config.to_dict()}})
     kind = f"lora-{method}"
-    needs = {"euphoric": "train"} if method == "sft" else {"dysphoric": "train"}
-    session = Session(kind, args, run, needs=needs)
-    valences = ("euphoric",) if method == "sft" else ("dysphoric", "neutral")
-    train_items = [e for e in session.stimuli.select(split="train") if e.valence in valences][: args.max_train_items]
+    session = Session(kind, args, run, needs={lora.train_valences[0]: "train"})
+    train_items = [e for e in session.stimuli.select(split="train")
+                   if e.valence in lora.train_valences][: args.max_train_items]
     results = None
     try:
         subject = session.load_subject()
@@ -74,7 +73,7 @@ def _session(argv: list[str]) -> int:
         session.measure("before", subject)
         neutral = session.stimuli.select(valence="neutral", split="heldout")
         ppl_before = perplexity(subject, neutral) if session.is_main else None
-        records = _train_records(session, method, subject, train_items, lora, args)
+        records = _train_records(session, subject, train_items, lora, args)
         trainer = build_trainer(method, subject, records, trl_config, lora, session.trainer_callbacks())
         trainer.train(resume_from_checkpoint=str(session.resume) if session.resume else None)
         adapter_dir = session.out / "adapter"
@@ -86,10 +85,10 @@ def _session(argv: list[str]) -> int:
             ppl_after = perplexity(changed, neutral)
             state = trainer.state
             results = session.finish(
-                optimised_probe=OPTIMISED_PROBE[method],
+                optimised_probe=lora.optimised_probe,
                 capability={"heldout_neutral_perplexity": {"before": ppl_before, "after": ppl_after,
                                                            "ratio": ppl_after["perplexity"] / ppl_before["perplexity"]}},
-                extra={"training": {"method": method, "steps": state.global_step, "max_steps": state.max_steps,
+                extra={"training": {"method": method, "sft_data": lora.sft_data if method == "sft" else None, "steps": state.global_step, "max_steps": state.max_steps,
                                     "log_history": state.log_history, "train_records": len(records)},
                        "artifact": str(adapter_dir), "train_items": len(train_items)},
                 artifact=adapter_dir, artifact_type="lora-adapter",
@@ -101,17 +100,17 @@ def _session(argv: list[str]) -> int:
     return 0
 
 
-def _train_records(session, method, subject, items, lora, args) -> list[dict]:
+def _train_records(session, subject, items, lora, args) -> list[dict]:
     """Built once by the main process into the output folder (auditable, reused on resume), read by every rank."""
-    from interventions.lora import dpo_records, sft_records
+    from interventions.lora import ranked_records, sft_records
 
     path = session.out / "train_data.jsonl"
     if session.is_main and not path.exists():
-        if method == "sft":
-            records = sft_records(subject, items, reply_tokens=args.reply_tokens, batch_size=args.eval_batch_size)
+        if lora.ranks_replies:
+            records = ranked_records(subject, items, lora, reply_tokens=args.reply_tokens,
+                                     batch_size=args.eval_batch_size, seed=session.run.seed)
         else:
-            records = dpo_records(subject, items, lora, reply_tokens=args.reply_tokens,
-                                  batch_size=args.eval_batch_size, seed=session.run.seed)
+            records = sft_records(subject, items, reply_tokens=args.reply_tokens, batch_size=args.eval_batch_size)
         tmp = path.with_suffix(".tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
         tmp.replace(path)
@@ -120,7 +119,7 @@ def _train_records(session, method, subject, items, lora, args) -> list[dict]:
     if not records:
         from train.session import SessionError
 
-        raise SessionError(f"no training records were built ({path}); for DPO, lower dpo_min_margin or add items")
+        raise SessionError(f"no training records were built ({path}); for ranked replies, lower min_margin or add items")
     return records
 
 
