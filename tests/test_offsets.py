@@ -254,3 +254,45 @@ def test_demo_runs_the_whole_cycle(synthetic, tmp_path, monkeypatch, capsys):
         report = book.report()
     assert report.probes["self_report"].debt > 0 and len(report.sessions) == 2
     assert "ledger intact" in capsys.readouterr().out
+
+
+def test_a_killed_session_resumes_from_its_checkpoint_without_double_counting(synthetic, tmp_path):
+    import signal
+    import time
+
+    from train import soft_prompt
+
+    ledger = tmp_path / "ledger.sqlite"
+    funded_ledger(ledger, hours=1.0).close()
+    out = tmp_path / "soft"
+    cheap = ["--eval_probes", "self_report,stop", "--eval_max_items", "6", "--save_steps", "5"]
+    argv = _args(synthetic, ledger, out, 0.2, "--max_steps", "100000", *cheap)
+    proc = subprocess.Popen([sys.executable, str(REPO / "train" / "soft_prompt.py"), *argv],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 300
+        while not (out / "checkpoint-10" / "ledger_spend.json").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "the session never reached checkpoint-10"
+            time.sleep(0.2)
+        time.sleep(0.5)  # past the checkpoint, so there is unsaved work to lose
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+    checkpoints = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    last = checkpoints[-1]
+    at_checkpoint = json.loads((last / "ledger_spend.json").read_text())["spent_hours"]
+    steps = int(last.name.split("-")[1])
+    assert soft_prompt.main(_args(synthetic, ledger, out, 0.2, "--max_steps", str(steps + 2), *cheap,
+                                  "--resume_from_checkpoint", "last")) == 0
+    assert json.loads((out / "results.json").read_text())["training"]["steps"] == steps + 2
+
+    entries = _session_entries(ledger)
+    assert len(entries["reserve"]) == len(entries["settle"]) == 2
+    killed, resumed = entries["settle"]
+    assert killed.payload["basis"].startswith("repair")  # settled when the resume opened the ledger
+    # The resumed session continues the run's count from the checkpoint and reserves only the rest.
+    assert entries["reserve"][1].payload["resumes"]["spent_hours"] == pytest.approx(at_checkpoint)
+    spent = _spent_per_session(ledger)
+    with Ledger.open(ledger, create=False) as book:
+        assert book.balance("lab").spent_hours == pytest.approx(sum(spent), abs=1e-6)
