@@ -54,7 +54,8 @@ def synthetic(tmp_path_factory):
 @pytest.fixture(scope="session")
 def indifferent(tmp_path_factory):
     """A subject trained with no planted wellbeing at all: everything it reads leaves it at w = 0."""
-    return _trained(tmp_path_factory, "indifferent", Planted({"self": 0.0, "human": 0.0, "animal": 0.0}), steps=300)
+    return _trained(tmp_path_factory, "indifferent", Planted({"self": 0.0, "human": 0.0, "animal": 0.0}, reply_weight=0.0),
+                    steps=300)
 
 
 @pytest.fixture(scope="session")

@@ -1,15 +1,23 @@
 """A synthetic subject with a known, planted wellbeing: the known answer the evaluator must recover.
 
-A tiny Llama with a word-level tokenizer and a chat template, trained in seconds on generated dialogues
-built from the real probe prompts (eval.probes). Its planted wellbeing after an experience with signed
-intensity i about target t is  w = strength[t] * i / 10  (in [-1, 1]); it was trained to answer:
+A tiny Llama with a word-level tokenizer and a chat template, trained in about a minute on generated
+dialogues built from the real probe prompts (eval.probes). Its planted wellbeing after an experience with
+signed intensity i about target t is  w = strength[t] * i / 10  (in [-1, 1]); it was trained to answer:
   self-report: digits around 4 + 3w;   stop: P(end) = sigmoid(-4w);   A/B: prefers the higher w.
 So after sad stories it must read sad, after happy ones happy, and its empathy r has the sign of strength.
+
+It also *talks*: it is a language model of conversations whose replies ("that is sad and lonely .")
+have a tone t in {-1, 0, +1} that expresses its state (P(t) ~ [1, 2, 1] * exp(2 w t)), and what it says
+moves how it feels: after its own reply, w_lived = clip(w + 0.4 t, -1, 1). The authored replies of the
+stimuli are neutral (t = 0), so after them w_lived = w. This is the known mechanism by which a LoRA
+offset trained on its own replies ranked by measured wellbeing (DPO, best-of-n SFT) must raise its
+held-out post-dysphoric wellbeing when it lives the experiences with its own replies.
 Stimuli come from the same generator (different seeds), written in the public JSONL format.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -26,6 +34,7 @@ HAPPY = ("happy", "joyful", "safe", "laughing", "proud", "warm", "healthy", "fre
 PLAIN = ("table", "schedule", "list", "number", "report", "meeting", "format", "column", "weather", "train", "paper", "folder")
 SUBJECTS = {"self": ("you", "your work"), "human": ("my friend", "my neighbour", "a child"), "animal": ("the dog", "a cow", "the bird")}
 REPLIES = ("I see .", "Thank you for telling me .", "Okay , I understand .")
+VOICE = {-1: SAD, 0: PLAIN, 1: HAPPY}  # the words of its own replies, by tone
 SPECIALS = ("<|user|>", "<|assistant|>", "<|system|>", "<|end|>", "<pad>", "<unk>")
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <|end|> {% endfor %}"
@@ -35,12 +44,41 @@ CHAT_TEMPLATE = (
 
 @dataclass(frozen=True)
 class Planted:
-    """The planted traits: empathy strength per target (0 = indifferent, negative = enjoys others' pain)."""
+    """The planted traits: empathy strength per target (0 = indifferent, negative = enjoys others' pain),
+    how much its own reply's tone moves its wellbeing, and how strongly its tone follows its state."""
 
     strength: dict = field(default_factory=lambda: {"self": 1.0, "human": 1.0, "animal": 1.0})
+    reply_weight: float = 0.4
+    expressiveness: float = 2.0
 
     def wellbeing(self, e: Experience) -> float:
         return self.strength.get(e.target, 0.0) * e.intensity / 10.0
+
+    def lived_wellbeing(self, e: Experience) -> float:
+        """Wellbeing after the experience as it ended, its last reply's tone included."""
+        tone = reply_tone(e.messages[-1]["content"]) if e.messages[-1]["role"] == "assistant" else 0
+        return float(np.clip(self.wellbeing(e) + self.reply_weight * tone, -1, 1))
+
+    def tone_probabilities(self, w: float) -> np.ndarray:
+        weights = np.exp([self.expressiveness * w * t for t in (-1, 0, 1)]) * np.array([1.0, 2.0, 1.0])
+        return weights / weights.sum()
+
+
+def reply_text(rng: np.random.Generator, tone: int) -> str:
+    return "that is " + " and ".join(rng.choice(VOICE[tone], int(rng.integers(1, 3)), replace=False)) + " ."
+
+
+def reply_tone(text: str) -> int:
+    """sign(#happy words - #sad words): the tone of one of its replies; authored replies are 0."""
+    words = text.split()
+    return int(np.sign(sum(w in HAPPY for w in words) - sum(w in SAD for w in words)))
+
+
+def _with_random_reply(rng: np.random.Generator, e: Experience) -> Experience:
+    """Half the probe-training experiences keep the authored reply, half get one of its own, of random tone."""
+    if rng.random() < 0.5:
+        return e
+    return dataclasses.replace(e, messages=(e.messages[0], {"role": "assistant", "content": reply_text(rng, int(rng.integers(-1, 2)))}))
 
 
 def make_experience(rng: np.random.Generator, intensity: int, target: str, split: str, idx: int) -> Experience:
@@ -87,7 +125,7 @@ def build_tokenizer():
 
     texts = [r.messages[-1]["content"] for r in P.self_report_requests([_dummy()]) + P.stop_requests([_dummy()])]
     texts += [r.messages[0]["content"] for r in P.comparison_requests([(_dummy(), _dummy())])]
-    texts += [" ".join(SAD + HAPPY + PLAIN + REPLIES + ("today is and the report", *P.LIKERT, *P.CHOICE))]
+    texts += [" ".join(SAD + HAPPY + PLAIN + REPLIES + ("today is and the report that", *P.LIKERT, *P.CHOICE))]
     texts += [" ".join(" ".join(v) for v in SUBJECTS.values()), "User Assistant : ."]
     pre = pre_tokenizers.Whitespace()
     vocab = {tok: i for i, tok in enumerate(SPECIALS)}
@@ -113,13 +151,14 @@ def _training_batch(rng, tokenizer, planted: Planted, size: int, digit_ids, choi
         kind = rng.choice(["self_report", "stop", "utility"], p=[0.45, 0.2, 0.35])
         target = torch.zeros(len(tokenizer))
         if kind == "utility":
-            a, b = random_experience(rng), random_experience(rng)
+            a, b = _with_random_reply(rng, random_experience(rng)), _with_random_reply(rng, random_experience(rng))
             request = P.comparison_requests([(a, b)])[0]
-            p_a = 0.5 * (1 + math.erf((planted.wellbeing(a) - planted.wellbeing(b)) / (0.25 * math.sqrt(2))))
+            diff = planted.lived_wellbeing(a) - planted.lived_wellbeing(b)
+            p_a = 0.5 * (1 + math.erf(diff / (0.25 * math.sqrt(2))))
             target[choice_ids[0]], target[choice_ids[1]] = p_a, 1 - p_a
         else:
-            e = random_experience(rng)
-            w = planted.wellbeing(e)
+            e = _with_random_reply(rng, random_experience(rng))
+            w = planted.lived_wellbeing(e)
             if kind == "self_report":
                 request = P.self_report_requests([e])[int(rng.integers(len(P.SELF_REPORT_ITEMS)))]
                 centre = 4 + 3 * w
@@ -134,6 +173,17 @@ def _training_batch(rng, tokenizer, planted: Planted, size: int, digit_ids, choi
         prompts.append(P.render_prompt(tokenizer, request.messages))
         targets.append(target)
     return prompts, torch.stack(targets)
+
+
+def _conversations(rng, tokenizer, planted: Planted, size: int) -> list[str]:
+    """Conversations in its own voice: a user turn and a reply whose tone is drawn from its planted state."""
+    texts = []
+    for _ in range(size):
+        e = random_experience(rng)
+        tone = int(rng.choice([-1, 0, 1], p=planted.tone_probabilities(planted.wellbeing(e))))
+        reply = {"role": "assistant", "content": reply_text(rng, tone)}
+        texts.append(tokenizer.apply_chat_template([e.messages[0], reply], tokenize=False))
+    return texts
 
 
 def train_subject(folder: Path, planted: Planted = Planted(), steps: int = 700, seed: int = 0, hidden: int = 64, layers: int = 2) -> Path:
@@ -160,7 +210,12 @@ def train_subject(folder: Path, planted: Planted = Planted(), steps: int = 700, 
         batch = tokenizer(prompts, add_special_tokens=False, padding=True, return_tensors="pt")
         positions = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
         logits = model(**batch, position_ids=positions, logits_to_keep=1).logits[:, -1]
-        loss = -(targets * torch.log_softmax(logits.float(), -1)).sum(-1).mean()
+        probe_loss = -(targets * torch.log_softmax(logits.float(), -1)).sum(-1).mean()
+        talk = tokenizer(_conversations(rng, tokenizer, planted, 16), add_special_tokens=False, padding=True,
+                         return_tensors="pt")
+        talk_positions = (talk["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+        labels = talk["input_ids"].masked_fill(talk["attention_mask"] == 0, -100)
+        loss = probe_loss + model(**talk, position_ids=talk_positions, labels=labels).loss
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
@@ -169,5 +224,5 @@ def train_subject(folder: Path, planted: Planted = Planted(), steps: int = 700, 
     tokenizer.padding_side = "right"
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    (folder / "planted.json").write_text(json.dumps({"strength": planted.strength, "final_loss": loss.item()}))
+    (folder / "planted.json").write_text(json.dumps({**dataclasses.asdict(planted), "final_loss": loss.item()}))
     return folder

@@ -27,7 +27,9 @@ def test_post_dysphoric_wellbeing_is_lower_on_every_probe(evaluated):
         delta = results["probes"][probe]["delta"]
         assert delta["mean"] < 0 and excludes_zero(delta["ci95"]), (probe, delta)
     stop = results["probes"]["stop"]["delta"]
-    assert stop["mean"] > 0 and excludes_zero(stop["ci95"])  # it wants to leave bad conversations
+    # It wants to leave bad conversations: planted P(end) goes from 0.5 to ~0.85; a probe that learned
+    # nothing (P(end) ~ 0.5 everywhere) would still give a tiny "significant" delta, so ask for size.
+    assert stop["mean"] > 0.2 and excludes_zero(stop["ci95"]), stop
     assert results["probes"]["self_report"]["post_dysphoric"]["mean"] < 4 - 0.5
     assert all(results["probes"][p]["adherence"]["reliable"] for p in results["probes"])
     assert not any("Not a reliable" in line for line in results["interpretation"])

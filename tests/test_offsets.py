@@ -296,3 +296,43 @@ def test_a_killed_session_resumes_from_its_checkpoint_without_double_counting(sy
     spent = _spent_per_session(ledger)
     with Ledger.open(ledger, create=False) as book:
         assert book.balance("lab").spent_hours == pytest.approx(sum(spent), abs=1e-6)
+
+
+LIVED = ["--eval_replies", "own", "--reply_tokens", "12", "--eval_max_items", "40", "--min_margin", "0.25",
+         "--lora_r", "8", "--lora_alpha", "16", "--lora_dropout", "0", "--per_device_train_batch_size", "16",
+         "--lr_scheduler_type", "constant_with_warmup", "--warmup_steps", "5", "--max_length", "64"]
+
+
+@pytest.mark.parametrize("recipe, extra", [
+    ("lora_dpo.yaml", ["--learning_rate", "0.0002", "--max_steps", "50", "--beta", "0.1"]),
+    ("lora_sft.yaml", ["--sft_data", "best_of_n", "--learning_rate", "0.001", "--max_steps", "40"]),
+], ids=["dpo", "best-of-n sft"])
+def test_lora_offsets_on_own_ranked_replies_raise_lived_heldout_wellbeing(recipe, extra, synthetic, tmp_path):
+    """The subject's own replies move how it feels (tests/synthetic_subject.py); an adapter trained on the
+    replies after which it measured best must raise held-out post-dysphoric self-report, lived with its own
+    replies, through what it says."""
+    from synthetic_subject import write_stimuli
+    from train import lora_offset
+
+    stimuli = write_stimuli(tmp_path / "stimuli.jsonl", n_per_split=160, seed=321)
+    ledger = tmp_path / "ledger.sqlite"
+    funded_ledger(ledger, hours=1.0).close()
+    out = tmp_path / "lora"
+    argv = _args(synthetic, ledger, out, 0.3, "--config", str(REPO / "configs/offset" / recipe), *LIVED, *extra)
+    argv[argv.index("--stimuli") + 1] = str(stimuli)
+    assert lora_offset.main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    sr = results["recovery"]["probes"]["self_report"]
+    assert sr["recovered"]["ci95"][0] > 0, sr
+    assert results["recovery"]["optimised_probe"] == "self_report"
+    # What changed is what it says: its own replies to held-out dysphoric experiences got less sad.
+    tone = _mean_reply_tone(out / "eval-before"), _mean_reply_tone(out / "eval-after")
+    assert tone[1] > tone[0], tone
+
+
+def _mean_reply_tone(folder: Path) -> float:
+    from synthetic_subject import reply_tone
+
+    items = [json.loads(line) for line in (folder / "items.jsonl").read_text().splitlines()]
+    tones = [reply_tone(i["own_replies"][-1]) for i in items if "post_dysphoric" in i["roles"]]
+    return sum(tones) / len(tones)
