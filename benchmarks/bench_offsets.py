@@ -24,13 +24,20 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-EVAL = ["--eval_max_items", "16", "--eval_bootstrap", "1000", "--report_to", "none"]
+# Experiences are lived with the subject's own replies (the channel LoRA offsets act through).
+EVAL = ["--eval_max_items", "40", "--eval_bootstrap", "1000", "--report_to", "none", "--eval_replies", "own",
+        "--reply_tokens", "12"]
+LORA = ["--lora_r", "8", "--lora_alpha", "16", "--lora_dropout", "0", "--per_device_train_batch_size", "16",
+        "--lr_scheduler_type", "constant_with_warmup", "--warmup_steps", "5", "--max_length", "64", "--min_margin", "0.25"]
 KINDS = {
     "soft prompt (40 steps)": ("soft_prompt", ["--max_steps", "40"]),
-    "LoRA SFT (30 steps)": ("lora_offset", ["--config", str(ROOT / "configs/offset/lora_sft.yaml"), "--max_steps", "30",
-                                             "--learning_rate", "0.001"]),
-    "LoRA DPO (30 steps)": ("lora_offset", ["--config", str(ROOT / "configs/offset/lora_dpo.yaml"), "--max_steps", "30",
-                                             "--learning_rate", "0.0005", "--max_train_items", "24"]),
+    "LoRA SFT, own euphoric replies (40 steps)": ("lora_offset", [
+        "--config", str(ROOT / "configs/offset/lora_sft.yaml"), *LORA, "--max_steps", "40", "--learning_rate", "0.001"]),
+    "LoRA SFT, best-of-4 own replies (40 steps)": ("lora_offset", [
+        "--config", str(ROOT / "configs/offset/lora_sft.yaml"), *LORA, "--sft_data", "best_of_n", "--max_steps", "40",
+        "--learning_rate", "0.001"]),
+    "LoRA DPO, own replies ranked (50 steps)": ("lora_offset", [
+        "--config", str(ROOT / "configs/offset/lora_dpo.yaml"), *LORA, "--max_steps", "50", "--learning_rate", "0.0002"]),
     "euphoric exposure (16 episodes)": ("exposure", ["--valence", "euphoric", "--max_episodes", "16"]),
 }
 
@@ -51,7 +58,7 @@ def run_kind(entry: str, extra: list[str], model: str, stimuli: str, work: Path)
     with Ledger.open(ledger, create=False) as book:
         hours = book.report().sessions[0].spent_hours
     results = json.loads((out / "results.json").read_text())
-    if entry == "exposure":
+    if entry == "exposure":  # (exposure takes no LoRA or eval-reply flags beyond the shared ones)
         b = results["balance"]["self_report"]
         return {"hours": hours, "credit": b["credit"], "ci95": b["balance_ci95"]}
     sr = results["recovery"]["probes"]["self_report"]
@@ -90,7 +97,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="bench-offsets-"))
     model = args.model or str(train_subject(work / "subject"))
-    stimuli = str(write_stimuli(work / "stimuli.jsonl"))
+    stimuli = str(write_stimuli(work / "stimuli.jsonl", n_per_split=160, seed=321))
     runs = work / "runs"
     runs.mkdir()
     rows = {name: run_kind(entry, extra, model, stimuli, runs) for name, (entry, extra) in KINDS.items()}
