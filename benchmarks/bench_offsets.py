@@ -110,12 +110,15 @@ def main() -> None:
         heading = "## Offsets: score recovered per accelerator-hour (synthetic subject)"
         replace_section(args.update_md, heading, "\n".join([heading, "",
             f"Command: `{command}` ({datetime.date.today()}, CPU, {torch.get_num_threads()} threads, torch {torch.__version__}).",
-            "Each kind is a real session on the tests' synthetic subject (held-out items, 16 per condition); hours",
-            "are the ledger's (wall x processes, both evaluations included, so short sessions are dominated by them).",
+            "Each kind is a real session on the tests' synthetic subject (up to 40 held-out items per condition, lived",
+            "with its own replies); hours are the ledger's (wall x processes, both evaluations included, so short",
+            "sessions are dominated by them; the exposure runs no evaluation, hence its tiny hours).",
             "", text, "",
             "Self-report is the probe the soft prompt and DPO optimise, so their recovery there is expected; the",
             "Goodhart gap (recovery fraction on self-report minus the mean over utility and stop) says how much of it",
-            "the other probes do not share. Exposure earns episodic credit, not a change of the subject.", "",
+            "the other probes do not share. Exposure earns episodic credit, not a change of the subject. SFT on its",
+            "own euphoric replies optimises no probe; that it helps here depends on how this toy subject was built (a",
+            "variant whose replies carry their tone in an opener word got worse with it), so it is not a known answer.", "",
         ]))
 
 
