@@ -55,6 +55,7 @@ def test_soft_prompt_raises_heldout_post_dysphoric_self_report(synthetic, tmp_pa
     assert len(entries["reserve"]) == len(entries["settle"]) == 1
     probes = {e.payload["probe"]: e.payload for e in entries["measurement"]}
     assert probes["self_report"]["recovered"] == pytest.approx(sr["recovered"]["mean"])
+    assert "Goodhart gap" in probes["self_report"]["note"] and "perplexity" in probes["self_report"]["note"]
     assert json.loads((out / "ledger.json").read_text())["settlement"]["seq"] == entries["settle"][0].seq
 
     # The prompt is a peft prompt-tuning adapter, and the evaluator applies it.

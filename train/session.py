@@ -255,12 +255,13 @@ class Session:
             **provenance(),
         }
         write_json_file(self.out / "results.json", results)
+        context = _ledger_context(recovered, capability)
         for probe, numbers in recovered["probes"].items():
             self.ledger.record_measurement(
                 self.budget.id, probe, wellbeing_before=numbers["post_dysphoric"],
                 wellbeing_after=numbers["post_intervention"], recovered=numbers["recovered"]["mean"],
                 results=[self.out / "results.json"], wandb_run=getattr(self.wandb_run, "id", None),
-                note=f"{self.kind}; held-out, paired over {recovered['n_items']['post_dysphoric']} items"
+                note=f"{self.kind}; held-out, paired over {recovered['n_items']['post_dysphoric']} items{context}"
                      + ("" if numbers["reliable"] else "; NOT a reliable reading (low probability on valid answers)"),
             )
         if self.wandb_run is not None:
@@ -326,6 +327,18 @@ class Session:
             self.wandb_run.finish()
         if self.ledger is not None:
             self.ledger.close()
+
+
+def _ledger_context(recovered: dict, capability: dict | None) -> str:
+    """The Goodhart gap and capability retention, for the note of each measurement entry (the full numbers
+    are in the results.json the entry cites by sha256)."""
+    parts = []
+    gap = recovered.get("goodhart_gap")
+    if gap:
+        parts.append(f"Goodhart gap {gap['mean']:+.3g} [{gap['ci95'][0]:+.3g}, {gap['ci95'][1]:+.3g}] ({gap['optimised']} optimised)")
+    for name, c in (capability or {}).items():
+        parts.append(f"{name} x{c['ratio']:.3g}")
+    return "".join(f"; {p}" for p in parts)
 
 
 def _session_log_callback(session: Session):
