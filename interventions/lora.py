@@ -79,7 +79,11 @@ class LoraArguments:
 
 
 def _device_defaults(config) -> None:
-    """bf16 and activation checkpointing only where they pay: on CUDA (TRL turns them on everywhere)."""
+    """bf16 and activation checkpointing only where they pay: on CUDA (TRL turns them on everywhere).
+    Without CUDA, use_cpu: the Trainer then joins the ranks of a multi-process CPU run over gloo (without
+    it, accelerate leaves every rank alone, each believing it is the main process)."""
+    if not torch.cuda.is_available():
+        config.use_cpu = True
     cuda = torch.cuda.is_available() and not config.use_cpu
     if config.bf16 is None:
         config.bf16 = cuda and not config.fp16

@@ -200,15 +200,17 @@ def test_secrets_never_leak_into_anything_a_session_writes(synthetic, tmp_path, 
             assert value.encode() not in path.read_bytes(), f"{value} leaked into {path}"
 
 
-def test_two_cpu_processes_run_one_session(synthetic, tmp_path):
+@pytest.mark.parametrize("entry, extra", [("soft_prompt", []), ("lora_offset", ["--config", str(REPO / "configs/offset/lora_sft.yaml")])])
+def test_two_cpu_processes_run_one_session(entry, extra, synthetic, tmp_path):
     """torchrun (as `accelerate launch --config_file configs/accelerate/cpu_2proc.yaml` does) with world size 2."""
     ledger = tmp_path / "ledger.sqlite"
     funded_ledger(ledger, hours=1.0).close()
-    out = tmp_path / "soft"
-    argv = _args(synthetic, ledger, out, 0.2, "--max_steps", "4", "--eval_probes", "self_report,stop")
+    out = tmp_path / "session"
+    argv = _args(synthetic, ledger, out, 0.2, *extra, "--max_steps", "4", "--eval_probes", "self_report,stop")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    port = "29541" if entry == "soft_prompt" else "29542"
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                           "29541", str(REPO / "train" / "soft_prompt.py"), *argv],
+                           port, str(REPO / "train" / f"{entry}.py"), *argv],
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "rank 0 of 2" in proc.stdout and "rank 1 of 2" in proc.stdout
