@@ -86,3 +86,18 @@ def test_plan_and_offset_commands_refuse_bad_input(tmp_path, capsys):
     assert main(["offset", "no-such-kind"]) == 2
     assert "unknown kind" in capsys.readouterr().err
     assert main(["offset"]) == 0 and "soft-prompt" in capsys.readouterr().out
+
+
+def test_plan_without_a_measured_price_proposes_a_pilot(synthetic, tmp_path, capsys):
+    ledger = tmp_path / "ledger.sqlite"
+    funded_ledger(ledger, hours=1.0).close()
+    argv = ["--model", synthetic.model, "--stimuli", synthetic.stimuli, "--ledger", str(ledger), "--account", "lab",
+            "--budget_hours", "0.1", "--valence", "dysphoric", "--max_episodes", "4", "--output_dir", str(tmp_path / "d"),
+            *FLAGS]
+    assert exposure.main(argv) == 0
+    capsys.readouterr()
+    assert plan_cmd.main(["--ledger", str(ledger), "--account", "lab", "--launcher", "python"]) == 0
+    out = capsys.readouterr().out
+    assert "price is unknown" in out and "pilot-euphoric-exposure" in out
+    command = out.strip().splitlines()[-1]
+    assert command.index("--valence dysphoric") < command.index("--valence euphoric")  # the later flag wins
