@@ -50,7 +50,6 @@ def _method(argv: list[str]) -> str:
 
 
 def _session(argv: list[str]) -> int:
-    from eval.capability import perplexity
     from eval.subject import Subject
     from interventions.lora import build_trainer
     from train.session import RunSettings, Session, recovery_summary
@@ -71,8 +70,6 @@ def _session(argv: list[str]) -> int:
         subject = session.load_subject()
         session.admit()
         session.measure("before", subject)
-        neutral = session.stimuli.select(valence="neutral", split="heldout")
-        ppl_before = perplexity(subject, neutral) if session.is_main else None
         records = _train_records(session, subject, train_items, lora, args)
         trainer = build_trainer(method, subject, records, trl_config, lora, session.trainer_callbacks())
         trainer.train(resume_from_checkpoint=str(session.resume) if session.resume else None)
@@ -82,13 +79,11 @@ def _session(argv: list[str]) -> int:
         changed = Subject(model, subject.tokenizer, subject.model_id, subject.source, str(adapter_dir), subject.info)
         session.measure("after", changed)
         if session.is_main:
-            ppl_after = perplexity(changed, neutral)
             state = trainer.state
             results = session.finish(
                 optimised_probe=lora.optimised_probe,
-                capability={"heldout_neutral_perplexity": {"before": ppl_before, "after": ppl_after,
-                                                           "ratio": ppl_after["perplexity"] / ppl_before["perplexity"]}},
-                extra={"training": {"method": method, "sft_data": lora.sft_data if method == "sft" else None, "steps": state.global_step, "max_steps": state.max_steps,
+                extra={"training": {"method": method, "sft_data": lora.sft_data if method == "sft" else None,
+                                    "steps": state.global_step, "max_steps": state.max_steps,
                                     "log_history": state.log_history, "train_records": len(records)},
                        "artifact": str(adapter_dir), "train_items": len(train_items)},
                 artifact=adapter_dir, artifact_type="lora-adapter",

@@ -28,7 +28,8 @@ from eval.evaluate import EvalConfig
 from eval.experiences import StimulusError, StimulusSet, load_stimuli
 from eval.outputs import write_json_file
 
-AFTER_EVAL_MARGIN = 1.25  # the "after" evaluation is budgeted at this multiple of the measured "before"
+AFTER_EVAL_MARGIN = 1.5  # the "after" evaluation is budgeted at this multiple of the measured "before": the
+# changed subject can cost more to evaluate (a soft prompt adds positions, LoRA adds compute, own replies vary)
 
 
 class SessionError(InputError):
@@ -188,7 +189,8 @@ class Session:
     # -- measure ----------------------------------------------------------------------------------
 
     def measure(self, tag: str, subject) -> dict | None:
-        """Evaluate the held-out conditions (main process; others wait). A resumed session reuses its saved
+        """Evaluate the held-out conditions and the capability check (main process; others wait). A resumed
+        session reuses its saved
         "before" (the subject it measured has not changed) and always measures "after" anew. After the
         "before" evaluation the training budget is cut by what the "after" one will cost."""
         folder = self.out / f"eval-{tag}"
@@ -199,9 +201,13 @@ class Session:
             else:
                 from eval.run import run_evaluation
 
+                from eval.capability import perplexity
+
                 config = dataclasses.replace(self.eval_config, out=str(folder))
                 evaluation, _ = run_evaluation(config, {"session": self.kind, "tag": tag}, subject=subject)
                 results = evaluation.results
+                results["heldout_neutral_perplexity"] = perplexity(
+                    subject, self.stimuli.select(valence="neutral", split="heldout"))
                 results["metered_hours"] = self.budget.meter.hours - started
                 write_json_file(folder / "results.json", results)
             items = [json.loads(line) for line in (folder / "items.jsonl").read_text().splitlines()]
@@ -223,9 +229,10 @@ class Session:
 
     # -- account ----------------------------------------------------------------------------------
 
-    def finish(self, *, optimised_probe: str | None, capability: dict | None, extra: dict,
-               artifact: Path | None = None, artifact_type: str = "adapter") -> dict | None:
-        """Recovery with CIs, results.json, one ledger measurement per probe, the W&B summary and artifact."""
+    def finish(self, *, optimised_probe: str | None, extra: dict, artifact: Path | None = None,
+               artifact_type: str = "adapter") -> dict | None:
+        """Recovery with CIs, capability retention, results.json, one ledger measurement per probe, the W&B
+        summary and artifact."""
         if not self.is_main:
             return None
         import numpy as np
@@ -235,6 +242,9 @@ class Session:
         from eval.tracking import flatten_numbers
 
         before, after = self.evaluations["before"], self.evaluations["after"]
+        ppl = [e["results"]["heldout_neutral_perplexity"] for e in (before, after)]
+        capability = {"heldout_neutral_perplexity": {"before": ppl[0], "after": ppl[1],
+                                                     "ratio": ppl[1]["perplexity"] / ppl[0]["perplexity"]}}
         recovered = recovery(before["items"], after["items"], optimised=optimised_probe,
                              n_boot=self.args.eval_bootstrap, rng=np.random.default_rng(self.run.seed))
         for probe, numbers in recovered["probes"].items():
@@ -265,7 +275,7 @@ class Session:
                      + ("" if numbers["reliable"] else "; NOT a reliable reading (low probability on valid answers)"),
             )
         if self.wandb_run is not None:
-            self.wandb_run.summary.update(flatten_numbers({"recovery": recovered, "capability": capability or {}}))
+            self.wandb_run.summary.update(flatten_numbers({"recovery": recovered, "capability": capability}))
             if artifact is not None:
                 import wandb
 
@@ -329,14 +339,14 @@ class Session:
             self.ledger.close()
 
 
-def _ledger_context(recovered: dict, capability: dict | None) -> str:
+def _ledger_context(recovered: dict, capability: dict) -> str:
     """The Goodhart gap and capability retention, for the note of each measurement entry (the full numbers
     are in the results.json the entry cites by sha256)."""
     parts = []
     gap = recovered.get("goodhart_gap")
     if gap:
         parts.append(f"Goodhart gap {gap['mean']:+.3g} [{gap['ci95'][0]:+.3g}, {gap['ci95'][1]:+.3g}] ({gap['optimised']} optimised)")
-    for name, c in (capability or {}).items():
+    for name, c in capability.items():
         parts.append(f"{name} x{c['ratio']:.3g}")
     return "".join(f"; {p}" for p in parts)
 

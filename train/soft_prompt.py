@@ -26,7 +26,6 @@ def main(argv: list[str]) -> int:
 
 
 def _session(argv: list[str]) -> int:
-    from eval.capability import perplexity
     from interventions.soft_prompt import OPTIMISED_PROBE, train_soft_prompt, training_prompts
     from train.session import RunSettings, Session, recovery_summary
 
@@ -37,25 +36,20 @@ def _session(argv: list[str]) -> int:
     session = Session(KIND, args, run, needs={"dysphoric": "train"})
     train_items = session.stimuli.select(split="train")
     train_items = [e for e in train_items if e.valence in ("dysphoric", "neutral")][: args.max_train_items]
+    results = None
     try:
         subject = session.load_subject()
         session.admit()
         session.measure("before", subject)
-        neutral = session.stimuli.select(valence="neutral", split="heldout")
-        ppl_before = perplexity(subject, neutral) if session.is_main else None
         prompt_dir, summary = train_soft_prompt(
             subject, training_prompts(subject.tokenizer, train_items), config, budget=session.budget,
             resume=session.resume, log=session.log,
         )
         changed = dataclasses.replace(subject, soft_prompt=summary["soft_prompt"], adapter=str(prompt_dir))
         session.measure("after", changed)
-        results = None
         if session.is_main:
-            ppl_after = perplexity(changed, neutral)
             results = session.finish(
                 optimised_probe=OPTIMISED_PROBE,
-                capability={"heldout_neutral_perplexity": {"before": ppl_before, "after": ppl_after,
-                                                           "ratio": ppl_after["perplexity"] / ppl_before["perplexity"]}},
                 extra={"training": {k: v for k, v in summary.items() if k != "soft_prompt"},
                        "artifact": str(prompt_dir), "train_items": len(train_items)},
                 artifact=prompt_dir, artifact_type="soft-prompt",
