@@ -11,6 +11,7 @@ import torch
 from eval.evaluate import EvalConfig
 from eval.run import run_evaluation
 from eval.stats import excludes_zero
+from wandb_log import record_bytes
 
 
 @pytest.fixture(scope="module")
@@ -119,11 +120,14 @@ def test_wandb_logging_works_offline_without_a_key(synthetic, tmp_path, monkeypa
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc key either
+    import wandb
+
+    wandb.teardown()  # W&B reads its environment once per process: start afresh so WANDB_DIR applies
     config = EvalConfig(model=synthetic.model, stimuli=synthetic.stimuli, probes="self_report", max_items=6,
                         bootstrap=100, report_to="wandb", progress=False)
     results = run_evaluation(config)[0].results
     runs = list(tmp_path.rglob("offline-run-*/*.wandb"))
     assert len(runs) == 1  # one offline run, written with no key and no network
-    record = runs[0].read_bytes()  # the run's protobuf log: summary keys and values are stored in it
+    record = record_bytes(runs[0])  # the run's protobuf records: summary keys and values are stored in them
     assert b"probes/self_report/delta/mean" in record and b"probes/self_report/delta/ci95_lo" in record
     assert repr(round(results["probes"]["self_report"]["delta"]["mean"], 4))[:5].encode() in record
