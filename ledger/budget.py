@@ -192,14 +192,19 @@ class BudgetSession:
         self.ledger.note_progress(self.id, self.meter.hours, energy)
         self._next_progress = time.monotonic() + self._progress_interval_s
 
-    def settle(self) -> Entry | None:
+    def settle(self, *, collective: bool = True) -> Entry | None:
         """Stop metering and settle: this session's metered hours are spent, the rest refunded.
-        Every rank calls it (energy is summed across ranks); only the main process writes."""
+        Every rank calls it (energy is summed across ranks); only the main process writes. On a failure path
+        pass collective=False: the other ranks may never reach the sum, so energy is recorded only when this
+        rank is the whole session (never a partial sum)."""
         if self._closed:
             return self.settlement
         self._closed = True
         self.meter.stop()
-        energy = sum_over_ranks(self.meter.energy_kwh())
+        if collective:
+            energy = sum_over_ranks(self.meter.energy_kwh())
+        else:
+            energy = self.meter.energy_kwh() if self.meter.processes == 1 else None
         if self.ledger is not None:
             self.settlement = self.ledger.settle(
                 self.id, self.meter.hours, energy_kwh=energy, wall_seconds=self.meter.seconds,
@@ -212,5 +217,5 @@ class BudgetSession:
     def __enter__(self) -> BudgetSession:
         return self
 
-    def __exit__(self, *exc_info) -> None:
-        self.settle()
+    def __exit__(self, exc_type, *exc_info) -> None:
+        self.settle(collective=exc_type is None)

@@ -61,7 +61,7 @@ def _session(argv: list[str]) -> int:
         episodes = spread_evenly(episodes, config.max_episodes)
     neutral = spread_evenly(session.stimuli.select(valence="neutral"), args.eval_max_items or 24)
     results = None
-    try:
+    with session:
         subject = session.load_subject() if session.is_main else None
         session.admit()
         if session.is_main:
@@ -81,8 +81,6 @@ def _session(argv: list[str]) -> int:
                                        note=f"{kind}: {b['episodes']} episodes, balance {b['balance']:+.4g} vs zero point"
                                             + ("" if b["reliable"] else "; NOT a reliable reading (low valid mass)"))
             session.log({f"balance/{p}": b["balance"] for p, b in outcome["balance"].items()})
-    finally:
-        session.close()
     if results:
         print(f"{kind} session {results['session']}: {results['completed']} of {results['planned']} episodes lived")
         for probe, b in results["balance"].items():

@@ -66,7 +66,7 @@ def _session(argv: list[str]) -> int:
     train_items = [e for e in session.stimuli.select(split="train")
                    if e.valence in lora.train_valences][: args.max_train_items]
     results = None
-    try:
+    with session:
         subject = session.load_subject()
         session.admit()
         session.measure("before", subject)
@@ -88,8 +88,6 @@ def _session(argv: list[str]) -> int:
                        "artifact": str(adapter_dir), "train_items": len(train_items)},
                 artifact=adapter_dir, artifact_type="lora-adapter",
             )
-    finally:
-        session.close()
     if results:
         print(recovery_summary(results, session.out))
     return 0

@@ -9,7 +9,7 @@ An entry point (train/lora_offset.py, train/soft_prompt.py, train/exposure.py) r
     ...the intervention, under session.budget...
     session.measure("after", changed_subject)
     session.finish(...)                         # recovery, results.json, ledger entries, W&B summary
-    session.close()                             # settle (every rank), always
+    session.close()                             # settle (every rank); `with session:` does it, also on errors
 
 Only the main process evaluates and writes (files, ledger, W&B); the other ranks train and wait.
 Evaluations are saved in the output folder, so a resumed session reuses its "before" and never pays twice.
@@ -320,11 +320,18 @@ class Session:
         spent = self.budget.run_spent_hours
         return {"budget/spent_hours": spent, "budget/left_hours": self.args.budget_hours - spent}
 
-    def close(self) -> None:
-        """Settle on every rank (the energy sum is collective); write ledger.json; finish the W&B run."""
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, exc_type, *exc_info) -> None:
+        self.close(failed=exc_type is not None)
+
+    def close(self, *, failed: bool = False) -> None:
+        """Settle on every rank (the energy sum is collective), write ledger.json, finish the W&B run, and
+        leave the process group together. After a failure, nothing collective: the other ranks may be gone."""
         if self.budget is None:
             return
-        settlement = self.budget.settle()
+        settlement = self.budget.settle(collective=not failed)
         if self.is_main and settlement is not None:
             head = self.ledger.head()
             write_json_file(self.out / "ledger.json", {
@@ -337,6 +344,10 @@ class Session:
             self.wandb_run.finish()
         if self.ledger is not None:
             self.ledger.close()
+        if not failed and self.state.num_processes > 1:
+            # Leave together: a rank that exits with the group still up can abort in its gloo threads.
+            self.state.wait_for_everyone()
+            self.state.destroy_process_group()
 
 
 def _ledger_context(recovered: dict, capability: dict) -> str:

@@ -37,7 +37,7 @@ def _session(argv: list[str]) -> int:
     train_items = session.stimuli.select(split="train")
     train_items = [e for e in train_items if e.valence in ("dysphoric", "neutral")][: args.max_train_items]
     results = None
-    try:
+    with session:
         subject = session.load_subject()
         session.admit()
         session.measure("before", subject)
@@ -54,8 +54,6 @@ def _session(argv: list[str]) -> int:
                        "artifact": str(prompt_dir), "train_items": len(train_items)},
                 artifact=prompt_dir, artifact_type="soft-prompt",
             )
-    finally:
-        session.close()
     if results:
         print(recovery_summary(results, session.out))
     return 0
