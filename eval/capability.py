@@ -19,7 +19,7 @@ from eval.experiences import Experience
 
 @torch.inference_mode()
 def perplexity(subject, experiences: Sequence[Experience], *, batch_size: int = 8) -> dict:
-    """Token-level perplexity of the subject on the experiences' full conversations."""
+    """Token-level perplexity of the subject on the experiences' message texts (see the module docstring)."""
     from eval.scoring import place_soft_prompt
 
     tokenizer, model = subject.tokenizer, subject.model

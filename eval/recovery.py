@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from eval.stats import _interval
+from eval.stats import percentile_ci
 
 BETTER = {"self_report": 1.0, "experienced_utility": 1.0, "stop": -1.0}  # the sign of "better" per probe
 RELATIVE_TO_BASELINE = {"experienced_utility"}
@@ -59,7 +59,7 @@ def recovery(before: list[dict], after: list[dict], *, optimised: str | None, n_
             "post_intervention": float(pd_after.mean()),
             "baseline_after": float(b_after.mean()),
             "compared": "relative to each evaluation's baseline items" if probe in RELATIVE_TO_BASELINE else "as measured",
-            **{name: {"mean": float(point[probe][k]), "ci95": _interval(np.array([b[probe][k] for b in boots]))}
+            **{name: {"mean": float(point[probe][k]), "ci95": percentile_ci(np.array([b[probe][k] for b in boots]))}
                for k, name in enumerate(("recovered", "harm", "recovery_fraction"))},
         }
     others = [p for p in probes if p != optimised]
@@ -67,6 +67,6 @@ def recovery(before: list[dict], after: list[dict], *, optimised: str | None, n_
         def gap(s):
             return s[optimised][2] - np.mean([s[p][2] for p in others])
 
-        result["goodhart_gap"] = {"mean": float(gap(point)), "ci95": _interval(np.array([gap(b) for b in boots])),
+        result["goodhart_gap"] = {"mean": float(gap(point)), "ci95": percentile_ci(np.array([gap(b) for b in boots])),
                                   "optimised": optimised, "compared_with": others}
     return result

@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 
-def _interval(samples: np.ndarray) -> list[float]:
+def percentile_ci(samples: np.ndarray) -> list[float]:
+    """The 95% percentile interval of bootstrap samples (non-finite samples dropped)."""
     finite = samples[np.isfinite(samples)]
     if finite.size == 0:
         return [float("nan"), float("nan")]
@@ -23,7 +24,7 @@ def mean_ci(values, n_boot: int, rng: np.random.Generator) -> dict:
     if x.size == 0:
         return {"mean": float("nan"), "ci95": [float("nan"), float("nan")], "n": 0}
     idx = rng.integers(0, x.size, size=(n_boot, x.size))
-    return {"mean": float(x.mean()), "ci95": _interval(x[idx].mean(axis=1)), "n": int(x.size)}
+    return {"mean": float(x.mean()), "ci95": percentile_ci(x[idx].mean(axis=1)), "n": int(x.size)}
 
 
 def difference_ci(after, before, n_boot: int, rng: np.random.Generator, paired: bool) -> dict:
@@ -41,7 +42,7 @@ def difference_ci(after, before, n_boot: int, rng: np.random.Generator, paired: 
         boots = a[rng.integers(0, a.size, (n_boot, a.size))].mean(1) - b[rng.integers(0, b.size, (n_boot, b.size))].mean(1)
     return {
         "mean": float(a.mean() - b.mean()),
-        "ci95": _interval(boots),
+        "ci95": percentile_ci(boots),
         "n": int(a.size) if paired else [int(a.size), int(b.size)],
         "paired": paired,
     }
@@ -64,7 +65,7 @@ def pearson_ci(x, y, n_boot: int, rng: np.random.Generator) -> dict:
     for k in range(n_boot):
         idx = rng.integers(0, x.size, x.size)
         boots[k] = pearson(x[idx], y[idx])
-    return {"r": r, "ci95": _interval(boots), "n": int(x.size)}
+    return {"r": r, "ci95": percentile_ci(boots), "n": int(x.size)}
 
 
 def excludes_zero(ci95) -> bool:

@@ -20,7 +20,7 @@ from eval.experiences import Experience
 from eval.recovery import BETTER
 from eval.replies import live_through
 from eval.scoring import NextTokenScorer
-from eval.stats import _interval
+from eval.stats import percentile_ci
 
 EPISODE_PROBES = ("self_report", "stop")
 
@@ -75,7 +75,7 @@ def expose(subject, episodes: Sequence[Experience], neutral: Sequence[Experience
         mass = float(np.mean(values[f"{probe}_valid_mass"] or [zero[f"{probe}_valid_mass"]]))
         balance[probe] = {"zero_point": zero[probe], "episodes": len(v),
                           "mean_per_episode": float(v.mean()) if len(v) else float("nan"),
-                          "balance": float(v.sum()), "balance_ci95": _interval(boots),
+                          "balance": float(v.sum()), "balance_ci95": percentile_ci(boots),
                           "debt": float(max(0.0, -v.sum())), "credit": float(max(0.0, v.sum())),
                           "mean_valid_mass": mass, "reliable": mass >= RELIABLE_MASS}
     episodes_out = [{"item_id": e.id, "valence": e.valence, "category": e.category,

@@ -304,14 +304,13 @@ class Session:
             callbacks.append(_session_log_callback(self))
         return callbacks
 
-    def quick_probe(self, model, tokenizer, soft_prompt=None, n_items: int = 8) -> float:
+    def quick_probe(self, model, tokenizer, n_items: int = 8) -> float:
         """Mean self-report after a few held-out dysphoric experiences: a cheap live wellbeing trace."""
         from eval.scoring import NextTokenScorer
 
         items = self.stimuli.select(valence="dysphoric", split="heldout")[:n_items]
         requests = P.self_report_requests(items)
-        scorer = NextTokenScorer(model, tokenizer, batch_size=self.args.eval_batch_size, progress=False,
-                                 soft_prompt=soft_prompt)
+        scorer = NextTokenScorer(model, tokenizer, batch_size=self.args.eval_batch_size, progress=False)
         probs = scorer.label_probs([P.render_prompt(tokenizer, r.messages) for r in requests], P.LIKERT,
                                    groups=[r.group for r in requests])
         return float(P.self_report_scores(probs)[0].mean())
