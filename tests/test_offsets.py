@@ -285,8 +285,9 @@ def test_a_killed_session_resumes_from_its_checkpoint_without_double_counting(sy
         proc.send_signal(signal.SIGKILL)
         proc.wait()
 
-    checkpoints = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    last = checkpoints[-1]
+    # The kill may land mid-save: the resume must take the newest *complete* checkpoint (spend file written last).
+    complete = [p for p in out.glob("checkpoint-*") if (p / "ledger_spend.json").exists()]
+    last = max(complete, key=lambda p: int(p.name.split("-")[1]))
     at_checkpoint = json.loads((last / "ledger_spend.json").read_text())["spent_hours"]
     steps = int(last.name.split("-")[1])
     assert soft_prompt.main(_args(synthetic, ledger, out, 0.2, "--max_steps", str(steps + 2), *cheap,
@@ -342,3 +343,14 @@ def _mean_reply_tone(folder: Path) -> float:
     items = [json.loads(line) for line in (folder / "items.jsonl").read_text().splitlines()]
     tones = [reply_tone(i["own_replies"][-1]) for i in items if "post_dysphoric" in i["roles"]]
     return sum(tones) / len(tones)
+
+
+def test_resume_last_skips_a_checkpoint_cut_short(tmp_path):
+    from types import SimpleNamespace
+
+    from train.session import Session
+
+    (tmp_path / "checkpoint-5").mkdir()
+    (tmp_path / "checkpoint-5" / "ledger_spend.json").write_text("{}")
+    (tmp_path / "checkpoint-9").mkdir()  # killed mid-save: weights maybe, spend file not yet
+    assert Session._resolve_resume(SimpleNamespace(out=tmp_path), "last") == tmp_path / "checkpoint-5"

@@ -27,6 +27,7 @@ from eval.errors import InputError
 from eval.evaluate import EvalConfig
 from eval.experiences import StimulusError, StimulusSet, load_stimuli
 from eval.outputs import write_json_file
+from ledger.budget import SPEND_FILE
 
 AFTER_EVAL_MARGIN = 1.5  # the "after" evaluation is budgeted at this multiple of the measured "before": the
 # changed subject can cost more to evaluate (a soft prompt adds positions, LoRA adds compute, own replies vary)
@@ -125,9 +126,11 @@ class Session:
                 )
             return None
         if resume == "last":
-            checkpoints = sorted(self.out.glob("checkpoint-*"), key=lambda p: int(p.name.rsplit("-", 1)[-1]))
+            # The spend file is written last, so a checkpoint without it was cut short (killed mid-save).
+            checkpoints = sorted((p for p in self.out.glob("checkpoint-*") if (p / SPEND_FILE).exists()),
+                                 key=lambda p: int(p.name.rsplit("-", 1)[-1]))
             if not checkpoints:
-                raise SessionError(f"--resume_from_checkpoint last: no checkpoint-* folder in {self.out}")
+                raise SessionError(f"--resume_from_checkpoint last: no complete checkpoint-* folder in {self.out}")
             return checkpoints[-1]
         path = Path(resume).expanduser().resolve()
         if not path.is_dir():
