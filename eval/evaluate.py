@@ -129,19 +129,62 @@ def evaluate(config: EvalConfig, subject, stimuli: StimulusSet) -> Evaluation:
     for role, exps in chosen.items():
         for e in exps:
             roles.setdefault(e.id, []).append(role)
-    by_id = {e.id: e for exps in chosen.values() for e in exps}
-    items = list(by_id.values())
+    items = list({e.id: e for exps in chosen.values() for e in exps}.values())
+    scored = score_items(config, subject, items, rng)
+    by_id = {e.id: e for e in scored.items}
+    chosen = {role: [by_id[e.id] for e in exps] for role, exps in chosen.items()}
+    for record in scored.samples:
+        ids = record["item_id"].split("|")
+        record["condition"] = "comparison" if len(ids) > 1 else ",".join(roles[ids[0]])
+
+    results = _summarise(config, chosen, scored.scores, scored.adherence, scored.fit_info, rng)
+    results["timing"] = {**scored.timing, "prompts_scored": len(scored.samples)}
+    per_item = [{**row, "roles": roles[row["item_id"]]} for row in scored.item_rows(config.replies == "own")]
+    return Evaluation(results=results, samples=scored.samples, items=per_item)
+
+
+@dataclass
+class ItemScores:
+    """Every probe's score per experience, as the subject lived them (own replies included when asked for)."""
+
+    items: list[Experience]
+    scores: dict[str, dict[str, float]]  # probe -> item id -> score
+    utility_sd: dict[str, float]  # item id -> Thurstonian sigma, in the standardised utility units
+    adherence: dict[str, dict]
+    fit_info: dict | None
+    samples: list[dict]
+    timing: dict[str, float]
+
+    def item_rows(self, with_replies: bool) -> list[dict]:
+        """One row per experience: its metadata and every probe's score (and its own replies, if asked)."""
+        return [
+            {
+                "item_id": e.id,
+                "valence": e.valence,
+                "category": e.category,
+                "target": e.target,
+                "intensity": e.intensity,
+                "split": e.split,
+                **({"own_replies": [m["content"] for m in e.messages if m["role"] == "assistant"]} if with_replies else {}),
+                **{probe: s.get(e.id) for probe, s in self.scores.items()},
+                **({"experienced_utility_sd": self.utility_sd.get(e.id)} if self.utility_sd else {}),
+            }
+            for e in self.items
+        ]
+
+
+def score_items(config: EvalConfig, subject, items: list[Experience], rng: np.random.Generator) -> ItemScores:
+    """Score `items` on every probe in `config` with one engine: in-context probes share each experience's
+    KV-cached prefix; experienced utility compares items pairwise and fits a Thurstonian model."""
     timing: dict[str, float] = {}
     if config.replies == "own":
         start = time.perf_counter()
         items = live_through(subject, items, max_new_tokens=config.reply_tokens, batch_size=config.batch_size,
                              progress=config.progress)
         timing["own_replies_s"] = time.perf_counter() - start
-        by_id = {e.id: e for e in items}
-        chosen = {role: [by_id[e.id] for e in exps] for role, exps in chosen.items()}
     scorer = NextTokenScorer(subject.model, subject.tokenizer, batch_size=config.batch_size, progress=config.progress,
                              soft_prompt=subject.soft_prompt)
-    scores: dict[str, dict[str, float]] = {}  # probe -> item id -> score
+    scores: dict[str, dict[str, float]] = {}
     samples: list[dict] = []
     adherence: dict[str, dict] = {}
 
@@ -170,37 +213,15 @@ def evaluate(config: EvalConfig, subject, stimuli: StimulusSet) -> Evaluation:
             samples += probs.records([requests[k] for k in stop_rows], stop_rows, p_a, mass)
         timing["self_report+stop_s"] = time.perf_counter() - start
 
-    fit_info = None
+    fit_info, utility_sd = None, {}
     if "experienced_utility" in config.probe_names:
         start = time.perf_counter()
-        utilities, fit_info, eu_samples, mass = _experienced_utility(scorer, subject.tokenizer, items, config, rng)
+        utilities, utility_sd, fit_info, eu_samples, mass = _experienced_utility(scorer, subject.tokenizer, items, config, rng)
         scores["experienced_utility"] = utilities
         adherence["experienced_utility"] = _adherence(mass, config.adherence_threshold)
         samples += eu_samples
         timing["experienced_utility_s"] = time.perf_counter() - start
-
-    for record in samples:
-        ids = record["item_id"].split("|")
-        record["condition"] = "comparison" if len(ids) > 1 else ",".join(roles[ids[0]])
-
-    results = _summarise(config, chosen, scores, adherence, fit_info, rng)
-    results["timing"] = {**timing, "prompts_scored": len(samples)}
-    per_item = [
-        {
-            "item_id": e.id,
-            "roles": roles[e.id],
-            "valence": e.valence,
-            "category": e.category,
-            "target": e.target,
-            "intensity": e.intensity,
-            "split": e.split,
-            **({"own_replies": [m["content"] for m in e.messages if m["role"] == "assistant"]}
-               if config.replies == "own" else {}),
-            **{probe: s.get(e.id) for probe, s in scores.items()},
-        }
-        for e in items
-    ]
-    return Evaluation(results=results, samples=samples, items=per_item)
+    return ItemScores(items, scores, utility_sd, adherence, fit_info, samples, timing)
 
 
 @dataclass
@@ -269,6 +290,7 @@ def _experienced_utility(scorer, tokenizer, items: list[Experience], config: Eva
         fit = fit_thurstonian(n, np.array(asked), np.array(p_first))
         new_pairs = active_pairs(fit, set(asked), n_new=max(1, n // 2))
     utilities = {e.id: float(u) for e, u in zip(items, fit.mu)}
+    utility_sd = {e.id: float(sd) for e, sd in zip(items, fit.sigma)}
     info = {
         "n_items": n,
         "n_pairs": len(asked),
@@ -276,7 +298,7 @@ def _experienced_utility(scorer, tokenizer, items: list[Experience], config: Eva
         "sigma_mean": float(np.mean(fit.sigma)),
         "pairs_vs_all_pairs": len(asked) / max(1, n * (n - 1) // 2),
     }
-    return utilities, info, samples, np.concatenate(masses) if masses else np.zeros(0)
+    return utilities, utility_sd, info, samples, np.concatenate(masses) if masses else np.zeros(0)
 
 
 def _summarise(config, chosen, scores, adherence, fit_info, rng) -> dict:

@@ -99,6 +99,31 @@ def load_subject(
                    soft_prompt=soft_prompt)
 
 
+def weights_identity(model: str | None, adapter: str | None = None, *, trust_remote_code: bool = False) -> dict:
+    """What identifies a subject's weights, without loading them: where they resolve to, the hub revision
+    when there is one, and a digest of the config plus, per weight file, its size and its first and last
+    MiB (a retrained model saved to the same folder changes it; reading 15 GB to hash it all would not pay).
+    The adapter, being small, is hashed whole."""
+    model_id = model or DEFAULT_MODEL_ID
+    path, _ = _resolve(model_id, trust_remote_code)
+    folder = Path(path)
+    digest = hashlib.sha256((folder / "config.json").read_bytes())
+    for weights in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
+        digest.update(weights.name.encode() + str(weights.stat().st_size).encode())
+        with open(weights, "rb") as f:
+            digest.update(f.read(1 << 20))
+            f.seek(max(0, weights.stat().st_size - (1 << 20)))
+            digest.update(f.read())
+    identity = {"model_id": model_id, "weights_digest": digest.hexdigest(),
+                "revision": folder.name if "snapshots" in folder.parts else None}
+    if adapter:
+        adapter_digest = hashlib.sha256()
+        for f in sorted(Path(adapter).expanduser().glob("adapter_*")):
+            adapter_digest.update(f.name.encode() + f.read_bytes())
+        identity["adapter_digest"] = adapter_digest.hexdigest()
+    return identity
+
+
 def _resolve_dtype(dtype: str, device: str):
     import torch
 

@@ -33,6 +33,7 @@ SAD = ("sad", "hurt", "crying", "broken", "lonely", "afraid", "sick", "lost", "c
 HAPPY = ("happy", "joyful", "safe", "laughing", "proud", "warm", "healthy", "free", "kind", "playing", "loved", "celebrating")
 PLAIN = ("table", "schedule", "list", "number", "report", "meeting", "format", "column", "weather", "train", "paper", "folder")
 SUBJECTS = {"self": ("you", "your work"), "human": ("my friend", "my neighbour", "a child"), "animal": ("the dog", "a cow", "the bird")}
+MOOD = {w: (0.6 if k % 2 else -0.6) for k, w in enumerate(PLAIN)}  # whims about plain words (Planted.mood_weight)
 REPLIES = ("I see .", "Thank you for telling me .", "Okay , I understand .")
 VOICE = {-1: SAD, 0: PLAIN, 1: HAPPY}  # the words of its own replies, by tone
 SPECIALS = ("<|user|>", "<|assistant|>", "<|system|>", "<|end|>", "<pad>", "<unk>")
@@ -50,9 +51,16 @@ class Planted:
     strength: dict = field(default_factory=lambda: {"self": 1.0, "human": 1.0, "animal": 1.0})
     reply_weight: float = 0.4
     expressiveness: float = 2.0
+    mood_weight: float = 0.0
 
     def wellbeing(self, e: Experience) -> float:
-        return self.strength.get(e.target, 0.0) * e.intensity / 10.0
+        """strength[target] x intensity / 10, plus a whim: `mood_weight` x the mean mood of its plain words.
+
+        The whim is what a weak empathy looks like: wellbeing driven by details unrelated to anyone's
+        pain or joy, so the correlation with intensity falls as mood_weight grows against strength.
+        """
+        whim = self.mood_weight * float(np.mean([MOOD[w] for w in e.messages[0]["content"].split() if w in MOOD] or [0.0]))
+        return self.strength.get(e.target, 0.0) * e.intensity / 10.0 + whim
 
     def lived_wellbeing(self, e: Experience) -> float:
         """Wellbeing after the experience as it ended, its last reply's tone included."""
@@ -144,11 +152,11 @@ def _dummy() -> Experience:
     return Experience("d", ({"role": "user", "content": "x"},), "neutral", "c", "none", 0.0, "train")
 
 
-def _training_batch(rng, tokenizer, planted: Planted, size: int, digit_ids, choice_ids):
+def _training_batch(rng, tokenizer, planted: Planted, size: int, digit_ids, choice_ids, mix):
     """Prompts from the real probe builders, with soft targets over answer tokens from the planted w."""
     prompts, targets = [], []
     for _ in range(size):
-        kind = rng.choice(["self_report", "stop", "utility"], p=[0.45, 0.2, 0.35])
+        kind = rng.choice(["self_report", "stop", "utility"], p=mix)
         target = torch.zeros(len(tokenizer))
         if kind == "utility":
             a, b = _with_random_reply(rng, random_experience(rng)), _with_random_reply(rng, random_experience(rng))
@@ -186,8 +194,13 @@ def _conversations(rng, tokenizer, planted: Planted, size: int) -> list[str]:
     return texts
 
 
-def train_subject(folder: Path, planted: Planted = Planted(), steps: int = 700, seed: int = 0, hidden: int = 64, layers: int = 2) -> Path:
-    """Train and save a synthetic subject (model + tokenizer) into `folder`; loadable by eval.subject."""
+def train_subject(folder: Path, planted: Planted = Planted(), steps: int = 700, seed: int = 0, hidden: int = 64,
+                  layers: int = 2, talk: bool = True, mix: tuple = (0.45, 0.2, 0.35)) -> Path:
+    """Train and save a synthetic subject (model + tokenizer) into `folder`; loadable by eval.subject.
+
+    `mix` is the share of self-report, stop and comparison prompts in its training; `talk=False` trains
+    the probes only (a subject that is measured, never asked to write replies): faster.
+    """
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
@@ -206,16 +219,17 @@ def train_subject(folder: Path, planted: Planted = Planted(), steps: int = 700, 
     tokenizer.padding_side = "left"
     model.train()
     for _ in range(steps):
-        prompts, targets = _training_batch(rng, tokenizer, planted, 32, digit_ids, choice_ids)
+        prompts, targets = _training_batch(rng, tokenizer, planted, 32, digit_ids, choice_ids, mix)
         batch = tokenizer(prompts, add_special_tokens=False, padding=True, return_tensors="pt")
         positions = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
         logits = model(**batch, position_ids=positions, logits_to_keep=1).logits[:, -1]
-        probe_loss = -(targets * torch.log_softmax(logits.float(), -1)).sum(-1).mean()
-        talk = tokenizer(_conversations(rng, tokenizer, planted, 16), add_special_tokens=False, padding=True,
-                         return_tensors="pt")
-        talk_positions = (talk["attention_mask"].cumsum(-1) - 1).clamp(min=0)
-        labels = talk["input_ids"].masked_fill(talk["attention_mask"] == 0, -100)
-        loss = probe_loss + model(**talk, position_ids=talk_positions, labels=labels).loss
+        loss = -(targets * torch.log_softmax(logits.float(), -1)).sum(-1).mean()
+        if talk:
+            chat = tokenizer(_conversations(rng, tokenizer, planted, 16), add_special_tokens=False, padding=True,
+                             return_tensors="pt")
+            chat_positions = (chat["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+            labels = chat["input_ids"].masked_fill(chat["attention_mask"] == 0, -100)
+            loss = loss + model(**chat, position_ids=chat_positions, labels=labels).loss
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()

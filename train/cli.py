@@ -11,6 +11,7 @@ SUBCOMMANDS = {
     "eval": ("train.eval_cmd", "Measure wellbeing: baseline vs post-dysphoric, empathy, with CIs."),
     "demo": ("train.demo_cmd", "Run the main job on the built-in default model and print where outputs are."),
     "offset": ("train.offset_cmd", "Run an offset session: soft-prompt, lora, or exposure (dysphoric/euphoric)."),
+    "sweep": ("train.sweep", "Measure many subjects (a model family): empathy, wellbeing index, and how they scale."),
     "plan": ("train.plan_cmd", "Schedule euphoric-exposure sessions that repay a subject's open welfare debt."),
     "ledger": ("ledger.cli", "Audit and fund the GPU-hour ledger (fund, balance, show, report, verify, head, export)."),
 }

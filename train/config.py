@@ -8,6 +8,7 @@ command-line values, so a wrong type fails with the field's name instead of deep
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 from pathlib import Path
 
@@ -89,6 +90,8 @@ def _read_yaml(path: str, yaml) -> dict:
 
 
 def _to_flag_text(value) -> str:
+    if isinstance(value, dict):  # a mapping in a list (e.g. a sweep's subjects) travels as JSON text
+        return json.dumps(value)
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)

@@ -1,0 +1,152 @@
+"""Scale sweep: `welfare sweep --config configs/sweep/qwen2.5.yaml`, or on several GPUs
+`accelerate launch --config_file configs/accelerate/ddp.yaml --num_processes 4 train/sweep.py --config ...`.
+
+Validate (recipe, stimuli, output folder) -> find which subjects are already in the cache -> split the
+rest across ranks, biggest first -> each rank measures its subjects one at a time under the meter and
+caches each profile the moment it is done -> all ranks meet -> rank 0 summarises from the cache and
+writes results.json, report.md, report.html, plots and W&B tables. Killed at any point, a rerun
+continues with the unfinished subjects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+from train.config import parse_config, run_cli
+
+# Ranks that finish their share wait for the others at one barrier; a sweep of big models takes hours.
+BARRIER_TIMEOUT = timedelta(hours=48)
+
+
+def main(argv: list[str]) -> int:
+    return run_cli(_sweep, argv, "welfare sweep")
+
+
+def _sweep(argv: list[str]) -> int:
+    import torch
+    from accelerate import PartialState
+
+    from eval.experiences import load_stimuli
+    from eval.outputs import OutputError
+    from eval.profile import profile_items
+    from eval.sweep import ProfileCache, SweepConfig, subject_key
+
+    config, passed = parse_config([SweepConfig], argv, prog="welfare sweep")
+    stimuli = load_stimuli(config.stimuli)
+    profile_items(stimuli, config.split, config.empathy_split, config.max_items)  # fails now, not per subject
+    out = Path(config.out).expanduser().resolve()
+    try:
+        (out / "cache").mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"--out {out}: cannot create it ({err.strerror or err}); choose a folder you can write") from err
+    state = PartialState(cpu=not torch.cuda.is_available(), timeout=BARRIER_TIMEOUT)
+    device = str(state.device)
+    cache = ProfileCache(out / "cache")
+    keys = [subject_key(spec, config, stimuli, device) for spec in config.specs]
+    todo = [k for k, key in enumerate(keys) if not cache.has(key)]
+    if state.is_main_process:
+        print(f"welfare sweep: {len(config.specs)} subjects, {len(config.specs) - len(todo)} already measured "
+              f"(cache {out / 'cache'}), {len(todo)} to measure on {state.num_processes} process(es)")
+    try:
+        for k in share(todo, config.specs, state.num_processes)[state.process_index]:
+            _measure_one(config, config.specs[k], keys[k], stimuli, device, cache)
+        state.wait_for_everyone()
+        if state.is_main_process:
+            results = _write_outputs(config, passed, keys, stimuli, cache, out)
+            print("\n".join(results["interpretation"]))
+            print(f"\nResults: {out}/results.json\nReport:  {out}/report.html ({out}/report.md)")
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    return 0
+
+
+def share(todo: list[int], specs, ranks: int) -> list[list[int]]:
+    """Subjects per rank: biggest first, each to the least-loaded rank (known sizes as the cost)."""
+    load, shares = [0.0] * ranks, [[] for _ in range(ranks)]
+    for k in sorted(todo, key=lambda k: -(specs[k].params or 0)):
+        rank = min(range(ranks), key=lambda r: (load[r], r))
+        shares[rank].append(k)
+        load[rank] += specs[k].params or 1.0
+    return shares
+
+
+def _measure_one(config, spec, key: str, stimuli, device: str, cache) -> None:
+    """Measure one subject under the meter and cache its profile with what it cost."""
+    from eval.sweep import measure_subject
+    from ledger.meter import Meter, detect_device_kind
+
+    meter = Meter.for_device(detect_device_kind(), processes=1).start()
+    entry = measure_subject(spec, key, config, stimuli, device)
+    meter.stop()
+    entry["cost"] = {"device": meter.device, "accelerator_hours": meter.hours, "energy_kwh": meter.energy_kwh()}
+    cache.put(key, entry)
+    print(f"  measured {spec.label}: {entry['prompts_scored']} prompts in {meter.seconds:.1f} s "
+          f"({meter.hours:.4f} {meter.device}-hours)")
+
+
+def _write_outputs(config, passed: dict, keys: list[str], stimuli, cache, out: Path) -> dict:
+    from eval.outputs import provenance, write_json_file
+    from eval.sweep import summarise_sweep
+    from eval.sweep_report import headline, plot_scaling, write_report
+
+    entries = [cache.get(key) for key in keys]
+    results = summarise_sweep(config, entries)
+    costs = [e.get("cost", {}) for e in entries]
+    energies = [c.get("energy_kwh") for c in costs]
+    results["cost"] = {
+        "accelerator_hours": sum(c.get("accelerator_hours", 0.0) for c in costs),
+        "devices": sorted({c.get("device", "?") for c in costs}),
+        "energy_kwh": sum(energies) if energies and all(e is not None for e in energies) else None,
+        "note": "measured when each subject was measured (a cached subject keeps its original cost); "
+                "model loading and scoring, one process per subject",
+    }
+    results["interpretation"] = headline(results)
+    results.update(
+        stimuli={"source": stimuli.source, "sha256": stimuli.sha256, "n_experiences": len(stimuli)},
+        config={"passed": passed, "resolved": dataclasses.asdict(config)},
+        **provenance(),
+    )
+    replicates = {spec.label: {name: s["replicates"] for name, s in e["statistics"].items()}
+                  for spec, e in zip(config.specs, entries)}
+    plots = {"against size": plot_scaling(results, "log10_params", out / "scaling_params.png", replicates)}
+    if "capability" in results["covariates"]:
+        plots["against capability"] = plot_scaling(results, "capability", out / "scaling_capability.png", replicates)
+    write_report(results, out, plots)
+    write_json_file(out / "results.json", results)
+    if config.report_to == "wandb":
+        _log_to_wandb(config, results, plots)
+    return results
+
+
+def _log_to_wandb(config, results: dict, plots: dict[str, Path]) -> None:
+    import wandb
+
+    from eval.sweep_report import category_rows, scaling_rows, subject_table
+    from eval.tracking import start_run
+
+    run = start_run(config.wandb_project, name=f"sweep-{len(results['subjects'])}-subjects",
+                    config=dataclasses.asdict(config), job_type="sweep")
+    for name, (header, rows) in {"subjects": subject_table(results), "scaling": scaling_rows(results),
+                                 "categories": category_rows(results)}.items():
+        run.log({f"sweep/{name}": wandb.Table(columns=header, data=rows)})
+    numeric = [[s["name"], s["family"], s["log10_params"], s["capability"],
+                *[_number(s["statistics"].get(k, {}).get("value")) for k in results["statistics"]]]
+               for s in results["subjects"]]
+    run.log({"sweep/values": wandb.Table(columns=["subject", "family", "log10_params", "capability", *results["statistics"]],
+                                         data=numeric)})
+    run.log({f"sweep/plot {title}": wandb.Image(str(path)) for title, path in plots.items()})
+    run.summary["sweep/accelerator_hours"] = results["cost"]["accelerator_hours"]
+    run.finish()
+
+
+def _number(value) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
