@@ -66,20 +66,24 @@ def category_rows(results: dict) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+HEADLINE_STATISTICS = ("empathy_human", "empathy_animal", "response_magnitude", "wellbeing_index")
+
+
 def headline(results: dict) -> list[str]:
-    """Plain-language lines for the pooled (or only) group, against size."""
+    """Plain-language lines: how empathy for others, the response to them and the wellbeing index move
+    with size (and capability, where given), per family and pooled."""
     lines = []
     for row in results["scaling"]:
-        if row["covariate"] != "log10 parameters" or row["n"] < 3:
-            continue
-        groups = {r["family"] for r in results["scaling"]}
-        if len(groups) > 1 and row["family"] != "all":
+        if row["statistic"] not in HEADLINE_STATISTICS or row["n"] < 3:
             continue
         p, s = row["pearson"], row["spearman"]
-        trend = "no detectable trend with size (CI includes 0)"
+        against = "size" if row["covariate"] == "log10 parameters" else row["covariate"]
+        trend = f"no detectable trend with {against} (CIs include 0)"
         if excludes_zero(s["ci95"]) or excludes_zero(p["ci95"]):
-            trend = "rises with size" if p["r"] > 0 else "falls with size"
-        lines.append(f"{row['statistic']}: {trend}; Pearson r = {fmt_ci(p)}, Spearman rho = {fmt_ci(s)} over {row['n']} subjects.")
+            trend = f"{'rises' if p['r'] > 0 else 'falls'} with {against}"
+        group = "all families" if row["family"] == "all" else f"family {row['family']}"
+        lines.append(f"{group}: {row['statistic']} {trend}; Pearson r = {fmt_ci(p)}, Spearman rho = {fmt_ci(s)}, "
+                     f"{row['n']} subjects.")
     unreliable = [s["name"] for s in results["subjects"] if not s["reliable"]]
     if unreliable:
         lines.append(f"Not reliable readings (the model rarely answers in the asked format): {', '.join(unreliable)}.")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import os
 import shutil
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -20,28 +22,47 @@ from synthetic_subject import Planted, train_subject, write_stimuli  # noqa: E40
 from eval import probes  # noqa: E402
 
 
-def _trained(tmp_path_factory, name: str, planted: Planted, steps: int) -> SimpleNamespace:
-    """Train a synthetic subject, or reuse one trained by identical code (cached by a hash of its recipe).
-
-    The cache only saves local reruns a minute; a fresh machine (CI) always trains. Set
-    WELFARE_TEST_CACHE=0 to force training.
-    """
+def _recipe_key(planted: Planted, steps: int, options: dict) -> str:
     import torch
 
     recipe = "|".join([Path(synthetic_subject.__file__).read_text(), Path(probes.__file__).read_text(),
-                       repr(planted), str(steps), torch.__version__])
-    key = hashlib.sha256(recipe.encode()).hexdigest()[:16]
-    root = tmp_path_factory.mktemp(name)
-    cached = Path(os.environ.get("WELFARE_CACHE", Path.home() / ".cache" / "welfare-offsets")) / "test-subjects" / key
-    if os.environ.get("WELFARE_TEST_CACHE") != "0" and (cached / "planted.json").exists():
-        model = cached
+                       repr(planted), str(steps), repr(sorted(options.items())), torch.__version__])
+    return hashlib.sha256(recipe.encode()).hexdigest()[:16]
+
+
+def _train_all(root: Path, recipes: list[tuple[Planted, int, dict]]) -> list[Path]:
+    """Train synthetic subjects, or reuse ones trained by identical code (cached by a hash of the recipe).
+
+    The cache only saves local reruns; a fresh machine (CI) always trains, two subjects at a time in
+    single-threaded processes when there are several (tiny models use two cores better that way). Set
+    WELFARE_TEST_CACHE=0 to force training.
+    """
+    use_cache = os.environ.get("WELFARE_TEST_CACHE") != "0"
+    cache = Path(os.environ.get("WELFARE_CACHE", Path.home() / ".cache" / "welfare-offsets")) / "test-subjects"
+    keys = [_recipe_key(*recipe) for recipe in recipes]
+    paths = [cache / key for key in keys]
+    missing = [k for k, path in enumerate(paths) if not (use_cache and (path / "planted.json").exists())]
+    jobs = [(root / f"model-{keys[k]}", *recipes[k]) for k in missing]
+    if len(jobs) > 1:
+        with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+            trained = list(pool.map(synthetic_subject.train_job, jobs))
     else:
-        model = train_subject(root / "model", planted, steps=steps)
-        if os.environ.get("WELFARE_TEST_CACHE") != "0":
-            staging = cached.with_name(f"{key}.tmp-{os.getpid()}")
+        trained = [synthetic_subject.train_subject(folder, planted, steps=steps, **options)
+                   for folder, planted, steps, options in jobs]
+    for k, model in zip(missing, trained):
+        paths[k] = model
+        if use_cache:
+            staging = cache / f"{keys[k]}.tmp-{os.getpid()}"
             shutil.copytree(model, staging, dirs_exist_ok=True)
-            shutil.rmtree(cached, ignore_errors=True)
-            os.replace(staging, cached)  # whole or absent: a half-copied subject is never reused
+            shutil.rmtree(cache / keys[k], ignore_errors=True)
+            os.replace(staging, cache / keys[k])  # whole or absent: a half-copied subject is never reused
+            paths[k] = cache / keys[k]
+    return paths
+
+
+def _trained(tmp_path_factory, name: str, planted: Planted, steps: int) -> SimpleNamespace:
+    root = tmp_path_factory.mktemp(name)
+    (model,) = _train_all(root, [(planted, steps, {})])
     return SimpleNamespace(model=str(model), stimuli=str(write_stimuli(root / "stimuli.jsonl")), root=root)
 
 
@@ -72,3 +93,28 @@ def tiny_random_model():
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                          pad_token_id=tokenizer.pad_token_id)
     return LlamaForCausalLM(config).eval(), tokenizer
+
+
+# The sweep's synthetic family: (planted empathy strength, hidden size). "scaling" plants empathy that grows
+# with size; "no_trend" plants none (strong, weak, weak, strong). Two subjects sit in both families.
+SWEEP_FAMILIES = {
+    "scaling": [(0.1, 32), (0.3, 40), (0.55, 48), (0.9, 64)],
+    "no_trend": [(0.9, 32), (0.3, 40), (0.3, 48), (0.9, 64)],
+}
+
+
+def sweep_planted(strength: float) -> Planted:
+    """Empathy strength s with whims of weight 1 - s: a planted empathy r from ~0.15 (s = 0.1) to ~0.99 (s = 0.9)."""
+    return Planted({"self": strength, "human": strength, "animal": strength}, reply_weight=0.0, mood_weight=1.0 - strength)
+
+
+@pytest.fixture(scope="session")
+def sweep_subjects(tmp_path_factory):
+    """Synthetic subjects of several sizes with planted empathy strengths, and their stimuli."""
+    root = tmp_path_factory.mktemp("sweep-subjects")
+    unique = sorted({pair for family in SWEEP_FAMILIES.values() for pair in family})
+    recipes = [(sweep_planted(s), 600, {"hidden": h, "talk": False, "mix": (0.35, 0.0, 0.65)}) for s, h in unique]
+    models = dict(zip(unique, _train_all(root, recipes)))
+    families = {name: [{"strength": s, "hidden": h, "model": str(models[(s, h)])} for s, h in members]
+                for name, members in SWEEP_FAMILIES.items()}
+    return SimpleNamespace(families=families, stimuli=str(write_stimuli(root / "stimuli.jsonl")), root=root)

@@ -240,3 +240,10 @@ def train_subject(folder: Path, planted: Planted = Planted(), steps: int = 700, 
     tokenizer.save_pretrained(folder)
     (folder / "planted.json").write_text(json.dumps({**dataclasses.asdict(planted), "final_loss": loss.item()}))
     return folder
+
+
+def train_job(job: tuple) -> Path:
+    """`train_subject` for a worker process: (folder, planted, steps, options), one thread per process."""
+    folder, planted, steps, options = job
+    torch.set_num_threads(1)
+    return train_subject(Path(folder), planted, steps=steps, **options)

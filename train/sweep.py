@@ -47,9 +47,10 @@ def _sweep(argv: list[str]) -> int:
     device = str(state.device)
     cache = ProfileCache(out / "cache")
     keys = [subject_key(spec, config, stimuli, device) for spec in config.specs]
-    todo = [k for k, key in enumerate(keys) if not cache.has(key)]
+    # A subject listed twice (say, in two families) is measured once.
+    todo = [k for k, key in enumerate(keys) if not cache.has(key) and keys.index(key) == k]
     if state.is_main_process:
-        print(f"welfare sweep: {len(config.specs)} subjects, {len(config.specs) - len(todo)} already measured "
+        print(f"welfare sweep: {len(set(keys))} subjects, {len(set(keys)) - len(todo)} already measured "
               f"(cache {out / 'cache'}), {len(todo)} to measure on {state.num_processes} process(es)")
     try:
         for k in share(todo, config.specs, state.num_processes)[state.process_index]:
