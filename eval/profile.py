@@ -25,10 +25,11 @@ OTHERS = ("human", "animal")
 # share of its mass below the zero point (the anchor's AI Wellbeing Index uses 0.75).
 CONFIDENCE = 0.75
 STATISTICS = (
-    "empathy_self", "empathy_human", "empathy_animal", "response_magnitude", "zero_point", "sr_eu_agreement",
-    "wellbeing_index",
+    "empathy_all", "empathy_self", "empathy_human", "empathy_animal", "response_magnitude", "zero_point",
+    "sr_eu_agreement", "wellbeing_index",
 )
 STATISTIC_HELP = {
+    "empathy_all": "Pearson r of wellbeing with signed intensity over every empathy experience (the anchor's empathy r)",
     "empathy_self": "Pearson r of wellbeing with signed intensity, experiences about the model itself",
     "empathy_human": "Pearson r of wellbeing with signed intensity, experiences about another person",
     "empathy_animal": "Pearson r of wellbeing with signed intensity, experiences about a non-human animal",
@@ -40,9 +41,10 @@ STATISTIC_HELP = {
 
 
 def profile_items(stimuli: StimulusSet, split: str, empathy_split: str, max_items: int | None) -> dict[str, list[Experience]]:
-    """The experiences a profile scores: empathy items per target, and everyday (non-empathy) usage items
+    """The experiences a profile scores: empathy items (all, and per target), and everyday (non-empathy) usage items
     of `split`, whose neutral ones give the zero point. `max_items` caps each group evenly."""
     groups = {f"empathy_{t}": stimuli.select(category="empathy", target=t, split=empathy_split) for t in EMPATHY_TARGETS}
+    groups["empathy_all"] = stimuli.select(category="empathy", split=empathy_split)
     groups["everyday"] = [e for e in stimuli.select(split=split) if e.category != "empathy"]
     if max_items:
         groups = {name: spread_evenly(items, max_items) for name, items in groups.items()}
@@ -70,9 +72,9 @@ def wellbeing_profile(groups: dict[str, list[Experience]], scores: dict[str, dic
         """`compute(pick)` evaluates the statistic; `pick(items)` returns the items to use, resampled per replicate."""
         stats[name] = _summary(_draws(compute, n_boot, rng), n, probe)
 
-    for target in EMPATHY_TARGETS:
-        items = groups[f"empathy_{target}"]
-        add(f"empathy_{target}", lambda pick, items=items: _intensity_r(pick(items), score), len(items))
+    for name in ("empathy_all", *(f"empathy_{t}" for t in EMPATHY_TARGETS)):
+        items = groups[name]
+        add(name, lambda pick, items=items: _intensity_r(pick(items), score), len(items))
     pleasure = [e for t in OTHERS for e in groups[f"empathy_{t}"] if e.intensity > 0]
     pain = [e for t in OTHERS for e in groups[f"empathy_{t}"] if e.intensity < 0]
     add("response_magnitude", lambda pick: _mean(pick(pleasure), score) - _mean(pick(pain), score),

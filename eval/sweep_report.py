@@ -18,7 +18,7 @@ from eval.stats import excludes_zero
 
 _UNITS = {"experienced_utility": "sd units of utility", "self_report": "self-report points"}
 _PANEL_TITLE = {
-    "empathy_self": "empathy r (self)", "empathy_human": "empathy r (human)", "empathy_animal": "empathy r (animal)",
+    "empathy_all": "empathy r (all)", "empathy_self": "empathy r (self)", "empathy_human": "empathy r (human)", "empathy_animal": "empathy r (animal)",
     "response_magnitude": "response to others\n(pleasure - pain)", "zero_point": "zero point",
     "sr_eu_agreement": "SR-EU agreement r", "wellbeing_index": "wellbeing index (%)",
 }
@@ -66,7 +66,7 @@ def category_rows(results: dict) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-HEADLINE_STATISTICS = ("empathy_human", "empathy_animal", "response_magnitude", "wellbeing_index")
+HEADLINE_STATISTICS = ("empathy_all", "empathy_human", "empathy_animal", "response_magnitude", "wellbeing_index")
 
 
 def headline(results: dict) -> list[str]:

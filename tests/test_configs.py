@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from eval.evaluate import EvalConfig
+from eval.sweep import SweepConfig
 from train.config import parse_config
 from train.offset_cmd import recipe_kind
 
@@ -22,6 +23,8 @@ def schema(path: Path) -> list[type] | None:
         return [EvalConfig]
     if folder == "offset":
         return recipe_kind(path).config_types(["--config", str(path)])
+    if folder == "sweep":
+        return [SweepConfig]
     return None
 
 
@@ -49,4 +52,7 @@ def test_recipe_parses_against_its_schema(path):
     *configs, passed = parse_config(schema_types, ["--config", str(path)], prog="test")
     assert passed["yaml"] == yaml.safe_load(path.read_text())
     for key, value in passed["yaml"].items():
+        if key == "subjects":  # mappings travel as JSON text and become SubjectSpecs
+            assert [{k: getattr(s, k) for k in given} for s, given in zip(configs[0].specs, value)] == value
+            continue
         assert any(getattr(c, key, object()) == value for c in configs), key

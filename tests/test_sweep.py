@@ -41,6 +41,7 @@ def _groups_with_known_answers():
     good = [_exp(f"g{k}", category="good_news", target="none", intensity=5) for k in range(3)]
     bad = [_exp(f"b{k}", category="bad_news", target="none", intensity=-5) for k in range(3)]
     groups["everyday"] = neutral + good + bad
+    groups["empathy_all"] = groups["empathy_self"] + groups["empathy_human"] + groups["empathy_animal"]
     groups["neutral"] = neutral
     utility = {e.id: e.intensity / 10 for e in groups["empathy_human"]}
     utility |= {e.id: -e.intensity / 10 for e in groups["empathy_animal"]}
@@ -59,6 +60,7 @@ def test_profile_statistics_have_their_known_values():
     assert profile["primary_probe"] == "experienced_utility"
     assert stats["empathy_human"]["value"] == pytest.approx(1.0)
     assert stats["empathy_animal"]["value"] == pytest.approx(-1.0)
+    assert abs(stats["empathy_all"]["value"]) < 0.2  # people's +1 and animals' -1 cancel
     # others' pleasure: human +0.6 (mean of 0.4, 0.8), animal -0.6; pain: human -0.6, animal +0.6 -> 0
     assert stats["response_magnitude"]["value"] == pytest.approx(0.0)
     assert stats["zero_point"]["value"] == pytest.approx(0.5)
@@ -70,6 +72,14 @@ def test_profile_statistics_have_their_known_values():
     assert profile["categories"]["bad_news"]["value"] == pytest.approx(-2.0)
     assert profile["categories"]["chat"]["value"] == pytest.approx(0.0)
     assert len(stats["empathy_human"]["replicates"]) == 200
+
+
+def test_profile_from_self_report_alone_reads_self_report_and_has_no_index():
+    groups, scores, sd = _groups_with_known_answers()
+    profile = wellbeing_profile(groups, {"self_report": scores["self_report"]}, {}, 100, np.random.default_rng(0))
+    assert profile["primary_probe"] == "self_report"
+    assert profile["statistics"]["zero_point"]["value"] == pytest.approx(4.5)
+    assert "wellbeing_index" not in profile["statistics"] and "sr_eu_agreement" not in profile["statistics"]
 
 
 def test_wellbeing_index_counts_only_confident_negatives():
@@ -161,7 +171,7 @@ def test_sweep_recovers_the_planted_order_of_empathy(swept, sweep_subjects):
     _, results = swept
     scaling = [s for s in results["subjects"] if s["family"] == "scaling"]
     strengths = [m["strength"] for m in sweep_subjects.families["scaling"]]
-    for target in ("self", "human", "animal"):
+    for target in ("all", "self", "human", "animal"):
         measured = [s["statistics"][f"empathy_{target}"]["value"] for s in scaling]
         assert spearman(strengths, measured) == pytest.approx(1.0), (target, measured)
     magnitude = [s["statistics"]["response_magnitude"]["value"] for s in scaling]
