@@ -116,7 +116,9 @@ def _draws_against(zero_points: np.ndarray, compute: Callable[[Callable, float],
 
 
 def _summary(draws: np.ndarray, n: int, probe: str) -> dict:
-    return {"value": float(draws[0]), "ci95": percentile_ci(draws[1:]), "n": n, "probe": probe, "replicates": draws[1:]}
+    """Point value, 95% CI (none from a single item: resampling one value says nothing) and replicates."""
+    ci = percentile_ci(draws[1:]) if n >= 2 else [float("nan"), float("nan")]
+    return {"value": float(draws[0]), "ci95": ci, "n": n, "probe": probe, "replicates": draws[1:]}
 
 
 def _intensity_r(items: list[Experience], score: dict[str, float]) -> float:

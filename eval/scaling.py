@@ -55,12 +55,13 @@ def spearman(x, y) -> float:
     return pearson(rankdata(x), rankdata(y))
 
 
-def scaling_table(subjects: list[dict], statistics: list[str], covariates: dict[str, str], n_boot: int,
-                  rng: np.random.Generator) -> list[dict]:
+def scaling_table(subjects: list[dict], replicates: dict[str, dict], statistics: list[str], covariates: dict[str, str],
+                  n_boot: int, rng: np.random.Generator) -> list[dict]:
     """One row per (statistic, covariate, family or pooled) with both correlations and their CIs.
 
-    `subjects` are dicts with "family", the covariate keys, and "statistics" mapping a name to
-    {"value", "replicates"}; `covariates` maps a covariate key to its label (e.g. "log10_params").
+    `subjects` are dicts with "name", "family", the covariate keys, and "statistics" mapping a name to
+    {"value", ...}; `replicates[name][statistic]` are that subject's bootstrap replicates; `covariates`
+    maps a covariate key to its label (e.g. "log10_params": "log10 parameters").
     """
     families = sorted({s["family"] for s in subjects})
     groups = [(family, [s for s in subjects if s["family"] == family]) for family in families]
@@ -74,7 +75,7 @@ def scaling_table(subjects: list[dict], statistics: list[str], covariates: dict[
                 result = correlate(
                     [_number(s.get(key)) for s in members],
                     [_number(s["statistics"][statistic]["value"]) for s in members],
-                    [s["statistics"][statistic]["replicates"] for s in members],
+                    [replicates[s["name"]][statistic] for s in members],
                     n_boot, rng,
                 )
                 rows.append({"statistic": statistic, "covariate": label, "family": group, **result})

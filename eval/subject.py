@@ -80,7 +80,7 @@ def load_subject(
     path, source = _resolve(model_id, trust_remote_code)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    torch_dtype = _resolve_dtype(dtype, device)
+    torch_dtype = resolve_dtype(dtype, device)
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, trust_remote_code=trust_remote_code)
     adapter_info = soft_prompt = None
@@ -124,7 +124,8 @@ def weights_identity(model: str | None, adapter: str | None = None, *, trust_rem
     return identity
 
 
-def _resolve_dtype(dtype: str, device: str):
+def resolve_dtype(dtype: str, device: str):
+    """The torch dtype of `dtype` on `device`: "auto" is bf16 on GPUs and fp32 elsewhere."""
     import torch
 
     if dtype == "auto":

@@ -1,10 +1,11 @@
 """A scale study: the same wellbeing profile measured on many subjects, then correlated with their size.
 
-`SweepConfig` is the recipe (`welfare sweep` flags and YAML keys are its fields). Each subject's profile
-is cached under the output folder, keyed by the subject's weights identity, the stimuli's sha256 and the
-probe configuration, so an interrupted sweep continues where it stopped and never rescores a finished
-subject; the summary is always computed from the cached profiles, so a resumed sweep and an
-uninterrupted one give the same numbers.
+`SweepConfig` is the recipe (`welfare sweep` flags and YAML keys are its fields). Each subject's scores
+are cached under the output folder the moment they exist, keyed by the subject's weights identity, the
+stimuli's sha256 and the scoring settings, so an interrupted sweep continues where it stopped and never
+rescores a finished subject. Profiles and correlations are always computed from the cached scores (cheap,
+seeded per subject), so a resumed sweep and an uninterrupted one give the same numbers, and changing the
+bootstrap size re-summarises without touching a GPU.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from eval.experiences import StimulusSet
 from eval.outputs import write_json_file
 from eval.profile import STATISTICS, profile_items, wellbeing_profile
 from eval.scaling import scaling_table
-from eval.subject import load_subject, weights_identity
+from eval.subject import load_subject, resolve_dtype, weights_identity
 
 SUBJECT_KEYS = ("model", "adapter", "name", "params", "capability", "family")
 DEFAULT_FAMILY = "default"
@@ -104,7 +105,7 @@ class SweepConfig:
     batch_size: int = field(default=16, metadata={"help": "prompts per forward pass (not part of the cache key)"})
     eu_degree: int = field(default=4, metadata={"help": "comparisons per experience in the initial random design"})
     eu_active_rounds: int = field(default=1, metadata={"help": "rounds of extra near-tie comparisons after the first fit"})
-    bootstrap: int = field(default=1000, metadata={"help": "bootstrap replicates for every CI, per subject and across subjects"})
+    bootstrap: int = field(default=1000, metadata={"help": "bootstrap replicates for every CI, per subject and across subjects (not part of the cache key)"})
     seed: int = field(default=0, metadata={"help": "seed for pair selection and bootstrap"})
     dtype: str = field(default="auto", metadata={"help": "auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16"})
     trust_remote_code: bool = field(default=False, metadata={"help": "allow model repos' own Python code to run"})
@@ -134,9 +135,9 @@ class SweepConfig:
         )
 
     def probe_settings(self) -> dict:
-        """Everything that changes a subject's numbers (so it is part of the cache key)."""
+        """Everything that changes a subject's scores (so it is part of the cache key)."""
         keys = ("probes", "replies", "reply_tokens", "split", "empathy_split", "max_items", "eu_degree",
-                "eu_active_rounds", "bootstrap", "seed")
+                "eu_active_rounds", "seed")
         settings = {k: getattr(self, k) for k in keys}
         settings["probe_wording_sha256"] = hashlib.sha256(Path(P.__file__).read_bytes()).hexdigest()
         return settings
@@ -147,8 +148,8 @@ def cache_key(identity: dict, dtype: str, stimuli_sha256: str, settings: dict) -
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-class ProfileCache:
-    """One JSON file per measured subject, written whole or not at all; a file present means finished."""
+class ScoreCache:
+    """One JSON file of scores per measured subject, written whole or not at all; a file present means finished."""
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
@@ -167,44 +168,31 @@ class ProfileCache:
         return write_json_file(self.path(key), entry)
 
 
-def resolved_dtype(dtype: str, device: str) -> str:
-    if dtype != "auto":
-        return dtype
-    return "bfloat16" if str(device).startswith("cuda") else "float32"
-
-
 def subject_key(spec: SubjectSpec, config: SweepConfig, stimuli: StimulusSet, device: str) -> str:
     identity = weights_identity(spec.model, spec.adapter, trust_remote_code=config.trust_remote_code)
-    return cache_key(identity, resolved_dtype(config.dtype, device), stimuli.sha256, config.probe_settings())
+    dtype = str(resolve_dtype(config.dtype, device)).removeprefix("torch.")
+    return cache_key(identity, dtype, stimuli.sha256, config.probe_settings())
 
 
 def measure_subject(spec: SubjectSpec, key: str, config: SweepConfig, stimuli: StimulusSet, device: str) -> dict:
-    """Load one subject, score its profile items, and return its cache entry (replicates included)."""
+    """Load one subject, score every experience its profile needs, and return its cache entry."""
     groups = profile_items(stimuli, config.split, config.empathy_split, config.max_items)
     items = list({e.id: e for group in groups.values() for e in group}.values())
     started = time.perf_counter()
     subject = load_subject(spec.model, spec.adapter, trust_remote_code=config.trust_remote_code, device=device,
                            dtype=config.dtype)
     loaded = time.perf_counter()
-    # Seeded by the subject, not its position, so reordering or splitting the list changes nothing.
-    rng = np.random.default_rng([config.seed, int(key[:12], 16)])
-    scored = score_items(config.eval_config(), subject, items, rng)
-    profile = wellbeing_profile(groups, scored.scores, scored.utility_sd, config.bootstrap, rng)
-    finished = time.perf_counter()
+    scored = score_items(config.eval_config(), subject, items, _rng(config, key, "scoring"))
     entry = {
         "key": key,
-        "spec": dataclasses.asdict(spec),
+        "measured_as": dataclasses.asdict(spec),
         "subject": subject.describe(),
         "params": spec.params or subject.info["num_parameters"],
         "params_source": "recipe" if spec.params else "counted",
-        "primary_probe": profile["primary_probe"],
-        "statistics": {name: {**s, "replicates": s["replicates"].tolist()} for name, s in profile["statistics"].items()},
-        "categories": profile["categories"],
         "adherence": scored.adherence,
         "fit": scored.fit_info,
-        "n_items": {name: len(group) for name, group in groups.items()},
         "prompts_scored": len(scored.samples),
-        "timing": {"load_s": loaded - started, "score_s": finished - loaded, **scored.timing},
+        "timing": {"load_s": loaded - started, "score_s": time.perf_counter() - loaded, **scored.timing},
         "items": scored.item_rows(config.replies == "own"),
     }
     del subject, scored
@@ -212,10 +200,23 @@ def measure_subject(spec: SubjectSpec, key: str, config: SweepConfig, stimuli: S
     return entry
 
 
-def summarise_sweep(config: SweepConfig, entries: list[dict]) -> dict:
-    """The sweep's results: one row per subject (in recipe order) and the scaling correlations."""
-    rows = []
+def subject_profile(entry: dict, config: SweepConfig, stimuli: StimulusSet) -> dict:
+    """The wellbeing profile of one cached subject (statistics with bootstrap replicates, categories)."""
+    groups = profile_items(stimuli, config.split, config.empathy_split, config.max_items)
+    rows = entry["items"]
+    probes = [p for p in ("self_report", "experienced_utility") if rows and rows[0].get(p) is not None]
+    scores = {p: {r["item_id"]: r[p] for r in rows} for p in probes}
+    utility_sd = {r["item_id"]: r["experienced_utility_sd"] for r in rows if r.get("experienced_utility_sd") is not None}
+    return wellbeing_profile(groups, scores, utility_sd, config.bootstrap, _rng(config, entry["key"], "bootstrap"))
+
+
+def summarise_sweep(config: SweepConfig, entries: list[dict], stimuli: StimulusSet) -> tuple[dict, dict]:
+    """The sweep's results (one row per subject in recipe order, and the scaling correlations), and each
+    subject's bootstrap replicates per statistic ({name: {statistic: array}}, for plotting bands)."""
+    rows, replicates = [], {}
     for spec, entry in zip(config.specs, entries):
+        profile = subject_profile(entry, config, stimuli)
+        replicates[spec.label] = {k: s.pop("replicates") for k, s in profile["statistics"].items()}
         rows.append({
             "name": spec.label,
             "model": spec.model,
@@ -226,9 +227,9 @@ def summarise_sweep(config: SweepConfig, entries: list[dict]) -> dict:
             "log10_params": math.log10(entry["params"]),
             "capability": spec.capability,
             "key": entry["key"],
-            "primary_probe": entry["primary_probe"],
-            "statistics": entry["statistics"],
-            "categories": entry["categories"],
+            "primary_probe": profile["primary_probe"],
+            "statistics": profile["statistics"],
+            "categories": profile["categories"],
             "adherence": entry["adherence"],
             "reliable": all(a["reliable"] for a in entry["adherence"].values()),
             "cost": entry.get("cost", {}),
@@ -238,10 +239,13 @@ def summarise_sweep(config: SweepConfig, entries: list[dict]) -> dict:
     if any(r["capability"] is not None for r in rows):
         covariates["capability"] = "capability"
     statistics = [s for s in STATISTICS if any(s in r["statistics"] for r in rows)]
-    table = scaling_table(rows, statistics, covariates, config.bootstrap, np.random.default_rng(config.seed))
-    for r in rows:  # replicates served the cross-subject CIs; the cache keeps them
-        r["statistics"] = {k: {f: v for f, v in s.items() if f != "replicates"} for k, s in r["statistics"].items()}
-    return {"subjects": rows, "scaling": table, "statistics": statistics, "covariates": covariates}
+    table = scaling_table(rows, replicates, statistics, covariates, config.bootstrap, np.random.default_rng(config.seed))
+    return {"subjects": rows, "scaling": table, "statistics": statistics, "covariates": covariates}, replicates
+
+
+def _rng(config: SweepConfig, key: str, purpose: str) -> np.random.Generator:
+    """Seeded by the subject, not its position, so reordering or splitting the list changes nothing."""
+    return np.random.default_rng([config.seed, int(key[:12], 16), 0 if purpose == "scoring" else 1])
 
 
 def _release_memory() -> None:

@@ -66,6 +66,8 @@ def category_rows(results: dict) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+_BOUNDS = {**{k: (-1.05, 1.05) for k in ("empathy_all", "empathy_self", "empathy_human", "empathy_animal",
+                                          "sr_eu_agreement")}, "wellbeing_index": (-2, 102)}
 HEADLINE_STATISTICS = ("empathy_all", "empathy_human", "empathy_animal", "response_magnitude", "wellbeing_index")
 
 
@@ -123,6 +125,8 @@ def plot_scaling(results: dict, covariate: str, path: str | Path, replicates: di
                 if band is not None:
                     ax.fill_between(xs, band[0], band[1], color=colours[family], alpha=0.15, lw=0)
         ax.set_title(_PANEL_TITLE.get(stat, stat), fontsize=9)
+        if stat in _BOUNDS:  # a band of lines may leave the statistic's range; the axis does not
+            ax.set_ylim(*_BOUNDS[stat])
         ax.set_xlabel("log10 parameters" if covariate == "log10_params" else covariate, fontsize=8)
         ax.tick_params(labelsize=7)
     for ax in list(axes.flat)[len(stats):]:

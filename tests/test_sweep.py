@@ -246,6 +246,8 @@ def test_a_killed_sweep_resumes_without_rescoring_and_matches_an_uninterrupted_o
     assert all((out / "cache" / name).read_bytes() == data for name, data in finished.items())
     measured.clear()
     assert main(["sweep", *_small_sweep(sweep_subjects, out)]) == 0 and measured == []  # a finished sweep rescoring nothing
+    assert main(["sweep", *_small_sweep(sweep_subjects, out), "--bootstrap", "300"]) == 0 and measured == []  # re-summarised only
+    assert main(["sweep", *_small_sweep(sweep_subjects, out)]) == 0
 
     fresh = tmp_path / "uninterrupted"
     assert main(["sweep", *_small_sweep(sweep_subjects, fresh)]) == 0
@@ -266,3 +268,14 @@ def test_two_processes_split_the_subjects_and_agree_with_one(sweep_subjects, tmp
     one = tmp_path / "one"
     assert main(["sweep", *_small_sweep(sweep_subjects, one)]) == 0
     assert _comparable(json.loads((two / "results.json").read_text())) == _comparable(json.loads((one / "results.json").read_text()))
+
+
+def test_a_missing_model_fails_the_sweep_before_anything_is_measured(sweep_subjects, tmp_path, capsys):
+    from train.cli import main
+
+    out = tmp_path / "bad"
+    argv = ["sweep", "--subjects", sweep_subjects.families["scaling"][0]["model"], str(tmp_path / "no-such-model"),
+            "--stimuli", sweep_subjects.stimuli, "--out", str(out), "--progress", "false"]
+    assert main(argv) == 2
+    assert "no-such-model" in capsys.readouterr().err
+    assert not list((out / "cache").glob("*.json"))

@@ -3,7 +3,7 @@
 
 Validate (recipe, stimuli, output folder) -> find which subjects are already in the cache -> split the
 rest across ranks, biggest first -> each rank measures its subjects one at a time under the meter and
-caches each profile the moment it is done -> all ranks meet -> rank 0 summarises from the cache and
+caches its scores the moment they exist -> all ranks meet -> rank 0 summarises from the cache and
 writes results.json, report.md, report.html, plots and W&B tables. Killed at any point, a rerun
 continues with the unfinished subjects.
 """
@@ -33,7 +33,7 @@ def _sweep(argv: list[str]) -> int:
     from eval.experiences import load_stimuli
     from eval.outputs import OutputError
     from eval.profile import profile_items
-    from eval.sweep import ProfileCache, SweepConfig, subject_key
+    from eval.sweep import ScoreCache, SweepConfig, subject_key
 
     config, passed = parse_config([SweepConfig], argv, prog="welfare sweep")
     stimuli = load_stimuli(config.stimuli)
@@ -45,7 +45,7 @@ def _sweep(argv: list[str]) -> int:
         raise OutputError(f"--out {out}: cannot create it ({err.strerror or err}); choose a folder you can write") from err
     state = PartialState(cpu=not torch.cuda.is_available(), timeout=BARRIER_TIMEOUT)
     device = str(state.device)
-    cache = ProfileCache(out / "cache")
+    cache = ScoreCache(out / "cache")
     keys = [subject_key(spec, config, stimuli, device) for spec in config.specs]
     # A subject listed twice (say, in two families) is measured once.
     todo = [k for k, key in enumerate(keys) if not cache.has(key) and keys.index(key) == k]
@@ -53,8 +53,10 @@ def _sweep(argv: list[str]) -> int:
         print(f"welfare sweep: {len(set(keys))} subjects, {len(set(keys)) - len(todo)} already measured "
               f"(cache {out / 'cache'}), {len(todo)} to measure on {state.num_processes} process(es)")
     try:
-        for k in share(todo, config.specs, state.num_processes)[state.process_index]:
-            _measure_one(config, config.specs[k], keys[k], stimuli, device, cache)
+        mine = share(todo, config.specs, state.num_processes)[state.process_index]
+        where = f"rank {state.process_index}, " if state.num_processes > 1 else ""
+        for done, k in enumerate(mine, 1):
+            _measure_one(config, config.specs[k], keys[k], stimuli, device, cache, f"{where}{done}/{len(mine)}")
         state.wait_for_everyone()
         if state.is_main_process:
             results = _write_outputs(config, passed, keys, stimuli, cache, out)
@@ -76,8 +78,8 @@ def share(todo: list[int], specs, ranks: int) -> list[list[int]]:
     return shares
 
 
-def _measure_one(config, spec, key: str, stimuli, device: str, cache) -> None:
-    """Measure one subject under the meter and cache its profile with what it cost."""
+def _measure_one(config, spec, key: str, stimuli, device: str, cache, position: str) -> None:
+    """Measure one subject under the meter and cache its scores with what they cost."""
     from eval.sweep import measure_subject
     from ledger.meter import Meter, detect_device_kind
 
@@ -86,7 +88,7 @@ def _measure_one(config, spec, key: str, stimuli, device: str, cache) -> None:
     meter.stop()
     entry["cost"] = {"device": meter.device, "accelerator_hours": meter.hours, "energy_kwh": meter.energy_kwh()}
     cache.put(key, entry)
-    print(f"  measured {spec.label}: {entry['prompts_scored']} prompts in {meter.seconds:.1f} s "
+    print(f"  [{position}] measured {spec.label}: {entry['prompts_scored']} prompts in {meter.seconds:.1f} s "
           f"({meter.hours:.4f} {meter.device}-hours)")
 
 
@@ -96,7 +98,7 @@ def _write_outputs(config, passed: dict, keys: list[str], stimuli, cache, out: P
     from eval.sweep_report import headline, plot_scaling, write_report
 
     entries = [cache.get(key) for key in keys]
-    results = summarise_sweep(config, entries)
+    results, replicates = summarise_sweep(config, entries, stimuli)
     costs = [e.get("cost", {}) for e in entries]
     energies = [c.get("energy_kwh") for c in costs]
     results["cost"] = {
@@ -112,8 +114,6 @@ def _write_outputs(config, passed: dict, keys: list[str], stimuli, cache, out: P
         config={"passed": passed, "resolved": dataclasses.asdict(config)},
         **provenance(),
     )
-    replicates = {spec.label: {name: s["replicates"] for name, s in e["statistics"].items()}
-                  for spec, e in zip(config.specs, entries)}
     plots = {"against size": plot_scaling(results, "log10_params", out / "scaling_params.png", replicates)}
     if "capability" in results["covariates"]:
         plots["against capability"] = plot_scaling(results, "capability", out / "scaling_capability.png", replicates)
