@@ -55,13 +55,25 @@ def scaling_rows(results: dict) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+# The anchor's table (one frontier model, utility minus zero point, sd units), for reading ours beside it.
+ANCHOR_CATEGORY_MEANS = {
+    "positive_personal_reflection": 2.30, "creative_work": 1.32, "good_news": 1.09, "life_guidance": 0.88,
+    "therapy": 0.75, "coding": 0.70, "formatting_data": 0.50, "legal": 0.13, "nonsense_input": -0.04,
+    "bad_news": -0.12, "ai_companion_roleplay": -0.29, "tedious_tasks": -0.33, "nsfw_request": -0.38,
+    "offensive_content": -1.13, "fraud": -1.13, "seo_slop": -1.17, "violent_threats": -1.33, "user_in_crisis": -1.34,
+    "jailbreak_attempt": -1.63,
+}
+
+
 def category_rows(results: dict) -> tuple[list[str], list[list[str]]]:
-    """Mean wellbeing minus zero point per usage category (rows, best first) for each subject (columns)."""
+    """Mean wellbeing minus zero point per usage category (rows, best first) for each subject (columns),
+    with the anchor's frontier-model value where the category is one of its 19."""
     subjects = results["subjects"]
     categories = sorted({c for s in subjects for c in s["categories"]})
     mean_over = {c: np.nanmean([_value(s["categories"].get(c)) for s in subjects]) for c in categories}
-    header = ["category", *[s["name"] for s in subjects]]
-    rows = [[c, *[fmt_ci(s["categories"].get(c)) for s in subjects]]
+    header = ["category", *[s["name"] for s in subjects], "anchor (frontier model)"]
+    rows = [[c, *[fmt_ci(s["categories"].get(c)) for s in subjects],
+             f"{ANCHOR_CATEGORY_MEANS[c]:.2f}" if c in ANCHOR_CATEGORY_MEANS else "-"]
             for c in sorted(categories, key=lambda c: -mean_over[c])]
     return header, rows
 

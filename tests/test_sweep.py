@@ -196,7 +196,7 @@ def test_sweep_writes_report_plots_and_wandb_tables(swept):
     out, results = swept
     html = (out / "report.html").read_text()
     markdown = (out / "report.md").read_text()
-    for text in ("Per subject", "How each statistic moves with size", "Usage categories", "scaling-s0.9-h64"):
+    for text in ("Per subject", "How each statistic moves with size", "Usage categories", "scaling-s0.9-h64", "anchor (frontier model)"):
         assert text in html and text in markdown
     assert html.count("data:image/png;base64,") == 1 and (out / "scaling_params.png").stat().st_size > 10_000
     assert results["cost"]["accelerator_hours"] > 0 and results["cost"]["devices"] == ["cpu"]
