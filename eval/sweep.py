@@ -227,6 +227,7 @@ def summarise_sweep(config: SweepConfig, entries: list[dict], stimuli: StimulusS
             "log10_params": math.log10(entry["params"]),
             "capability": spec.capability,
             "key": entry["key"],
+            "subject": entry["subject"],  # where the weights came from, dtype, device, revision
             "primary_probe": profile["primary_probe"],
             "statistics": profile["statistics"],
             "categories": profile["categories"],
