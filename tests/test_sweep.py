@@ -220,13 +220,23 @@ def _comparable(results: dict) -> dict:
             "scaling": results["scaling"]}
 
 
-def test_a_killed_sweep_resumes_without_rescoring_and_matches_an_uninterrupted_one(sweep_subjects, tmp_path, monkeypatch):
-    from eval import sweep as sweep_module
-    from train.cli import main
+def _sweep_process(argv: list[str], **kwargs) -> subprocess.Popen:
+    """`train/sweep.py` in its own process, single-threaded: the same float arithmetic in every run that is
+    compared (a different thread count changes matmul summation order, and results in the 4th digit)."""
+    return subprocess.Popen([sys.executable, str(REPO / "train" / "sweep.py"), *argv], text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, **kwargs)
 
+
+def _finished(argv: list[str]) -> str:
+    proc = _sweep_process(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    return out
+
+
+def test_a_killed_sweep_resumes_without_rescoring_and_matches_an_uninterrupted_one(sweep_subjects, tmp_path):
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, str(REPO / "train" / "sweep.py"), *_small_sweep(sweep_subjects, out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = _sweep_process(_small_sweep(sweep_subjects, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 300
         while len(list((out / "cache").glob("*.json"))) < 2:
@@ -238,35 +248,32 @@ def test_a_killed_sweep_resumes_without_rescoring_and_matches_an_uninterrupted_o
     finished = {p.name: p.read_bytes() for p in (out / "cache").glob("*.json")}
     assert 2 <= len(finished) < 4 and not (out / "results.json").exists()
 
-    measured = []
-    real = sweep_module.measure_subject
-    monkeypatch.setattr(sweep_module, "measure_subject", lambda spec, *a, **k: measured.append(spec.label) or real(spec, *a, **k))
-    assert main(["sweep", *_small_sweep(sweep_subjects, out)]) == 0
-    assert len(measured) == 4 - len(finished)  # finished subjects were not measured again
-    assert all((out / "cache" / name).read_bytes() == data for name, data in finished.items())
-    measured.clear()
-    assert main(["sweep", *_small_sweep(sweep_subjects, out)]) == 0 and measured == []  # a finished sweep rescoring nothing
-    assert main(["sweep", *_small_sweep(sweep_subjects, out), "--bootstrap", "300"]) == 0 and measured == []  # re-summarised only
-    assert main(["sweep", *_small_sweep(sweep_subjects, out)]) == 0
+    log = _finished(_small_sweep(sweep_subjects, out))
+    assert f"{len(finished)} already measured" in log and log.count("] measured ") == 4 - len(finished)
+    assert all((out / "cache" / name).read_bytes() == data for name, data in finished.items())  # not rescored
+    assert "0 to measure" in _finished(_small_sweep(sweep_subjects, out))  # a finished sweep rescores nothing
+    assert "0 to measure" in _finished([*_small_sweep(sweep_subjects, out), "--bootstrap", "300"])  # re-summarised only
+    resumed = json.loads((out / "results.json").read_text())
+    assert resumed["config"]["resolved"]["bootstrap"] == 300
 
     fresh = tmp_path / "uninterrupted"
-    assert main(["sweep", *_small_sweep(sweep_subjects, fresh)]) == 0
-    resumed_results = json.loads((out / "results.json").read_text())
-    assert _comparable(resumed_results) == _comparable(json.loads((fresh / "results.json").read_text()))
+    for argv in (_small_sweep(sweep_subjects, fresh), _small_sweep(sweep_subjects, out)):
+        _finished(argv)
+    resumed = json.loads((out / "results.json").read_text())
+    assert _comparable(resumed) == _comparable(json.loads((fresh / "results.json").read_text()))
 
 
 def test_two_processes_split_the_subjects_and_agree_with_one(sweep_subjects, tmp_path):
     """torchrun with world size 2 (as `accelerate launch --config_file configs/accelerate/cpu_2proc.yaml` does)."""
-    from train.cli import main
-
     two = tmp_path / "two"
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29551",
                            str(REPO / "train" / "sweep.py"), *_small_sweep(sweep_subjects, two)],
                           capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "4 to measure on 2 process(es)" in proc.stdout and proc.stdout.count("measured scaling-") == 4
+    assert "4 to measure on 2 process(es)" in proc.stdout and proc.stdout.count("] measured scaling-") == 4
+    assert "rank 0," in proc.stdout and "rank 1," in proc.stdout
     one = tmp_path / "one"
-    assert main(["sweep", *_small_sweep(sweep_subjects, one)]) == 0
+    _finished(_small_sweep(sweep_subjects, one))
     assert _comparable(json.loads((two / "results.json").read_text())) == _comparable(json.loads((one / "results.json").read_text()))
 
 
