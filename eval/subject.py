@@ -100,19 +100,28 @@ def load_subject(
 
 
 def weights_identity(model: str | None, adapter: str | None = None, *, trust_remote_code: bool = False) -> dict:
-    """What identifies a subject's weights, without loading them: where they resolve to, the hub revision
-    when there is one, and a digest of the config plus, per weight file, its size and its first and last
-    MiB (a retrained model saved to the same folder changes it; reading 15 GB to hash it all would not pay).
-    The adapter, being small, is hashed whole."""
+    """What identifies a subject's weights, without loading them (a sweep's cache key).
+
+    Files in the HF cache are named by the sha256 of their content, so hub models are identified exactly.
+    A local weight file is identified by name, size, modification time and its first and last MiB: a model
+    retrained into the same folder changes (at least) its modification time, and hashing 15 GB on every
+    resume would cost more than it protects. Copying a folder changes the times too, which only costs a
+    rescore. The adapter, being small, is hashed whole.
+    """
     model_id = model or DEFAULT_MODEL_ID
     path, _ = _resolve(model_id, trust_remote_code)
     folder = Path(path)
     digest = hashlib.sha256((folder / "config.json").read_bytes())
     for weights in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
-        digest.update(weights.name.encode() + str(weights.stat().st_size).encode())
+        blob = weights.resolve()
+        if blob.parent.name == "blobs":  # HF cache: the blob's name is its content hash
+            digest.update(weights.name.encode() + blob.name.encode())
+            continue
+        stat = weights.stat()
+        digest.update(f"{weights.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
         with open(weights, "rb") as f:
             digest.update(f.read(1 << 20))
-            f.seek(max(0, weights.stat().st_size - (1 << 20)))
+            f.seek(max(0, stat.st_size - (1 << 20)))
             digest.update(f.read())
     identity = {"model_id": model_id, "weights_digest": digest.hexdigest(),
                 "revision": folder.name if "snapshots" in folder.parts else None}

@@ -286,3 +286,28 @@ def test_a_missing_model_fails_the_sweep_before_anything_is_measured(sweep_subje
     assert main(argv) == 2
     assert "no-such-model" in capsys.readouterr().err
     assert not list((out / "cache").glob("*.json"))
+
+
+def test_the_cache_key_changes_when_weights_in_the_same_folder_change(tmp_path):
+    """A model retrained into the same folder must not be served from the cache, even when only a middle
+    tensor changed (same file names and sizes, first and last MiB unchanged)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from eval.subject import weights_identity
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=300, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
+                                         num_attention_heads=4, num_key_value_heads=4))
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    (weights,) = folder.glob("*.safetensors")
+    assert weights.stat().st_size > 4 << 20  # bigger than the bytes sampled
+    first = weights_identity(str(folder))
+    assert weights_identity(str(folder)) == first  # stable
+    head, tail = weights.read_bytes()[: 1 << 20], weights.read_bytes()[-(1 << 20):]
+    with torch.no_grad():
+        model.model.layers[2].mlp.up_proj.weight.add_(1.0)
+    model.save_pretrained(folder)
+    assert (weights.read_bytes()[: 1 << 20], weights.read_bytes()[-(1 << 20):]) == (head, tail)
+    assert weights_identity(str(folder))["weights_digest"] != first["weights_digest"]
