@@ -73,7 +73,8 @@ def main() -> None:
         folder = Path(tempfile.mkdtemp(prefix=f"sweep-bench-{size}-"))
         try:
             build_subject(TINY if args.smoke else QWEN[size], Path(args.tokenizer).expanduser(), folder, dtype)
-            torch.cuda.empty_cache() if device == "cuda" else None
+            if device == "cuda":
+                torch.cuda.empty_cache()
             spec = parse_subject(f"model={folder},name={size}", "bench")
             started = time.perf_counter()
             entry = measure_subject(spec, "0" * 20, config, stimuli, device)
