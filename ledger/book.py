@@ -16,6 +16,7 @@ from typing import Any, TextIO
 
 from ledger import accounts
 from ledger.accounts import check_hours, check_name, reserved_account, spent_account, to_hours, to_microhours
+from ledger.backup import publish, staged_copy
 from ledger.chain import Entry, Head, VerifyResult, format_time, verify_chain
 from ledger.errors import InsufficientHours, LedgerError, UnknownAccount, UnknownSession
 from ledger.export import EXPORT_FORMATS, write_entries
@@ -23,7 +24,7 @@ from ledger.files import sha256_file
 from ledger.location import resolve_ledger_path
 from ledger.meter import check_device, check_processes
 from ledger.report import MEASURES, Report, build_report
-from ledger.sessions import SessionFiles, SessionLock
+from ledger.sessions import SessionFiles, SessionLock, UnreadableProgress
 from ledger.store import Store, Transaction
 
 
@@ -49,6 +50,7 @@ class OpenSession:
 class RepairOutcome:
     session: str
     settlement: Entry | None  # None: its process is still running, so it was left open
+    by_this_repair: bool = True  # False: another process settled it while this repair ran
 
 
 def new_session_id() -> str:
@@ -180,26 +182,37 @@ class Ledger:
     ) -> Entry:
         """Settlement: record what a session spent; the rest of its reservation goes back to its account."""
         spent = to_microhours(check_hours(spent_hours, field="spent_hours", allow_zero=True))
-        for name, value in (("energy_kwh", energy_kwh), ("wall_seconds", wall_seconds)):
-            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise LedgerError(f"{name} must be a finite number >= 0 or None, got {value!r}")
+        _check_amount("energy_kwh", energy_kwh)
+        _check_amount("wall_seconds", wall_seconds)
         with self._writing() as tx:
-            reservation = self._open_reservation(tx, session)
-            account = reservation.payload["account"]
-            reserved = reservation.payload["postings"][reserved_account(session)]
-            entry = tx.append("settle", {
-                "session": session, "account": account, "basis": basis, "energy_kwh": energy_kwh,
-                "wall_seconds": wall_seconds, "stopped_by_budget": stopped_by_budget,
-                "postings": accounts.settle_postings(account, session, reserved, spent),
-            })
+            entry = self._append_settlement(tx, self._open_reservation(tx, session), spent, basis=basis,
+                                            energy_kwh=energy_kwh, wall_seconds=wall_seconds,
+                                            stopped_by_budget=stopped_by_budget)
         self._files.remove(session)
         lock = self._held.pop(session, None)
         if lock is not None:
             lock.release()
         return entry
 
+    def _append_settlement(self, tx: Transaction, reservation: Entry, spent: int, *, basis: str,
+                           energy_kwh: float | None = None, wall_seconds: float | None = None,
+                           stopped_by_budget: bool = False) -> Entry:
+        session, account = reservation.payload["session"], reservation.payload["account"]
+        reserved = reservation.payload["postings"][reserved_account(session)]
+        return tx.append("settle", {
+            "session": session, "account": account, "basis": basis, "energy_kwh": energy_kwh,
+            "wall_seconds": wall_seconds, "stopped_by_budget": stopped_by_budget,
+            "postings": accounts.settle_postings(account, session, reserved, spent),
+        })
+
     def note_progress(self, session: str, spent_hours: float, energy_kwh: float | None = None) -> None:
-        """Record a running session's spend so far (outside the chain) for `repair` to settle from."""
+        """Record a running session's spend so far (outside the chain) for `repair` to settle from.
+        Only the process holding the session writes it; repair never charges more than was reserved."""
+        if session not in self._held:
+            raise LedgerError(f"session {session!r} is not held by this process; note progress from the "
+                              "process that reserved it (the Ledger whose reserve() started it)")
+        check_hours(spent_hours, field="spent_hours", allow_zero=True)
+        _check_amount("energy_kwh", energy_kwh)
         self._files.write_progress(session, spent_hours, energy_kwh)
 
     def correct(self, seq: int, reason: str, *, postings: dict[str, float] | None = None) -> Entry:
@@ -259,32 +272,68 @@ class Ledger:
                                              "wandb_run": wandb_run, "note": _text(note, field="note")})
 
     def repair(self) -> list[RepairOutcome]:
-        """Settle every session whose process died without settling; leave running ones open.
+        """Settle every session whose process died without settling; leave running ones open; then
+        delete session files no live process needs. Safe to run in several processes at once.
 
         A dead session is charged its last recorded progress (work after it went unmetered, and the
-        settlement says so), or its whole reservation if it recorded none.
+        settlement says so), or its whole reservation if it recorded none or its progress file is not
+        believable (unreadable, or more than it reserved): repair never charges more than a reservation.
+        A broken ledger is refused: nothing is settled on top of entries that cannot be trusted.
         """
-        outcomes = []
-        for open_session in self.open_sessions():
-            if open_session.session in self._held:
-                continue
-            lock = self._files.claim_if_dead(open_session.session)
-            if lock is None:
-                outcomes.append(RepairOutcome(open_session.session, None))
-                continue
-            try:
-                outcomes.append(RepairOutcome(open_session.session, self._settle_abandoned(open_session)))
-            finally:
-                lock.release()
+        result = self.verify()
+        if not result.ok:
+            raise LedgerError(
+                f"ledger {self.path} is broken at seq {result.first_bad_seq} ({result.reason}); repair settled "
+                "nothing. Restore the ledger from a backup (welfare ledger backup DEST makes one) and repair that"
+            )
+        outcomes = [self._repair_session(open_session.session) for open_session in self.open_sessions()
+                    if open_session.session not in self._held]
+        self._files.remove_leftovers(
+            settled={entry.payload["session"] for entry in self._store.select(kind="settle")},
+            reserved={entry.payload["session"] for entry in self._store.select(kind="reserve")},
+        )
         return outcomes
 
-    def _settle_abandoned(self, open_session: OpenSession) -> Entry:
-        progress = self._files.read_progress(open_session.session)
+    def _repair_session(self, session: str) -> RepairOutcome:
+        lock = self._files.claim_if_dead(session)
+        if lock is None:  # running, or another repair is settling it right now
+            settled = self._store.select(kind="settle", session=session)
+            return RepairOutcome(session, settled[0] if settled else None, by_this_repair=False)
+        try:
+            return self._settle_abandoned(session)
+        finally:
+            lock.release()
+
+    def _settle_abandoned(self, session: str) -> RepairOutcome:
+        """Settle a dead session whose lock the caller holds, unless another process settled it after
+        this repair listed it: that is checked under the write lock, so each session settles once."""
+        with self._writing() as tx:
+            settled = tx.select(kind="settle", session=session)
+            if settled:
+                outcome = RepairOutcome(session, settled[0], by_this_repair=False)
+            else:
+                reservation = tx.select(kind="reserve", session=session)[0]
+                reserved = reservation.payload["postings"][reserved_account(session)]
+                spent, energy, basis = self._abandoned_charge(session, reserved)
+                outcome = RepairOutcome(session, self._append_settlement(tx, reservation, spent, basis=basis,
+                                                                         energy_kwh=energy))
+        self._files.remove(session)
+        return outcome
+
+    def _abandoned_charge(self, session: str, reserved: int) -> tuple[int, float | None, str]:
+        """What a dead session is charged, in micro-hours, with its energy and the basis stated."""
+        whole = "whole reservation charged"
+        try:
+            progress = self._files.read_progress(session)
+        except UnreadableProgress as why:
+            return reserved, None, f"repair: {why}; {whole}"
         if progress is None:
-            return self.settle(open_session.session, open_session.reserved_hours,
-                               basis="repair: no progress recorded, whole reservation charged")
-        return self.settle(open_session.session, progress.spent_hours, energy_kwh=progress.energy_kwh,
-                           basis=f"repair: progress recorded at {progress.updated_at}, later work unmetered")
+            return reserved, None, f"repair: no progress recorded, {whole}"
+        if progress.spent_hours > to_hours(reserved):
+            return reserved, None, (f"repair: its progress file claims {progress.spent_hours:g} h, more than the "
+                                    f"{to_hours(reserved):g} h reserved, so it is not believed; {whole}")
+        return (to_microhours(progress.spent_hours), progress.energy_kwh,
+                f"repair: progress recorded at {progress.updated_at}, later work unmetered")
 
     # ---- reading -------------------------------------------------------------------------------
 
@@ -369,6 +418,16 @@ class Ledger:
     def report(self) -> Report:
         return build_report(self.entries())
 
+    def backup(self, destination: str | os.PathLike) -> VerifyResult:
+        """Write a consistent, self-contained copy of this ledger to `destination`, which must not exist,
+        and return the copy's verification, run before the copy is put in place."""
+        destination = Path(destination)
+        with staged_copy(self._store, destination) as staging:
+            with Ledger.open(staging, create=False) as copy:
+                result = copy.verify()
+            publish(staging, destination)
+        return result
+
     # ---- checks shared by writers ----------------------------------------------------------------
 
     def _require_cover(self, tx: Transaction, account: str, amount: int) -> None:
@@ -415,6 +474,13 @@ def _text(value: object, *, field: str) -> str:
     if not isinstance(value, str):
         raise LedgerError(f"{field} must be text, got {value!r}")
     return value
+
+
+def _check_amount(name: str, value: object) -> None:
+    """An optional physical amount (energy, time): None, or a finite number >= 0."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                              or not math.isfinite(value) or value < 0):
+        raise LedgerError(f"{name} must be a finite number >= 0 or None, got {value!r}")
 
 
 def _measure(name: str, value: object) -> float:

@@ -7,6 +7,7 @@ Exit codes: 0 done; 1 `verify` found the ledger broken (the first bad seq and wh
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import sys
 from collections.abc import Callable
 from datetime import datetime
@@ -17,7 +18,7 @@ from ledger.book import Ledger
 from ledger.chain import Head, canonical_json
 from ledger.errors import LedgerError
 from ledger.export import EXPORT_FORMATS
-from ledger.location import ENV_VAR
+from ledger.location import ENV_VAR, check_not_ledger
 from ledger.report import plot_recovery, print_report
 
 KINDS = ("fund", "transfer", "reserve", "settle", "correction", "measurement")
@@ -103,6 +104,9 @@ def _parser() -> argparse.ArgumentParser:
     correct.add_argument("--seq", required=True, type=int)
     correct.add_argument("--reason", required=True)
     command("repair", "Settle sessions whose process died without settling.")
+    backup = command("backup", "Write a consistent single-file copy of the ledger (safe while sessions run; "
+                               "never copy the ledger file with cp).")
+    backup.add_argument("destination", type=Path, metavar="DEST", help="a new file (never overwritten)")
     return parser
 
 
@@ -124,6 +128,7 @@ def _run(args: argparse.Namespace, ledger: Ledger) -> int:
         for entry in ledger.entries(**_filters(args)):
             print(f"{entry.seq:>6}  {entry.time}  {entry.kind:<11}  {canonical_json(entry.payload)}")
     elif args.command == "report":
+        check_not_ledger(args.png, ledger.path, what="--png")
         report = ledger.report()
         print_report(report, _console())
         plot_recovery(report, args.png)
@@ -140,6 +145,7 @@ def _run(args: argparse.Namespace, ledger: Ledger) -> int:
         if args.output is None:
             ledger.export(sys.stdout, args.format, **_filters(args))
         else:
+            check_not_ledger(args.output, ledger.path, what="--output")
             with open(args.output, "w", encoding="utf-8", newline="") as out:
                 count = ledger.export(out, args.format, **_filters(args))
             print(f"wrote {count} entries to {args.output}")
@@ -147,15 +153,33 @@ def _run(args: argparse.Namespace, ledger: Ledger) -> int:
         entry = ledger.correct(args.seq, args.reason)
         print(f"entry {entry.seq} corrects entry {args.seq}")
     elif args.command == "repair":
-        outcomes = ledger.repair()
-        for outcome in outcomes:
-            if outcome.settlement is None:
-                print(f"{outcome.session}: still running, left open")
-            else:
-                settlement = outcome.settlement
-                print(f"{outcome.session}: settled by entry {settlement.seq} ({settlement.payload['basis']})")
-        if not outcomes:
-            print("no open sessions")
+        _repair(ledger)
+    elif args.command == "backup":
+        return _backup(ledger, args.destination)
+    return 0
+
+
+def _repair(ledger: Ledger) -> None:
+    outcomes = ledger.repair()
+    for outcome in outcomes:
+        settlement = outcome.settlement
+        if settlement is None:
+            print(f"{outcome.session}: still running, left open")
+        elif not outcome.by_this_repair:
+            print(f"{outcome.session}: settled meanwhile by another process (entry {settlement.seq})")
+        else:
+            print(f"{outcome.session}: settled by entry {settlement.seq} ({settlement.payload['basis']})")
+    if not outcomes:
+        print("no open sessions")
+
+
+def _backup(ledger: Ledger, destination: Path) -> int:
+    result = ledger.backup(destination)
+    if not result.ok:
+        print(f"wrote {destination}, a faithful copy of a BROKEN ledger (seq {result.first_bad_seq}: "
+              f"{result.reason})", file=sys.stderr)
+        return 1
+    print(f"backed up {result.entries} entries (head {result.head}) to {destination}")
     return 0
 
 
@@ -199,19 +223,32 @@ def main(argv: list[str] | None = None) -> int:
         return int(exit_.code or 0)
     try:
         ledger = Ledger.open(getattr(args, "ledger", None), create=args.command in ("fund",))
-    except LedgerError as error:
-        print(f"welfare ledger: error: {error}", file=sys.stderr)
-        return 2
+    except (LedgerError, OSError, sqlite3.Error) as error:
+        return _failed(error)
     try:
         code = _run(args, ledger)
         if args.command != "repair":
             _warn_abandoned(ledger)
         return code
-    except LedgerError as error:
-        print(f"welfare ledger: error: {error}", file=sys.stderr)
-        return 2
+    except (LedgerError, OSError, sqlite3.Error) as error:
+        return _failed(error, ledger)
     finally:
         ledger.close()
+
+
+def _failed(error: Exception, ledger: Ledger | None = None) -> int:
+    """One line on standard error and exit 2; a write the error interrupted was rolled back by SQLite."""
+    if isinstance(error, LedgerError):
+        message = str(error)
+    elif isinstance(error, OSError):
+        where = f" ({error.filename})" if error.filename else ""
+        message = f"{error.strerror or error}{where}; the command stopped, and the ledger holds no partial entry"
+    else:
+        where = f" in {ledger.path}" if ledger is not None else ""
+        message = (f"SQLite failed{where}: {error}; the command stopped and its write, if any, was rolled back "
+                   "(check free disk space and that the ledger and its folder are writable)")
+    print(f"welfare ledger: error: {message}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

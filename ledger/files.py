@@ -8,15 +8,30 @@ import os
 from pathlib import Path
 from typing import Any
 
+STAGING_SUFFIX = ".tmp"  # `.<name>.<pid>.tmp`: a file being written, renamed over <name> when complete
+
 
 def write_json_atomic(path: Path, value: Any) -> None:
     """Write, fsync, then rename into place: a reader sees the old file or the new one, never a torn one."""
-    staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(staging, "w", encoding="utf-8") as handle:
-        json.dump(value, handle, sort_keys=True, indent=1)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(staging, path)
+    staging = path.with_name(f".{path.name}.{os.getpid()}{STAGING_SUFFIX}")
+    try:
+        with open(staging, "w", encoding="utf-8") as handle:
+            json.dump(value, handle, sort_keys=True, indent=1)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(staging, path)
+    except BaseException:
+        staging.unlink(missing_ok=True)  # e.g. a full disk: leave no half-written staging file behind
+        raise
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file, or a folder's entries (a rename or link into it), to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def read_json(path: Path) -> Any:

@@ -4,19 +4,37 @@ A reserving process holds an exclusive `flock` on `<ledger>.sessions/<session>.l
 reservation commits until after it settles. The kernel drops the lock when the process dies, even by
 kill -9, so a lock anyone can take belongs to a dead session. The session also writes its spend so far
 to `<session>.progress.json` now and then; `repair` settles a dead session from it.
+A lock counts only while its file is still at its path: whoever takes one checks that afterwards, so a
+process that locked a file another process was deleting tries the one now there.
 (POSIX only; flock on network file systems depends on the mount.)
+
+These files live outside the hash chain, so a progress file is only evidence: `read_progress` checks
+it and reports what is wrong instead of raising anything else.
 """
 
 from __future__ import annotations
 
 import fcntl
+import json
+import math
 import os
+import stat
+import time
+from collections.abc import Collection
 from dataclasses import dataclass
+from numbers import Real
 from pathlib import Path
 
 from ledger.chain import utc_now
 from ledger.errors import LedgerError
-from ledger.files import read_json, write_json_atomic
+from ledger.files import STAGING_SUFFIX, write_json_atomic
+
+MAX_PROGRESS_BYTES = 64 * 1024  # a progress file is ~150 bytes; anything this big is not one
+# A file of no reserved session, or a staging file, this much older than now has no live writer: a writer
+# reserves within the ledger's busy timeout of creating its lock, and renames a staging file in milliseconds.
+STALE_AFTER_S = 600.0
+_LOCK, _PROGRESS = ".lock", ".progress.json"
+_LOCK_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
@@ -24,6 +42,10 @@ class Progress:
     spent_hours: float
     energy_kwh: float | None
     updated_at: str
+
+
+class UnreadableProgress(Exception):
+    """A progress file that cannot be trusted; the message says why (for a settlement's `basis`)."""
 
 
 class SessionLock:
@@ -44,19 +66,22 @@ class SessionFiles:
         self.directory = ledger_path.with_name(ledger_path.name + ".sessions")
 
     def _lock_path(self, session: str) -> Path:
-        return self.directory / f"{session}.lock"
+        return self.directory / f"{session}{_LOCK}"
 
     def _progress_path(self, session: str) -> Path:
-        return self.directory / f"{session}.progress.json"
+        return self.directory / f"{session}{_PROGRESS}"
 
     def hold(self, session: str) -> SessionLock:
         """Create and lock a new session's file; it stays locked while this process lives."""
         try:
-            return self._lock(session, os.O_EXCL)
-        except FileExistsError:
+            lock = self._lock(session, os.O_EXCL)
+        except (FileExistsError, BlockingIOError):
+            lock = None
+        if lock is None:
             raise LedgerError(
                 f"session id {session!r} is already in use (see {self.directory}); pick another session id"
-            ) from None
+            )
+        return lock
 
     def claim_if_dead(self, session: str) -> SessionLock | None:
         """The session's lock if no live process holds it, else None."""
@@ -79,16 +104,21 @@ class SessionFiles:
         finally:
             os.close(fd)
 
-    def _lock(self, session: str, extra_flags: int) -> SessionLock:
+    def _lock(self, session: str, extra_flags: int) -> SessionLock | None:
+        """Lock the file at the session's lock path; None if it kept being replaced while we locked it."""
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self._lock_path(session)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | extra_flags, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BaseException:
-            os.close(fd)
-            raise
-        return SessionLock(fd, path)
+        for _ in range(_LOCK_ATTEMPTS):
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | extra_flags, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if _is_at(fd, path):
+                    return SessionLock(fd, path)
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)  # another process removed the file while we locked it: lock the one there now
+        return None
 
     def write_progress(self, session: str, spent_hours: float, energy_kwh: float | None) -> None:
         write_json_atomic(
@@ -97,13 +127,102 @@ class SessionFiles:
         )
 
     def read_progress(self, session: str) -> Progress | None:
+        """The session's last progress, None if it wrote none; UnreadableProgress if the file is not a
+        plausible progress file of this session. Never blocks on a FIFO nor reads a huge file."""
         path = self._progress_path(session)
-        if not path.exists():
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
             return None
-        data = read_json(path)
-        return Progress(float(data["spent_hours"]), data.get("energy_kwh"), str(data["updated_at"]))
+        except OSError as error:
+            raise UnreadableProgress(f"its progress file cannot be opened ({error.strerror})") from None
+        with os.fdopen(fd, "rb") as handle:
+            status = os.fstat(handle.fileno())
+            if not stat.S_ISREG(status.st_mode):
+                raise UnreadableProgress("its progress file is not a regular file")
+            if status.st_size > MAX_PROGRESS_BYTES:
+                raise UnreadableProgress(f"its progress file is implausibly large ({status.st_size} bytes)")
+            raw = handle.read(MAX_PROGRESS_BYTES + 1)
+        return _parse_progress(raw, session)
 
     def remove(self, session: str) -> None:
         """Forget a settled session's files (the caller still holds, then releases, the lock)."""
         self._progress_path(session).unlink(missing_ok=True)
         self._lock_path(session).unlink(missing_ok=True)
+
+    def remove_leftovers(self, settled: Collection[str], reserved: Collection[str]) -> list[Path]:
+        """Delete files no live process needs: those of settled sessions, whose lock anyone can take;
+        those of sessions never reserved and staging files, once stale. Returns what was removed."""
+        if not self.directory.is_dir():
+            return []
+        removed = []
+        for path in sorted(self.directory.iterdir()):
+            if path.name.endswith(STAGING_SUFFIX):
+                if _is_stale(path):
+                    path.unlink(missing_ok=True)
+                    removed.append(path)
+                continue
+            session = _session_of(path.name)
+            if session is None or not path.exists() or not _is_leftover(session, path, settled, reserved):
+                continue
+            lock = self.claim_if_dead(session)
+            if lock is not None:
+                removed += [p for p in (self._progress_path(session), self._lock_path(session)) if p.exists()]
+                self.remove(session)
+                lock.release()
+        return removed
+
+
+def _is_at(fd: int, path: Path) -> bool:
+    try:
+        named = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
+
+
+def _is_leftover(session: str, path: Path, settled: Collection[str], reserved: Collection[str]) -> bool:
+    """A settled session's file, or a stale one of a session never reserved (killed before it reserved)."""
+    return session in settled or (session not in reserved and _is_stale(path))
+
+
+def _is_stale(path: Path) -> bool:
+    try:
+        return time.time() - path.lstat().st_mtime > STALE_AFTER_S
+    except FileNotFoundError:
+        return False
+
+
+def _session_of(name: str) -> str | None:
+    for suffix in (_LOCK, _PROGRESS):
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return None
+
+
+def _parse_progress(raw: bytes, session: str) -> Progress:
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError):
+        raise UnreadableProgress("its progress file is not JSON") from None
+    if not isinstance(data, dict) or data.get("session") != session:
+        raise UnreadableProgress("its progress file is not this session's progress")
+    spent, energy, updated_at = data.get("spent_hours"), data.get("energy_kwh"), data.get("updated_at")
+    if not _is_amount(spent):
+        raise UnreadableProgress(f"its progress file gives spent_hours {spent!r}, not a finite number >= 0")
+    if energy is not None and not _is_amount(energy):
+        raise UnreadableProgress(f"its progress file gives energy_kwh {energy!r}, not a finite number >= 0")
+    if not isinstance(updated_at, str) or len(updated_at) > 64:
+        raise UnreadableProgress("its progress file has no readable updated_at time")
+    return Progress(float(spent), None if energy is None else float(energy), updated_at)
+
+
+def _is_amount(value: object) -> bool:
+    if isinstance(value, bool) or not isinstance(value, Real):
+        return False
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond any float
+        return False
+    return math.isfinite(number) and number >= 0

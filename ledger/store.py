@@ -19,6 +19,7 @@ import json
 import os
 import secrets
 import sqlite3
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,6 +27,7 @@ from typing import Any
 
 from ledger.chain import EMPTY_HEAD, GENESIS_HASH, Entry, Head, seal, utc_now
 from ledger.errors import LedgerError, NotALedger, SchemaTooNew
+from ledger.files import fsync_path
 
 SCHEMA_VERSION = 1
 FORMAT_NAME = "welfare-offsets-ledger"
@@ -135,16 +137,22 @@ class Store(_Reader):
     @classmethod
     def open(cls, path: Path, *, create: bool) -> Store:
         """Open the ledger at `path`, creating it if missing and `create`; refuse anything else."""
-        if not path.exists():
+        if not _is_existing_file(path):
             if not create:
                 raise LedgerError(
                     f"no ledger at {path}: pass --ledger PATH (or set WELFARE_LEDGER) to an existing "
                     "ledger; `welfare ledger fund` creates a new one"
                 )
-            _create(path)
-        if path.is_dir():
-            raise NotALedger(f"{path} is a directory, not a ledger file; pass --ledger PATH to a file")
-        db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            try:
+                _create(path)
+            except (OSError, sqlite3.Error) as error:
+                raise LedgerError(f"cannot create a ledger at {path} ({_reason(error)}); pass --ledger PATH "
+                                  "in a folder you can write") from None
+        try:
+            db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        except sqlite3.Error as error:
+            raise LedgerError(f"cannot open ledger {path} ({error}); check that you can read it and write its "
+                              "folder (SQLite keeps its -wal and -shm files beside it)") from None
         try:
             _check_format(db, path)
             db.execute("PRAGMA synchronous=FULL")
@@ -183,6 +191,11 @@ class Store(_Reader):
         ).fetchone()
         return row[0] if row else None
 
+    def copy_to(self, target: sqlite3.Connection) -> None:
+        """Copy the whole database into `target` in one step of SQLite's online backup: one consistent
+        snapshot, entries still only in the -wal included, while other processes go on writing."""
+        self._db.backup(target)
+
     def close(self) -> None:
         self._db.close()
 
@@ -205,6 +218,39 @@ def _check_format(db: sqlite3.Connection, path: Path) -> None:
         )
 
 
+def _is_existing_file(path: Path) -> bool:
+    """Whether `path` is an existing regular file. Anything else that exists is refused before SQLite
+    sees it: opening a FIFO would block forever, and the others fail with unhelpful messages."""
+    try:
+        status = os.stat(path)
+    except FileNotFoundError:
+        if os.path.lexists(path):
+            raise LedgerError(f"{path} is a symlink to the missing {os.readlink(path)}; point --ledger at the "
+                              "ledger file itself, or fix the link") from None
+        return False
+    except OSError as error:
+        raise LedgerError(f"cannot open ledger {path} ({_reason(error)}); pass --ledger PATH to a ledger "
+                          "file") from None
+    if stat.S_ISDIR(status.st_mode):
+        raise NotALedger(f"{path} is a directory, not a ledger file; pass --ledger PATH to a file")
+    if not stat.S_ISREG(status.st_mode):
+        raise NotALedger(f"{path} is a {_file_kind(status.st_mode)}, not a ledger file; pass --ledger PATH to a "
+                         "ledger file")
+    if not os.access(path, os.R_OK):
+        raise LedgerError(f"ledger {path} is not readable by this user; check its permissions (ls -l {path})")
+    return True
+
+
+def _file_kind(mode: int) -> str:
+    kinds = {stat.S_IFIFO: "FIFO (named pipe)", stat.S_IFSOCK: "socket", stat.S_IFCHR: "character device",
+             stat.S_IFBLK: "block device"}
+    return kinds.get(stat.S_IFMT(mode), "special file")
+
+
+def _reason(error: Exception) -> str:
+    return error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+
+
 def _create(path: Path) -> None:
     """Build the new ledger beside `path` and link it into place, so `path` never names a half-made file
     and concurrent first users agree on one ledger."""
@@ -217,20 +263,12 @@ def _create(path: Path) -> None:
             db.executescript(_SCHEMA)
         finally:
             db.close()
-        _fsync(staging)
+        fsync_path(staging)
         try:
             os.link(staging, path)
         except FileExistsError:
             pass  # another process created it first: everyone uses that one
-        _fsync(path.parent)
+        fsync_path(path.parent)
     finally:
         for leftover in (staging, Path(f"{staging}-wal"), Path(f"{staging}-shm")):
             leftover.unlink(missing_ok=True)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
