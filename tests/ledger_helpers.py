@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,3 +32,39 @@ def fork(child: Callable[[], None]) -> int:
 def wait_exit_code(pid: int) -> int:
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status)
+
+
+def run_at_once(count: int, work: Callable[[int], None]) -> None:
+    """Start `count` forked processes at the same instant, each running work(index); each must exit 0."""
+    go_read, go_write = os.pipe()
+    pids = []
+    for index in range(count):
+        def child(index=index):
+            os.read(go_read, 1)
+            work(index)
+        pids.append(fork(child))
+    os.write(go_write, b"x" * count)
+    exit_codes = [wait_exit_code(pid) for pid in pids]
+    os.close(go_read)
+    os.close(go_write)
+    assert exit_codes == [0] * count
+
+
+def killed_session(path: Path, hours: float = 1.0, progress_hours: float | None = None) -> str:
+    """Reserve `hours` in a child process, record progress if given, and die by SIGKILL before settling."""
+    read_end, write_end = os.pipe()
+
+    def child():
+        ledger = Ledger.open(path)
+        session = ledger.reserve("lab", hours, device="cpu").payload["session"]
+        if progress_hours is not None:
+            ledger.note_progress(session, progress_hours)
+        os.write(write_end, session.encode())
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    pid = fork(child)
+    os.close(write_end)
+    session = os.read(read_end, 100).decode()
+    os.close(read_end)
+    assert wait_exit_code(pid) == -signal.SIGKILL
+    return session
