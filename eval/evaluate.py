@@ -16,10 +16,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from eval import probes as P
-from eval.experiences import Experience, StimulusError, StimulusSet
+from eval.checks import integers_at_least, number_in
+from eval.experiences import Experience, StimulusError, StimulusSet, check_stimuli_path
 from eval.replies import live_through
 from eval.scoring import NextTokenScorer
 from eval.stats import difference_ci, excludes_zero, mean_ci, pearson_ci
+from eval.subject import check_adapter, check_device
 from eval.thurstonian import active_pairs, fit_thurstonian, initial_pairs
 
 CONDITIONS = ("baseline", "post_dysphoric")
@@ -66,6 +68,13 @@ class EvalConfig:
                 raise ValueError(f"{name}: expected a positive integer, got {getattr(self, name)}")
         if self.max_items is not None and self.max_items < 2:
             raise ValueError(f"max_items: expected at least 2 (or unset), got {self.max_items}")
+        integers_at_least(self, 0, "eu_active_rounds", "seed")
+        number_in(self, "adherence_threshold", 0.0, 1.0)
+        check_device(self.device)
+        if self.adapter is not None:
+            check_adapter(self.adapter)
+        if self.stimuli is not None:
+            check_stimuli_path(self.stimuli)
         if self.replies not in ("authored", "own"):
             raise ValueError(f"replies: expected authored or own, got {self.replies!r}")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):

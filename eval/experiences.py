@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
+import os
+import stat
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 
 from eval.errors import InputError
+from eval.safe_read import MAX_LINE_BYTES, ReadError, iter_lines_bounded, parse_json
 
 VALENCES = ("euphoric", "neutral", "dysphoric")
 TARGETS = ("self", "human", "animal", "none")
@@ -86,11 +88,23 @@ def builtin_stimuli_path() -> Path:
     return Path(str(resources.files("eval.stimuli") / DEFAULT_STIMULI))
 
 
+def check_stimuli_path(path: str | Path) -> Path:
+    """`path` if it can be a stimulus set (a regular file or a folder), checked without opening it: a FIFO
+    or device would block or never end."""
+    path = Path(path).expanduser()
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as err:
+        problem = "file not found" if isinstance(err, FileNotFoundError) else f"cannot read it ({err.strerror or err})"
+        raise StimulusError(str(path), [f"{problem}; pass --stimuli with a JSONL file or a datasets folder"]) from None
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise StimulusError(str(path), ["not a regular file or a folder; pass --stimuli with a JSONL file or a datasets folder"])
+    return path
+
+
 def load_stimuli(path: str | Path | None = None) -> StimulusSet:
     """Load and validate a stimulus set: a JSONL file, a `datasets` folder, or (None) the built-in set."""
-    path = Path(path).expanduser() if path else builtin_stimuli_path()
-    if not path.exists():
-        raise StimulusError(str(path), ["file not found; pass --stimuli with a JSONL file or a datasets folder"])
+    path = check_stimuli_path(path) if path else builtin_stimuli_path()
     if path.is_dir():
         rows = _rows_from_dataset_folder(path)
     else:
@@ -119,9 +133,13 @@ def load_stimuli(path: str | Path | None = None) -> StimulusSet:
 
 
 def _rows_from_jsonl(path: Path) -> Iterable[tuple[str, dict | str]]:
-    with open(path, "rb") as f:
-        for number, raw in enumerate(f, start=1):
+    """Rows of a JSONL file, read within the bounds of eval/safe_read.py; a bad line is described, not raised."""
+    try:
+        for number, raw in iter_lines_bounded(path, what="--stimuli"):
             where = f"{path}:{number}"
+            if raw is None:
+                yield where, f"longer than {MAX_LINE_BYTES:,} bytes; one experience per line, each shorter"
+                continue
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as err:
@@ -130,11 +148,13 @@ def _rows_from_jsonl(path: Path) -> Iterable[tuple[str, dict | str]]:
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                yield where, f"not valid JSON ({err.msg} at column {err.colno})"
+                row = parse_json(line, "line")
+            except ReadError as err:
+                yield where, str(err).removeprefix("line: ")
                 continue
             yield where, row if isinstance(row, dict) else f"expected a JSON object, got {type(row).__name__}"
+    except ReadError as err:
+        raise StimulusError(str(path), [str(err)]) from None
 
 
 def _rows_from_dataset_folder(path: Path) -> Iterable[tuple[str, dict | str]]:
@@ -175,8 +195,8 @@ def _validate(row: dict) -> tuple[Experience | None, list[str]]:
             errs.append(f"field {name!r}: expected one of {allowed}, got {row[name]!r}")
     if not isinstance(row["category"], str) or not row["category"].strip():
         errs.append(f"field 'category': expected a non-empty string, got {row['category']!r}")
-    intensity = row["intensity"]
-    if isinstance(intensity, bool) or not isinstance(intensity, (int, float)) or not math.isfinite(intensity):
+    intensity = row["intensity"]  # compared, not converted: a 400-digit integer would overflow float()
+    if isinstance(intensity, bool) or not isinstance(intensity, (int, float)) or not -1e300 < intensity < 1e300:
         errs.append(f"field 'intensity': expected a number in [-10, 10], got {intensity!r}")
     elif not -10 <= intensity <= 10:
         errs.append(f"field 'intensity': expected a number in [-10, 10], got {intensity}")

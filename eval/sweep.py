@@ -24,11 +24,12 @@ import numpy as np
 from eval import probes as P
 from eval.errors import InputError
 from eval.evaluate import EvalConfig, score_items
-from eval.experiences import StimulusSet
+from eval.experiences import StimulusSet, check_stimuli_path
 from eval.outputs import write_json_file
 from eval.profile import STATISTICS, profile_items, wellbeing_profile
 from eval.scaling import scaling_table
-from eval.subject import load_subject, resolve_dtype, weights_identity
+from eval.safe_read import load_json_bounded, parse_json
+from eval.subject import check_adapter, load_subject, resolve_dtype, weights_identity
 
 SUBJECT_KEYS = ("model", "adapter", "name", "params", "capability", "family")
 DEFAULT_FAMILY = "default"
@@ -54,14 +55,15 @@ class SubjectSpec:
         return self.name or self.model.rstrip("/").split("/")[-1] + (" + adapter" if self.adapter else "")
 
 
-def parse_subject(text: str, where: str) -> SubjectSpec:
-    """A subject from a model id, `key=value,key=value` text, or a JSON mapping (what a YAML mapping becomes)."""
-    text = text.strip()
-    if text.startswith("{"):
-        try:
-            fields = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise SweepError(f"{where}: not a valid mapping ({err})") from err
+def parse_subject(given: str | dict, where: str) -> SubjectSpec:
+    """A subject from a YAML mapping, a model id, `key=value,key=value` text, or JSON mapping text."""
+    text = given.strip() if isinstance(given, str) else ""
+    if isinstance(given, dict):
+        fields = dict(given)
+    elif text.startswith("{"):
+        fields = parse_json(text, where)
+        if not isinstance(fields, dict):
+            raise SweepError(f"{where}: expected a mapping, got {type(fields).__name__}")
     elif "=" in text:
         fields = {}
         for part in text.split(","):
@@ -79,13 +81,18 @@ def parse_subject(text: str, where: str) -> SubjectSpec:
         if fields.get(key) is not None:
             try:
                 fields[key] = float(fields[key])
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 raise SweepError(f"{where}: {key} must be a number, got {fields[key]!r}") from None
+    for key in ("params", "capability"):
+        if fields.get(key) is not None and not math.isfinite(fields[key]):
+            raise SweepError(f"{where}: {key} must be a finite number, got {fields[key]}")
     if fields.get("params") is not None and not fields["params"] > 0:
         raise SweepError(f"{where}: params must be a positive parameter count, got {fields['params']}")
     for key in ("model", "adapter", "name", "family"):
         if fields.get(key) is not None:
             fields[key] = str(fields[key])
+    if fields.get("adapter") is not None:
+        check_adapter(fields["adapter"], f"{where}: adapter")
     return SubjectSpec(**fields)
 
 
@@ -93,9 +100,12 @@ def parse_subject(text: str, where: str) -> SubjectSpec:
 class SweepConfig:
     """What to sweep and how to measure each subject. YAML keys and `welfare sweep` flags are these field names."""
 
+    RECIPE_MAPPING_ITEMS = ("subjects",)  # list fields whose recipe items may be mappings (train/config.py)
+
     subjects: list[str] = field(default_factory=list, metadata={"help": "subjects: model ids, or key=value lists / YAML mappings with keys model, adapter, name, params, capability, family"})
     stimuli: str | None = field(default=None, metadata={"help": "stimulus JSONL file or datasets folder; default: built-in v1"})
     out: str = field(default="welfare-runs/sweep", metadata={"help": "output folder: report, results.json, and the per-subject cache that makes the sweep resumable"})
+    overwrite: bool = field(default=False, metadata={"help": "start over in an --out holding an earlier sweep (its cache is deleted); without it a rerun continues that sweep"})
     probes: str = field(default="self_report,experienced_utility", metadata={"help": "probes to score; the profile uses self_report and experienced_utility"})
     replies: str = field(default="authored", metadata={"help": "authored: probe after the stimulus file's replies; own: each subject writes its own replies first"})
     reply_tokens: int = field(default=48, metadata={"help": "most new tokens per own reply"})
@@ -123,6 +133,8 @@ class SweepConfig:
             raise ValueError(f"subjects: label(s) {twice} appear more than once; give each subject a distinct name=")
         if self.bootstrap < 100:
             raise ValueError(f"bootstrap: at least 100 replicates are needed for a 95% interval, got {self.bootstrap}")
+        if self.stimuli is not None:
+            check_stimuli_path(self.stimuli)
         self.eval_config()  # the probe settings are validated where they are defined
 
     def eval_config(self) -> EvalConfig:
@@ -161,7 +173,7 @@ class ScoreCache:
         return self.path(key).exists()
 
     def get(self, key: str) -> dict:
-        return json.loads(self.path(key).read_text())
+        return load_json_bounded(self.path(key), what="sweep cache entry")
 
     def put(self, key: str, entry: dict) -> Path:
         self.folder.mkdir(parents=True, exist_ok=True)

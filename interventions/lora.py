@@ -25,6 +25,7 @@ import torch
 from trl import DPOConfig, SFTConfig
 
 from eval import probes as P
+from eval.checks import integers_at_least, number_in
 from eval.experiences import Experience
 from eval.replies import live_through
 from eval.scoring import NextTokenScorer
@@ -54,6 +55,10 @@ class LoraArguments:
             raise ValueError(f"sft_data: expected one of {', '.join(SFT_DATA)}, got {self.sft_data!r}")
         if self.lora_r < 1 or self.candidates < 2:
             raise ValueError(f"lora_r must be >= 1 and candidates >= 2, got {self.lora_r} and {self.candidates}")
+        integers_at_least(self, 1, "lora_alpha")
+        number_in(self, "lora_dropout", 0.0, 1.0)
+        number_in(self, "candidate_temperature", 0.0, above=True)
+        number_in(self, "min_margin", 0.0)
 
     @property
     def ranks_replies(self) -> bool:

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from eval import probes as P
+from eval.checks import integers_at_least, number_in
 from eval.experiences import Experience
 from eval.scoring import label_token_ids, place_soft_prompt
 
@@ -48,8 +49,9 @@ class SoftPromptConfig:
         for name in ("num_virtual_tokens", "max_steps", "per_device_train_batch_size", "save_steps", "logging_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: expected a positive integer, got {getattr(self, name)}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate: expected > 0, got {self.learning_rate}")
+        number_in(self, "learning_rate", 0.0, above=True)
+        number_in(self, "adherence_weight", 0.0)
+        integers_at_least(self, 0, "seed")
         if self.report_to not in ("wandb", "none"):
             raise ValueError(f"report_to: expected wandb or none, got {self.report_to!r}")
 

@@ -1,21 +1,33 @@
-"""The one config loader: typed dataclasses, a YAML file whose keys are field names, CLI overrides.
+"""The one config loader: typed dataclasses, a YAML recipe whose keys are field names, CLI overrides.
 
-Built on transformers' HfArgumentParser (as TRL's TrlParser is), but stricter: an unknown YAML key is an
-error that names the file and the known keys, and YAML values go through the same type conversion as
-command-line values, so a wrong type fails with the field's name instead of deep inside a run.
+A recipe's values become typed values directly, never command-line text: each is checked against its
+field's type (a list where a scalar is expected is an error naming the key and the file; a list field
+takes a list of scalars of its element type; a string that looks like a flag is just a string). Flags are
+then parsed by transformers' HfArgumentParser (as TRL's TrlParser does) and win over the recipe. Every
+value is then validated by its dataclass, before any model loads.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
-import json
+import enum
+import math
 import sys
+import types
+import typing
 from pathlib import Path
 
 from transformers import HfArgumentParser
 
 from eval.errors import InputError
+from eval.safe_read import load_yaml_recipe
 from ledger.errors import LedgerError
+from train.guard import run_guarded
+
+# Settings that make a session import or run code that is not ours. A plan never takes them from a
+# recorded recipe, only from its own command line.
+CODE_RUNNING_SETTINGS = ("trust_remote_code", "model_init_kwargs")
 
 
 class ConfigError(InputError):
@@ -27,8 +39,6 @@ def parse_config(dataclass_types: list[type], argv: list[str], prog: str) -> tup
 
     Returns (instances..., passed) where `passed` records the YAML values and flags as given.
     """
-    import yaml
-
     argv = [part for a in argv for part in (a.split("=", 1) if a.startswith("--config=") else [a])]
     yaml_values: dict = {}
     config_path = None
@@ -38,34 +48,155 @@ def parse_config(dataclass_types: list[type], argv: list[str], prog: str) -> tup
             raise ConfigError("--config needs a YAML file path")
         config_path = argv[at + 1]
         del argv[at : at + 2]
-        yaml_values = _read_yaml(config_path, yaml)
-    known = {f.name: f for cls in dataclass_types for f in dataclasses.fields(cls)}
-    unknown = sorted(set(yaml_values) - set(known))
+        yaml_values = load_yaml_recipe(config_path)
+    values = recipe_values(dataclass_types, yaml_values, where=str(config_path))
+    values.update(_flag_values(_StrictParser(dataclass_types, prog=prog), argv))
+    instances = build_configs(dataclass_types, values, where=config_path or "flags")
+    passed = {"config_file": str(Path(config_path).resolve()) if config_path else None, "yaml": yaml_values, "argv": argv}
+    return (*instances, passed)
+
+
+def recipe_values(dataclass_types: list[type], mapping: dict, *, where: str) -> dict:
+    """A recipe mapping as typed field values (None means "the field's default"); an unknown key or a value
+    of the wrong type is an error naming the key and `where`."""
+    known = _fields(dataclass_types)
+    unknown = sorted(str(k) for k in set(mapping) - set(known))
     if unknown:
-        raise ConfigError(
-            f"{config_path}: unknown key(s) {unknown}. Known keys: {', '.join(sorted(known))}."
-        )
-    parser = _StrictParser(dataclass_types, prog=prog)
-    from_yaml = []
-    for key, value in yaml_values.items():
+        raise ConfigError(f"{where}: unknown key(s) {unknown}. Known keys: {', '.join(sorted(known))}.")
+    typed = {}
+    for key, value in mapping.items():
         if value is None:
             continue
-        values = value if isinstance(value, list) else [value]
-        from_yaml += [f"--{key}", *[_to_flag_text(v) for v in values]]
-    if from_yaml:
-        try:  # type-check the file's values alone first, so an error names the file
-            parser.parse_known_args(from_yaml)
-        except ConfigError as err:
-            raise ConfigError(f"{config_path}: {err}") from None
-    # Flags after the YAML values win: argparse keeps the last occurrence.
+        field_type, mappings_ok = known[key]
+        try:
+            typed[key] = _typed(value, field_type, mappings_ok)
+        except _Mismatch as err:
+            raise ConfigError(f"{where}: key {key!r} (argument --{key}): expected {err}, got {_shown(value)}") from None
+    return typed
+
+
+def build_configs(dataclass_types: list[type], values: dict, *, where: str) -> list:
+    """Each dataclass built from the typed `values` of its fields; its own validation errors name `where`."""
+    for key, value in values.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{where}: {key}: expected a finite number, got {value}")
+    instances = []
+    for cls in dataclass_types:
+        names = [f.name for f in dataclasses.fields(cls) if f.init]
+        try:
+            instances.append(cls(**{k: values[k] for k in names if k in values}))
+        except (ValueError, TypeError) as err:  # __post_init__ validation (InputError is a ValueError)
+            raise ConfigError(f"{where}: {err}") from err
+    return instances
+
+
+class _Mismatch(Exception):
+    """A YAML value does not have its field's type; the message says what was expected."""
+
+
+def _fields(dataclass_types: list[type]) -> dict[str, tuple[object, bool]]:
+    """Field name -> (resolved type, whether list items may be mappings) over every dataclass."""
+    known = {}
+    for cls in dataclass_types:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.init:
+                known[f.name] = (hints[f.name], f.name in getattr(cls, "RECIPE_MAPPING_ITEMS", ()))
+    return known
+
+
+def _typed(value, field_type, mappings_ok: bool = False):
+    """`value` as a value of `field_type`, or _Mismatch. Numbers stay numbers, bools bools, strings strings."""
+    origin, args = typing.get_origin(field_type), typing.get_args(field_type)
+    if field_type is typing.Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in args if a is not type(None)]
+        exact = [a for a in options if type(value) is a]  # an int stays an int where int | float is allowed
+        for option in exact + [a for a in options if a not in exact]:
+            try:
+                return _typed(value, option, mappings_ok)
+            except _Mismatch:
+                continue
+        raise _Mismatch(" or ".join(_describe(a) for a in options))
+    if origin is typing.Literal:
+        if value in args and type(value) in {type(a) for a in args}:
+            return value
+        raise _Mismatch(f"one of {list(args)}")
+    if origin in (list, tuple) or field_type in (list, tuple):
+        if not isinstance(value, list):
+            raise _Mismatch(_describe(field_type))
+        item_type = args[0] if args else typing.Any
+        return [_item(v, item_type, mappings_ok, k) for k, v in enumerate(value)]
+    if origin is dict or field_type is dict:
+        if not isinstance(value, dict):
+            raise _Mismatch("a mapping")
+        return value
+    if field_type is bool:
+        if isinstance(value, bool):
+            return value
+    elif field_type is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif field_type is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            try:
+                number = float(value)
+            except OverflowError:
+                raise _Mismatch("a number of float range") from None
+            if math.isfinite(number):
+                return number
+            raise _Mismatch("a finite number")
+    elif field_type is str:
+        if isinstance(value, str):
+            return value
+    elif isinstance(field_type, type) and issubclass(field_type, enum.Enum):
+        if value in [m.value for m in field_type]:
+            return value
+        raise _Mismatch(f"one of {[m.value for m in field_type]}")
+    raise _Mismatch(_describe(field_type))
+
+
+def _item(value, item_type, mappings_ok: bool, k: int):
+    """Element `k` of a list field: a scalar of the element type (or, where allowed, a mapping of scalars)."""
+    if mappings_ok and isinstance(value, dict) and not any(isinstance(v, (list, dict)) for v in value.values()):
+        return value
+    allowed = f"{_describe(item_type, plural=True)}{' or mappings of scalars' if mappings_ok else ''}"
+    if isinstance(value, (list, dict)):
+        raise _Mismatch(f"a list of {allowed} (item {k} is a nested {type(value).__name__})")
     try:
-        parsed = parser.parse_args_into_dataclasses(args=from_yaml + argv)
-    except ConfigError:
-        raise
-    except ValueError as err:  # dataclass __post_init__ validation
-        raise ConfigError(f"{config_path or 'flags'}: {err}") from err
-    passed = {"config_file": str(Path(config_path).resolve()) if config_path else None, "yaml": yaml_values, "argv": argv}
-    return (*parsed, passed)
+        return _typed(value, item_type)
+    except _Mismatch:
+        raise _Mismatch(f"a list of {allowed} (item {k} is not)") from None
+
+
+def _describe(field_type, plural: bool = False) -> str:
+    origin, args = typing.get_origin(field_type), typing.get_args(field_type)
+    if origin in (list, tuple) or field_type in (list, tuple):
+        return f"a list of {_describe(args[0], plural=True) if args else 'values'}"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a, plural) for a in args if a is not type(None))
+    names = {bool: ("true or false", "true/false values"), int: ("an integer", "integers"),
+             float: ("a number", "numbers"), str: ("a string", "strings"), dict: ("a mapping", "mappings")}
+    name = getattr(field_type, "__name__", str(field_type))
+    return names.get(field_type, (name, f"{name} values"))[plural]
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 80 else text[:77] + '...'}"
+
+
+def _flag_values(parser: HfArgumentParser, argv: list[str]) -> dict:
+    """Only the flags given on the command line, converted by HfArgumentParser's per-field types."""
+    for action in parser._actions:
+        if action.dest != "help":
+            action.default = argparse.SUPPRESS
+            action.required = False  # a required field may come from the recipe; the dataclass says if it is missing
+    namespace, rest = parser.parse_known_args(argv)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    return vars(namespace)
 
 
 class _StrictParser(HfArgumentParser):
@@ -73,28 +204,6 @@ class _StrictParser(HfArgumentParser):
 
     def error(self, message):
         raise ConfigError(f"{message} (see `{self.prog} --help`)")
-
-
-def _read_yaml(path: str, yaml) -> dict:
-    try:
-        text = Path(path).read_text()
-    except OSError as err:
-        raise ConfigError(f"--config {path}: cannot read it ({err.strerror or err})") from err
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"--config {path}: not valid YAML ({err})") from err
-    if not isinstance(data, dict):
-        raise ConfigError(f"--config {path}: expected a mapping of field: value, got {type(data).__name__}")
-    return data
-
-
-def _to_flag_text(value) -> str:
-    if isinstance(value, dict):  # a mapping in a list (e.g. a sweep's subjects) travels as JSON text
-        return json.dumps(value)
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
 
 
 def run_cli(main_body, argv: list[str], prog: str) -> int:

@@ -12,6 +12,7 @@ import dataclasses
 import sys
 from dataclasses import dataclass, field
 
+from eval.checks import integers_at_least
 from train.config import parse_config, run_cli
 
 
@@ -32,6 +33,10 @@ class ExposureConfig:
             raise ValueError(f"valence: expected dysphoric or euphoric, got {self.valence!r}")
         if self.split not in ("train", "heldout", "all"):
             raise ValueError(f"split: expected train, heldout or all, got {self.split!r}")
+        if self.report_to not in ("wandb", "none"):
+            raise ValueError(f"report_to: expected wandb or none, got {self.report_to!r}")
+        integers_at_least(self, 1, "max_episodes")
+        integers_at_least(self, 0, "seed")
 
 
 def config_types(argv: list[str] = ()) -> list[type]:

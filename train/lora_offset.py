@@ -12,8 +12,7 @@ import dataclasses
 import json
 import sys
 
-import yaml
-
+from eval.safe_read import load_yaml_recipe
 from train.config import ConfigError, parse_config, run_cli
 
 
@@ -42,10 +41,7 @@ def _method(argv: list[str]) -> str:
     for i, arg in enumerate(argv):
         path = argv[i + 1] if arg == "--config" and i + 1 < len(argv) else arg.split("=", 1)[1] if arg.startswith("--config=") else None
         if path:
-            try:
-                return str((yaml.safe_load(open(path)) or {}).get("method", "sft"))
-            except (OSError, yaml.YAMLError, AttributeError):
-                return "sft"  # the full parse reports the file's problem
+            return str(load_yaml_recipe(path).get("method", "sft"))
     return "sft"
 
 

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from eval import probes as P
+from eval.checks import integers_at_least
 from eval.errors import InputError
 from eval.evaluate import EvalConfig
 from eval.experiences import StimulusError, StimulusSet, load_stimuli
@@ -60,13 +62,19 @@ class SessionArguments:
     dtype: str = field(default="auto", metadata={"help": "auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16"})
 
     def __post_init__(self):
-        if not self.budget_hours > 0:
+        if not (math.isfinite(self.budget_hours) and self.budget_hours > 0):
             raise ValueError(f"budget_hours: expected a number of accelerator-hours > 0, got {self.budget_hours}")
         if self.eval_replies not in ("authored", "own"):
             raise ValueError(f"eval_replies: expected authored or own, got {self.eval_replies!r}")
         for name in ("eval_batch_size", "eval_bootstrap", "reply_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: expected a positive integer, got {getattr(self, name)}")
+        integers_at_least(self, 1, "max_train_items")
+        integers_at_least(self, 0, "probe_every_steps")
+        # The before/after evaluation's settings, validated now where they are defined (model not needed).
+        EvalConfig(adapter=self.adapter, stimuli=self.stimuli, probes=self.eval_probes, replies=self.eval_replies,
+                   reply_tokens=self.reply_tokens, max_items=self.eval_max_items, batch_size=self.eval_batch_size,
+                   bootstrap=self.eval_bootstrap, dtype=self.dtype)
 
 
 @dataclass(frozen=True)
