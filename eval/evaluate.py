@@ -40,6 +40,7 @@ class EvalConfig:
     reply_tokens: int = field(default=48, metadata={"help": "most new tokens per own reply"})
     probes: str = field(default=",".join(P.PROBES), metadata={"help": "comma-separated subset of " + ",".join(P.PROBES)})
     out: str | None = field(default=None, metadata={"help": "output folder (written atomically); none: print only"})
+    overwrite: bool = field(default=False, metadata={"help": "replace an earlier `welfare eval` output in --out (never other files)"})
     seed: int = field(default=0, metadata={"help": "seed for pair selection, subsampling and bootstrap"})
     split: str = field(default="heldout", metadata={"help": "split for the baseline/post-dysphoric conditions: heldout, train or all"})
     empathy_split: str = field(default="all", metadata={"help": "split for the empathy correlation: heldout, train or all"})

@@ -12,41 +12,31 @@ import math
 import os
 import shutil
 import subprocess
-import tempfile
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-from eval.errors import InputError
+from eval.output_folder import OutputError, claim, output_path, staging_folder, swap_in
+
+__all__ = ["OutputError", "OutputFolder", "provenance", "write_json_file"]
 
 RESULTS_SCHEMA_VERSION = 1
 _LIBRARIES = ("torch", "transformers", "peft", "trl", "accelerate", "datasets", "wandb", "numpy", "scipy")
 
 
-class OutputError(InputError):
-    """The output folder cannot be written."""
-
-
 class OutputFolder:
-    """A destination folder filled through a staging folder and swapped in by `commit`."""
+    """A destination folder filled through a staging folder and swapped in by `commit`. It must be new,
+    empty, or (with `overwrite`) an earlier output of the same `kind`; see eval/output_folder.py."""
 
-    def __init__(self, destination: str | Path):
-        self.destination = Path(destination).expanduser().resolve()
+    def __init__(self, destination: str | Path, *, kind: str = "eval", overwrite: bool = False, flag: str = "--out"):
+        self.destination = output_path(destination)
+        self.kind, self.overwrite, self.flag = kind, overwrite, flag
         self.staging: Path | None = None
 
     def prepare(self) -> "OutputFolder":
-        parent = self.destination.parent
-        try:
-            parent.mkdir(parents=True, exist_ok=True)
-            self.staging = Path(tempfile.mkdtemp(prefix=f".{self.destination.name}.staging-", dir=parent))
-        except OSError as err:
-            raise OutputError(
-                f"cannot write the output folder {self.destination}: {err.strerror or err}. "
-                "Choose a folder you can write to with --out."
-            ) from err
-        if self.destination.exists() and not self.destination.is_dir():
-            self.abort()
-            raise OutputError(f"--out {self.destination} exists and is not a folder; choose another path.")
+        """Check the destination and make the staging folder now, before any model work."""
+        self.claimed = claim(self.destination, self.kind, overwrite=self.overwrite, flag=self.flag)
+        self.staging = staging_folder(self.claimed)
         return self
 
     def write_text(self, name: str, text: str) -> Path:
@@ -67,14 +57,8 @@ class OutputFolder:
         return self.staging / name
 
     def commit(self) -> Path:
-        """Swap the staged folder in; an existing destination is replaced only after the new one is complete."""
-        old = None
-        if self.destination.exists():
-            old = self.destination.with_name(f".{self.destination.name}.old-{os.getpid()}")
-            os.replace(self.destination, old)
-        os.replace(self.staging, self.destination)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        """Swap the staged folder in; an earlier output is replaced only after the new one is complete."""
+        swap_in(self.staging, self.claimed, overwrite=self.overwrite)
         self.staging = None
         return self.destination
 
@@ -88,11 +72,15 @@ def write_json_file(path: str | Path, data) -> Path:
     """One JSON file written whole or not at all (temp file, fsync, rename)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(json.dumps(_finite(data), indent=2, ensure_ascii=False, default=str) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(json.dumps(_finite(data), indent=2, ensure_ascii=False, default=str) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk or an interrupt leaves no temp file behind
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 

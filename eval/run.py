@@ -21,7 +21,7 @@ def run_evaluation(config: EvalConfig, passed: dict | None = None, subject=None)
     """Evaluate `config` (a preloaded `subject` may be passed); returns the evaluation and the output folder."""
     stimuli = load_stimuli(config.stimuli)
     select_conditions(stimuli, config)  # fails now, not after the model has loaded
-    folder = OutputFolder(config.out).prepare() if config.out else None
+    folder = OutputFolder(config.out, overwrite=config.overwrite).prepare() if config.out else None
     try:
         started = time.perf_counter()
         if subject is None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import sys
 
+from train.guard import run_guarded
+
 SUBCOMMANDS = {
     "eval": ("train.eval_cmd", "Measure wellbeing: baseline vs post-dysphoric, empathy, with CIs."),
     "demo": ("train.demo_cmd", "Run the main job on the built-in default model and print where outputs are."),
@@ -25,6 +27,7 @@ def _usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit codes (train/guard.py): 0 done, 2 an expected failure, 1 an internal error, 130 interrupted."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
@@ -33,9 +36,16 @@ def main(argv: list[str] | None = None) -> int:
     if name not in SUBCOMMANDS:
         print(f"welfare: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    module_name, _ = SUBCOMMANDS[name]
-    module = __import__(module_name, fromlist=["main"])
-    return int(module.main(rest) or 0)
+    return run_guarded(_dispatch(name), rest, f"welfare {name}")
+
+
+def _dispatch(name: str):
+    """The subcommand's main, imported on use (a failing import is reported like any other failure)."""
+    def body(rest: list[str]) -> int:
+        module = __import__(SUBCOMMANDS[name][0], fromlist=["main"])
+        return module.main(rest)
+
+    return body
 
 
 if __name__ == "__main__":

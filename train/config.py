@@ -13,7 +13,6 @@ import argparse
 import dataclasses
 import enum
 import math
-import sys
 import types
 import typing
 from pathlib import Path
@@ -22,7 +21,6 @@ from transformers import HfArgumentParser
 
 from eval.errors import InputError
 from eval.safe_read import load_yaml_recipe
-from ledger.errors import LedgerError
 from train.guard import run_guarded
 
 # Settings that make a session import or run code that is not ours. A plan never takes them from a
@@ -207,9 +205,5 @@ class _StrictParser(HfArgumentParser):
 
 
 def run_cli(main_body, argv: list[str], prog: str) -> int:
-    """Run a command; bad input (InputError) becomes a one-paragraph message and exit code 2."""
-    try:
-        return int(main_body(argv) or 0)
-    except (InputError, LedgerError) as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
-        return 2
+    """Run a command; every failure becomes one line and its exit code (train/guard.py)."""
+    return run_guarded(main_body, argv, prog)

@@ -4,17 +4,20 @@
 2. a small LoRA SFT offset under a budget, which measures baseline and post-dysphoric wellbeing before and
    post-intervention wellbeing after, on held-out items,
 3. the ledger: verified, reported as a table and a plot.
-Everything lands in welfare-demo/ (its own ledger, funded with a demo account). Extra flags go to both
-sessions, e.g. `welfare demo --model ./my-model`. W&B runs offline unless a key is configured.
+Everything lands in welfare-demo/ (its own ledger, funded with a demo account); an earlier demo there is
+replaced only with --overwrite, and a welfare-demo/ the demo did not make is never touched. Other flags go
+to both sessions, e.g. `welfare demo --model ./my-model`. W&B runs offline unless a key is configured.
 """
 
 from __future__ import annotations
 
-import shutil
+import argparse
 from importlib import resources
 from pathlib import Path
 
+from eval.output_folder import claim, open_in_place
 from train.config import run_cli
+from train.guard import refuse_ledger_paths
 
 DEMO_DIR = Path("welfare-demo")
 DEMO_HOURS = 1.0
@@ -28,14 +31,23 @@ def main(argv: list[str]) -> int:
     return run_cli(_demo, argv, "welfare demo")
 
 
+def demo_folder(overwrite: bool) -> Path:
+    """A fresh welfare-demo/ (a demo starts from nothing: its own folder, its own ledger): created, or our
+    earlier demo replaced with --overwrite; a folder the demo did not make is refused and left alone."""
+    folder = claim(DEMO_DIR, "demo", overwrite=overwrite, flag="welfare-demo folder")
+    refuse_ledger_paths(folder.path, None, "welfare-demo folder")
+    return open_in_place(folder, overwrite=overwrite)
+
+
 def _demo(argv: list[str]) -> int:
     from ledger import Ledger
     from ledger import cli as ledger_cli
     from train import exposure, lora_offset
 
-    if DEMO_DIR.exists():  # a demo is a fresh start: its own folder, its own ledger
-        shutil.rmtree(DEMO_DIR)
-    DEMO_DIR.mkdir()
+    own = argparse.ArgumentParser(add_help=False, allow_abbrev=False)  # the demo's one flag; the rest go on
+    own.add_argument("--overwrite", action="store_true")
+    demo, argv = own.parse_known_args(argv)
+    demo_folder(demo.overwrite)
     ledger_path = DEMO_DIR / "ledger.sqlite"
     with Ledger.open(ledger_path) as ledger:
         ledger.fund("demo", DEMO_HOURS, note="welfare demo")

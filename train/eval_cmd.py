@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from train.config import parse_config, run_cli
+from train.guard import refuse_ledger_paths
 
 
 def main(argv: list[str]) -> int:
@@ -14,6 +15,8 @@ def _eval(argv: list[str]) -> int:
     from eval.run import run_evaluation
 
     config, passed = parse_config([EvalConfig], argv, prog="welfare eval")
+    if config.out:
+        refuse_ledger_paths(config.out, None, "--out")
     evaluation, out = run_evaluation(config, passed)
     print("\n".join(evaluation.results["interpretation"]))
     if out:

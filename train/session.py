@@ -28,8 +28,10 @@ from eval.checks import integers_at_least
 from eval.errors import InputError
 from eval.evaluate import EvalConfig
 from eval.experiences import StimulusError, StimulusSet, load_stimuli
+from eval.output_folder import claim, open_in_place
 from eval.outputs import write_json_file
 from ledger.budget import SPEND_FILE
+from train.guard import refuse_ledger_paths
 
 AFTER_EVAL_MARGIN = 1.5  # the "after" evaluation is budgeted at this multiple of the measured "before": the
 # changed subject can cost more to evaluate (a soft prompt adds positions, LoRA adds compute, own replies vary)
@@ -60,6 +62,7 @@ class SessionArguments:
     wandb_project: str = field(default="welfare-offsets", metadata={"help": "W&B project ($WANDB_PROJECT wins)"})
     wandb_entity: str | None = field(default=None, metadata={"help": "W&B entity ($WANDB_ENTITY wins)"})
     dtype: str = field(default="auto", metadata={"help": "auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16"})
+    overwrite: bool = field(default=False, metadata={"help": "start over in an output_dir holding an earlier session of this kind (its checkpoints and results are deleted)"})
 
     def __post_init__(self):
         if not (math.isfinite(self.budget_hours) and self.budget_hours > 0):
@@ -95,14 +98,22 @@ class Session:
     def __init__(self, kind: str, args: SessionArguments, run: RunSettings, *, needs: dict[str, str]):
         """Validate everything that can be checked without a model. `needs` maps a valence to the split
         the intervention must find experiences of, e.g. {"euphoric": "train"}."""
+        self.kind, self.args, self.run = kind, args, run
+        # The folder first: a file, a link or someone else's folder fails before anything loads.
+        self.folder = claim(run.output_dir, f"{kind} session", overwrite=args.overwrite, resumable=True,
+                            flag="--output_dir")
+        refuse_ledger_paths(self.folder.path, args.ledger, "--output_dir")
+        if args.overwrite and run.resume_from_checkpoint:
+            raise SessionError("--overwrite (start over) and --resume_from_checkpoint (continue) contradict "
+                               "each other; pass one of them")
+        self.out = self.folder.path
+
         import torch
         from accelerate import PartialState
 
-        self.kind, self.args, self.run = kind, args, run
         # cpu=True where there is no GPU: accelerate then joins the ranks over gloo instead of staying alone.
         self.state = PartialState(cpu=not torch.cuda.is_available())
         self.is_main = self.state.is_main_process
-        self.out = Path(run.output_dir).expanduser().resolve()
         self.stimuli: StimulusSet = load_stimuli(args.stimuli)
         for valence, split in {**needs, "neutral": "heldout", "dysphoric": "heldout"}.items():
             if not self.stimuli.select(valence=valence, split=split):
@@ -127,10 +138,11 @@ class Session:
     def _resolve_resume(self, resume: str | None) -> Path | None:
         finished = self.out / "results.json"
         if resume is None:
-            if finished.exists() or any(self.out.glob("checkpoint-*")):
+            if (finished.exists() or any(self.out.glob("checkpoint-*"))) and not self.args.overwrite:
                 raise SessionError(
                     f"output_dir {self.out} already holds a session ({'finished' if finished.exists() else 'checkpoints'}); "
-                    "resume it with --resume_from_checkpoint last (or a checkpoint folder), or choose another output_dir"
+                    "resume it with --resume_from_checkpoint last (or a checkpoint folder), start over with "
+                    "--overwrite (deletes it), or choose another output_dir"
                 )
             return None
         if resume == "last":
@@ -172,7 +184,9 @@ class Session:
         from ledger.book import Ledger
         from ledger.budget import BudgetSession
 
-        self.out.mkdir(parents=True, exist_ok=True)
+        if self.is_main:  # an earlier session here is deleted only now, with --overwrite, the subject loaded
+            open_in_place(self.folder, overwrite=self.args.overwrite)
+        self.state.wait_for_everyone()
         if self.is_main:
             self.ledger = Ledger.open(self.args.ledger)
             if self.run.report_to == "wandb":
@@ -214,7 +228,8 @@ class Session:
 
                 from eval.capability import perplexity
 
-                config = dataclasses.replace(self.eval_config, out=str(folder))
+                # Inside our own session folder: an earlier evaluation there (a resume's "after") is ours to replace.
+                config = dataclasses.replace(self.eval_config, out=str(folder), overwrite=True)
                 evaluation, _ = run_evaluation(config, {"session": self.kind, "tag": tag}, subject=subject)
                 results = evaluation.results
                 results["heldout_neutral_perplexity"] = perplexity(

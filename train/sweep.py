@@ -31,19 +31,22 @@ def _sweep(argv: list[str]) -> int:
     from accelerate import PartialState
 
     from eval.experiences import load_stimuli
-    from eval.outputs import OutputError
+    from eval.output_folder import claim, open_in_place
     from eval.profile import profile_items
     from eval.sweep import ScoreCache, SweepConfig, subject_key
+    from train.guard import refuse_ledger_paths
 
     config, passed = parse_config([SweepConfig], argv, prog="welfare sweep")
     stimuli = load_stimuli(config.stimuli)
     profile_items(stimuli, config.split, config.empathy_split, config.max_items)  # fails now, not per subject
-    out = Path(config.out).expanduser().resolve()
-    try:
-        (out / "cache").mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise OutputError(f"--out {out}: cannot create it ({err.strerror or err}); choose a folder you can write") from err
+    # A rerun into our own sweep folder continues it (the cache); --overwrite starts it over.
+    folder = claim(config.out, "sweep", overwrite=config.overwrite, resumable=True)
+    refuse_ledger_paths(folder.path, None, "--out")
+    out = folder.path
     state = PartialState(cpu=not torch.cuda.is_available(), timeout=BARRIER_TIMEOUT)
+    if state.is_main_process:
+        open_in_place(folder, overwrite=config.overwrite)
+    state.wait_for_everyone()
     device = str(state.device)
     cache = ScoreCache(out / "cache")
     keys = [subject_key(spec, config, stimuli, device) for spec in config.specs]
