@@ -33,11 +33,12 @@ def run_guarded(body, argv: list[str], prog: str) -> int:
         return 130
     except OSError as err:
         where = f" ({err.filename})" if err.filename else ""
-        print(f"{prog}: error: {err.strerror or err}{where}; free space or fix the permissions there, "
-              "or choose another path, and run again", file=sys.stderr)
+        print(f"{prog}: error: {err.strerror or err}{where}; check that path (free space, permissions) or "
+              "choose another, and run again", file=sys.stderr)
         return 2
     except Exception as err:  # a bug: one line here, the whole story in the crash log
-        print(f"{prog}: internal error: {type(err).__name__}: {err}; {_write_crash_log(prog)}", file=sys.stderr)
+        message = " ".join(str(err).split())  # one line, whatever the message holds
+        print(f"{prog}: internal error: {type(err).__name__}: {message}; {_write_crash_log(prog)}", file=sys.stderr)
         return 1
 
 
