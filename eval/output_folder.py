@@ -56,7 +56,7 @@ def claim(path: str | os.PathLike, kind: str, *, overwrite: bool = False, resuma
     session's checkpoints; the caller applies its own rules to what is inside)."""
     path = output_path(path)
     where = f"{flag} {path}"
-    _refuse_working_directory(path, where)
+    _refuse_working_directory(path, where, flag)
     try:
         status = os.lstat(path)
     except FileNotFoundError:
@@ -105,6 +105,7 @@ def staging_folder(destination: Claim) -> Path:
     try:
         parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{destination.path.name}.staging-", dir=parent))
+        os.chmod(staging, 0o777 & ~_umask())  # it becomes the output folder: the permissions a mkdir gives
         _write_marker(staging, destination.kind)
     except OSError as err:
         raise OutputError(f"cannot write the output folder {destination.path}: {err.strerror or err}; "
@@ -156,6 +157,12 @@ def _write_marker(folder: Path, kind: str) -> None:
     (folder / MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _entries(path: Path, where: str) -> list[str]:
     try:
         return os.listdir(path)
@@ -163,10 +170,10 @@ def _entries(path: Path, where: str) -> list[str]:
         raise OutputError(f"{where}: cannot list it ({err.strerror or err}); choose a folder you can write") from err
 
 
-def _refuse_working_directory(path: Path, where: str) -> None:
+def _refuse_working_directory(path: Path, where: str, flag: str) -> None:
     """Replacing the folder a command runs in (or one above it) would pull it out from under the user."""
     cwd = Path(os.path.realpath(os.getcwd()))
     real = Path(os.path.realpath(path))
     if real == cwd or real in cwd.parents:
         raise OutputError(f"{where} is the working directory{'' if real == cwd else ' or a folder above it'}; "
-                          "nothing was touched: name a new subfolder, e.g. --out runs/my-run")
+                          f"nothing was touched: name a new subfolder, e.g. {flag} runs/my-run")
