@@ -136,19 +136,23 @@ class SessionFiles:
             return None
         except OSError as error:
             raise UnreadableProgress(f"its progress file cannot be opened ({error.strerror})") from None
-        with os.fdopen(fd, "rb") as handle:
-            status = os.fstat(handle.fileno())
+        try:
+            status = os.fstat(fd)
             if not stat.S_ISREG(status.st_mode):
                 raise UnreadableProgress("its progress file is not a regular file")
             if status.st_size > MAX_PROGRESS_BYTES:
                 raise UnreadableProgress(f"its progress file is implausibly large ({status.st_size} bytes)")
-            raw = handle.read(MAX_PROGRESS_BYTES + 1)
+            raw = os.read(fd, MAX_PROGRESS_BYTES + 1)
+        except OSError as error:
+            raise UnreadableProgress(f"its progress file cannot be read ({error.strerror})") from None
+        finally:
+            os.close(fd)
         return _parse_progress(raw, session)
 
     def remove(self, session: str) -> None:
         """Forget a settled session's files (the caller still holds, then releases, the lock)."""
-        self._progress_path(session).unlink(missing_ok=True)
-        self._lock_path(session).unlink(missing_ok=True)
+        _discard(self._progress_path(session))
+        _discard(self._lock_path(session))
 
     def remove_leftovers(self, settled: Collection[str], reserved: Collection[str]) -> list[Path]:
         """Delete files no live process needs: those of settled sessions, whose lock anyone can take;
@@ -159,7 +163,7 @@ class SessionFiles:
         for path in sorted(self.directory.iterdir()):
             if path.name.endswith(STAGING_SUFFIX):
                 if _is_stale(path):
-                    path.unlink(missing_ok=True)
+                    _discard(path)
                     removed.append(path)
                 continue
             session = _session_of(path.name)
@@ -171,6 +175,17 @@ class SessionFiles:
                 self.remove(session)
                 lock.release()
         return removed
+
+
+def _discard(path: Path) -> None:
+    """Remove a file; something else put at its path (a folder) is removed only if empty."""
+    try:
+        path.unlink(missing_ok=True)
+    except IsADirectoryError:
+        try:
+            path.rmdir()
+        except OSError:
+            pass  # not empty: not ours to delete; it no longer matters once the session is settled
 
 
 def _is_at(fd: int, path: Path) -> bool:
