@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -13,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from ledger import Ledger
+from ledger import Ledger, LedgerError
 from ledger.cli import main
+from ledger.location import check_not_ledger, is_ledger_file
 
 
 @pytest.fixture
@@ -172,3 +174,171 @@ def test_the_welfare_console_script(ledger_path):
     assert welfare("verify", "--anchor", head.stdout.strip()).returncode == 0
     bad = welfare("fund", "--account", "lab", "--hours", "-1")
     assert bad.returncode == 2 and "more than zero" in bad.stderr
+
+
+# ---- a ledger is never an output ------------------------------------------------------------------
+
+
+def _spellings(ledger_path):
+    """Paths that name the ledger or a part of it, each spelled differently."""
+    folder = ledger_path.parent
+    (folder / "link").symlink_to(ledger_path.name)
+    os.link(ledger_path, folder / "hardlink")
+    (folder / "sub").mkdir()
+    return {
+        "ledger": str(ledger_path),
+        "wal": f"{ledger_path}-wal",
+        "shm": f"{ledger_path}-shm",
+        "symlink": str(folder / "link"),
+        "symlinked wal": str(folder / "link") + "-wal",
+        "hard link": str(folder / "hardlink"),
+        "other spelling": str(folder / "sub" / ".." / ledger_path.name),
+        "sessions folder": f"{ledger_path}.sessions",
+        "in the sessions folder": f"{ledger_path}.sessions/x.lock",
+    }
+
+
+SPELLINGS = ["ledger", "wal", "shm", "symlink", "symlinked wal", "hard link", "other spelling", "sessions folder",
+             "in the sessions folder"]
+
+
+@pytest.mark.parametrize("spelling", SPELLINGS)
+@pytest.mark.parametrize("command", [["export", "--output"], ["report", "--png"], ["backup"]])
+def test_export_report_and_backup_never_write_over_the_ledger(ledger_path, capsys, command, spelling):
+    target = _spellings(ledger_path)[spelling]
+    before = snapshot(ledger_path)
+    code, _, err = run(capsys, *command, target, "--ledger", str(ledger_path))
+    assert code == 2 and "is a ledger file" in err and "nothing was written" in err
+    assert snapshot(ledger_path) == before
+    assert run(capsys, "verify", "--ledger", str(ledger_path))[0] == 0
+
+
+def test_the_wal_of_a_ledger_in_use_is_never_an_output(ledger_path, capsys):
+    writer = Ledger.open(ledger_path)
+    for _ in range(5):
+        writer.fund("lab", 1.0)  # committed, still only in the -wal while the writer has it open
+    wal = Path(f"{ledger_path}-wal")
+    parts = {name: (ledger_path.parent / name).read_bytes() for name in (ledger_path.name, wal.name)}
+    code, _, err = run(capsys, "export", "--output", str(wal), "--ledger", str(ledger_path))
+    assert code == 2 and "is a ledger file" in err
+    assert {name: (ledger_path.parent / name).read_bytes() for name in parts} == parts
+    writer.close()
+    with Ledger.open(ledger_path, create=False) as ledger:
+        assert ledger.verify().ok and len(ledger.entries()) == 6
+
+
+def test_any_welfare_ledger_is_recognised_and_other_files_are_not(ledger_path, tmp_path):
+    other = tmp_path / "elsewhere" / "other.sqlite"
+    other.parent.mkdir()
+    Ledger.open(other).close()
+    assert is_ledger_file(other, ledger_path) and is_ledger_file(f"{other}-wal", ledger_path)
+    assert is_ledger_file(f"{other}.sessions/results", ledger_path)
+    plain = sqlite3.connect(tmp_path / "plain.sqlite")
+    plain.execute("CREATE TABLE t (x)")
+    plain.close()
+    for path in (tmp_path / "plain.sqlite", tmp_path / "out.jsonl", tmp_path / "run" / "results.json"):
+        assert not is_ledger_file(path, ledger_path)
+        check_not_ledger(path, ledger_path)
+    with pytest.raises(LedgerError, match="output folder .* is a ledger file"):
+        check_not_ledger(ledger_path, what="output folder")  # without `ledger=`: known by its content
+    os.mkfifo(tmp_path / "fifo")
+    assert not is_ledger_file(tmp_path / "fifo", ledger_path)  # looked at without blocking
+
+
+# ---- backup ----------------------------------------------------------------------------------------
+
+
+def test_backup_writes_a_copy_that_verifies_and_holds_every_entry(ledger_path, capsys, tmp_path):
+    with Ledger.open(ledger_path) as ledger:
+        session = ledger.reserve("lab", 1.0).payload["session"]
+        ledger.settle(session, 0.5)
+    copy = tmp_path / "backups" / "ledger-copy.sqlite"
+    copy.parent.mkdir()
+    code, out, _ = run(capsys, "backup", str(copy), "--ledger", str(ledger_path))
+    assert code == 0 and "backed up 3 entries" in out
+    assert [p.name for p in copy.parent.iterdir()] == [copy.name]  # no staging file, no -wal: one file
+    assert run(capsys, "verify", "--ledger", str(copy))[0] == 0
+    assert run(capsys, "export", "--ledger", str(copy))[1] == run(capsys, "export", "--ledger", str(ledger_path))[1]
+
+
+def test_backup_refuses_a_destination_that_exists_or_is_special(ledger_path, capsys, tmp_path):
+    existing = tmp_path / "existing.sqlite"
+    existing.write_text("keep me")
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    cases = {existing: "already exists", tmp_path / "fifo": "already exists", tmp_path / "folder": "already exists",
+             tmp_path / "dangling": "already exists", tmp_path / "missing" / "copy.sqlite": "does not exist"}
+    before = snapshot(ledger_path)
+    for destination, message in cases.items():
+        code, _, err = run(capsys, "backup", str(destination), "--ledger", str(ledger_path))
+        assert code == 2 and message in err, destination
+    assert existing.read_text() == "keep me" and not (tmp_path / "nowhere").exists()
+    assert snapshot(ledger_path) == before
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".backup")]
+
+
+# ---- bad ledger paths and I/O errors -------------------------------------------------------------------
+
+
+def test_an_empty_ledger_path_is_an_error_not_the_default_ledger(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("WELFARE_LEDGER", str(tmp_path / "default.sqlite"))
+    code, _, err = run(capsys, "fund", "--ledger", "", "--account", "lab", "--hours", "1")
+    assert code == 2 and "--ledger '' is an empty path" in err
+    assert not (tmp_path / "default.sqlite").exists()
+
+
+def test_a_fifo_as_the_ledger_exits_2_at_once(tmp_path):
+    fifo = tmp_path / "ledger.sqlite"
+    os.mkfifo(fifo)
+    for command in (["verify"], ["fund", "--account", "lab", "--hours", "1"]):
+        # opening the FIFO would block forever: the timeout turns that into a failure
+        done = subprocess.run([sys.executable, "-m", "ledger.cli", *command, "--ledger", str(fifo)],
+                              capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 2 and "FIFO" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_ledger_paths_that_cannot_be_a_ledger_exit_2_with_a_clear_message(tmp_path, capsys):
+    (tmp_path / "loop").symlink_to("loop")
+    (tmp_path / "dangling").symlink_to(tmp_path / "gone.sqlite")
+    (tmp_path / "a-file").write_text("")
+    (tmp_path / "folder").mkdir()
+    cases = {
+        "loop": "symbolic links",
+        "dangling": "symlink to the missing",
+        "a-file/ledger.sqlite": "Not a directory",
+        "folder": "is a directory",
+    }
+    for name, message in cases.items():
+        for command in (["verify"], ["fund", "--account", "lab", "--hours", "1"]):
+            code, _, err = run(capsys, *command, "--ledger", str(tmp_path / name))
+            assert code == 2 and message in err and len(err.splitlines()) == 1, (name, err)
+    assert not (tmp_path / "gone.sqlite").exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads and writes any file")
+def test_an_unreadable_ledger_or_unwritable_folder_exits_2(ledger_path, tmp_path, capsys):
+    ledger_path.chmod(0)
+    code, _, err = run(capsys, "verify", "--ledger", str(ledger_path))
+    assert code == 2 and "not readable" in err
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    code, _, err = run(capsys, "fund", "--account", "lab", "--hours", "1", "--ledger", str(locked / "l.sqlite"))
+    assert code == 2 and "cannot create a ledger" in err
+
+
+def test_io_errors_during_a_command_exit_2_with_one_line(ledger_path, capsys, monkeypatch, tmp_path):
+    code, _, err = run(capsys, "export", "--output", "/dev/full", "--ledger", str(ledger_path))  # a full disk
+    assert code == 2 and "No space left on device" in err and len(err.splitlines()) == 1
+    missing = tmp_path / "missing" / "x.jsonl"
+    code, _, err = run(capsys, "export", "--output", str(missing), "--ledger", str(ledger_path))
+    assert code == 2 and "No such file or directory" in err and len(err.splitlines()) == 1
+
+    def disk_full(*args, **kwargs):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(Ledger, "fund", disk_full)
+    before = snapshot(ledger_path)
+    code, _, err = run(capsys, "fund", "--account", "lab", "--hours", "1", "--ledger", str(ledger_path))
+    assert code == 2 and "database or disk is full" in err and len(err.splitlines()) == 1
+    assert snapshot(ledger_path) == before
