@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import pytest
+import yaml
 
 from ledger import Ledger
 from ledger_helpers import funded_ledger
@@ -37,7 +38,7 @@ def _ledger_numbers(ledger_path):
     return totals, euphoric, funds
 
 
-def test_plan_schedules_enough_sessions_of_the_measured_price(indebted, capsys):
+def test_plan_schedules_enough_sessions_of_the_measured_price(indebted, capsys, tmp_path):
     ledger, model = indebted
     totals, euphoric, funds = _ledger_numbers(ledger)
     assert totals.open_debt > 0
@@ -50,9 +51,12 @@ def test_plan_schedules_enough_sessions_of_the_measured_price(indebted, capsys):
     assert plan.budget_per_session == pytest.approx(plan_cmd.BUDGET_MARGIN * hours)
     assert plan.feasible
 
-    assert plan_cmd.main(["--ledger", str(ledger), "--account", "lab", "--launcher", "python"]) == 0
+    assert plan_cmd.main(["--ledger", str(ledger), "--account", "lab", "--launcher", "python",
+                          "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert f"{plan.sessions} session(s)" in out and "--valence euphoric" in out and "--budget_hours" in out
+    recipe = tmp_path / "recipes" / "euphoric-exposure.yaml"
+    assert f"{plan.sessions} session(s)" in out and f"--config {recipe}" in out and "--budget_hours" in out
+    assert yaml.safe_load(recipe.read_text())["valence"] == "euphoric" and "valence: euphoric" in out
 
 
 def test_plan_says_when_funds_cannot_cover_the_debt(indebted, capsys):
@@ -96,8 +100,11 @@ def test_plan_without_a_measured_price_proposes_a_pilot(synthetic, tmp_path, cap
             *FLAGS]
     assert exposure.main(argv) == 0
     capsys.readouterr()
-    assert plan_cmd.main(["--ledger", str(ledger), "--account", "lab", "--launcher", "python"]) == 0
+    assert plan_cmd.main(["--ledger", str(ledger), "--account", "lab", "--launcher", "python",
+                          "--out", str(tmp_path / "plan")]) == 0
     out = capsys.readouterr().out
     assert "price is unknown" in out and "pilot-euphoric-exposure" in out
-    command = out.strip().splitlines()[-1]
-    assert command.index("--valence dysphoric") < command.index("--valence euphoric")  # the later flag wins
+    # The pilot is the debt's session as recorded, living euphoric experiences instead.
+    recipe = yaml.safe_load((tmp_path / "plan" / "recipes" / "pilot-euphoric-exposure.yaml").read_text())
+    assert recipe["valence"] == "euphoric" and recipe["max_episodes"] == 4 and recipe["eval_max_items"] == 8
+    assert "--budget_hours 0.1" in out.strip().splitlines()[-1]

@@ -26,6 +26,7 @@ from train.guard import run_guarded
 # Settings that make a session import or run code that is not ours. A plan never takes them from a
 # recorded recipe, only from its own command line.
 CODE_RUNNING_SETTINGS = ("trust_remote_code", "model_init_kwargs")
+MAX_INT = 2**63 - 1  # no count, seed or size is larger (torch and numpy take 64-bit integers)
 
 
 class ConfigError(InputError):
@@ -78,6 +79,8 @@ def build_configs(dataclass_types: list[type], values: dict, *, where: str) -> l
     for key, value in values.items():
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"{where}: {key}: expected a finite number, got {value}")
+        if isinstance(value, int) and not -MAX_INT <= value <= MAX_INT:
+            raise ConfigError(f"{where}: {key}: {str(value)[:20]}... is too large for any setting (at most {MAX_INT})")
     instances = []
     for cls in dataclass_types:
         names = [f.name for f in dataclasses.fields(cls) if f.init]
@@ -185,16 +188,19 @@ def _shown(value) -> str:
     return f"{type(value).__name__} {text if len(text) <= 80 else text[:77] + '...'}"
 
 
+_NOT_GIVEN = object()
+
+
 def _flag_values(parser: HfArgumentParser, argv: list[str]) -> dict:
-    """Only the flags given on the command line, converted by HfArgumentParser's per-field types."""
+    """Only the flags given on the command line, converted by HfArgumentParser's per-field types (argparse
+    fills in a default only where the namespace lacks the name, so a placeholder marks "not given")."""
     for action in parser._actions:
-        if action.dest != "help":
-            action.default = argparse.SUPPRESS
-            action.required = False  # a required field may come from the recipe; the dataclass says if it is missing
-    namespace, rest = parser.parse_known_args(argv)
+        action.required = False  # a required field may come from the recipe; the dataclass says if it is missing
+    placeholders = argparse.Namespace(**{a.dest: _NOT_GIVEN for a in parser._actions if a.dest != "help"})
+    namespace, rest = parser.parse_known_args(argv, namespace=placeholders)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    return vars(namespace)
+    return {k: v for k, v in vars(namespace).items() if v is not _NOT_GIVEN}
 
 
 class _StrictParser(HfArgumentParser):

@@ -9,7 +9,13 @@ Everything comes from the ledger, so a plan is as auditable as the ledger itself
 Which subject and recipe a session used is read from the results.json its measurement entries cite,
 after checking the file's sha256 against the entry. Offsets that change the subject itself (LoRA, soft
 prompt) are state recovery, not credit: they repay debt only through the exposures run with them.
-`--execute` runs the printed commands in order and stops at the first failure.
+
+A planned session's recipe is the recorded, structured config (results.json `config.resolved`), validated
+by the exposure entry's own dataclasses and written as a YAML recipe in the plan's output folder; the
+command passes it with `--config` and sets only budget, output folder, ledger and account itself. A sha256
+proves a file is the one cited, not that it is trusted: settings that run code (CODE_RUNNING_SETTINGS) are
+never taken from it, only from `welfare plan --trust_remote_code`. `--execute` runs the printed commands
+in order and stops at the first failure.
 """
 
 from __future__ import annotations
@@ -25,19 +31,37 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from eval.errors import InputError
+from eval.safe_read import MAX_JSON_BYTES, ReadError, decode_utf8, load_yaml_recipe, parse_json, read_bytes_bounded
+from train.config import CODE_RUNNING_SETTINGS, ConfigError, build_configs, recipe_values
+
 BUDGET_MARGIN = 1.25  # default: each planned session's budget over the measured mean spend
 
+# Settings each planned session sets for itself (on its command line), never reused from a recording.
+SET_BY_PLAN = ("budget_hours", "output_dir", "ledger", "account", "resume_from_checkpoint", "overwrite")
 
-SET_BY_PLAN = ("--budget_hours", "--output_dir", "--ledger", "--account", "--resume_from_checkpoint")
+
+@dataclass(frozen=True)
+class Recipe:
+    """The settings a recorded exposure session ran with, as reusable by a planned one (canonical JSON, so
+    equal recipes compare equal), and where they were read."""
+
+    values: str
+    session: str
+    results: str
+    budget_hours: float | None  # the recorded session's own budget (a pilot's, lacking a price)
+    problem: str | None = None  # why the recording holds no usable recipe
+
+    def mapping(self) -> dict:
+        return json.loads(self.values)
 
 
 @dataclass(frozen=True)
 class Option:
-    """One way to earn credit on a subject: a euphoric-exposure recipe as it was run (file + flags, the
-    adapter among them), priced by the sessions that ran it."""
+    """One way to earn credit on a subject: a euphoric-exposure recipe as it was run (the adapter among its
+    settings), priced by the sessions that ran it."""
 
-    recipe: str | None
-    flags: tuple[str, ...]
+    recipe: Recipe
     adapter: str | None
     sessions: int
     credit: float
@@ -65,7 +89,7 @@ class Plan:
     option: Option | None
     sessions: int
     budget_per_session: float
-    pilot: tuple[str | None, tuple[str, ...]] = (None, ())  # the latest debt session's recipe and flags
+    pilot: Recipe | None = None  # the latest debt session's recipe
 
     @property
     def expected_hours(self) -> float:
@@ -92,22 +116,32 @@ def ledger_sessions(ledger) -> list[dict]:
         record = sessions[entry.payload["session"]]
         record["measures"][entry.payload["probe"]] = entry.payload
         for cited in entry.payload.get("results", []):
-            record["results"] = record["results"] or _verified_results(cited)
+            if record["results"] is None:
+                record["results"], record["results_path"] = _verified_results(cited), cited["path"]
     return [{"session": s, "spent_hours": spent[s], **r} for s, r in sessions.items() if r["results"]]
 
 
 def _verified_results(cited: dict) -> dict | None:
+    """The cited results.json if it is still the file the ledger cited (read within bounds), else None."""
     path = Path(cited["path"])
-    if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != cited["sha256"]:
-        print(f"welfare plan: skipping {path}: missing or changed since the ledger cited it", file=sys.stderr)
+    try:
+        data = read_bytes_bounded(path, what="results.json", max_bytes=MAX_JSON_BYTES)
+        if hashlib.sha256(data).hexdigest() != cited["sha256"]:
+            raise ReadError(f"{path}: changed since the ledger cited it")
+        results = parse_json(decode_utf8(data, str(path)), str(path))
+        if not isinstance(results, dict):
+            raise ReadError(f"{path}: expected a JSON object")
+    except ReadError as err:
+        print(f"welfare plan: skipping {path}: {err}", file=sys.stderr)
         return None
-    return json.loads(path.read_text())
+    return results
 
 
 def make_plan(sessions: list[dict], *, probe: str, model: str, funds: float, margin: float = BUDGET_MARGIN) -> Plan:
     """The cheapest measured option, and how many of its sessions the open debt needs."""
-    debt, pilot = 0.0, (None, ())
+    debt, pilot = 0.0, None
     priced: dict[tuple, list[float]] = defaultdict(lambda: [0, 0.0, 0.0])
+    recipes: dict[tuple, Recipe] = {}
     for s in sessions:
         subject = s["results"].get("subject") or {}
         measure = s["measures"].get(probe)
@@ -115,16 +149,15 @@ def make_plan(sessions: list[dict], *, probe: str, model: str, funds: float, mar
             continue
         debt += (measure.get("debt") or 0.0) - (measure.get("credit") or 0.0)
         if measure.get("debt"):
-            passed = s["results"]["config"]["passed"]
-            pilot = (passed.get("config_file"), _reusable_flags(passed.get("argv", [])))
+            pilot = recorded_recipe(s)
         if s["results"].get("kind") == "euphoric-exposure" and s["spent_hours"] > 0:
-            passed = s["results"]["config"]["passed"]
-            key = (passed.get("config_file"), _reusable_flags(passed.get("argv", [])), subject.get("adapter"))
+            recipe = recorded_recipe(s)
+            key = (recipe.values, subject.get("adapter"))
+            recipes.setdefault(key, recipe)
             priced[key][0] += 1
             priced[key][1] += measure.get("credit") or 0.0
             priced[key][2] += s["spent_hours"]
-    options = [Option(recipe, flags, adapter, int(n), credit, hours)
-               for (recipe, flags, adapter), (n, credit, hours) in priced.items()]
+    options = [Option(recipes[key], key[1], int(n), credit, hours) for key, (n, credit, hours) in priced.items()]
     best = max((o for o in options if o.credit > 0), key=lambda o: o.credit_per_hour, default=None)
     if best is None or debt <= 0:
         return Plan(probe, model, debt, funds, best, 0, 0.0, pilot)
@@ -132,33 +165,71 @@ def make_plan(sessions: list[dict], *, probe: str, model: str, funds: float, mar
                 margin * best.hours_per_session, pilot)
 
 
-def _reusable_flags(argv: list[str]) -> tuple[str, ...]:
-    """A session's flags without those each planned session sets for itself."""
-    kept, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg.split("=", 1)[0] in SET_BY_PLAN:
-            skip = "=" not in arg
-        else:
-            kept.append(arg)
-    return tuple(kept)
+def recorded_recipe(session: dict) -> Recipe:
+    """The structured settings a recorded session ran with (results.json `config.resolved`, every section
+    merged), without those a planned session sets itself or that run code. Validated later, when used."""
+    config = session["results"].get("config")
+    resolved = config.get("resolved") if isinstance(config, dict) else None
+    sections = list(resolved.values()) if isinstance(resolved, dict) else []
+    values, problem = {}, None
+    if not sections or not all(isinstance(x, dict) for x in sections):
+        problem = "its config.resolved is not a mapping of config sections"
+    else:
+        values = {k: v for section in sections for k, v in section.items()}
+        if len(values) != sum(len(x) for x in sections):
+            problem = "its config.resolved names a setting in more than one section"
+    budget = values.get("budget_hours")
+    kept = {k: v for k, v in values.items() if k not in SET_BY_PLAN and k not in CODE_RUNNING_SETTINGS}
+    return Recipe(json.dumps(kept, sort_keys=True), session["session"], str(session.get("results_path")),
+                  budget if isinstance(budget, (int, float)) and not isinstance(budget, bool) else None, problem)
 
 
-def commands(plan: Plan, *, ledger: Path, account: str, launcher: str, out: str) -> list[list[str]]:
+def session_recipe(recipe: Recipe, *, budget_hours: float, output_dir: str) -> dict:
+    """The recipe of a planned euphoric exposure, validated by the exposure entry's own dataclasses together
+    with the settings the plan passes on the command line, exactly as the session will read them."""
+    from train import exposure
+
+    where = f"the recipe recorded by session {recipe.session} ({recipe.results})"
+    if recipe.problem:
+        raise ConfigError(f"{where}: {recipe.problem}")
+    values = {**recipe.mapping(), "valence": "euphoric"}
+    typed = recipe_values(exposure.config_types(), values, where=where)
+    build_configs(exposure.config_types(), {**typed, "budget_hours": budget_hours, "output_dir": output_dir},
+                  where=where)
+    return values
+
+
+def write_recipe(values: dict, path: Path) -> Path:
+    """`values` as a YAML recipe file, checked to read back as exactly these values."""
+    import yaml
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(values, sort_keys=True))
+    if load_yaml_recipe(path) != values:
+        raise ConfigError(f"{path}: the recipe does not read back as written; report this as a bug")
+    return path
+
+
+def commands(plan: Plan, *, ledger: Path, account: str, launcher: str, out: str,
+             trust_remote_code: bool = False) -> tuple[list[list[str]], Path]:
+    """The planned sessions' commands, and the recipe file they share (written into `out`)."""
     from train import exposure
 
     entry = str(Path(exposure.__file__).resolve())
-    base = [*shlex.split(launcher), entry]
+    code = ["--trust_remote_code", "true"] if trust_remote_code else []
     if plan.option is None:  # nothing measured yet: one pilot, set up as the debt's session, to price it
-        recipe, flags = plan.pilot
-        return [[*base, *(["--config", recipe] if recipe else []), *flags, "--valence", "euphoric",
-                 "--account", account, "--ledger", str(ledger), "--output_dir", f"{out}/pilot-euphoric-exposure"]]
-    option = plan.option
-    extra = [*(["--config", option.recipe] if option.recipe else []), *option.flags]
-    return [[*base, *extra, "--account", account, "--ledger", str(ledger),
-             "--budget_hours", f"{plan.budget_per_session:.6g}", "--output_dir", f"{out}/euphoric-{i + 1}"]
-            for i in range(plan.sessions)]
+        recipe, name = plan.pilot, "pilot-euphoric-exposure"
+        budgets = [recipe.budget_hours or 0.0]
+        folders = [f"{out}/{name}"]
+    else:
+        recipe, name = plan.option.recipe, "euphoric-exposure"
+        budgets = [plan.budget_per_session] * plan.sessions
+        folders = [f"{out}/euphoric-{i + 1}" for i in range(plan.sessions)]
+    values = session_recipe(recipe, budget_hours=budgets[0], output_dir=folders[0])
+    path = write_recipe(values, Path(out).expanduser().resolve() / "recipes" / f"{name}.yaml")
+    return [[*shlex.split(launcher), entry, "--config", str(path), "--account", account, "--ledger", str(ledger),
+             "--budget_hours", f"{budget:.6g}", "--output_dir", folder, *code]
+            for budget, folder in zip(budgets, folders)], path
 
 
 def main(argv: list[str]) -> int:
@@ -176,6 +247,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--budget_margin", type=float, default=BUDGET_MARGIN,
                         help="each session's budget as a multiple of the measured mean spend (default: %(default)s)")
     parser.add_argument("--execute", action="store_true", help="run the sessions in order, stop at a failure")
+    parser.add_argument("--trust_remote_code", action="store_true",
+                        help="let the sessions run the model repo's own Python code (never taken from a recording)")
     args = parser.parse_args(argv)
     if not args.budget_margin >= 1:
         print(f"welfare plan: error: --budget_margin must be >= 1, got {args.budget_margin}", file=sys.stderr)
@@ -199,7 +272,15 @@ def main(argv: list[str]) -> int:
     print(describe(plan, args.account))
     if plan.debt <= 0:
         return 0
-    todo = commands(plan, ledger=path, account=args.account, launcher=args.launcher, out=args.out)
+    source = plan.option.recipe if plan.option else plan.pilot
+    try:
+        todo, recipe_file = commands(plan, ledger=path, account=args.account, launcher=args.launcher, out=args.out,
+                                     trust_remote_code=args.trust_remote_code)
+    except InputError as error:
+        print(f"welfare plan: error: nothing run: {error}", file=sys.stderr)
+        return 2
+    print(f"Recipe {recipe_file} (settings recorded by session {source.session}, {source.results}):")
+    print(recipe_file.read_text().rstrip())
     print("\n".join(shlex.join(c) for c in todo))
     if not plan.feasible and plan.option is not None:
         return 1
@@ -221,7 +302,7 @@ def describe(plan: Plan, account: str) -> str:
         return "\n".join(lines + ["No euphoric exposure has been measured on this subject, so its price is unknown. "
                                   "Run this pilot session first, then plan again:"])
     o = plan.option
-    lines.append(f"Cheapest measured option: euphoric exposure ({o.recipe or 'default recipe'}"
+    lines.append(f"Cheapest measured option: euphoric exposure (the recipe of session {o.recipe.session}"
                  f"{', adapter ' + o.adapter if o.adapter else ''}): {o.credit_per_hour:.4g} credit per "
                  f"accelerator-hour over {o.sessions} session(s), {o.credit_per_session:.4g} credit and "
                  f"{o.hours_per_session:.4g} h per session.")
