@@ -16,6 +16,7 @@ from typing import Any, TextIO
 
 from ledger import accounts
 from ledger.accounts import check_hours, check_name, reserved_account, spent_account, to_hours, to_microhours
+from ledger.audit import Audit
 from ledger.backup import publish, staged_copy
 from ledger.chain import Entry, Head, VerifyResult, format_time, verify_chain
 from ledger.errors import InsufficientHours, LedgerError, UnknownAccount, UnknownSession
@@ -234,6 +235,7 @@ class Ledger:
                     f"entry {seq} was already corrected by entry {earlier[0].seq}; correct that one instead"
                 )
             lines = explicit if explicit is not None else _default_correction(target)
+            _refuse_overdraw(tx, seq, lines)
             payload = {"corrects": seq, "reason": reason, "postings": lines}
             if "session" in target.payload:
                 payload["session"] = target.payload["session"]
@@ -397,14 +399,20 @@ class Ledger:
         return self._store.head()
 
     def verify(self, anchor: Head | str | None = None) -> VerifyResult:
-        """Check the whole chain, and that it still reaches an anchor kept elsewhere."""
+        """Check the schema, the whole chain and its accounting (`ledger.audit`), and that the chain still
+        reaches an anchor kept elsewhere. `.ok` is what anything that settles or repairs must ask first."""
         if isinstance(anchor, str):
             anchor = Head.parse(anchor)
-        result = verify_chain(self._store.chain_rows(), anchor)
-        misnumbered = self._store.first_misnumbered_seq(result.entries) if result.ok else None
+        result = verify_chain(self._store.chain_rows(), anchor, Audit().check)
+        if not result.ok:
+            return result
+        misnumbered = self._store.first_misnumbered_seq(result.entries)
         if misnumbered is not None:
             return VerifyResult(False, misnumbered - 1, None, misnumbered,
                                 "its seq column disagrees with the seq its hash covers (rows were renumbered)")
+        problem = self._store.schema_problem()
+        if problem is not None:
+            return VerifyResult(False, 0, None, 0, problem)
         return result
 
     def export(self, out: TextIO, fmt: str = "jsonl", **filters: Any) -> int:
@@ -463,6 +471,20 @@ def _default_correction(target: Entry) -> accounts.Postings:
         f"entry {target.seq} is a {target.kind}; reversing it would reopen or unsettle a session, so pass "
         "explicit zero-sum postings in hours, e.g. {'@spent/SESSION': -0.1, 'lab': 0.1}"
     )
+
+
+def _refuse_overdraw(tx: Transaction, seq: int, postings: accounts.Postings) -> None:
+    """A correction cannot take back hours an account no longer holds (they were moved or spent since)."""
+    def after(name: str) -> int:
+        return (tx.account_total(name) or 0) + postings[name]
+
+    overdrawn = accounts.first_overdrawn("correction", postings, after)
+    if overdrawn is not None:
+        raise InsufficientHours(
+            f"correcting entry {seq} would leave account {overdrawn!r} at {to_hours(after(overdrawn)):g} "
+            "accelerator-hours, below zero: its hours were moved or spent since. Correct the later entries "
+            "that moved them first (welfare ledger show lists them), then this one"
+        )
 
 
 def _unknown_account(account: str) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ledger.accounts import check_hours, check_name
 from ledger.book import Ledger
-from ledger.chain import Head, canonical_json
+from ledger.chain import Head, VerifyResult, canonical_json
 from ledger.errors import LedgerError
 from ledger.export import EXPORT_FORMATS
 from ledger.location import ENV_VAR, check_not_ledger
@@ -93,7 +93,8 @@ def _parser() -> argparse.ArgumentParser:
     report = command("report", "Per-session and total hours, energy and wellbeing, as a table and a PNG.")
     report.add_argument("--png", type=Path, default=Path("ledger_report.png"),
                         help="where to write the plot (default: ./ledger_report.png)")
-    verify = command("verify", "Check the hash chain; exit 1 with the first bad seq if it is broken.")
+    verify = command("verify", "Check the hash chain, the accounting and the schema; exit 1 with the first bad "
+                               "seq if it is broken.")
     verify.add_argument("--anchor", type=_anchor,
                         help="a SEQ:HASH printed earlier by `head`, to detect truncation or rewrites")
     command("head", "Print the last entry as SEQ:HASH, to keep elsewhere as an anchor.")
@@ -136,7 +137,7 @@ def _run(args: argparse.Namespace, ledger: Ledger) -> int:
     elif args.command == "verify":
         result = ledger.verify(args.anchor)
         if not result.ok:
-            print(f"ledger {ledger.path} is BROKEN at seq {result.first_bad_seq}: {result.reason}", file=sys.stderr)
+            print(_broken(ledger, result), file=sys.stderr)
             return 1
         print(f"ledger intact: {result.entries} entries, head {result.head}")
     elif args.command == "head":
@@ -203,16 +204,33 @@ def _print_balances(ledger: Ledger, account: str | None) -> None:
     _console().print(table)
 
 
+def _broken(ledger: Ledger, result: VerifyResult) -> str:
+    """What a failed verify says: never to repair, which would settle on top of entries that cannot be
+    trusted (a session that looks open may have settled in the entries that were lost or rewritten)."""
+    where = f"at seq {result.first_bad_seq}" if result.first_bad_seq else "outside its entries"
+    return (f"ledger {ledger.path} is BROKEN {where}: {result.reason}. Do not write to it or repair it: "
+            "restore it from a backup (one made by `welfare ledger backup`) and check that against your last "
+            "anchor (`welfare ledger verify --ledger BACKUP --anchor SEQ:HASH`), or send it to the ledger's "
+            "auditor as it is")
+
+
 def _warn_abandoned(ledger: Ledger) -> None:
     try:
         abandoned = ledger.abandoned_sessions()
     except OSError as error:  # e.g. an auditor without access to the session lock files
         print(f"note: could not check for sessions that died without settling ({error})", file=sys.stderr)
         return
-    if abandoned:
-        names = ", ".join(session.session for session in abandoned)
-        print(f"warning: {len(abandoned)} session(s) died without settling ({names}); "
-              "run `welfare ledger repair` to settle them", file=sys.stderr)
+    if not abandoned:
+        return
+    names = ", ".join(session.session for session in abandoned)
+    result = ledger.verify()  # only here, when there is something to repair: advice to repair needs it
+    if not result.ok:
+        print(f"warning: {len(abandoned)} session(s) look unsettled ({names}), but {_broken(ledger, result)}",
+              file=sys.stderr)
+        return
+    print(f"warning: {len(abandoned)} session(s) died without settling ({names}); if `welfare ledger verify "
+          "--anchor SEQ:HASH` passes with your last anchor (a rolled-back copy may have lost their settlements), "
+          "run `welfare ledger repair` to settle them", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -227,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         return _failed(error)
     try:
         code = _run(args, ledger)
-        if args.command != "repair":
+        if args.command != "repair" and code == 0:  # a failed verify or backup has said what to do instead
             _warn_abandoned(ledger)
         return code
     except (LedgerError, OSError, sqlite3.Error) as error:

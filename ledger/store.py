@@ -8,18 +8,22 @@ Why SQLite and not an fsynced JSONL file:
   append one after another and the chain stays linear, without a hand-made lock file.
 - WAL with `synchronous=FULL` fsyncs the log before COMMIT returns: an acknowledged entry is on disk,
   and readers (verify, report) see a consistent snapshot while writers append.
-- Balances are summed in C over the chained payloads themselves (`json_each`): no second copy of the
-  numbers that could drift from what the hashes protect.
+- Balances are read out of the chained payloads themselves (`json_each`, in C) and summed in Python,
+  whose integers never overflow: no second copy of the numbers that could drift from what the hashes protect.
+- The generated columns and triggers are part of what is trusted, so `schema_problem` compares them with
+  what `_SCHEMA` creates, and a transaction refuses to write into a ledger whose schema differs.
 The price: the file is binary, so people read it through `welfare ledger show` and `export`.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import secrets
 import sqlite3
 import stat
+from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -56,6 +60,22 @@ INSERT INTO meta VALUES ('format', '{FORMAT_NAME}'), ('schema_version', '{SCHEMA
     ('genesis', '{GENESIS_HASH}');
 COMMIT;
 """
+
+
+_SCHEMA_ROWS = "SELECT type, name, sql FROM sqlite_master"
+
+
+@functools.cache
+def _expected_schema() -> tuple[dict[tuple[str, str], str | None], dict[str, str]]:
+    """The sqlite_master rows and meta rows `_SCHEMA` creates: built from the DDL itself, so the check
+    and the creation cannot drift apart."""
+    db = sqlite3.connect(":memory:", isolation_level=None)
+    try:
+        db.executescript(_SCHEMA)
+        schema = {(kind, name): sql for kind, name, sql in db.execute(_SCHEMA_ROWS)}
+        return schema, dict(db.execute("SELECT key, value FROM meta"))
+    finally:
+        db.close()
 
 
 def _entry(row: tuple[str, str]) -> Entry:
@@ -98,20 +118,38 @@ class _Reader:
 
     def account_totals(self) -> dict[str, int]:
         """Every account's balance in micro-hours: the sum of all postings to it."""
-        rows = self._db.execute(
-            "SELECT p.key, SUM(p.value) FROM entries, json_each(entries.body, '$.payload.postings') AS p"
-            " GROUP BY p.key"
-        )
-        return dict(rows)
+        totals: dict[str, int] = defaultdict(int)
+        for name, amount in self._db.execute(
+            "SELECT p.key, p.value FROM entries, json_each(entries.body, '$.payload.postings') AS p"
+        ):
+            totals[name] += amount
+        return dict(totals)
 
     def account_total(self, account: str) -> int | None:
         """One account's balance in micro-hours, or None if nothing was ever posted to it."""
-        count, total = self._db.execute(
-            "SELECT COUNT(*), SUM(p.value) FROM entries, json_each(entries.body, '$.payload.postings') AS p"
-            " WHERE p.key = ?",
+        amounts = [amount for (amount,) in self._db.execute(
+            "SELECT p.value FROM entries, json_each(entries.body, '$.payload.postings') AS p WHERE p.key = ?",
             (account,),
-        ).fetchone()
-        return total if count else None
+        )]
+        return sum(amounts) if amounts else None
+
+    def schema_problem(self) -> str | None:
+        """What differs between this database's tables, generated columns, indexes, triggers and meta rows
+        and those `_SCHEMA` creates, or None if nothing does."""
+        expected_schema, expected_meta = _expected_schema()
+        found = {(kind, name): sql for kind, name, sql in self._db.execute(_SCHEMA_ROWS)}
+        for key in sorted(expected_schema.keys() | found.keys()):
+            if key not in found:
+                return f"its {key[0]} {key[1]} is missing (the database schema was edited)"
+            if key not in expected_schema:
+                return f"it has an extra {key[0]} {key[1]} (the database schema was edited)"
+            if found[key] != expected_schema[key]:
+                return (f"its {key[0]} {key[1]} is defined as {found[key]!r}, not as this code creates it "
+                        "(the database schema was edited)")
+        meta = dict(self._db.execute("SELECT key, value FROM meta"))
+        if meta != expected_meta:
+            return f"its meta table holds {meta!r}, not {expected_meta!r} (the database was edited)"
+        return None
 
 
 class Transaction(_Reader):
@@ -133,6 +171,7 @@ class Store(_Reader):
     def __init__(self, db: sqlite3.Connection, path: Path):
         super().__init__(db)
         self.path = path
+        self._schema_checked_at: int | None = None  # the schema cookie when schema_problem last found nothing
 
     @classmethod
     def open(cls, path: Path, *, create: bool) -> Store:
@@ -166,12 +205,25 @@ class Store(_Reader):
         """All appends inside commit together (one fsync) or not at all."""
         self._db.execute("BEGIN IMMEDIATE")
         try:
+            self._require_schema()
             yield Transaction(self._db)
             self._db.execute("COMMIT")
         except BaseException:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
             raise
+
+    def _require_schema(self) -> None:
+        """Refuse to write where the columns that decide reservations and settlements are not ours; the
+        check reruns only when SQLite's schema cookie changed, so an append costs one PRAGMA."""
+        cookie = self._db.execute("PRAGMA schema_version").fetchone()[0]
+        if cookie == self._schema_checked_at:
+            return
+        problem = self.schema_problem()
+        if problem is not None:
+            raise LedgerError(f"ledger {self.path} cannot be written: {problem}. Nothing was written; check it "
+                              "with `welfare ledger verify` and restore it from a backup")
+        self._schema_checked_at = cookie
 
     def chain_rows(self) -> Iterator[tuple[bytes, str]]:
         """Stored (body bytes, hash) rows in seq order, for verification."""
