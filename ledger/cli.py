@@ -1,7 +1,9 @@
 """`welfare ledger ...`: fund and audit the GPU-hour ledger from a shell.
 
-Exit codes: 0 done; 1 `verify` found the ledger broken (the first bad seq and why are printed);
-2 bad input (the message says what and how to fix it) with the ledger unchanged.
+Exit codes: 0 done; 1 `verify` found the ledger broken (the first bad seq and why are printed), or
+`backup` copied a broken one; 2 bad input, or an I/O error such as a full disk (one line says what and
+how to fix it) with the ledger unchanged. No output path (`export --output`, `report --png`, `backup`)
+may be the ledger or a part of it (`ledger.location.check_not_ledger`).
 """
 
 from __future__ import annotations
