@@ -45,8 +45,8 @@ def is_ledger_file(path: str | os.PathLike, ledger: str | os.PathLike | None = N
     """Whether writing to `path` could overwrite a ledger: `ledger` (default: the one `--ledger` would find
     without the option), its -wal/-shm/-journal or its .sessions folder (or anything inside it), or any
     file that is itself a welfare-offsets ledger or the -wal/-shm/-journal/.sessions of one."""
-    target = Path(os.path.realpath(os.fspath(path)))
-    known = Path(os.fspath(ledger)) if ledger is not None else default_ledger_path()
+    target = Path(os.path.realpath(os.path.expanduser(os.fspath(path))))
+    known = resolve_ledger_path(ledger)
     if _names_ledger_part(target, {Path(os.path.realpath(known)), Path(os.path.abspath(known))}):
         return True
     if _same_file_as_any(target, known):
