@@ -294,6 +294,7 @@ class Ledger:
             settled={entry.payload["session"] for entry in self._store.select(kind="settle")},
             reserved={entry.payload["session"] for entry in self._store.select(kind="reserve")},
         )
+        self._store.remove_stale_staging()
         return outcomes
 
     def _repair_session(self, session: str) -> RepairOutcome:

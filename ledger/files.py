@@ -5,10 +5,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 STAGING_SUFFIX = ".tmp"  # `.<name>.<pid>.tmp`: a file being written, renamed over <name> when complete
+# A staging file (or a session file of no reserved session) this much older than now has no live writer:
+# a writer renames a staging file in milliseconds, and reserves within the ledger's busy timeout of
+# creating its lock.
+STALE_AFTER_S = 600.0
 
 
 def write_json_atomic(path: Path, value: Any) -> None:
@@ -32,6 +37,14 @@ def fsync_path(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def is_stale(path: Path) -> bool:
+    """Whether `path` was last changed more than STALE_AFTER_S ago (False if it is gone)."""
+    try:
+        return time.time() - path.lstat().st_mtime > STALE_AFTER_S
+    except FileNotFoundError:
+        return False
 
 
 def read_json(path: Path) -> Any:

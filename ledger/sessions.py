@@ -19,7 +19,6 @@ import json
 import math
 import os
 import stat
-import time
 from collections.abc import Collection
 from dataclasses import dataclass
 from numbers import Real
@@ -27,12 +26,9 @@ from pathlib import Path
 
 from ledger.chain import utc_now
 from ledger.errors import LedgerError
-from ledger.files import STAGING_SUFFIX, write_json_atomic
+from ledger.files import STAGING_SUFFIX, is_stale, write_json_atomic
 
 MAX_PROGRESS_BYTES = 64 * 1024  # a progress file is ~150 bytes; anything this big is not one
-# A file of no reserved session, or a staging file, this much older than now has no live writer: a writer
-# reserves within the ledger's busy timeout of creating its lock, and renames a staging file in milliseconds.
-STALE_AFTER_S = 600.0
 _LOCK, _PROGRESS = ".lock", ".progress.json"
 _LOCK_ATTEMPTS = 5
 
@@ -162,7 +158,7 @@ class SessionFiles:
         removed = []
         for path in sorted(self.directory.iterdir()):
             if path.name.endswith(STAGING_SUFFIX):
-                if _is_stale(path):
+                if is_stale(path):
                     _discard(path)
                     removed.append(path)
                 continue
@@ -199,14 +195,7 @@ def _is_at(fd: int, path: Path) -> bool:
 
 def _is_leftover(session: str, path: Path, settled: Collection[str], reserved: Collection[str]) -> bool:
     """A settled session's file, or a stale one of a session never reserved (killed before it reserved)."""
-    return session in settled or (session not in reserved and _is_stale(path))
-
-
-def _is_stale(path: Path) -> bool:
-    try:
-        return time.time() - path.lstat().st_mtime > STALE_AFTER_S
-    except FileNotFoundError:
-        return False
+    return session in settled or (session not in reserved and is_stale(path))
 
 
 def _session_of(name: str) -> str | None:

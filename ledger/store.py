@@ -18,8 +18,10 @@ The price: the file is binary, so people read it through `welfare ledger show` a
 from __future__ import annotations
 
 import functools
+import glob
 import json
 import os
+import re
 import secrets
 import sqlite3
 import stat
@@ -31,7 +33,7 @@ from typing import Any
 
 from ledger.chain import EMPTY_HEAD, GENESIS_HASH, Entry, Head, seal, utc_now
 from ledger.errors import LedgerError, NotALedger, SchemaTooNew
-from ledger.files import fsync_path
+from ledger.files import fsync_path, is_stale
 
 SCHEMA_VERSION = 1
 FORMAT_NAME = "welfare-offsets-ledger"
@@ -248,6 +250,15 @@ class Store(_Reader):
         snapshot, entries still only in the -wal included, while other processes go on writing."""
         self._db.backup(target)
 
+    def remove_stale_staging(self) -> list[Path]:
+        """Delete what processes killed while creating this ledger left beside it; returns what was removed."""
+        prefix, removed = f".{self.path.name}.", []
+        for leftover in self.path.parent.glob(f"{glob.escape(prefix)}*"):
+            if _STAGING.fullmatch(leftover.name[len(prefix):]) and is_stale(leftover):
+                leftover.unlink(missing_ok=True)
+                removed.append(leftover)
+        return removed
+
     def close(self) -> None:
         self._db.close()
 
@@ -303,11 +314,14 @@ def _reason(error: Exception) -> str:
     return error.strerror if isinstance(error, OSError) and error.strerror else str(error)
 
 
+_STAGING = re.compile(r"\d+\.[0-9a-f]{8}\.new(-wal|-shm|-journal)?")  # after `.<ledger name>.`, as _create names it
+
+
 def _create(path: Path) -> None:
     """Build the new ledger beside `path` and link it into place, so `path` never names a half-made file
     and concurrent first users agree on one ledger."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.new")
+    staging = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.new")  # see _STAGING
     try:
         db = sqlite3.connect(staging, isolation_level=None)
         try:

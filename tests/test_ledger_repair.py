@@ -14,7 +14,8 @@ import pytest
 from ledger_helpers import funded_ledger, killed_session, run_at_once
 
 from ledger import BudgetSession, Ledger, LedgerError
-from ledger.sessions import MAX_PROGRESS_BYTES, STALE_AFTER_S
+from ledger.files import STALE_AFTER_S
+from ledger.sessions import MAX_PROGRESS_BYTES
 
 RESERVED = 1_000_000  # micro-hours: the one hour each dead session reserved
 
@@ -196,12 +197,23 @@ def test_repair_removes_files_no_live_process_needs_and_keeps_the_others(tmp_pat
     ledger.note_progress(running, 0.1)
     _age(folder / f"{running}.lock")  # a long run: old, but reserved and alive
     killed = killed_session(path, progress_hours=0.2)
+    killed_creating = [tmp_path / f".ledger.sqlite.4444.0123abcd.new{suffix}" for suffix in ("", "-wal", "-shm")]
+    for leftover in killed_creating:  # a process killed while creating the ledger
+        leftover.touch()
+        _age(leftover)
+    creating_now = tmp_path / ".ledger.sqlite.4545.0123abcd.new"
+    creating_now.touch()
+    someone_elses = tmp_path / ".ledger.sqlite.notes"
+    someone_elses.touch()
+    _age(someone_elses)
 
     with Ledger.open(path) as auditor:
         outcomes = {outcome.session: outcome for outcome in auditor.repair()}
     assert outcomes[running].settlement is None and outcomes[killed].by_this_repair
     assert sorted(p.name for p in folder.iterdir()) == sorted(
         [young_lock.name, young_staging.name, f"{running}.lock", f"{running}.progress.json"])
+    assert not any(leftover.exists() for leftover in killed_creating)
+    assert creating_now.exists() and someone_elses.exists()
     ledger.settle(running, 0.1)
     assert sorted(p.name for p in folder.iterdir()) == sorted([young_lock.name, young_staging.name])
     ledger.close()
