@@ -40,6 +40,7 @@ _FIELDS = {
     "measurement": {"session", "probe", "results", "wandb_run", "note"},
 }
 _OPTIONAL = {"correction": {"session"}, "measurement": set(MEASURES)}
+_decode = json.JSONDecoder().decode
 _MEMO_SIZE = 4096  # recent contents already checked: repeated entries (the same fund) are parsed once
 
 
@@ -121,7 +122,8 @@ class Audit:
 
 
 # What one content proves by itself: kind, payload, the check that needs the entries before it (or None),
-# its postings, and the accounts it takes hours from that must not end below zero.
+# its postings to accounts whose balance is ever checked (not @external), and the accounts it takes hours
+# from that must not end below zero.
 _Checked = tuple[str, dict[str, Any], Any, tuple[tuple[str, int], ...], tuple[str, ...]]
 
 
@@ -130,7 +132,8 @@ def _checked(content: bytes) -> _Checked:
     postings = payload.get("postings", {})
     guarded = tuple(name for name, amount in postings.items()
                     if amount < 0 and not accounts.may_go_below_zero(name, kind))
-    return kind, payload, _IN_ORDER.get(kind), tuple(postings.items()), guarded
+    tracked = tuple((name, amount) for name, amount in postings.items() if name != accounts.EXTERNAL)
+    return kind, payload, _IN_ORDER.get(kind), tracked, guarded
 
 
 _IN_ORDER = {"reserve": Audit._reserve, "settle": Audit._settle, "correction": Audit._correction,
@@ -140,9 +143,10 @@ _IN_ORDER = {"reserve": Audit._reserve, "settle": Audit._settle, "correction": A
 def _parse(content: bytes) -> tuple[str, dict[str, Any]]:
     """The kind and payload of an entry's content, if it is canonical and well formed for its kind."""
     try:
-        fields = json.loads(content + b"}")
-        canonical = canonical_json(fields).encode() == content + b"}"
-    except (ValueError, RecursionError):  # not JSON, or numbers canonical JSON cannot write (NaN, 1e999)
+        text = content.decode("ascii") + "}"
+        fields = _decode(text)
+        canonical = canonical_json(fields) == text
+    except (ValueError, RecursionError):  # not ASCII, not JSON, or numbers JSON cannot write (NaN, 1e999)
         canonical = False
     if not canonical or list(fields) != ["kind", "payload"]:
         raise LedgerError("its stored body is not canonical JSON (a duplicate key, or another spelling of the "
@@ -156,8 +160,8 @@ def _parse(content: bytes) -> tuple[str, dict[str, Any]]:
     postings = payload.get("postings", {})
     if not isinstance(postings, dict):
         raise LedgerError(f"its postings {postings!r} are not an object of account: micro-hours")
-    for name, amount in postings.items():
-        check_microhours(amount, field=f"its posting to {name!r}")
+    for amount in postings.values():
+        check_microhours(amount, field="each of its postings")
     if sum(postings.values()) != 0:
         raise LedgerError(f"its postings sum to {sum(postings.values())} micro-hours, not zero (double entry)")
     _WELL_FORMED[kind](payload, postings)

@@ -23,9 +23,12 @@ _TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 _ANCHOR = re.compile(r"(\d+):([0-9a-f]{64})")
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
 def canonical_json(value: Any) -> str:
     """The one serialisation that is hashed: deterministic, whitespace-free, finite numbers only."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return _CANONICAL.encode(value)
 
 
 def format_time(moment: datetime) -> str:
