@@ -121,6 +121,17 @@ def test_each_recipe_value_is_checked_against_its_field_type(tmp_path, text, key
     assert f"'{key}'" in str(caught.value) and expected in str(caught.value) and str(recipe) in str(caught.value)
 
 
+def test_null_is_a_value_only_where_a_field_allows_none(tmp_path):
+    from eval.evaluate import EvalConfig
+    from train.config import ConfigError, parse_config
+
+    recipe = write(tmp_path / "eval.yaml", "max_items: null\nstimuli: null\n")
+    config, _ = parse_config([EvalConfig], ["--config", str(recipe)], prog="test")
+    assert config.max_items is None and config.stimuli is None
+    with pytest.raises(ConfigError, match="'seed'.*got null"):
+        parse_config([EvalConfig], ["--config", str(write(tmp_path / "eval.yaml", "seed: null\n"))], prog="test")
+
+
 def test_flags_still_override_the_recipe(tmp_path):
     from eval.evaluate import EvalConfig
     from train.config import parse_config
@@ -204,6 +215,7 @@ def test_plan_never_takes_trust_remote_code_from_a_recording(capsys, tmp_path, r
         recipe = yaml.safe_load(call["recipe"])
         assert "trust_remote_code" not in recipe and "budget_hours" not in recipe and "output_dir" not in recipe
         assert (recipe["valence"], recipe["max_episodes"], recipe["model"]) == ("euphoric", 6, MODEL_ID)
+        assert "max_train_items" in recipe and recipe["max_train_items"] is None  # recorded as unset, kept so
     # What runs is printed: the recipe's path and contents, and each command.
     assert f"Recipe {recipe_file}" in out and euphoric in out and "max_episodes: 6" in out
     assert out.count(f"--config {recipe_file}") == 2

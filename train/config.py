@@ -56,16 +56,14 @@ def parse_config(dataclass_types: list[type], argv: list[str], prog: str) -> tup
 
 
 def recipe_values(dataclass_types: list[type], mapping: dict, *, where: str) -> dict:
-    """A recipe mapping as typed field values (None means "the field's default"); an unknown key or a value
-    of the wrong type is an error naming the key and `where`."""
+    """A recipe mapping as typed field values (null only where the field allows None); an unknown key or a
+    value of the wrong type is an error naming the key and `where`."""
     known = _fields(dataclass_types)
     unknown = sorted(str(k) for k in set(mapping) - set(known))
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}. Known keys: {', '.join(sorted(known))}.")
     typed = {}
     for key, value in mapping.items():
-        if value is None:
-            continue
         field_type, mappings_ok = known[key]
         try:
             typed[key] = _typed(value, field_type, mappings_ok)
@@ -83,10 +81,14 @@ def build_configs(dataclass_types: list[type], values: dict, *, where: str) -> l
             raise ConfigError(f"{where}: {key}: {str(value)[:20]}... is too large for any setting (at most {MAX_INT})")
     instances = []
     for cls in dataclass_types:
-        names = [f.name for f in dataclasses.fields(cls) if f.init]
+        fields = [f for f in dataclasses.fields(cls) if f.init]
+        missing = [f.name for f in fields if f.name not in values
+                   and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        if missing:
+            raise ConfigError(f"{where}: missing required setting(s) {missing}; set them in the recipe or as flags")
         try:
-            instances.append(cls(**{k: values[k] for k in names if k in values}))
-        except (ValueError, TypeError) as err:  # __post_init__ validation (InputError is a ValueError)
+            instances.append(cls(**{f.name: values[f.name] for f in fields if f.name in values}))
+        except ValueError as err:  # __post_init__ validation (InputError is a ValueError)
             raise ConfigError(f"{where}: {err}") from err
     return instances
 
@@ -113,6 +115,8 @@ def _typed(value, field_type, mappings_ok: bool = False):
         return value
     if origin in (typing.Union, types.UnionType):
         options = [a for a in args if a is not type(None)]
+        if value is None and len(options) < len(args):
+            return None
         exact = [a for a in options if type(value) is a]  # an int stays an int where int | float is allowed
         for option in exact + [a for a in options if a not in exact]:
             try:
@@ -172,6 +176,7 @@ def _item(value, item_type, mappings_ok: bool, k: int):
 
 
 def _describe(field_type, plural: bool = False) -> str:
+    """What a value of `field_type` is, in a recipe's words (for error messages)."""
     origin, args = typing.get_origin(field_type), typing.get_args(field_type)
     if origin in (list, tuple) or field_type in (list, tuple):
         return f"a list of {_describe(args[0], plural=True) if args else 'values'}"
@@ -184,6 +189,9 @@ def _describe(field_type, plural: bool = False) -> str:
 
 
 def _shown(value) -> str:
+    """`value` as an error message shows it: its YAML kind and (at most 80 characters of) its text."""
+    if value is None:
+        return "null"
     text = repr(value)
     return f"{type(value).__name__} {text if len(text) <= 80 else text[:77] + '...'}"
 

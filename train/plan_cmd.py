@@ -192,11 +192,10 @@ def session_recipe(recipe: Recipe, *, budget_hours: float, output_dir: str) -> d
     where = f"the recipe recorded by session {recipe.session} ({recipe.results})"
     if recipe.problem:
         raise ConfigError(f"{where}: {recipe.problem}")
-    values = {**recipe.mapping(), "valence": "euphoric"}
-    typed = recipe_values(exposure.config_types(), values, where=where)
+    typed = recipe_values(exposure.config_types(), {**recipe.mapping(), "valence": "euphoric"}, where=where)
     build_configs(exposure.config_types(), {**typed, "budget_hours": budget_hours, "output_dir": output_dir},
                   where=where)
-    return values
+    return typed
 
 
 def write_recipe(values: dict, path: Path) -> Path:
