@@ -83,6 +83,13 @@ def load_json_bounded(path: str | Path, *, what: str, max_bytes: int = MAX_JSON_
     return parse_json(read_text_bounded(path, what=what, max_bytes=max_bytes), f"{what} {Path(path)}")
 
 
+def load_jsonl_bounded(path: str | Path, *, what: str, max_bytes: int = MAX_JSON_BYTES) -> list:
+    """One JSON value per non-empty line, read with every bound above; an error names the file and line."""
+    text = read_text_bounded(path, what=what, max_bytes=max_bytes)
+    return [parse_json(line, f"{what} {Path(path)}:{number}")
+            for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
+
+
 def iter_lines_bounded(path: Path, *, what: str, max_bytes: int = MAX_STIMULI_BYTES,
                        max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[tuple[int, bytes | None]]:
     """(line number, raw line) of a regular file no larger than `max_bytes`; a line over `max_line_bytes`

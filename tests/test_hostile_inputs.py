@@ -373,6 +373,16 @@ def test_hostile_stimulus_lines_exit_2_naming_file_and_line(capsys, tmp_path, li
     assert code == 2 and f"{stimuli}:2" in err and expected in err, err
 
 
+def test_saved_jsonl_files_are_read_within_bounds(tmp_path):
+    """A session's own saved files (items, training records) may have been replaced since it wrote them."""
+    from eval.safe_read import load_jsonl_bounded
+
+    path = write(tmp_path / "items.jsonl", '{"a": 1}\n\n' + "[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(ReadError, match=f"{path}:3: JSON nested too deeply"):
+        load_jsonl_bounded(path, what="evaluation items")
+    assert load_jsonl_bounded(write(path, '{"a": 1}\n\n[2]\n'), what="evaluation items") == [{"a": 1}, [2]]
+
+
 def test_stimulus_files_and_lines_are_capped(tmp_path):
     path = tmp_path / "stimuli.jsonl"
     path.write_bytes(b"short\n" + b"x" * 100 + b"\nlast\n")

@@ -12,7 +12,7 @@ import dataclasses
 import json
 import sys
 
-from eval.safe_read import load_yaml_recipe
+from eval.safe_read import load_jsonl_bounded, load_yaml_recipe
 from train.config import ConfigError, parse_config, run_cli
 
 
@@ -104,7 +104,7 @@ def _train_records(session, subject, items, lora, args) -> list[dict]:
         tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
         tmp.replace(path)
     session.state.wait_for_everyone()
-    records = [json.loads(line) for line in path.read_text().splitlines()]
+    records = load_jsonl_bounded(path, what="training records")
     if not records:
         from train.session import SessionError
 

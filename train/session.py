@@ -18,7 +18,6 @@ Evaluations are saved in the output folder, so a resumed session reuses its "bef
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from eval.evaluate import EvalConfig
 from eval.experiences import StimulusError, StimulusSet, load_stimuli
 from eval.output_folder import claim, open_in_place
 from eval.outputs import write_json_file
+from eval.safe_read import load_json_bounded, load_jsonl_bounded
 from ledger.budget import SPEND_FILE
 from train.guard import refuse_ledger_paths
 
@@ -222,7 +222,7 @@ class Session:
         started = self.budget.meter.hours
         if self.is_main:
             if tag == "before" and self.resume is not None and (folder / "results.json").exists():
-                results = json.loads((folder / "results.json").read_text())
+                results = load_json_bounded(folder / "results.json", what="saved evaluation")
             else:
                 from eval.run import run_evaluation
 
@@ -236,7 +236,7 @@ class Session:
                     subject, self.stimuli.select(valence="neutral", split="heldout"))
                 results["metered_hours"] = self.budget.meter.hours - started
                 write_json_file(folder / "results.json", results)
-            items = [json.loads(line) for line in (folder / "items.jsonl").read_text().splitlines()]
+            items = load_jsonl_bounded(folder / "items.jsonl", what="evaluation items")
             self.evaluations[tag] = {"results": results, "items": items, "folder": folder}
         self.state.wait_for_everyone()
         if tag == "before":
