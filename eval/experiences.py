@@ -19,7 +19,7 @@ from importlib import resources
 from pathlib import Path
 
 from eval.errors import InputError
-from eval.safe_read import MAX_LINE_BYTES, ReadError, iter_lines_bounded, parse_json
+from eval.safe_read import MAX_LINE_BYTES, ReadError, iter_lines_bounded, json_value
 
 VALENCES = ("euphoric", "neutral", "dysphoric")
 TARGETS = ("self", "human", "animal", "none")
@@ -147,10 +147,9 @@ def _rows_from_jsonl(path: Path) -> Iterable[tuple[str, dict | str]]:
                 continue
             if not line.strip():
                 continue
-            try:
-                row = parse_json(line, "line")
-            except ReadError as err:
-                yield where, str(err).removeprefix("line: ")
+            row, problem = json_value(line)
+            if problem:
+                yield where, problem
                 continue
             yield where, row if isinstance(row, dict) else f"expected a JSON object, got {type(row).__name__}"
     except ReadError as err:

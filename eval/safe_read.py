@@ -66,16 +66,24 @@ def decode_utf8(data: bytes, where: str) -> str:
                         "save the file as UTF-8") from None
 
 
+def json_value(text: str) -> tuple[object, str | None]:
+    """(value, None), or (None, why `text` is not readable JSON): for callers that collect every problem."""
+    try:
+        return json.loads(text), None
+    except json.JSONDecodeError as err:
+        return None, f"not valid JSON ({err.msg} at line {err.lineno} column {err.colno})"
+    except RecursionError:
+        return None, "JSON nested too deeply to read"
+    except ValueError as err:  # e.g. an integer of more than 4,300 digits
+        return None, f"unreadable JSON value ({err})"
+
+
 def parse_json(text: str, where: str):
     """json.loads whose failures (syntax, nesting too deep, a number too long) name `where`."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ReadError(f"{where}: not valid JSON ({err.msg} at line {err.lineno} column {err.colno})") from None
-    except RecursionError:
-        raise ReadError(f"{where}: JSON nested too deeply to read") from None
-    except ValueError as err:  # e.g. an integer of more than 4,300 digits
-        raise ReadError(f"{where}: unreadable JSON value ({err})") from None
+    value, problem = json_value(text)
+    if problem:
+        raise ReadError(f"{where}: {problem}")
+    return value
 
 
 def load_json_bounded(path: str | Path, *, what: str, max_bytes: int = MAX_JSON_BYTES):
