@@ -311,8 +311,7 @@ def _attach_adapter(model, adapter: str, model_id: str):
     Returns (model, soft_prompt or None, sha256 of the adapter weights)."""
     from peft import PeftModel
 
-    check_adapter(adapter)
-    adapter_dir = _adapter_folder(adapter)
+    adapter_dir = _adapter_folder(adapter)  # load_subject checked it
     try:
         adapter_config = load_json_bounded(adapter_dir / "adapter_config.json", what=f"--adapter {adapter}:")
         base = adapter_config.get("base_model_name_or_path")
