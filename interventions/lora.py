@@ -96,11 +96,23 @@ def _device_defaults(config) -> None:
         config.activation_checkpointing = False if not cuda else None
 
 
+def _check_training(config) -> None:
+    """The training numbers TRL and transformers accept unchecked, refused before any model loads."""
+    number_in(config, "learning_rate", 0.0, above=True)
+    number_in(config, "num_train_epochs", 0.0, above=True)
+    number_in(config, "max_grad_norm", 0.0)
+    integers_at_least(config, 1, "per_device_train_batch_size", "gradient_accumulation_steps")
+    integers_at_least(config, 0, "seed")
+    if getattr(config, "beta", None) is not None:  # DPO
+        number_in(config, "beta", 0.0, above=True)
+
+
 @dataclass
 class OffsetSFTConfig(SFTConfig):
     __doc__ = SFTConfig.__doc__
 
     def __post_init__(self):
+        _check_training(self)
         _device_defaults(self)
         super().__post_init__()
 
@@ -110,6 +122,7 @@ class OffsetDPOConfig(DPOConfig):
     __doc__ = DPOConfig.__doc__
 
     def __post_init__(self):
+        _check_training(self)
         _device_defaults(self)
         super().__post_init__()
 

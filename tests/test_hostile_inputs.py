@@ -302,6 +302,21 @@ def test_invalid_session_settings_are_refused_before_anything_is_reserved(capsys
         assert ledger.balance("lab").available_hours == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("flags, expected", [
+    (["--learning_rate", "0"], "learning_rate"),
+    (["--method", "dpo", "--beta", "-1"], "beta"),
+    (["--lora_dropout", "1.5"], "lora_dropout"),
+    (["--candidate_temperature", "0"], "candidate_temperature"),
+    (["--num_train_epochs", "nan"], "num_train_epochs"),
+])
+def test_invalid_lora_settings_are_refused(flags, expected):
+    from train import lora_offset
+    from train.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError, match=expected):
+        parse_config(lora_offset.config_types(flags), ["--budget_hours", "0.1", *flags], prog="test")
+
+
 def test_sweep_subject_settings_are_checked(tmp_path):
     from eval.sweep import SweepConfig
     from train.config import ConfigError, parse_config
