@@ -42,9 +42,11 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # owner/name, as the HF h
 
 def check_device(device: str | None) -> None:
     """Refuse a device this machine does not have, before anything loads (None: cuda if available)."""
-    if device in (None, "cpu"):
+    if device is None:
         return
     kind, colon, index = device.partition(":")
+    if kind == "cpu" and (not colon or index.isdigit()):  # accelerate names a CPU rank's device cpu:N
+        return
     if kind not in ("cuda", "mps") or (colon and (kind != "cuda" or not index.isdigit())):
         raise DeviceError(f"device: expected cpu, cuda, cuda:N or mps, got {device!r}")
     import torch
