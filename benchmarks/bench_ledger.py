@@ -230,7 +230,7 @@ def report(directory: Path, compare_with: Path | None = None) -> str:
         "and remembers the last 4,096: the identical funds above cost the per-entry checks only, while a ledger "
         "of sessions, whose every content differs, pays a json.loads and a canonical json.dumps per entry (the "
         "second verify row). That is the honest cost of verify on a real ledger.",
-        *_comparison(before, measured),
+        *_comparison(compare_with, before, measured),
         f"- End to end, the same tiny Trainer ran {overhead['step_s'] * 1e3:.2f} ms/step without the callback and "
         f"{overhead['budgeted_step_s'] * 1e3:.2f} ms/step with it (medians of 3 interleaved runs of 300 steps); "
         "that difference is mostly run-to-run noise, which is why the hook is also timed directly.",
@@ -240,15 +240,17 @@ def report(directory: Path, compare_with: Path | None = None) -> str:
     ])
 
 
-def _comparison(before: dict | None, after: dict) -> list[str]:
-    if before is None:
+def _comparison(tree: Path | None, before: dict | None, after: dict) -> list[str]:
+    if tree is None or before is None:
         return []
+    commit = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip() or "unknown commit"
 
     def ratio(result: dict) -> float:
         return result["verify"]["verify_s"] / result["verify"]["sha256_each_s"]
 
     return [
-        "- Against the `--compare-with` checkout, measured in this same run (after / before): appends one per "
+        f"- Against `--compare-with {tree}` (commit {commit}), measured in this same run (this / that): appends one per "
         f"commit {after['single']:,.0f} / {before['single']:,.0f} /s ({after['single'] / before['single']:.2f}), "
         f"100 per commit {after['batched']:,.0f} / {before['batched']:,.0f} /s "
         f"({after['batched'] / before['batched']:.2f}); verify {after['verify']['verify_s'] * 1e3:.0f} / "

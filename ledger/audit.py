@@ -152,7 +152,7 @@ def _parse(content: bytes) -> tuple[str, dict[str, Any]]:
         raise LedgerError("its stored body is not canonical JSON (a duplicate key, or another spelling of the "
                           "same JSON: the entry was written by something other than this ledger)")
     kind, payload = fields["kind"], fields["payload"]
-    if kind not in _FIELDS or not isinstance(payload, dict):
+    if not isinstance(kind, str) or kind not in _FIELDS or not isinstance(payload, dict):
         raise LedgerError(f"its kind {kind!r} is not one of {', '.join(_FIELDS)}, or its payload is not an object")
     missing, extra = _FIELDS[kind] - payload.keys(), payload.keys() - _FIELDS[kind] - _OPTIONAL.get(kind, set())
     if missing or extra:

@@ -149,6 +149,7 @@ def test_any_other_spelling_of_an_entry_is_caught(tmp_path, content):
      "at most 1000000000000000"),
     ("fund", {"account": "lab", "postings": {"@external": -1, "lab": 1}}, "lacks ['note']"),
     ("mint", {"postings": {}}, "its kind 'mint' is not one of"),
+    (["fund"], {"postings": {}}, "its kind ['fund'] is not one of"),
     ("transfer", {"from": "lab", "to": "team", "note": "", "postings": {"lab": -11_000_000, "team": 11_000_000}},
      "leaves account 'lab' at -1.5 h, below zero"),
     ("settle", {"session": "s1", "account": "lab", "basis": "metered", "energy_kwh": None, "wall_seconds": None,
