@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections import defaultdict
+import operator
+from collections import Counter, defaultdict
 from typing import Any
 
 from ledger import accounts
@@ -55,9 +56,26 @@ class Audit:
         self._settled: set[str] = set()
         self._corrected: set[int] = set()
 
+    def check_contents(self, first_seq: int, contents: list[bytes]) -> tuple[int, str] | None:
+        """The first bad seq among consecutive entries from `first_seq` on, and why, or None. When every
+        content was seen before and none needs the entries before it or leaves an account to check (a
+        batch of funds), their postings are added up per distinct content; otherwise entry by entry."""
+        known = list(map(self._memo.get, contents))
+        if None not in known and not any(map(_ORDERED, known)):
+            self._entries.extend(known)
+            for content, times in Counter(contents).items():
+                for name, amount in self._memo[content][3]:
+                    self._balances[name] += amount * times
+            return None
+        for seq, content in enumerate(contents, first_seq):
+            wrong = self.check(seq, content)
+            if wrong is not None:
+                return seq, wrong
+        return None
+
     def check(self, seq: int, content: bytes) -> str | None:
-        """What is wrong with entry `seq` given all before it, or None. Runs once per entry, so what
-        depends on the content alone is worked out once per distinct content (`_checked`)."""
+        """What is wrong with entry `seq` given all before it, or None. What depends on the content
+        alone is worked out once per distinct content (`_checked`)."""
         checked = self._memo.get(content)
         if checked is None:
             try:
@@ -67,7 +85,7 @@ class Audit:
             if len(self._memo) >= _MEMO_SIZE:
                 self._memo.clear()
             self._memo[content] = checked
-        _, payload, in_order, postings, guarded = checked
+        _, payload, in_order, postings, guarded, _ = checked
         if in_order is not None:
             try:
                 in_order(self, seq, payload)
@@ -122,9 +140,10 @@ class Audit:
 
 
 # What one content proves by itself: kind, payload, the check that needs the entries before it (or None),
-# its postings to accounts whose balance is ever checked (not @external), and the accounts it takes hours
-# from that must not end below zero.
-_Checked = tuple[str, dict[str, Any], Any, tuple[tuple[str, int], ...], tuple[str, ...]]
+# its postings to accounts whose balance is ever checked (not @external), the accounts it takes hours
+# from that must not end below zero, and whether either of those makes the order of entries matter.
+_Checked = tuple[str, dict[str, Any], Any, tuple[tuple[str, int], ...], tuple[str, ...], bool]
+_ORDERED = operator.itemgetter(5)
 
 
 def _checked(content: bytes) -> _Checked:
@@ -133,7 +152,8 @@ def _checked(content: bytes) -> _Checked:
     guarded = tuple(name for name, amount in postings.items()
                     if amount < 0 and not accounts.may_go_below_zero(name, kind))
     tracked = tuple((name, amount) for name, amount in postings.items() if name != accounts.EXTERNAL)
-    return kind, payload, _IN_ORDER.get(kind), tracked, guarded
+    in_order = _IN_ORDER.get(kind)
+    return kind, payload, in_order, tracked, guarded, in_order is not None or bool(guarded)
 
 
 _IN_ORDER = {"reserve": Audit._reserve, "settle": Audit._settle, "correction": Audit._correction,

@@ -404,7 +404,7 @@ class Ledger:
         reaches an anchor kept elsewhere. `.ok` is what anything that settles or repairs must ask first."""
         if isinstance(anchor, str):
             anchor = Head.parse(anchor)
-        result = verify_chain(self._store.chain_rows(), anchor, Audit().check)
+        result = verify_chain(self._store.chain_rows(), anchor, Audit().check_contents)
         if not result.ok:
             return result
         misnumbered = self._store.first_misnumbered_seq(result.entries)

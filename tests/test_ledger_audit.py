@@ -250,3 +250,19 @@ def test_a_failed_verify_never_advises_repair(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "look unsettled (dead)" in err and "restore it from a backup" in err
     assert "welfare ledger repair" not in err
+
+
+@pytest.mark.parametrize("moved, first_bad_seq", [(4_099_000, None), (4_101_000, 4_101)])
+def test_balances_hold_across_thousands_of_alike_entries(tmp_path, moved, first_bad_seq):
+    """4,100 identical funds are added up a chunk at a time; a forged transfer after them is judged on
+    exactly their sum (4.1 h): 4.099 h passes, 4.101 h leaves lab below zero."""
+    path = tmp_path / "ledger.sqlite"
+    with Ledger.open(path) as ledger:
+        with ledger.batch():
+            for _ in range(4_100):
+                ledger.fund("lab", 0.001)
+    forge(path, "transfer", {"from": "lab", "to": "team", "note": "", "postings": {"lab": -moved, "team": moved}})
+    result = verify(path)
+    assert (result.ok, result.first_bad_seq) == (first_bad_seq is None, first_bad_seq)
+    if first_bad_seq is not None:
+        assert "leaves account 'lab' at -0.001 h, below zero" in result.reason
