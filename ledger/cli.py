@@ -20,6 +20,7 @@ from ledger.book import Ledger
 from ledger.chain import Head, VerifyResult, canonical_json
 from ledger.errors import LedgerError
 from ledger.export import EXPORT_FORMATS
+from ledger.files import replacing
 from ledger.location import ENV_VAR, check_not_ledger
 from ledger.report import plot_recovery, print_report
 
@@ -133,8 +134,9 @@ def _run(args: argparse.Namespace, ledger: Ledger) -> int:
     elif args.command == "report":
         check_not_ledger(args.png, ledger.path, what="--png")
         report = ledger.report()
-        print_report(report, _console())
-        plot_recovery(report, args.png)
+        with replacing(args.png, what="--png") as staging:
+            print_report(report, _console())
+            plot_recovery(report, staging)
         print(f"plot: {args.png}")
     elif args.command == "verify":
         result = ledger.verify(args.anchor)
@@ -149,7 +151,8 @@ def _run(args: argparse.Namespace, ledger: Ledger) -> int:
             ledger.export(sys.stdout, args.format, **_filters(args))
         else:
             check_not_ledger(args.output, ledger.path, what="--output")
-            with open(args.output, "w", encoding="utf-8", newline="") as out:
+            with replacing(args.output, what="--output") as staging, \
+                    open(staging, "w", encoding="utf-8", newline="") as out:
                 count = ledger.export(out, args.format, **_filters(args))
             print(f"wrote {count} entries to {args.output}")
     elif args.command == "correct":

@@ -5,9 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from ledger.errors import LedgerError
 
 STAGING_SUFFIX = ".tmp"  # `.<name>.<pid>.tmp`: a file being written, renamed over <name> when complete
 # A staging file (or a session file of no reserved session) this much older than now has no live writer:
@@ -27,6 +32,28 @@ def write_json_atomic(path: Path, value: Any) -> None:
         os.replace(staging, path)
     except BaseException:
         staging.unlink(missing_ok=True)  # e.g. a full disk: leave no half-written staging file behind
+        raise
+
+
+@contextmanager
+def replacing(path: Path, *, what: str) -> Iterator[Path]:
+    """A staging path beside `path` (same suffix, so writers that go by it still do), fsynced and renamed
+    onto `path` when the block succeeds. A reader never sees a torn file, and a FIFO, device, folder or
+    symbolic link at `path` is refused, never opened or followed; a failed block leaves nothing behind."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        mode = None
+    if mode is not None and not stat.S_ISREG(mode):
+        kind = "symbolic link" if stat.S_ISLNK(mode) else "folder" if stat.S_ISDIR(mode) else "special file"
+        raise LedgerError(f"{what} {path} is a {kind}, not a regular file; nothing was written: pick a file path")
+    staging = path.with_name(f".{path.stem}.{os.getpid()}{STAGING_SUFFIX}{path.suffix}")
+    try:
+        yield staging
+        fsync_path(staging)
+        os.replace(staging, path)
+    except BaseException:
+        staging.unlink(missing_ok=True)
         raise
 
 

@@ -203,6 +203,6 @@ def plot_recovery(report: Report, path: Path) -> None:
         axes.set_title("Score recovered per GPU-hour")
         axes.grid(alpha=0.3)
         figure.tight_layout()
-        figure.savefig(path, dpi=120)
+        figure.savefig(path, dpi=120, format="png")
     finally:
         pyplot.close(figure)

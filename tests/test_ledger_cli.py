@@ -278,6 +278,33 @@ def test_backup_refuses_a_destination_that_exists_or_is_special(ledger_path, cap
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".backup")]
 
 
+def test_export_and_report_refuse_special_outputs_and_never_follow_links(ledger_path, tmp_path):
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "folder").mkdir()
+    target = tmp_path / "target.txt"
+    target.write_text("keep me")
+    (tmp_path / "link").symlink_to(target)
+    for name, kind in (("fifo", "special file"), ("folder", "folder"), ("link", "symbolic link")):
+        for command in (["export", "--output"], ["report", "--png"]):
+            # a FIFO opened for writing blocks until a reader comes: the timeout turns a hang into a failure
+            done = subprocess.run([sys.executable, "-m", "ledger.cli", *command, str(tmp_path / name),
+                                   "--ledger", str(ledger_path)], capture_output=True, text=True, timeout=60)
+            assert done.returncode == 2 and kind in done.stderr and "Traceback" not in done.stderr, (name, command)
+    assert target.read_text() == "keep me" and (tmp_path / "link").is_symlink()
+    assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
+
+
+def test_export_replaces_a_file_whole_and_report_writes_a_png_without_a_suffix(ledger_path, capsys, tmp_path):
+    out, png = tmp_path / "entries.jsonl", tmp_path / "plot"
+    out.write_text("an older export\n")
+    assert run(capsys, "export", "--output", str(out), "--ledger", str(ledger_path))[0] == 0
+    assert [json.loads(line)["kind"] for line in out.read_text().splitlines()] == ["fund"]
+    assert run(capsys, "report", "--png", str(png), "--ledger", str(ledger_path))[0] == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("ledger.sqlite")) == [
+        "entries.jsonl", "plot"]
+
+
 # ---- bad ledger paths and I/O errors -------------------------------------------------------------------
 
 
