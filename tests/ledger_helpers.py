@@ -50,13 +50,14 @@ def run_at_once(count: int, work: Callable[[int], None]) -> None:
     assert exit_codes == [0] * count
 
 
-def killed_session(path: Path, hours: float = 1.0, progress_hours: float | None = None) -> str:
+def killed_session(path: Path, hours: float = 1.0, progress_hours: float | None = None, *,
+                   account: str = "lab") -> str:
     """Reserve `hours` in a child process, record progress if given, and die by SIGKILL before settling."""
     read_end, write_end = os.pipe()
 
     def child():
         ledger = Ledger.open(path)
-        session = ledger.reserve("lab", hours, device="cpu").payload["session"]
+        session = ledger.reserve(account, hours, device="cpu").payload["session"]
         if progress_hours is not None:
             ledger.note_progress(session, progress_hours)
         os.write(write_end, session.encode())

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from eval.evaluate import EvalConfig
+from eval.output_folder import MARKER
 from eval.run import run_evaluation
 from eval.stats import excludes_zero
 from wandb_log import record_bytes
@@ -61,7 +62,8 @@ def test_zero_point_sits_between_good_and_bad(evaluated):
 
 def test_output_folder_has_every_promised_field(evaluated):
     _, folder = evaluated
-    assert {p.name for p in folder.iterdir()} == {"results.json", "samples.jsonl", "items.jsonl", "summary.md", "wellbeing.png"}
+    assert {p.name for p in folder.iterdir()} == {"results.json", "samples.jsonl", "items.jsonl", "summary.md",
+                                                  "wellbeing.png", MARKER}
     results = json.loads((folder / "results.json").read_text())
     for probe in ("self_report", "experienced_utility", "stop"):
         block = results["probes"][probe]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 import types
 
@@ -14,7 +13,7 @@ import pytest
 from ledger import BudgetSession, CheckpointSpend, Ledger, LedgerError, Meter, SpendGuard
 from ledger.budget import SPEND_FILE
 from ledger.meter import NvmlEnergy
-from ledger_helpers import fork, funded_ledger, wait_exit_code
+from ledger_helpers import funded_ledger, killed_session
 
 
 class FakeClock:
@@ -216,30 +215,12 @@ def test_session_writes_the_ledger_head_into_the_wandb_summary(tmp_path):
 # ---- sessions killed without settling -------------------------------------------------------------
 
 
-def _abandon_session(path, progress_hours: float | None) -> str:
-    """Reserve in a child process, record progress, and die by SIGKILL before settling."""
-    read_end, write_end = os.pipe()
-
-    def child():
-        ledger = Ledger.open(path)
-        entry = ledger.reserve("lab", 1.0, device="cpu")
-        if progress_hours is not None:
-            ledger.note_progress(entry.payload["session"], progress_hours)
-        os.write(write_end, entry.payload["session"].encode())
-        os.kill(os.getpid(), signal.SIGKILL)
-
-    pid = fork(child)
-    os.close(write_end)
-    session = os.read(read_end, 100).decode()
-    os.close(read_end)
-    assert wait_exit_code(pid) == -signal.SIGKILL
-    return session
 
 
 def test_repair_settles_a_killed_session_from_its_last_progress(tmp_path):
     path = tmp_path / "ledger.sqlite"
     funded_ledger(path, hours=2.0).close()
-    session = _abandon_session(path, progress_hours=0.25)
+    session = killed_session(path, progress_hours=0.25)
     ledger = Ledger.open(path)
     assert [s.session for s in ledger.abandoned_sessions()] == [session]
     [outcome] = ledger.repair()
@@ -253,7 +234,7 @@ def test_repair_settles_a_killed_session_from_its_last_progress(tmp_path):
 def test_repair_charges_the_whole_reservation_when_no_progress_was_recorded(tmp_path):
     path = tmp_path / "ledger.sqlite"
     funded_ledger(path, hours=2.0).close()
-    session = _abandon_session(path, progress_hours=None)
+    session = killed_session(path, progress_hours=None)
     ledger = Ledger.open(path)
     [outcome] = ledger.repair()
     assert outcome.settlement.payload["postings"] == {
@@ -264,7 +245,7 @@ def test_repair_charges_the_whole_reservation_when_no_progress_was_recorded(tmp_
 def test_next_session_settles_abandoned_ones_first(tmp_path):
     path = tmp_path / "ledger.sqlite"
     funded_ledger(path, hours=2.0).close()
-    abandoned = _abandon_session(path, progress_hours=0.1)
+    abandoned = killed_session(path, progress_hours=0.1)
     ledger = Ledger.open(path)
     with BudgetSession.start(ledger, account="lab", budget_hours=0.5, device="cpu"):
         assert ledger.entries(session=abandoned, kind="settle")

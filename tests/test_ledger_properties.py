@@ -5,9 +5,7 @@ and the chain verifies. Example counts are modest so the test runs in seconds on
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import tempfile
 from pathlib import Path
 
@@ -20,7 +18,7 @@ from hypothesis.stateful import (
     precondition,
     rule,
 )
-from ledger_helpers import fork, wait_exit_code
+from ledger_helpers import killed_session
 
 from ledger import InsufficientHours, Ledger, UnknownAccount
 
@@ -176,22 +174,8 @@ class LedgerBooks(RuleBasedStateMachine):
         return session
 
     def _reserve_and_die(self, account: str, amount: int, progress: int | None) -> str:
-        read_end, write_end = os.pipe()
-
-        def child():
-            ledger = Ledger.open(self.path)
-            session = ledger.reserve(account, hours(amount)).payload["session"]
-            if progress is not None:
-                ledger.note_progress(session, hours(progress))
-            os.write(write_end, session.encode())
-            os.kill(os.getpid(), signal.SIGKILL)
-
-        pid = fork(child)
-        os.close(write_end)
-        session = os.read(read_end, 100).decode()
-        os.close(read_end)
-        assert wait_exit_code(pid) == -signal.SIGKILL
-        return session
+        return killed_session(self.path, hours(amount), None if progress is None else hours(progress),
+                              account=account)
 
 
 LedgerBooks.TestCase.settings = settings(max_examples=40, stateful_step_count=25, deadline=None,
