@@ -12,6 +12,7 @@ import hashlib
 import json
 import re
 from collections.abc import Callable, Iterable
+from itertools import islice, repeat
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -106,7 +107,7 @@ class VerifyResult:
 # What `verify_chain` hands its content check: the first seq of consecutive entries and their contents;
 # it answers with the first bad seq among them and why, or None.
 ContentCheck = Callable[[int, list[bytes]], "tuple[int, str] | None"]
-_CHUNK = 4096  # contents handed over at once, so the check can add up a run of alike entries in C
+_CHUNK = 4096  # rows checked, and contents handed over, at once: list operations in C, a run of alike entries added up at once
 
 
 def verify_chain(
@@ -116,43 +117,64 @@ def verify_chain(
 ) -> VerifyResult:
     """Walk stored (body, hash) rows in order and stop at the first bad entry.
 
-    Fast path, one line per entry: the body hashes to its stored hash, and ends with the expected
-    prev_hash, seq and a well-formed time. Canonical JSON sorts `time` last and times are fixed-width,
-    so that tail sits at a fixed place and what comes before it, `{"kind":...,"payload":{...}`, is the
-    entry's content, which `check_contents` judges, a chunk at a time. Only a failing entry is parsed,
-    to say what is wrong with it.
+    Each body must hash to its stored hash and end with the expected prev_hash, seq and a well-formed
+    time. Canonical JSON sorts `time` last and times are fixed-width, so that tail sits at a fixed place
+    and what comes before it, `{"kind":...,"payload":{...}`, is the entry's content, which
+    `check_contents` judges. Rows go a chunk at a time through list operations (`_sound_contents`); only
+    a chunk that fails them, or holds the anchor, is walked entry by entry (`_walk`) to say what is wrong.
     """
     if anchor is not None and anchor.seq == 0 and anchor.hash != GENESIS_HASH:
         return _broken(0, "the anchor's seq 0 is not this ledger format's genesis")
     anchor_seq = -1 if anchor is None else anchor.seq
-    expected_seq, expected_prev, contents = 1, GENESIS_HASH, []
-    sha256, time_tail, digits, add = hashlib.sha256, -_TIME_TAIL, _DIGITS_AS_ZERO, contents.append  # locals
-    for body, stored_hash in rows:
-        tail = f',"prev_hash":"{expected_prev}","seq":{expected_seq},"time":"'.encode()
-        if sha256(body).hexdigest() != stored_hash or not body.endswith(tail, 0, time_tail) or body[
-            time_tail:
-        ].translate(digits) != _TIME_SHAPE:
-            why = _explain(expected_seq, expected_prev, body, stored_hash)
-            return _first_wrong(check_contents, expected_seq, contents) or _broken(expected_seq, why)
-        add(body[:time_tail - len(tail)])
-        if expected_seq == anchor_seq and stored_hash != anchor.hash:
-            return _first_wrong(check_contents, expected_seq + 1, contents) or _broken(
-                expected_seq, f"it does not match the anchor {anchor} (the ledger was rewritten behind the anchor)")
-        if len(contents) == _CHUNK:
-            wrong = _first_wrong(check_contents, expected_seq + 1, contents)
-            if wrong is not None:
-                return wrong
-            contents.clear()
-        expected_seq += 1
-        expected_prev = stored_hash
-    wrong = _first_wrong(check_contents, expected_seq, contents)
-    if wrong is not None:
-        return wrong
-    last = expected_seq - 1
+    seq, prev, rows = 1, GENESIS_HASH, iter(rows)
+    while chunk := list(islice(rows, _CHUNK)):
+        contents, failure = _sound_contents(chunk, seq, prev), None
+        if contents is None or seq <= anchor_seq < seq + len(chunk):
+            contents, failure = _walk(chunk, seq, prev, anchor)
+        wrong = _first_wrong(check_contents, seq + len(contents), contents) or failure
+        if wrong is not None:
+            return wrong
+        seq, prev = seq + len(chunk), chunk[-1][1]
+    last = seq - 1
     if anchor is not None and anchor.seq > last:
         return _broken(last + 1, f"the ledger ends at seq {last} but the anchor is at seq {anchor.seq} "
                                  "(entries were truncated)")
-    return VerifyResult(True, last, Head(last, expected_prev))
+    return VerifyResult(True, last, Head(last, prev))
+
+
+def _sound_contents(chunk: list[tuple[bytes, str]], seq: int, prev: str) -> list[bytes] | None:
+    """The contents of consecutive rows from `seq` on if every one passes the chain checks, else None."""
+    bodies, hashes = zip(*chunk)
+    if [hashlib.sha256(body).hexdigest() for body in bodies] != list(hashes):
+        return None
+    tails = [f',"prev_hash":"{p}","seq":{s},"time":"'.encode()
+             for p, s in zip((prev, *hashes[:-1]), range(seq, seq + len(bodies)))]
+    count = len(bodies)
+    if not all(map(bytes.endswith, bodies, tails, repeat(0, count), repeat(-_TIME_TAIL, count))):
+        return None
+    # Each time slice is at most _TIME_TAIL long, so the joined slices equal n shapes only if each does.
+    if b"".join([body[-_TIME_TAIL:] for body in bodies]).translate(_DIGITS_AS_ZERO) != _TIME_SHAPE * count:
+        return None
+    return [body[:-_TIME_TAIL - len(tail)] for body, tail in zip(bodies, tails)]
+
+
+def _walk(chunk: list[tuple[bytes, str]], seq: int, prev: str,
+          anchor: Head | None) -> tuple[list[bytes], VerifyResult | None]:
+    """Entry by entry: the contents of the rows up to the first bad one (or the anchor's, if it does not
+    match), and that failure."""
+    contents = []
+    for expected_seq, (body, stored_hash) in enumerate(chunk, seq):
+        tail = f',"prev_hash":"{prev}","seq":{expected_seq},"time":"'.encode()
+        if hashlib.sha256(body).hexdigest() != stored_hash or not body.endswith(tail, 0, -_TIME_TAIL) or body[
+            -_TIME_TAIL:
+        ].translate(_DIGITS_AS_ZERO) != _TIME_SHAPE:
+            return contents, _broken(expected_seq, _explain(expected_seq, prev, body, stored_hash))
+        contents.append(body[:-_TIME_TAIL - len(tail)])
+        if anchor is not None and expected_seq == anchor.seq and stored_hash != anchor.hash:
+            return contents, _broken(expected_seq, f"it does not match the anchor {anchor} "
+                                                   "(the ledger was rewritten behind the anchor)")
+        prev = stored_hash
+    return contents, None
 
 
 def _first_wrong(check_contents: ContentCheck, next_seq: int, contents: list[bytes]) -> VerifyResult | None:

@@ -4,6 +4,7 @@ byte-for-byte unchanged by bad input."""
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
@@ -355,8 +356,18 @@ def test_an_unreadable_ledger_or_unwritable_folder_exits_2(ledger_path, tmp_path
 
 
 def test_io_errors_during_a_command_exit_2_with_one_line(ledger_path, capsys, monkeypatch, tmp_path):
-    code, _, err = run(capsys, "export", "--output", "/dev/full", "--ledger", str(ledger_path))  # a full disk
+    code, _, err = run(capsys, "export", "--output", "/dev/full", "--ledger", str(ledger_path))  # a device
+    assert code == 2 and "special file" in err and len(err.splitlines()) == 1
+
+    def full_disk(path):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr("ledger.files.fsync_path", full_disk)
+    out = tmp_path / "x.jsonl"
+    code, _, err = run(capsys, "export", "--output", str(out), "--ledger", str(ledger_path))
     assert code == 2 and "No space left on device" in err and len(err.splitlines()) == 1
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
+    monkeypatch.undo()
     missing = tmp_path / "missing" / "x.jsonl"
     code, _, err = run(capsys, "export", "--output", str(missing), "--ledger", str(ledger_path))
     assert code == 2 and "No such file or directory" in err and len(err.splitlines()) == 1
