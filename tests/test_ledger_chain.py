@@ -162,3 +162,36 @@ def test_funded_ledger_entries_chain_in_order(tmp_path):
     ledger = funded_ledger(tmp_path / "ledger.sqlite")
     second = ledger.fund("lab", 1.0)
     assert second.prev_hash == ledger.entries()[0].hash and second.seq == 2
+
+
+def _rows(count):
+    prev, rows = GENESIS_HASH, []
+    for seq in range(1, count + 1):
+        payload = {"account": "lab", "note": str(seq), "postings": {"@external": -1, "lab": 1}}
+        body, hash_ = seal(seq, "2026-01-01T00:00:00.000000Z", "fund", payload, prev)
+        rows.append((body.encode(), hash_))
+        prev = hash_
+    return rows
+
+
+@pytest.mark.parametrize("bad_seq", [1, 4096, 4097, 6000, 10_000])
+def test_a_bad_entry_in_any_chunk_is_found_at_its_seq(bad_seq):
+    from ledger.chain import verify_chain
+
+    rows = _rows(10_000)
+    assert verify_chain(rows).ok and verify_chain(rows).head == Head(10_000, rows[-1][1])
+    body, hash_ = rows[bad_seq - 1]
+    rows[bad_seq - 1] = (body.replace(b'"lab":1', b'"lab":2'), hash_)
+    result = verify_chain(rows)
+    assert not result.ok and result.first_bad_seq == bad_seq and result.entries == bad_seq - 1
+    assert "content does not match its hash" in result.reason
+
+
+@pytest.mark.parametrize("anchor_seq", [1, 4096, 6000])
+def test_an_anchor_inside_any_chunk_is_checked(anchor_seq):
+    from ledger.chain import verify_chain
+
+    rows = _rows(8_000)
+    assert verify_chain(rows, Head(anchor_seq, rows[anchor_seq - 1][1])).ok
+    result = verify_chain(rows, Head(anchor_seq, "0" * 64))
+    assert not result.ok and result.first_bad_seq == anchor_seq and "anchor" in result.reason
