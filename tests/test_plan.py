@@ -108,3 +108,17 @@ def test_plan_without_a_measured_price_proposes_a_pilot(synthetic, tmp_path, cap
     recipe = yaml.safe_load((tmp_path / "plan" / "recipes" / "pilot-euphoric-exposure.yaml").read_text())
     assert recipe["valence"] == "euphoric" and recipe["max_episodes"] == 4 and recipe["eval_max_items"] == 8
     assert "--budget_hours 0.1" in out.strip().splitlines()[-1]
+
+
+def test_plan_never_writes_its_recipes_into_a_folder_it_did_not_make(tmp_path):
+    from eval.errors import InputError
+
+    recipes = tmp_path / "plan" / "recipes"
+    recipes.mkdir(parents=True)
+    (recipes / "euphoric-exposure.yaml").write_text("mine: true\n")
+    with pytest.raises(InputError, match="did not write"):
+        plan_cmd.write_recipe({"valence": "euphoric"}, recipes / "euphoric-exposure.yaml")
+    assert (recipes / "euphoric-exposure.yaml").read_text() == "mine: true\n"
+    fresh = tmp_path / "fresh" / "recipes" / "euphoric-exposure.yaml"
+    for _ in range(2):  # our own recipes folder is reused
+        assert plan_cmd.write_recipe({"valence": "euphoric"}, fresh).read_text() == "valence: euphoric\n"

@@ -199,10 +199,14 @@ def session_recipe(recipe: Recipe, *, budget_hours: float, output_dir: str) -> d
 
 
 def write_recipe(values: dict, path: Path) -> Path:
-    """`values` as a YAML recipe file, checked to read back as exactly these values."""
+    """`values` as a YAML recipe file in a recipes folder of our own (a folder holding anything else, or a
+    link, is refused untouched), checked to read back as exactly these values."""
     import yaml
 
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from eval.output_folder import claim, open_in_place
+
+    folder = open_in_place(claim(path.parent, "plan recipes", resumable=True, flag="--out"), overwrite=False)
+    path = folder / path.name
     path.write_text(yaml.safe_dump(values, sort_keys=True))
     if load_yaml_recipe(path) != values:
         raise ConfigError(f"{path}: the recipe does not read back as written; report this as a bug")
