@@ -18,7 +18,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 
 import synthetic_subject  # noqa: E402
-from synthetic_subject import Planted, train_subject, write_stimuli  # noqa: E402
+from synthetic_subject import Planted, write_stimuli  # noqa: E402
 from eval import probes  # noqa: E402
 
 
