@@ -1,19 +1,41 @@
-"""Shared pieces of the ledger tests: a ledger in a temp folder, and forked writer processes."""
+"""Shared pieces of the ledger tests: a ledger in a temp folder, forked writer processes, tampering."""
 
 from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
 from ledger import Ledger
+from ledger.chain import Head, VerifyResult
+from ledger.store import _expected_schema
 
 
 def funded_ledger(path: Path, hours: float = 10.0, account: str = "lab") -> Ledger:
     ledger = Ledger.open(path)
     ledger.fund(account, hours)
     return ledger
+
+
+def verify(path: Path, anchor: Head | str | None = None) -> VerifyResult:
+    with Ledger.open(path, create=False) as ledger:
+        return ledger.verify(anchor)
+
+
+def tamper(path: Path, *statements) -> None:
+    """What an attacker with write access does: drop the append-only triggers, edit rows, and put the
+    triggers back as they were, so the schema check has nothing to see."""
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("DROP TRIGGER entries_no_update")
+    db.execute("DROP TRIGGER entries_no_delete")
+    for statement in statements:
+        db.execute(*statement) if isinstance(statement, tuple) else db.execute(statement)
+    for (kind, _), sql in _expected_schema()[0].items():
+        if kind == "trigger":
+            db.execute(sql)
+    db.close()
 
 
 def fork(child: Callable[[], None]) -> int:

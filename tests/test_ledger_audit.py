@@ -14,7 +14,7 @@ from ledger import InsufficientHours, Ledger, LedgerError
 from ledger.accounts import MAX_HOURS_PER_ENTRY, MAX_MICROHOURS_PER_ENTRY
 from ledger.chain import canonical_json, seal, utc_now
 from ledger.cli import main
-from ledger_helpers import funded_ledger
+from ledger_helpers import funded_ledger, verify
 
 
 def forge(path, kind, payload, *, content: str | None = None):
@@ -39,11 +39,6 @@ def rewrite_schema(path, name, old, new):
     db.execute("UPDATE sqlite_master SET sql = replace(sql, ?, ?) WHERE name = ?", (old, new, name))
     db.execute(f"PRAGMA schema_version={version + 1}")
     db.close()
-
-
-def verify(path, anchor=None):
-    with Ledger.open(path, create=False) as ledger:
-        return ledger.verify(anchor)
 
 
 def settled_session(path) -> str:

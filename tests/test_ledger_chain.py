@@ -12,8 +12,7 @@ import pytest
 
 from ledger import GENESIS_HASH, Head, Ledger, LedgerError
 from ledger.chain import canonical_json, seal
-from ledger.store import _expected_schema
-from ledger_helpers import funded_ledger
+from ledger_helpers import funded_ledger, tamper, verify
 
 
 @pytest.fixture
@@ -26,25 +25,6 @@ def ten_entries(tmp_path):
                 ledger.fund("lab", hours)
         head = ledger.head()
     return path, head
-
-
-def tamper(path, *statements):
-    """What an attacker with write access does: drop the append-only triggers, edit rows, and put the
-    triggers back as they were, so the schema check has nothing to see."""
-    db = sqlite3.connect(path, isolation_level=None)
-    db.execute("DROP TRIGGER entries_no_update")
-    db.execute("DROP TRIGGER entries_no_delete")
-    for statement in statements:
-        db.execute(*statement) if isinstance(statement, tuple) else db.execute(statement)
-    for (kind, _), sql in _expected_schema()[0].items():
-        if kind == "trigger":
-            db.execute(sql)
-    db.close()
-
-
-def verify(path, anchor=None):
-    with Ledger.open(path, create=False) as ledger:
-        return ledger.verify(anchor)
 
 
 def test_hash_is_sha256_of_the_canonical_entry_without_its_hash(ten_entries):

@@ -18,6 +18,7 @@ import pytest
 from ledger import Ledger, LedgerError
 from ledger.cli import main
 from ledger.location import check_not_ledger, is_ledger_file
+from ledger_helpers import tamper
 
 
 @pytest.fixture
@@ -142,11 +143,7 @@ def test_verify_of_a_tampered_ledger_exits_1_with_the_first_bad_seq(ledger_path,
     with Ledger.open(ledger_path) as ledger:
         for _ in range(4):
             ledger.fund("lab", 1.0)
-    db = sqlite3.connect(ledger_path)
-    db.execute("DROP TRIGGER entries_no_update")
-    db.execute("UPDATE entries SET body = replace(body, '1000000', '9000000') WHERE seq = 3")
-    db.commit()
-    db.close()
+    tamper(ledger_path, "UPDATE entries SET body = replace(body, '1000000', '9000000') WHERE seq = 3")
     code, _, err = run(capsys, "verify", "--ledger", str(ledger_path))
     assert code == 1 and "BROKEN at seq 3" in err and "edited" in err
 

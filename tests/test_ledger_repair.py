@@ -6,12 +6,11 @@ broken ledger."""
 from __future__ import annotations
 
 import os
-import sqlite3
 import time
 from pathlib import Path
 
 import pytest
-from ledger_helpers import funded_ledger, killed_session, run_at_once
+from ledger_helpers import funded_ledger, killed_session, run_at_once, tamper
 
 from ledger import BudgetSession, Ledger, LedgerError
 from ledger.files import STALE_AFTER_S
@@ -225,11 +224,7 @@ def test_repair_refuses_a_broken_ledger_and_settles_nothing(tmp_path):
     session = abandoned(path)
     with Ledger.open(path) as ledger:
         ledger.fund("lab", 1.0)
-    db = sqlite3.connect(path)
-    db.execute("DROP TRIGGER entries_no_update")
-    db.execute("UPDATE entries SET body = replace(body, '1000000', '9000000') WHERE seq = 3")
-    db.commit()
-    db.close()
+    tamper(path, "UPDATE entries SET body = replace(body, '1000000', '9000000') WHERE seq = 3")
     with Ledger.open(path) as ledger:
         with pytest.raises(LedgerError, match="broken at seq 3.*settled nothing.*backup"):
             ledger.repair()
