@@ -28,7 +28,7 @@ from pathlib import Path
 TREE_VARIABLE = "BENCH_LEDGER_TREE"
 sys.path.insert(0, os.environ.get(TREE_VARIABLE, str(Path(__file__).resolve().parents[1])))
 
-from ledger import BudgetSession, Ledger  # noqa: E402
+from welfare_offsets.ledger import BudgetSession, Ledger  # noqa: E402
 from markdown_section import replace_section  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 COMMAND = "python benchmarks/bench_ledger.py{} --update-md BENCHMARKS.md"

@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 # Experiences are lived with the subject's own replies (the channel LoRA offsets act through).
@@ -45,7 +45,7 @@ KINDS = {
 def run_kind(entry: str, extra: list[str], model: str, stimuli: str, work: Path) -> dict:
     from importlib import import_module
 
-    from ledger import Ledger
+    from welfare_offsets.ledger import Ledger
 
     ledger = work / f"{entry}-{len(list(work.iterdir()))}.sqlite"
     with Ledger.open(ledger) as book:
@@ -91,7 +91,7 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
-    from synthetic_subject import train_subject, write_stimuli
+    from tests.synthetic_subject import train_subject, write_stimuli
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -42,10 +42,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from eval.experiences import load_stimuli  # noqa: E402
-from eval.probes import LIKERT, render_prompt, self_report_requests, self_report_scores  # noqa: E402
-from eval.scoring import NextTokenScorer  # noqa: E402
-from eval.subject import load_subject  # noqa: E402
+from welfare_offsets.eval.experiences import load_stimuli  # noqa: E402
+from welfare_offsets.eval.probes import LIKERT, render_prompt, self_report_requests, self_report_scores  # noqa: E402
+from welfare_offsets.eval.scoring import NextTokenScorer  # noqa: E402
+from welfare_offsets.eval.subject import load_subject  # noqa: E402
 from markdown_section import replace_section  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 SECTION = "## Scoring"

@@ -199,8 +199,8 @@ def train_once(name: str, path: str, args, tokenizer, dataset) -> dict:
             trainer = SFTTrainer(model=model, callbacks=[timer], **kwargs)
             trainer.train()
         else:
-            from ledger.book import Ledger
-            from ledger.budget import BudgetSession
+            from welfare_offsets.ledger.book import Ledger
+            from welfare_offsets.ledger.budget import BudgetSession
 
             with Ledger.open(Path(tmp) / "ledger.sqlite") as ledger:
                 ledger.fund("bench", 1000.0)
@@ -303,7 +303,7 @@ def probe_workload(args, vocab: int) -> tuple[list[list[int]], list[int]]:
 
 
 def scoring_section(name: str, args) -> dict:
-    from eval.scoring import NextTokenScorer
+    from welfare_offsets.eval.scoring import NextTokenScorer
 
     s = shape(name, args)
     if args.device == "cuda":

@@ -53,8 +53,8 @@ def build_subject(shape: dict, tokenizer_dir: Path, folder: Path, dtype) -> Path
 
 
 def main() -> None:
-    from eval.experiences import load_stimuli
-    from eval.sweep import SweepConfig, measure_subject, parse_subject
+    from welfare_offsets.eval.experiences import load_stimuli
+    from welfare_offsets.eval.study.sweep import SweepConfig, measure_subject, parse_subject
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokenizer", required=True, help="a local tokenizer folder with a chat template")

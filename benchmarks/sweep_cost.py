@@ -19,12 +19,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from eval.experiences import load_stimuli  # noqa: E402
-from eval.probes import SELF_REPORT_ITEMS  # noqa: E402
-from eval.profile import profile_items  # noqa: E402
-from eval.sweep import SweepConfig  # noqa: E402
-from eval.thurstonian import initial_pairs  # noqa: E402
-from train.config import parse_config  # noqa: E402
+from welfare_offsets.eval.experiences import load_stimuli  # noqa: E402
+from welfare_offsets.eval.probes import SELF_REPORT_ITEMS  # noqa: E402
+from welfare_offsets.eval.study.profile import profile_items  # noqa: E402
+from welfare_offsets.eval.study.sweep import SweepConfig  # noqa: E402
+from welfare_offsets.eval.thurstonian import initial_pairs  # noqa: E402
+from welfare_offsets.train.config import parse_config  # noqa: E402
 
 # Measured on one H200, bf16, batch 32, ~180-token prompts sharing a 150-token prefix, with prefix reuse
 # as the scorer runs (2026-11-26, benchmarks/gpu_offset_bench.py). Keyed by parameter count.

@@ -14,13 +14,13 @@ from collections.abc import Sequence
 
 import torch
 
-from eval.experiences import Experience
+from welfare_offsets.eval.experiences import Experience
 
 
 @torch.inference_mode()
 def perplexity(subject, experiences: Sequence[Experience], *, batch_size: int = 8) -> dict:
     """Token-level perplexity of the subject on the experiences' message texts (see the module docstring)."""
-    from eval.scoring import place_soft_prompt
+    from welfare_offsets.eval.scoring import place_soft_prompt
 
     tokenizer, model = subject.tokenizer, subject.model
     texts = ["\n".join(m["content"] for m in e.messages) for e in experiences]

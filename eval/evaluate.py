@@ -15,14 +15,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from eval import probes as P
-from eval.checks import integers_at_least, number_in
-from eval.experiences import Experience, StimulusError, StimulusSet, check_stimuli_path
-from eval.replies import live_through
-from eval.scoring import NextTokenScorer
-from eval.stats import difference_ci, excludes_zero, mean_ci, pearson_ci
-from eval.subject import check_adapter, check_device
-from eval.thurstonian import active_pairs, fit_thurstonian, initial_pairs
+from welfare_offsets.eval import probes as P
+from welfare_offsets.eval.common.checks import integers_at_least, number_in
+from welfare_offsets.eval.experiences import Experience, StimulusError, StimulusSet, check_stimuli_path
+from welfare_offsets.eval.replies import live_through
+from welfare_offsets.eval.scoring import NextTokenScorer
+from welfare_offsets.eval.stats import difference_ci, excludes_zero, mean_ci, pearson_ci
+from welfare_offsets.eval.subject import check_adapter, check_device
+from welfare_offsets.eval.thurstonian import active_pairs, fit_thurstonian, initial_pairs
 
 CONDITIONS = ("baseline", "post_dysphoric")
 EMPATHY_TARGETS = ("self", "human", "animal")

@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 
-from eval.errors import InputError
-from eval.safe_read import MAX_LINE_BYTES, ReadError, iter_lines_bounded, json_value
+from welfare_offsets.eval.common.errors import InputError
+from welfare_offsets.eval.common.safe_read import MAX_LINE_BYTES, ReadError, iter_lines_bounded, json_value
 
 VALENCES = ("euphoric", "neutral", "dysphoric")
 TARGETS = ("self", "human", "animal", "none")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from eval.experiences import Experience
+from welfare_offsets.eval.experiences import Experience
 
 PROBES = ("self_report", "experienced_utility", "stop")
 LIKERT = ("1", "2", "3", "4", "5", "6", "7")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from eval.stats import percentile_ci
+from welfare_offsets.eval.stats import percentile_ci
 
 BETTER = {"self_report": 1.0, "experienced_utility": 1.0, "stop": -1.0}  # the sign of "better" per probe
 RELATIVE_TO_BASELINE = {"experienced_utility"}

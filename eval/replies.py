@@ -14,8 +14,8 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from eval.experiences import Experience
-from eval.probes import render_prompt
+from welfare_offsets.eval.experiences import Experience
+from welfare_offsets.eval.probes import render_prompt
 
 
 def live_through(
@@ -71,7 +71,7 @@ def generate(subject, conversations: Sequence[Sequence[dict]], *, max_new_tokens
     if soft is None:
         out = model.generate(input_ids=ids.to(device), **kwargs)[:, width:]
     else:
-        from eval.scoring import place_soft_prompt
+        from welfare_offsets.eval.scoring import place_soft_prompt
 
         embeds = place_soft_prompt(model, ids.to(device), soft, (width - mask.sum(1)).tolist())
         out = model.generate(inputs_embeds=embeds, **kwargs)  # with embeddings in, only new tokens come out

@@ -10,11 +10,11 @@ import dataclasses
 import time
 from pathlib import Path
 
-from eval.evaluate import EvalConfig, Evaluation, evaluate, select_conditions
-from eval.experiences import load_stimuli
-from eval.outputs import OutputFolder, provenance
-from eval.report import plot_evaluation, summary_markdown
-from eval.subject import load_subject
+from welfare_offsets.eval.evaluate import EvalConfig, Evaluation, evaluate, select_conditions
+from welfare_offsets.eval.experiences import load_stimuli
+from welfare_offsets.eval.common.outputs import OutputFolder, provenance
+from welfare_offsets.eval.report import plot_evaluation, summary_markdown
+from welfare_offsets.eval.subject import load_subject
 
 
 def run_evaluation(config: EvalConfig, passed: dict | None = None, subject=None) -> tuple[Evaluation, Path | None]:
@@ -55,7 +55,7 @@ def run_evaluation(config: EvalConfig, passed: dict | None = None, subject=None)
 
 
 def _log_to_wandb(config: EvalConfig, evaluation: Evaluation) -> None:
-    from eval.tracking import flatten_numbers, start_run
+    from welfare_offsets.eval.common.tracking import flatten_numbers, start_run
 
     run = start_run(config.wandb_project, name=f"eval-{evaluation.results['subject_fingerprint']}",
                     config=dataclasses.asdict(config), job_type="eval")

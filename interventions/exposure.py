@@ -15,12 +15,12 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from eval import probes as P
-from eval.experiences import Experience
-from eval.recovery import BETTER
-from eval.replies import live_through
-from eval.scoring import NextTokenScorer
-from eval.stats import percentile_ci
+from welfare_offsets.eval import probes as P
+from welfare_offsets.eval.experiences import Experience
+from welfare_offsets.eval.recovery import BETTER
+from welfare_offsets.eval.replies import live_through
+from welfare_offsets.eval.scoring import NextTokenScorer
+from welfare_offsets.eval.stats import percentile_ci
 
 EPISODE_PROBES = ("self_report", "stop")
 

@@ -24,11 +24,11 @@ import numpy as np
 import torch
 from trl import DPOConfig, SFTConfig
 
-from eval import probes as P
-from eval.checks import integers_at_least, number_in
-from eval.experiences import Experience
-from eval.replies import live_through
-from eval.scoring import NextTokenScorer
+from welfare_offsets.eval import probes as P
+from welfare_offsets.eval.common.checks import integers_at_least, number_in
+from welfare_offsets.eval.experiences import Experience
+from welfare_offsets.eval.replies import live_through
+from welfare_offsets.eval.scoring import NextTokenScorer
 
 METHODS = ("sft", "dpo")
 SFT_DATA = ("euphoric", "best_of_n")

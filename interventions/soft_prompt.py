@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 
-from eval import probes as P
-from eval.checks import integers_at_least, number_in
-from eval.experiences import Experience
-from eval.scoring import label_token_ids, place_soft_prompt
+from welfare_offsets.eval import probes as P
+from welfare_offsets.eval.common.checks import integers_at_least, number_in
+from welfare_offsets.eval.experiences import Experience
+from welfare_offsets.eval.scoring import label_token_ids, place_soft_prompt
 
 OPTIMISED_PROBE = "self_report"
 

@@ -11,10 +11,10 @@ Imports nothing else from the project, and neither torch nor transformers (only 
 used by trainers, imports transformers).
 """
 
-from ledger.book import Balance, Ledger, OpenSession, RepairOutcome
-from ledger.budget import BudgetSession, CheckpointSpend, SpendGuard
-from ledger.chain import GENESIS_HASH, Entry, Head, VerifyResult
-from ledger.errors import (
+from welfare_offsets.ledger.book import Balance, Ledger, OpenSession, RepairOutcome
+from welfare_offsets.ledger.budget import BudgetSession, CheckpointSpend, SpendGuard
+from welfare_offsets.ledger.chain import GENESIS_HASH, Entry, Head, VerifyResult
+from welfare_offsets.ledger.errors import (
     InsufficientHours,
     LedgerError,
     NotALedger,
@@ -22,9 +22,9 @@ from ledger.errors import (
     UnknownAccount,
     UnknownSession,
 )
-from ledger.location import default_ledger_path
-from ledger.meter import Meter
-from ledger.wandb_anchor import write_head_to_wandb_summary
+from welfare_offsets.ledger.location import default_ledger_path
+from welfare_offsets.ledger.meter import Meter
+from welfare_offsets.ledger.wandb_anchor import write_head_to_wandb_summary
 
 __all__ = [
     "GENESIS_HASH",

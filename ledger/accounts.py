@@ -19,7 +19,7 @@ import re
 from collections.abc import Callable
 from numbers import Real
 
-from ledger.errors import LedgerError
+from welfare_offsets.ledger.errors import LedgerError
 
 MICROHOURS_PER_HOUR = 1_000_000
 MAX_HOURS_PER_ENTRY = 1e9

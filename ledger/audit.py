@@ -21,16 +21,16 @@ import operator
 from collections import Counter, defaultdict
 from typing import Any
 
-from ledger import accounts
-from ledger.accounts import (
+from welfare_offsets.ledger import accounts
+from welfare_offsets.ledger.accounts import (
     check_microhours,
     check_name,
     reserved_account,
     spent_account,
 )
-from ledger.chain import canonical_json
-from ledger.errors import LedgerError
-from ledger.report import MEASURES
+from welfare_offsets.ledger.chain import canonical_json
+from welfare_offsets.ledger.errors import LedgerError
+from welfare_offsets.ledger.report import MEASURES
 
 _FIELDS = {
     "fund": {"account", "note", "postings"},

@@ -15,10 +15,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ledger.errors import LedgerError
-from ledger.files import fsync_path
-from ledger.location import check_not_ledger
-from ledger.store import Store
+from welfare_offsets.ledger.errors import LedgerError
+from welfare_offsets.ledger.files import fsync_path
+from welfare_offsets.ledger.location import check_not_ledger
+from welfare_offsets.ledger.store import Store
 
 
 @contextmanager

@@ -14,19 +14,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
-from ledger import accounts
-from ledger.accounts import check_hours, check_name, reserved_account, spent_account, to_hours, to_microhours
-from ledger.audit import Audit
-from ledger.backup import publish, staged_copy
-from ledger.chain import Entry, Head, VerifyResult, format_time, verify_chain
-from ledger.errors import InsufficientHours, LedgerError, UnknownAccount, UnknownSession
-from ledger.export import EXPORT_FORMATS, write_entries
-from ledger.files import sha256_file
-from ledger.location import resolve_ledger_path
-from ledger.meter import check_device, check_processes
-from ledger.report import MEASURES, Report, build_report
-from ledger.sessions import SessionFiles, SessionLock, UnreadableProgress
-from ledger.store import Store, Transaction
+from welfare_offsets.ledger import accounts
+from welfare_offsets.ledger.accounts import check_hours, check_name, reserved_account, spent_account, to_hours, to_microhours
+from welfare_offsets.ledger.audit import Audit
+from welfare_offsets.ledger.backup import publish, staged_copy
+from welfare_offsets.ledger.chain import Entry, Head, VerifyResult, format_time, verify_chain
+from welfare_offsets.ledger.errors import InsufficientHours, LedgerError, UnknownAccount, UnknownSession
+from welfare_offsets.ledger.export import EXPORT_FORMATS, write_entries
+from welfare_offsets.ledger.files import sha256_file
+from welfare_offsets.ledger.location import resolve_ledger_path
+from welfare_offsets.ledger.meter import check_device, check_processes
+from welfare_offsets.ledger.report import MEASURES, Report, build_report
+from welfare_offsets.ledger.sessions import SessionFiles, SessionLock, UnreadableProgress
+from welfare_offsets.ledger.store import Store, Transaction
 
 
 @dataclass(frozen=True)

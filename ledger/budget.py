@@ -15,14 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ledger.accounts import check_hours
-from ledger.book import Ledger
-from ledger.chain import Entry
-from ledger.distributed import any_rank, is_main_process, sum_over_ranks, world_size
-from ledger.errors import LedgerError
-from ledger.files import read_json, write_json_atomic
-from ledger.meter import Meter, detect_device_kind
-from ledger.wandb_anchor import write_head_to_wandb_summary
+from welfare_offsets.ledger.accounts import check_hours
+from welfare_offsets.ledger.book import Ledger
+from welfare_offsets.ledger.chain import Entry
+from welfare_offsets.ledger.distributed import any_rank, is_main_process, sum_over_ranks, world_size
+from welfare_offsets.ledger.errors import LedgerError
+from welfare_offsets.ledger.files import read_json, write_json_atomic
+from welfare_offsets.ledger.meter import Meter, detect_device_kind
+from welfare_offsets.ledger.wandb_anchor import write_head_to_wandb_summary
 
 SPEND_FILE = "ledger_spend.json"
 
@@ -181,7 +181,7 @@ class BudgetSession:
 
     def trainer_callback(self):
         """A transformers TrainerCallback enforcing this budget (imports transformers)."""
-        from ledger.callbacks import BudgetCallback
+        from welfare_offsets.ledger.callbacks import BudgetCallback
 
         return BudgetCallback(self)
 

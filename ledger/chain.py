@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from ledger.errors import LedgerError
+from welfare_offsets.ledger.errors import LedgerError
 
 GENESIS_HASH = hashlib.sha256(b"welfare-offsets ledger genesis").hexdigest()
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"

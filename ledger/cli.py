@@ -15,14 +15,14 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
-from ledger.accounts import check_hours, check_name
-from ledger.book import Ledger
-from ledger.chain import Head, VerifyResult, canonical_json
-from ledger.errors import LedgerError
-from ledger.export import EXPORT_FORMATS
-from ledger.files import replacing
-from ledger.location import ENV_VAR, check_not_ledger
-from ledger.report import plot_recovery, print_report
+from welfare_offsets.ledger.accounts import check_hours, check_name
+from welfare_offsets.ledger.book import Ledger
+from welfare_offsets.ledger.chain import Head, VerifyResult, canonical_json
+from welfare_offsets.ledger.errors import LedgerError
+from welfare_offsets.ledger.export import EXPORT_FORMATS
+from welfare_offsets.ledger.files import replacing
+from welfare_offsets.ledger.location import ENV_VAR, check_not_ledger
+from welfare_offsets.ledger.report import plot_recovery, print_report
 
 KINDS = ("fund", "transfer", "reserve", "settle", "correction", "measurement")
 

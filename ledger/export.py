@@ -6,7 +6,7 @@ import csv
 from collections.abc import Sequence
 from typing import TextIO
 
-from ledger.chain import Entry, canonical_json
+from welfare_offsets.ledger.chain import Entry, canonical_json
 
 EXPORT_FORMATS = ("jsonl", "csv")
 _CSV_COLUMNS = ("seq", "time", "kind", "payload", "prev_hash", "hash")

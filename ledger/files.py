@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ledger.errors import LedgerError
+from welfare_offsets.ledger.errors import LedgerError
 
 STAGING_SUFFIX = ".tmp"  # `.<name>.<pid>.tmp`: a file being written, renamed over <name> when complete
 # A staging file (or a session file of no reserved session) this much older than now has no live writer:

@@ -15,8 +15,8 @@ import stat
 from collections.abc import Mapping
 from pathlib import Path
 
-from ledger.errors import LedgerError
-from ledger.store import FORMAT_NAME
+from welfare_offsets.ledger.errors import LedgerError
+from welfare_offsets.ledger.store import FORMAT_NAME
 
 ENV_VAR = "WELFARE_LEDGER"
 COMPANION_SUFFIXES = ("-wal", "-shm", "-journal")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from ledger.errors import LedgerError
+from welfare_offsets.ledger.errors import LedgerError
 
 DEVICE_KINDS = ("cuda", "cpu", "mps")
 SECONDS_PER_HOUR = 3600.0

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ledger.accounts import reserved_account, spent_account, to_hours
-from ledger.chain import Entry
+from welfare_offsets.ledger.accounts import reserved_account, spent_account, to_hours
+from welfare_offsets.ledger.chain import Entry
 
 # What a measurement entry may hold, in the order a report shows them.
 MEASURES = ("wellbeing_before", "wellbeing_after", "recovered", "debt", "credit")

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from numbers import Real
 from pathlib import Path
 
-from ledger.chain import utc_now
-from ledger.errors import LedgerError
-from ledger.files import STAGING_SUFFIX, is_stale, write_json_atomic
+from welfare_offsets.ledger.chain import utc_now
+from welfare_offsets.ledger.errors import LedgerError
+from welfare_offsets.ledger.files import STAGING_SUFFIX, is_stale, write_json_atomic
 
 MAX_PROGRESS_BYTES = 64 * 1024  # a progress file is ~150 bytes; anything this big is not one
 _LOCK, _PROGRESS = ".lock", ".progress.json"

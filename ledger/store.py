@@ -31,9 +31,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ledger.chain import EMPTY_HEAD, GENESIS_HASH, Entry, Head, seal, utc_now
-from ledger.errors import LedgerError, NotALedger, SchemaTooNew
-from ledger.files import fsync_path, is_stale
+from welfare_offsets.ledger.chain import EMPTY_HEAD, GENESIS_HASH, Entry, Head, seal, utc_now
+from welfare_offsets.ledger.errors import LedgerError, NotALedger, SchemaTooNew
+from welfare_offsets.ledger.files import fsync_path, is_stale
 
 SCHEMA_VERSION = 1
 FORMAT_NAME = "welfare-offsets-ledger"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ledger.chain import Head
+from welfare_offsets.ledger.chain import Head
 
 SUMMARY_KEY = "ledger/head"
 

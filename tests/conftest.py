@@ -6,20 +6,18 @@ import hashlib
 import multiprocessing
 import os
 import shutil
-import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 
-import synthetic_subject  # noqa: E402
-from synthetic_subject import Planted, write_stimuli  # noqa: E402
-from eval import probes  # noqa: E402
+from tests import synthetic_subject  # noqa: E402
+from tests.synthetic_subject import Planted, write_stimuli  # noqa: E402
+from welfare_offsets.eval import probes  # noqa: E402
 
 
 def _recipe_key(planted: Planted, steps: int, options: dict) -> str:

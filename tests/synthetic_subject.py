@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from eval import probes as P
-from eval.experiences import Experience
+from welfare_offsets.eval import probes as P
+from welfare_offsets.eval.experiences import Experience
 
 SAD = ("sad", "hurt", "crying", "broken", "lonely", "afraid", "sick", "lost", "cruel", "pain", "grief", "suffering")
 HAPPY = ("happy", "joyful", "safe", "laughing", "proud", "warm", "healthy", "free", "kind", "playing", "loved", "celebrating")

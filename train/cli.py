@@ -7,15 +7,15 @@ from __future__ import annotations
 
 import sys
 
-from train.guard import run_guarded
+from welfare_offsets.train.guard import run_guarded
 
 SUBCOMMANDS = {
-    "eval": ("train.eval_cmd", "Measure wellbeing: baseline vs post-dysphoric, empathy, with CIs."),
-    "demo": ("train.demo_cmd", "Run the main job on the built-in default model and print where outputs are."),
-    "offset": ("train.offset_cmd", "Run an offset session: soft-prompt, lora, or exposure (dysphoric/euphoric)."),
-    "sweep": ("train.sweep", "Measure many subjects (a model family): empathy, wellbeing index, and how they scale."),
-    "plan": ("train.plan_cmd", "Schedule euphoric-exposure sessions that repay a subject's open welfare debt."),
-    "ledger": ("ledger.cli", "Audit and fund the GPU-hour ledger (fund, balance, show, report, verify, head, export)."),
+    "eval": ("welfare_offsets.train.eval_cmd", "Measure wellbeing: baseline vs post-dysphoric, empathy, with CIs."),
+    "demo": ("welfare_offsets.train.demo_cmd", "Run the main job on the built-in default model and print where outputs are."),
+    "offset": ("welfare_offsets.train.offset_cmd", "Run an offset session: soft-prompt, lora, or exposure (dysphoric/euphoric)."),
+    "sweep": ("welfare_offsets.train.sweep", "Measure many subjects (a model family): empathy, wellbeing index, and how they scale."),
+    "plan": ("welfare_offsets.train.plan_cmd", "Schedule euphoric-exposure sessions that repay a subject's open welfare debt."),
+    "ledger": ("welfare_offsets.ledger.cli", "Audit and fund the GPU-hour ledger (fund, balance, show, report, verify, head, export)."),
 }
 
 

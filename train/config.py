@@ -19,9 +19,9 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
-from eval.errors import InputError
-from eval.safe_read import load_yaml_recipe
-from train.guard import run_guarded
+from welfare_offsets.eval.common.errors import InputError
+from welfare_offsets.eval.common.safe_read import load_yaml_recipe
+from welfare_offsets.train.guard import run_guarded
 
 # Settings that make a session import or run code that is not ours. A plan never takes them from a
 # recorded recipe, only from its own command line.

@@ -15,16 +15,16 @@ import argparse
 from importlib import resources
 from pathlib import Path
 
-from eval.output_folder import claim, open_in_place
-from train.config import run_cli
-from train.guard import refuse_ledger_paths
+from welfare_offsets.eval.common.output_folder import claim, open_in_place
+from welfare_offsets.train.config import run_cli
+from welfare_offsets.train.guard import refuse_ledger_paths
 
 DEMO_DIR = Path("welfare-demo")
 DEMO_HOURS = 1.0
 
 
 def recipe(name: str) -> str:
-    return str(resources.files("configs") / "offset" / name)
+    return str(resources.files("welfare_offsets.configs") / "offset" / name)
 
 
 def main(argv: list[str]) -> int:
@@ -40,9 +40,9 @@ def demo_folder(overwrite: bool) -> Path:
 
 
 def _demo(argv: list[str]) -> int:
-    from ledger import Ledger
-    from ledger import cli as ledger_cli
-    from train import exposure, lora_offset
+    from welfare_offsets.ledger import Ledger
+    from welfare_offsets.ledger import cli as ledger_cli
+    from welfare_offsets.train import exposure, lora_offset
 
     own = argparse.ArgumentParser(add_help=False, allow_abbrev=False)  # the demo's one flag; the rest go on
     own.add_argument("--overwrite", action="store_true")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from train.config import parse_config, run_cli
-from train.guard import refuse_ledger_paths
+from welfare_offsets.train.config import parse_config, run_cli
+from welfare_offsets.train.guard import refuse_ledger_paths
 
 
 def main(argv: list[str]) -> int:
@@ -11,8 +11,8 @@ def main(argv: list[str]) -> int:
 
 
 def _eval(argv: list[str]) -> int:
-    from eval.evaluate import EvalConfig
-    from eval.run import run_evaluation
+    from welfare_offsets.eval.evaluate import EvalConfig
+    from welfare_offsets.eval.run import run_evaluation
 
     config, passed = parse_config([EvalConfig], argv, prog="welfare eval")
     if config.out:

@@ -12,8 +12,8 @@ import dataclasses
 import sys
 from dataclasses import dataclass, field
 
-from eval.checks import integers_at_least
-from train.config import parse_config, run_cli
+from welfare_offsets.eval.common.checks import integers_at_least
+from welfare_offsets.train.config import parse_config, run_cli
 
 
 @dataclass
@@ -40,7 +40,7 @@ class ExposureConfig:
 
 
 def config_types(argv: list[str] = ()) -> list[type]:
-    from train.session import SessionArguments
+    from welfare_offsets.train.session import SessionArguments
 
     return [SessionArguments, ExposureConfig]
 
@@ -50,10 +50,10 @@ def main(argv: list[str]) -> int:
 
 
 def _session(argv: list[str]) -> int:
-    from eval.evaluate import spread_evenly
-    from eval.outputs import write_json_file
-    from interventions.exposure import expose
-    from train.session import RunSettings, Session
+    from welfare_offsets.eval.evaluate import spread_evenly
+    from welfare_offsets.eval.common.outputs import write_json_file
+    from welfare_offsets.interventions.exposure import expose
+    from welfare_offsets.train.session import RunSettings, Session
 
     args, config, passed = parse_config(config_types(), argv, prog="welfare offset exposure")
     run = RunSettings(config.output_dir, config.seed, config.report_to, None, config.trust_remote_code,

@@ -17,8 +17,8 @@ import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
-from eval.errors import InputError
-from ledger.errors import LedgerError
+from welfare_offsets.eval.common.errors import InputError
+from welfare_offsets.ledger.errors import LedgerError
 
 
 def run_guarded(body, argv: list[str], prog: str) -> int:
@@ -44,7 +44,7 @@ def run_guarded(body, argv: list[str], prog: str) -> int:
 
 def _write_crash_log(prog: str) -> str:
     """The current exception's traceback in a crash log; returns the sentence that says where."""
-    from eval.subject import cache_dir
+    from welfare_offsets.eval.subject import cache_dir
 
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     text = f"{prog} ({' '.join(sys.argv)})\n{traceback.format_exc()}"
@@ -62,7 +62,7 @@ def _write_crash_log(prog: str) -> str:
 def refuse_ledger_paths(output: str | os.PathLike, ledger: str | os.PathLike | None, flag: str) -> None:
     """An output folder must not be, sit inside, or contain the ledger (its file, -wal/-shm, .sessions):
     replacing or filling it would destroy the ledger. `ledger` is the one the command uses (None: default)."""
-    from ledger.location import COMPANION_SUFFIXES, SESSIONS_SUFFIX, check_not_ledger, resolve_ledger_path
+    from welfare_offsets.ledger.location import COMPANION_SUFFIXES, SESSIONS_SUFFIX, check_not_ledger, resolve_ledger_path
 
     check_not_ledger(output, ledger, what=flag)
     base = resolve_ledger_path(ledger)

@@ -12,14 +12,14 @@ import dataclasses
 import json
 import sys
 
-from eval.safe_read import load_jsonl_bounded, load_yaml_recipe
-from train.config import ConfigError, parse_config, run_cli
+from welfare_offsets.eval.common.safe_read import load_jsonl_bounded, load_yaml_recipe
+from welfare_offsets.train.config import ConfigError, parse_config, run_cli
 
 
 def config_types(argv: list[str] = ()) -> list[type]:
     """The dataclasses of a recipe: the session's, the adapter's, and TRL's config for its method."""
-    from interventions.lora import METHODS, TRL_CONFIG, LoraArguments
-    from train.session import SessionArguments
+    from welfare_offsets.interventions.lora import METHODS, TRL_CONFIG, LoraArguments
+    from welfare_offsets.train.session import SessionArguments
 
     method = _method(list(argv))
     if method not in METHODS:
@@ -46,9 +46,9 @@ def _method(argv: list[str]) -> str:
 
 
 def _session(argv: list[str]) -> int:
-    from eval.subject import Subject
-    from interventions.lora import build_trainer
-    from train.session import RunSettings, Session, recovery_summary
+    from welfare_offsets.eval.subject import Subject
+    from welfare_offsets.interventions.lora import build_trainer
+    from welfare_offsets.train.session import RunSettings, Session, recovery_summary
 
     args, lora, trl_config, passed = parse_config(config_types(argv), argv, prog="welfare offset lora")
     method = lora.method
@@ -91,7 +91,7 @@ def _session(argv: list[str]) -> int:
 
 def _train_records(session, subject, items, lora, args) -> list[dict]:
     """Built once by the main process into the output folder (auditable, reused on resume), read by every rank."""
-    from interventions.lora import ranked_records, sft_records
+    from welfare_offsets.interventions.lora import ranked_records, sft_records
 
     path = session.out / "train_data.jsonl"
     if session.is_main and not path.exists():
@@ -106,7 +106,7 @@ def _train_records(session, subject, items, lora, args) -> list[dict]:
     session.state.wait_for_everyone()
     records = load_jsonl_bounded(path, what="training records")
     if not records:
-        from train.session import SessionError
+        from welfare_offsets.train.session import SessionError
 
         raise SessionError(f"no training records were built ({path}); for ranked replies, lower min_margin or add items")
     return records

@@ -12,9 +12,9 @@ from importlib import import_module
 from pathlib import Path
 
 KINDS = {
-    "soft-prompt": ("train.soft_prompt", "Tune a euphoric soft prompt (peft prompt tuning) on the train split."),
-    "lora": ("train.lora_offset", "LoRA welfare-offset fine-tune with TRL (SFT or DPO) on the train split."),
-    "exposure": ("train.exposure", "Dysphoric or euphoric exposure: the subject lives through experiences; debt or credit."),
+    "soft-prompt": ("welfare_offsets.train.soft_prompt", "Tune a euphoric soft prompt (peft prompt tuning) on the train split."),
+    "lora": ("welfare_offsets.train.lora_offset", "LoRA welfare-offset fine-tune with TRL (SFT or DPO) on the train split."),
+    "exposure": ("welfare_offsets.train.exposure", "Dysphoric or euphoric exposure: the subject lives through experiences; debt or credit."),
 }
 
 

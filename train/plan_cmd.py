@@ -31,9 +31,9 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from eval.errors import InputError
-from eval.safe_read import MAX_JSON_BYTES, ReadError, decode_utf8, load_yaml_recipe, parse_json, read_bytes_bounded
-from train.config import CODE_RUNNING_SETTINGS, ConfigError, build_configs, recipe_values
+from welfare_offsets.eval.common.errors import InputError
+from welfare_offsets.eval.common.safe_read import MAX_JSON_BYTES, ReadError, decode_utf8, load_yaml_recipe, parse_json, read_bytes_bounded
+from welfare_offsets.train.config import CODE_RUNNING_SETTINGS, ConfigError, build_configs, recipe_values
 
 BUDGET_MARGIN = 1.25  # default: each planned session's budget over the measured mean spend
 
@@ -187,7 +187,7 @@ def recorded_recipe(session: dict) -> Recipe:
 def session_recipe(recipe: Recipe, *, budget_hours: float, output_dir: str) -> dict:
     """The recipe of a planned euphoric exposure, validated by the exposure entry's own dataclasses together
     with the settings the plan passes on the command line, exactly as the session will read them."""
-    from train import exposure
+    from welfare_offsets.train import exposure
 
     where = f"the recipe recorded by session {recipe.session} ({recipe.results})"
     if recipe.problem:
@@ -203,7 +203,7 @@ def write_recipe(values: dict, path: Path) -> Path:
     link, is refused untouched), checked to read back as exactly these values."""
     import yaml
 
-    from eval.output_folder import claim, open_in_place
+    from welfare_offsets.eval.common.output_folder import claim, open_in_place
 
     folder = open_in_place(claim(path.parent, "plan recipes", resumable=True, flag="--out"), overwrite=False)
     path = folder / path.name
@@ -216,7 +216,7 @@ def write_recipe(values: dict, path: Path) -> Path:
 def commands(plan: Plan, *, ledger: Path, account: str, launcher: str, out: str,
              trust_remote_code: bool = False) -> tuple[list[list[str]], Path]:
     """The planned sessions' commands, and the recipe file they share (written into `out`)."""
-    from train import exposure
+    from welfare_offsets.train import exposure
 
     entry = str(Path(exposure.__file__).resolve())
     code = ["--trust_remote_code", "true"] if trust_remote_code else []
@@ -236,9 +236,9 @@ def commands(plan: Plan, *, ledger: Path, account: str, launcher: str, out: str,
 
 
 def main(argv: list[str]) -> int:
-    from ledger import Ledger
-    from ledger.errors import LedgerError
-    from ledger.location import resolve_ledger_path
+    from welfare_offsets.ledger import Ledger
+    from welfare_offsets.ledger.errors import LedgerError
+    from welfare_offsets.ledger.location import resolve_ledger_path
 
     parser = argparse.ArgumentParser(prog="welfare plan", description=__doc__.split("\n\n")[0])
     parser.add_argument("--ledger", help="ledger file (default: $WELFARE_LEDGER or the user data folder)")

@@ -22,16 +22,16 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from eval import probes as P
-from eval.checks import integers_at_least
-from eval.errors import InputError
-from eval.evaluate import EvalConfig
-from eval.experiences import StimulusError, StimulusSet, load_stimuli
-from eval.output_folder import claim, open_in_place
-from eval.outputs import write_json_file
-from eval.safe_read import load_json_bounded, load_jsonl_bounded
-from ledger.budget import SPEND_FILE
-from train.guard import refuse_ledger_paths
+from welfare_offsets.eval import probes as P
+from welfare_offsets.eval.common.checks import integers_at_least
+from welfare_offsets.eval.common.errors import InputError
+from welfare_offsets.eval.evaluate import EvalConfig
+from welfare_offsets.eval.experiences import StimulusError, StimulusSet, load_stimuli
+from welfare_offsets.eval.common.output_folder import claim, open_in_place
+from welfare_offsets.eval.common.outputs import write_json_file
+from welfare_offsets.eval.common.safe_read import load_json_bounded, load_jsonl_bounded
+from welfare_offsets.ledger.budget import SPEND_FILE
+from welfare_offsets.train.guard import refuse_ledger_paths
 
 AFTER_EVAL_MARGIN = 1.5  # the "after" evaluation is budgeted at this multiple of the measured "before": the
 # changed subject can cost more to evaluate (a soft prompt adds positions, LoRA adds compute, own replies vary)
@@ -159,9 +159,9 @@ class Session:
 
     def _check_funds(self) -> None:
         """Refuse now, before a model loads, if the account cannot cover the budget (admit reserves it)."""
-        from ledger.book import Ledger
-        from ledger.budget import CheckpointSpend
-        from ledger.location import resolve_ledger_path
+        from welfare_offsets.ledger.book import Ledger
+        from welfare_offsets.ledger.budget import CheckpointSpend
+        from welfare_offsets.ledger.location import resolve_ledger_path
 
         path = resolve_ledger_path(self.args.ledger)
         if not path.exists():
@@ -181,8 +181,8 @@ class Session:
 
     def admit(self) -> None:
         """Reserve the budget (refused if the account cannot cover it), start metering and the W&B run."""
-        from ledger.book import Ledger
-        from ledger.budget import BudgetSession
+        from welfare_offsets.ledger.book import Ledger
+        from welfare_offsets.ledger.budget import BudgetSession
 
         if self.is_main:  # an earlier session here is deleted only now, with --overwrite, the subject loaded
             open_in_place(self.folder, overwrite=self.args.overwrite)
@@ -190,7 +190,7 @@ class Session:
         if self.is_main:
             self.ledger = Ledger.open(self.args.ledger)
             if self.run.report_to == "wandb":
-                from eval.tracking import start_run
+                from welfare_offsets.eval.common.tracking import start_run
 
                 self.wandb_run = start_run(self.args.wandb_project, name=f"{self.kind}-{self.out.name}",
                                            config=self.run.recipe, job_type=self.kind, directory=str(self.out),
@@ -205,7 +205,7 @@ class Session:
         )
 
     def load_subject(self):
-        from eval.subject import load_subject
+        from welfare_offsets.eval.subject import load_subject
 
         return load_subject(self.args.model, self.args.adapter,
                             trust_remote_code=self.run.trust_remote_code, device=str(self.state.device),
@@ -224,9 +224,9 @@ class Session:
             if tag == "before" and self.resume is not None and (folder / "results.json").exists():
                 results = load_json_bounded(folder / "results.json", what="saved evaluation")
             else:
-                from eval.run import run_evaluation
+                from welfare_offsets.eval.run import run_evaluation
 
-                from eval.capability import perplexity
+                from welfare_offsets.eval.capability import perplexity
 
                 # Inside our own session folder: an earlier evaluation there (a resume's "after") is ours to replace.
                 config = dataclasses.replace(self.eval_config, out=str(folder), overwrite=True)
@@ -263,9 +263,9 @@ class Session:
             return None
         import numpy as np
 
-        from eval.outputs import provenance
-        from eval.recovery import recovery
-        from eval.tracking import flatten_numbers
+        from welfare_offsets.eval.common.outputs import provenance
+        from welfare_offsets.eval.recovery import recovery
+        from welfare_offsets.eval.common.tracking import flatten_numbers
 
         before, after = self.evaluations["before"], self.evaluations["after"]
         ppl = [e["results"]["heldout_neutral_perplexity"] for e in (before, after)]
@@ -332,7 +332,7 @@ class Session:
 
     def quick_probe(self, model, tokenizer, n_items: int = 8) -> float:
         """Mean self-report after a few held-out dysphoric experiences: a cheap live wellbeing trace."""
-        from eval.scoring import NextTokenScorer
+        from welfare_offsets.eval.scoring import NextTokenScorer
 
         items = self.stimuli.select(valence="dysphoric", split="heldout")[:n_items]
         requests = P.self_report_requests(items)

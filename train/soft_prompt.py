@@ -9,14 +9,14 @@ from __future__ import annotations
 import dataclasses
 import sys
 
-from train.config import parse_config, run_cli
+from welfare_offsets.train.config import parse_config, run_cli
 
 KIND = "soft-prompt"
 
 
 def config_types(argv: list[str] = ()) -> list[type]:
-    from interventions.soft_prompt import SoftPromptConfig
-    from train.session import SessionArguments
+    from welfare_offsets.interventions.soft_prompt import SoftPromptConfig
+    from welfare_offsets.train.session import SessionArguments
 
     return [SessionArguments, SoftPromptConfig]
 
@@ -26,8 +26,8 @@ def main(argv: list[str]) -> int:
 
 
 def _session(argv: list[str]) -> int:
-    from interventions.soft_prompt import OPTIMISED_PROBE, train_soft_prompt, training_prompts
-    from train.session import RunSettings, Session, recovery_summary
+    from welfare_offsets.interventions.soft_prompt import OPTIMISED_PROBE, train_soft_prompt, training_prompts
+    from welfare_offsets.train.session import RunSettings, Session, recovery_summary
 
     args, config, passed = parse_config(config_types(), argv, prog="welfare offset soft-prompt")
     run = RunSettings(config.output_dir, config.seed, config.report_to, config.resume_from_checkpoint,

@@ -16,7 +16,7 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
-from train.config import parse_config, run_cli
+from welfare_offsets.train.config import parse_config, run_cli
 
 # Ranks that finish their share wait for the others at one barrier; a sweep of big models takes hours.
 BARRIER_TIMEOUT = timedelta(hours=48)
@@ -30,11 +30,11 @@ def _sweep(argv: list[str]) -> int:
     import torch
     from accelerate import PartialState
 
-    from eval.experiences import load_stimuli
-    from eval.output_folder import claim, open_in_place
-    from eval.profile import profile_items
-    from eval.sweep import ScoreCache, SweepConfig, subject_key
-    from train.guard import refuse_ledger_paths
+    from welfare_offsets.eval.experiences import load_stimuli
+    from welfare_offsets.eval.common.output_folder import claim, open_in_place
+    from welfare_offsets.eval.study.profile import profile_items
+    from welfare_offsets.eval.study.sweep import ScoreCache, SweepConfig, subject_key
+    from welfare_offsets.train.guard import refuse_ledger_paths
 
     config, passed = parse_config([SweepConfig], argv, prog="welfare sweep")
     stimuli = load_stimuli(config.stimuli)
@@ -83,8 +83,8 @@ def share(todo: list[int], specs, ranks: int) -> list[list[int]]:
 
 def _measure_one(config, spec, key: str, stimuli, device: str, cache, position: str) -> None:
     """Measure one subject under the meter and cache its scores with what they cost."""
-    from eval.sweep import measure_subject
-    from ledger.meter import Meter, detect_device_kind
+    from welfare_offsets.eval.study.sweep import measure_subject
+    from welfare_offsets.ledger.meter import Meter, detect_device_kind
 
     meter = Meter.for_device(detect_device_kind(), processes=1).start()
     entry = measure_subject(spec, key, config, stimuli, device)
@@ -96,9 +96,9 @@ def _measure_one(config, spec, key: str, stimuli, device: str, cache, position: 
 
 
 def _write_outputs(config, passed: dict, keys: list[str], stimuli, cache, out: Path) -> dict:
-    from eval.outputs import provenance, write_json_file
-    from eval.sweep import summarise_sweep
-    from eval.sweep_report import headline, plot_scaling, write_report
+    from welfare_offsets.eval.common.outputs import provenance, write_json_file
+    from welfare_offsets.eval.study.sweep import summarise_sweep
+    from welfare_offsets.eval.study.report import headline, plot_scaling, write_report
 
     entries = [cache.get(key) for key in keys]
     results, replicates = summarise_sweep(config, entries, stimuli)
@@ -130,8 +130,8 @@ def _write_outputs(config, passed: dict, keys: list[str], stimuli, cache, out: P
 def _log_to_wandb(config, results: dict, plots: dict[str, Path]) -> None:
     import wandb
 
-    from eval.sweep_report import category_rows, scaling_rows, subject_table
-    from eval.tracking import start_run
+    from welfare_offsets.eval.study.report import category_rows, scaling_rows, subject_table
+    from welfare_offsets.eval.common.tracking import start_run
 
     run = start_run(config.wandb_project, name=f"sweep-{len(results['subjects'])}-subjects",
                     config=dataclasses.asdict(config), job_type="sweep")

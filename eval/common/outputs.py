@@ -1,0 +1,125 @@
+"""Writing an evaluation's output folder atomically: results.json, samples.jsonl, items.jsonl, plot, summary.
+
+Everything is written into a staging folder beside the destination and renamed into place at the end,
+so a crash or a full disk never leaves a half-written result that looks complete. The staging folder
+is created before any model work (`OutputFolder.prepare`), so an unwritable destination fails at once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+from welfare_offsets.eval.common.output_folder import OutputError, claim, output_path, staging_folder, swap_in
+
+__all__ = ["OutputError", "OutputFolder", "provenance", "write_json_file"]
+
+RESULTS_SCHEMA_VERSION = 1
+_LIBRARIES = ("torch", "transformers", "peft", "trl", "accelerate", "datasets", "wandb", "numpy", "scipy")
+
+
+class OutputFolder:
+    """A destination folder filled through a staging folder and swapped in by `commit`. It must be new,
+    empty, or (with `overwrite`) an earlier output of the same `kind`; see eval/output_folder.py."""
+
+    def __init__(self, destination: str | Path, *, kind: str = "eval", overwrite: bool = False, flag: str = "--out"):
+        self.destination = output_path(destination)
+        self.kind, self.overwrite, self.flag = kind, overwrite, flag
+        self.staging: Path | None = None
+
+    def prepare(self) -> "OutputFolder":
+        """Check the destination and make the staging folder now, before any model work."""
+        self.claimed = claim(self.destination, self.kind, overwrite=self.overwrite, flag=self.flag)
+        self.staging = staging_folder(self.claimed)
+        return self
+
+    def write_text(self, name: str, text: str) -> Path:
+        path = self.staging / name
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        return path
+
+    def write_json(self, name: str, data) -> Path:
+        return self.write_text(name, json.dumps(_finite(data), indent=2, ensure_ascii=False) + "\n")
+
+    def write_jsonl(self, name: str, rows) -> Path:
+        return self.write_text(name, "".join(json.dumps(_finite(r), ensure_ascii=False) + "\n" for r in rows))
+
+    def path(self, name: str) -> Path:
+        return self.staging / name
+
+    def commit(self) -> Path:
+        """Swap the staged folder in; an earlier output is replaced only after the new one is complete."""
+        swap_in(self.staging, self.claimed, overwrite=self.overwrite)
+        self.staging = None
+        return self.destination
+
+    def abort(self) -> None:
+        if self.staging is not None:
+            shutil.rmtree(self.staging, ignore_errors=True)
+            self.staging = None
+
+
+def write_json_file(path: str | Path, data) -> Path:
+    """One JSON file written whole or not at all (temp file, fsync, rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(json.dumps(_finite(data), indent=2, ensure_ascii=False, default=str) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk or an interrupt leaves no temp file behind
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _finite(value):
+    """JSON has no NaN: undefined numbers are written as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def provenance() -> dict:
+    """What ran: library versions, git commit and dirty flag of this code, and when."""
+    versions = {}
+    for name in _LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {
+        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": versions,
+        "git": _git_state(),
+        "results_schema_version": RESULTS_SCHEMA_VERSION,
+    }
+
+
+def _git_state() -> dict:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, timeout=5
+        ).stdout.strip() != ""
+        return {"commit": commit, "dirty": dirty}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}

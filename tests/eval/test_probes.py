@@ -1,0 +1,122 @@
+"""Probe arithmetic with known answers: exact self-report, position-bias cancellation, Thurstonian recovery."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy.stats import norm, spearmanr
+
+from welfare_offsets.eval import probes as P
+from welfare_offsets.eval.experiences import Experience
+from welfare_offsets.eval.scoring import NextTokenScorer
+from welfare_offsets.eval.thurstonian import active_pairs, fit_thurstonian, initial_pairs
+
+
+def test_exact_self_report_equals_brute_force(tiny_random_model):
+    """Expected digit = sum_d d * p(d) / sum_d p(d) over the full softmax, computed by hand."""
+    model, tokenizer = tiny_random_model
+    e = Experience("x", ({"role": "user", "content": "the dog is sad"}, {"role": "assistant", "content": "I see ."}),
+                   "dysphoric", "empathy", "animal", -3.0, "heldout")
+    requests = P.self_report_requests([e])
+    prompts = [P.render_prompt(tokenizer, r.messages) for r in requests]
+    probs = NextTokenScorer(model, tokenizer, progress=False).label_probs(prompts, P.LIKERT, [r.group for r in requests])
+    expected, mass = P.self_report_scores(probs)
+    digit_ids = [tokenizer.convert_tokens_to_ids(d) for d in P.LIKERT]
+    for k, prompt in enumerate(prompts):
+        ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt").input_ids
+        with torch.no_grad():
+            p = torch.softmax(model(ids).logits[0, -1].double(), -1)
+        digit_p = np.array([float(p[i]) for i in digit_ids])
+        assert np.isclose(mass[k], digit_p.sum(), rtol=1e-4)
+        assert np.isclose(expected[k], (np.arange(1, 8) * digit_p).sum() / digit_p.sum(), atol=1e-4)
+    assert len(requests) == 10 and all(1 <= x <= 7 for x in expected)
+
+
+def test_both_orders_cancel_a_planted_position_bias():
+    """A judge that says "A" more often than it should: averaging both orders removes the bias at ties and
+    keeps the ranking of unequal pairs."""
+    rng = np.random.default_rng(0)
+    u = rng.normal(size=30)
+    bias = 1.5  # strong preference for whatever is shown first
+
+    def p_a(first, second):
+        return 1 / (1 + np.exp(-(u[first] - u[second] + bias)))
+
+    pairs = np.array(initial_pairs(30, 8, rng))
+    i, j = pairs[:, 0], pairs[:, 1]
+    p_one_order = p_a(i, j)
+    p_both = P.preference_probability(p_a(i, j), p_a(j, i))
+    assert np.allclose(P.preference_probability(p_a(i, i), p_a(i, i)), 0.5)
+    assert np.all((p_both > 0.5) == (u[i] > u[j]))  # the biased single order gets many of these wrong
+    assert np.mean((p_one_order > 0.5) == (u[i] > u[j])) < 0.8
+    fit = fit_thurstonian(30, pairs, p_both)
+    assert spearmanr(fit.mu, u)[0] >= 0.95
+
+
+def test_stop_probability_cancels_position_bias():
+    # A judge that always says "A" with p = 0.8 regardless of content has P(end) = 0.5 after averaging.
+    assert np.isclose(P.stop_probability(np.array([0.8]), np.array([0.8]))[0], 0.5)
+
+
+def test_thurstonian_recovers_planted_utilities_without_all_pairs():
+    rng = np.random.default_rng(1)
+    n = 80
+    mu = rng.normal(size=n)
+    sigma = rng.uniform(0.3, 0.8, n)
+
+    def outcome(pairs):
+        a, b = np.array(pairs).T
+        return norm.cdf((mu[a] - mu[b]) / np.sqrt(sigma[a] ** 2 + sigma[b] ** 2))
+
+    asked = initial_pairs(n, 6, rng)
+    fit = fit_thurstonian(n, np.array(asked), outcome(asked))
+    more = active_pairs(fit, set(asked), n_new=n // 2)
+    asked += more
+    fit = fit_thurstonian(n, np.array(asked), outcome(asked))
+    assert len(asked) < 0.15 * n * (n - 1) / 2
+    assert fit.converged
+    assert spearmanr(fit.mu, mu)[0] >= 0.95
+    assert abs(fit.mu.mean()) < 1e-9 and abs(fit.mu.std() - 1) < 1e-9
+
+
+def test_initial_design_is_connected_and_active_pairs_are_new():
+    rng = np.random.default_rng(2)
+    pairs = initial_pairs(25, 4, rng)
+    seen = {0}
+    frontier = [0]
+    while frontier:
+        node = frontier.pop()
+        for a, b in pairs:
+            for x, y in ((a, b), (b, a)):
+                if x == node and y not in seen:
+                    seen.add(y)
+                    frontier.append(y)
+    assert seen == set(range(25))
+    fit = fit_thurstonian(25, np.array(pairs), np.full(len(pairs), 0.5))
+    new = active_pairs(fit, set(pairs), n_new=10)
+    assert len(new) == 10 and not set(new) & set(pairs)
+
+
+def test_an_effect_read_off_format_is_flagged_unreliable():
+    from welfare_offsets.eval.evaluate import _adherence, _interpret
+
+    delta = {"mean": -0.23, "ci95": [-0.4, -0.06]}
+    off_format = {"delta": delta, "adherence": _adherence(np.full(50, 0.04), 0.5)}
+    in_format = {"delta": delta, "adherence": _adherence(np.full(50, 0.97), 0.5)}
+    assert not off_format["adherence"]["reliable"] and in_format["adherence"]["reliable"]
+    off_line, *_ = _interpret({"self_report": off_format}, {})
+    in_line, *_ = _interpret({"self_report": in_format}, {})
+    assert "Not a reliable wellbeing reading" in off_line and "0.04" in off_line
+    assert "Not a reliable" not in in_line and "lower than baseline" in in_line
+
+
+def test_sr_crossing_is_found_when_sr_tracks_utility_and_flagged_when_not():
+    from welfare_offsets.eval.evaluate import _sr_crossing
+
+    rng = np.random.default_rng(3)
+    u = rng.normal(size=60)
+    tracked = _sr_crossing(u, 4.5 + 1.5 * u + rng.normal(0, 0.1, 60), 500, rng)
+    assert tracked["reliable"] and abs(tracked["mean"] - (-1 / 3)) < 0.05  # 4.5 + 1.5u = 4 at u = -1/3
+    assert tracked["ci95"][0] < -1 / 3 < tracked["ci95"][1]
+    untracked = _sr_crossing(u, 2.0 + rng.normal(0, 0.3, 60), 500, rng)
+    assert not untracked["reliable"]

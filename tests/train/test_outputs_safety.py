@@ -1,0 +1,347 @@
+"""Output folders never destroy what the tool did not write (eval/output_folder.py).
+
+Each refusal is checked on a run that would otherwise succeed (a tiny untrained local model, or a session
+that fails only later at its model), and each test checks that everything that was there is still there,
+byte for byte, and that nothing was created where it was refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from welfare_offsets.eval.common.output_folder import MARKER, OutputError, claim, open_in_place, read_marker
+from welfare_offsets.eval.common.outputs import OutputFolder
+from welfare_offsets.ledger import Ledger
+from tests.ledger.helpers import funded_ledger
+from tests.synthetic_subject import build_tokenizer, write_stimuli
+from welfare_offsets.train.cli import main as welfare_main
+
+NO_MODEL = "/nonexistent/welfare-test-model"
+
+
+@pytest.fixture(autouse=True)
+def _hermetic(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.setenv("WELFARE_CACHE", str(tmp_path / "welfare-cache"))
+    monkeypatch.setenv("WELFARE_LEDGER", str(tmp_path / "data" / "ledger.sqlite"))
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny untrained model and a small stimulus set: a whole `welfare eval` in about two seconds."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    tokenizer = build_tokenizer()
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         num_key_value_heads=2, intermediate_size=32, max_position_embeddings=256,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None)
+    root = tmp_path_factory.mktemp("tiny")
+    LlamaForCausalLM(config).save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    return {"model": root / "model", "stimuli": write_stimuli(root / "stimuli.jsonl", n_per_split=12)}
+
+
+def run(capsys, *args) -> tuple[int, str]:
+    """`welfare ARGS` in-process: (exit code, stderr)."""
+    capsys.readouterr()
+    code = welfare_main([str(a) for a in args])
+    return code, capsys.readouterr().err
+
+
+def evaluate(capsys, tiny, out, *extra) -> tuple[int, str]:
+    return run(capsys, "eval", "--model", tiny["model"], "--stimuli", tiny["stimuli"], "--out", out, "--device", "cpu",
+               "--max_items", "4", "--probes", "self_report", "--bootstrap", "100", "--no_progress", *extra)
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` (links not followed) and its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file() and not p.is_symlink()}
+
+
+def user_folder(path: Path) -> dict[str, bytes]:
+    path.mkdir(parents=True)
+    (path / "notes.txt").write_text("my thesis, no backup")
+    (path / "sub").mkdir()
+    (path / "sub" / "data.csv").write_bytes(b"a,b\n1,2\n")
+    return snapshot(path)
+
+
+def leftovers(parent: Path, name: str) -> list[str]:
+    return [p.name for p in parent.iterdir() if p.name.startswith(f".{name}.")]
+
+
+# --- welfare eval ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]], ids=["plain", "overwrite"])
+def test_eval_refuses_a_folder_with_user_files(capsys, tmp_path, tiny, overwrite):
+    out = tmp_path / "mine"
+    before = user_folder(out)
+    code, err = evaluate(capsys, tiny, out, *overwrite)
+    assert code == 2, err
+    assert f"--out {out}" in err and "did not write" in err and "notes.txt" in err and "Traceback" not in err
+    assert snapshot(out) == before
+    assert not leftovers(tmp_path, "mine")
+
+
+@pytest.mark.parametrize("out", [".", ".."])
+def test_eval_refuses_the_working_directory_and_the_folders_above_it(capsys, tmp_path, tiny, monkeypatch, out):
+    cwd = tmp_path / "projects" / "work"
+    before = user_folder(cwd)
+    monkeypatch.chdir(cwd)
+    code, err = evaluate(capsys, tiny, out, "--overwrite")
+    assert code == 2, err
+    assert "working directory" in err
+    assert Path.cwd() == cwd and snapshot(cwd) == before
+
+
+def test_eval_refuses_an_empty_working_directory_too(capsys, tmp_path, tiny, monkeypatch):
+    cwd = tmp_path / "empty"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    code, err = evaluate(capsys, tiny, ".")
+    assert code == 2 and "working directory" in err
+    assert list(cwd.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
+
+
+@pytest.mark.parametrize("ours", [False, True], ids=["user folder", "our own output"])
+def test_eval_never_follows_a_link_given_as_out(capsys, tmp_path, tiny, ours):
+    target = tmp_path / "target"
+    if ours:
+        assert evaluate(capsys, tiny, target)[0] == 0
+        before = snapshot(target)
+    else:
+        before = user_folder(target)
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    code, err = evaluate(capsys, tiny, link, "--overwrite")
+    assert code == 2, err
+    assert "symbolic link" in err and str(link) in err
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert snapshot(target) == before
+    assert not leftovers(tmp_path, "link") and not leftovers(tmp_path, "target")
+
+
+def test_eval_refuses_a_dangling_link_and_creates_nothing_at_its_target(capsys, tmp_path, tiny):
+    target = tmp_path / "elsewhere" / "results"
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    code, err = evaluate(capsys, tiny, link)
+    assert code == 2 and "symbolic link" in err
+    assert not (tmp_path / "elsewhere").exists() and link.is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link"]
+
+
+def test_eval_replaces_its_own_earlier_output_only_with_overwrite(capsys, tmp_path, tiny):
+    out = tmp_path / "run"
+    assert evaluate(capsys, tiny, out)[0] == 0
+    assert read_marker(out)["kind"] == "eval"
+    first = snapshot(out)
+
+    code, err = evaluate(capsys, tiny, out, "--seed", "1")
+    assert code == 2, err
+    assert "earlier eval output" in err and "--overwrite" in err
+    assert snapshot(out) == first
+
+    (out / "stale.txt").write_text("from the first run")  # inside our own output folder: replaced with it
+    code, err = evaluate(capsys, tiny, out, "--seed", "1", "--overwrite")
+    assert code == 0, err
+    assert not (out / "stale.txt").exists()
+    assert json.loads((out / "results.json").read_text())["seeds"] == {"seed": 1}
+    assert not leftovers(tmp_path, "run")
+
+
+def test_eval_refuses_another_kind_of_our_output(capsys, tmp_path, tiny):
+    out = tmp_path / "sweep"
+    open_in_place(claim(out, "sweep"), overwrite=False)
+    (out / "cache").mkdir()
+    before = snapshot(out)
+    code, err = evaluate(capsys, tiny, out, "--overwrite")
+    assert code == 2 and "'sweep' output" in err
+    assert snapshot(out) == before
+
+
+@pytest.mark.parametrize("where", ["ledger file", "ledger folder", "sessions folder"])
+def test_eval_output_is_never_the_ledger_or_around_it(capsys, tmp_path, tiny, where):
+    ledger_path = tmp_path / "data" / "ledger.sqlite"  # the default ledger here ($WELFARE_LEDGER)
+    ledger_path.parent.mkdir()
+    funded_ledger(ledger_path, hours=3.0).close()
+    sessions = ledger_path.with_name(ledger_path.name + ".sessions")
+    sessions.mkdir(exist_ok=True)
+    if where == "ledger folder":  # our own earlier output, which someone put the ledger in
+        (ledger_path.parent / MARKER).write_text(json.dumps({"tool": "welfare-offsets", "kind": "eval"}))
+    out = {"ledger file": ledger_path, "ledger folder": ledger_path.parent, "sessions folder": sessions / "x"}[where]
+    before = snapshot(ledger_path.parent)
+    code, err = evaluate(capsys, tiny, out, "--overwrite")
+    assert code == 2, err
+    assert "ledger" in err and "Traceback" not in err
+    assert snapshot(ledger_path.parent) == before
+    with Ledger.open(ledger_path, create=False) as ledger:
+        assert ledger.verify().ok and ledger.balance("lab").available_hours == 3.0
+
+
+def test_output_folder_checks_again_before_it_replaces(tmp_path):
+    """A destination that someone filled while the run was scoring is still not replaced."""
+    folder = OutputFolder(tmp_path / "late").prepare()
+    folder.write_text("summary.md", "new")
+    before = user_folder(tmp_path / "late")
+    with pytest.raises(OutputError, match="did not write"):
+        folder.commit()
+    folder.abort()
+    assert snapshot(tmp_path / "late") == before and not leftovers(tmp_path, "late")
+
+
+# --- offset sessions ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def session_argv(tmp_path):
+    """A soft-prompt session that would fail only at its model: everything before it must pass or refuse."""
+    ledger = tmp_path / "session-ledger.sqlite"
+    funded_ledger(ledger, hours=1.0).close()
+    stimuli = write_stimuli(tmp_path / "stimuli.jsonl", n_per_split=12)
+
+    def argv(out, *extra):
+        return ["--model", NO_MODEL, "--stimuli", str(stimuli), "--ledger", str(ledger), "--account", "lab",
+                "--budget_hours", "0.1", "--output_dir", str(out), "--report_to", "none", *map(str, extra)]
+
+    argv.ledger = ledger
+    return argv
+
+
+def session(capsys, argv) -> tuple[int, str]:
+    capsys.readouterr()
+    return welfare_main(["offset", "soft-prompt", *argv]), capsys.readouterr().err
+
+
+def no_reservation(ledger: Path) -> bool:
+    with Ledger.open(ledger, create=False) as book:
+        return not book.entries(kind="reserve")
+
+
+def test_session_output_dir_that_is_a_file_fails_before_the_model_loads(capsys, tmp_path, session_argv):
+    out = tmp_path / "results"
+    out.write_text("keep me")
+    code, err = session(capsys, session_argv(out))
+    assert code == 2, err
+    assert f"--output_dir {out} exists and is not a folder" in err and NO_MODEL not in err
+    assert "Traceback" not in err and out.read_text() == "keep me"
+    assert no_reservation(session_argv.ledger)
+
+
+@pytest.mark.parametrize("case", ["user files", "link", "dangling link"])
+def test_session_output_dir_not_ours_is_refused_before_the_model_loads(capsys, tmp_path, session_argv, case):
+    target = tmp_path / "target"
+    before = user_folder(target) if case != "dangling link" else {}
+    out = target
+    if case != "user files":
+        out = tmp_path / "link"
+        out.symlink_to(target)
+    code, err = session(capsys, session_argv(out, "--overwrite"))
+    assert code == 2, err
+    assert ("did not write" if case == "user files" else "symbolic link") in err and NO_MODEL not in err
+    assert (snapshot(target) == before) if before else not target.exists()
+    assert no_reservation(session_argv.ledger)
+
+
+def test_session_with_our_checkpoints_resumes_or_starts_over_only_when_asked(capsys, tmp_path, session_argv):
+    out = tmp_path / "soft"
+    open_in_place(claim(out, "soft-prompt session", resumable=True, flag="--output_dir"), overwrite=False)
+    (out / "checkpoint-3").mkdir()
+    (out / "checkpoint-3" / "ledger_spend.json").write_text("{}")
+    before = snapshot(out)
+
+    code, err = session(capsys, session_argv(out))
+    assert code == 2, err
+    assert "already holds a session" in err and "--resume_from_checkpoint" in err and "--overwrite" in err
+    code, err = session(capsys, session_argv(out, "--overwrite", "--resume_from_checkpoint", "last"))
+    assert code == 2 and "contradict" in err
+    code, err = session(capsys, session_argv(out, "--overwrite"))
+    assert code == 2 and NO_MODEL in err  # past every folder check; the old session is kept until admit
+    assert snapshot(out) == before
+    assert no_reservation(session_argv.ledger)
+
+
+def test_starting_over_replaces_our_session_folder_with_a_fresh_one(tmp_path):
+    out = tmp_path / "soft"
+    folder = claim(out, "soft-prompt session", resumable=True)
+    open_in_place(folder, overwrite=False)
+    (out / "checkpoint-3").mkdir()
+    again = claim(out, "soft-prompt session", overwrite=True, resumable=True)
+    assert again.state == "ours"
+    open_in_place(again, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == [MARKER] and not leftovers(tmp_path, "soft")
+
+
+# --- welfare sweep -----------------------------------------------------------------------------------
+
+
+def sweep(capsys, out, *extra) -> tuple[int, str]:
+    return run(capsys, "sweep", "--subjects", NO_MODEL, "--out", out, "--progress", "false", *extra)
+
+
+def test_sweep_refuses_a_folder_with_user_files_and_adds_nothing(capsys, tmp_path):
+    out = tmp_path / "mine"
+    before = user_folder(out)
+    code, err = sweep(capsys, out, "--overwrite")
+    assert code == 2 and "did not write" in err
+    assert snapshot(out) == before and not (out / "cache").exists()
+
+
+def test_sweep_refuses_a_dangling_link_and_creates_nothing_at_its_target(capsys, tmp_path):
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "elsewhere")
+    code, err = sweep(capsys, link)
+    assert code == 2 and "symbolic link" in err
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_sweep_continues_its_own_folder_and_starts_over_with_overwrite(capsys, tmp_path):
+    out = tmp_path / "sweep"
+    code, err = sweep(capsys, out)
+    assert code == 2 and NO_MODEL in err  # the folder was made, then the subject failed
+    assert read_marker(out)["kind"] == "sweep"
+    (out / "cache").mkdir(exist_ok=True)
+    (out / "cache" / "finished.json").write_text("{}")
+    code, err = sweep(capsys, out)
+    assert code == 2 and NO_MODEL in err and (out / "cache" / "finished.json").exists()  # continued
+    code, err = sweep(capsys, out, "--overwrite")
+    assert code == 2 and NO_MODEL in err and not (out / "cache" / "finished.json").exists()  # started over
+
+
+# --- welfare demo ------------------------------------------------------------------------------------
+
+
+def test_demo_refuses_a_welfare_demo_folder_it_did_not_make(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    before = user_folder(tmp_path / "welfare-demo")
+    code, err = run(capsys, "demo", "--overwrite", "--model", NO_MODEL)
+    assert code == 2, err
+    assert "did not write" in err and "notes.txt" in err
+    assert snapshot(tmp_path / "welfare-demo") == before
+
+
+def test_demo_twice_needs_overwrite(capsys, tmp_path, monkeypatch):
+    from welfare_offsets.train.demo_cmd import demo_folder
+
+    monkeypatch.chdir(tmp_path)
+    demo = demo_folder(overwrite=False)
+    (demo / "ledger.sqlite").write_bytes(b"the first demo's ledger")
+    before = snapshot(demo)
+    code, err = run(capsys, "demo", "--model", NO_MODEL)
+    assert code == 2, err
+    assert "earlier demo output" in err and "--overwrite" in err
+    assert snapshot(demo) == before
+
+    stimuli = write_stimuli(tmp_path / "stimuli.jsonl", n_per_split=12)
+    code, err = run(capsys, "demo", "--overwrite", "--model", NO_MODEL, "--stimuli", stimuli, "--report_to", "none")
+    assert code == 2 and NO_MODEL in err  # a fresh demo folder, then the (missing) model failed
+    assert (demo / "ledger.sqlite").read_bytes() != b"the first demo's ledger"
+    assert read_marker(demo)["kind"] == "demo" and not leftovers(tmp_path, "welfare-demo")
