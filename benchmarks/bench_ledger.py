@@ -1,11 +1,12 @@
 """Ledger speed: durable appends against the disk's raw fsync rate, verify against raw sha256, and
 the meter + budget callback's share of a training step on a tiny model.
 
-    python benchmarks/bench_ledger.py [--dir DIR] [--compare-with TREE] [--update-md BENCHMARKS.md]
+    python -m benchmarks.bench_ledger [--dir DIR] [--compare-with TREE] [--update-md BENCHMARKS.md]
 
 DIR must be on the disk to measure (default: the system temp directory). With --compare-with, the
-appends and verify are measured again, in the same run, with the `ledger` package of another checkout
-(e.g. `git worktree add /tmp/ledger-base COMMIT`), to show what a change cost. With --update-md the
+appends and verify are measured again, in the same run, with the `ledger/` folder of another checkout
+(e.g. `git worktree add /tmp/ledger-base COMMIT`; older checkouts, whose ledger was a top-level `ledger`
+package, work too), to show what a change cost. With --update-md the
 `## Ledger` section of that file is replaced by the results; other sections are kept.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import os
 import platform
@@ -24,14 +26,33 @@ import tempfile
 import time
 from pathlib import Path
 
-# The checkout whose `ledger` is measured: this one, or the --compare-with one in a child process.
+from benchmarks.markdown_section import replace_section
+
+# The checkout whose ledger is measured: the installed one, or the --compare-with one in a child process.
 TREE_VARIABLE = "BENCH_LEDGER_TREE"
-sys.path.insert(0, os.environ.get(TREE_VARIABLE, str(Path(__file__).resolve().parents[1])))
+COMMAND = "python -m benchmarks.bench_ledger{} --update-md BENCHMARKS.md"
 
-from welfare_offsets.ledger import BudgetSession, Ledger  # noqa: E402
-from markdown_section import replace_section  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
-COMMAND = "python benchmarks/bench_ledger.py{} --update-md BENCHMARKS.md"
+def ledger_package(tree: str | None):
+    """The ledger package to measure: the installed `welfare_offsets.ledger`, or another checkout's `ledger/`
+    folder imported under the name its own modules use (`welfare_offsets.ledger` since the one namespace,
+    the top-level `ledger` before it). The ledger imports nothing else of the project, so the folder alone
+    is the whole package."""
+    if tree is None:
+        return importlib.import_module("welfare_offsets.ledger")
+    folder = Path(tree) / "ledger"
+    name = "ledger" if "from ledger." in (folder / "__init__.py").read_text() else "welfare_offsets.ledger"
+    if name != "ledger":
+        importlib.import_module("welfare_offsets")  # the parent namespace; its installed ledger stays unimported
+    spec = importlib.util.spec_from_file_location(name, folder / "__init__.py", submodule_search_locations=[str(folder)])
+    package = importlib.util.module_from_spec(spec)
+    sys.modules[name] = package  # so the package's own `from <name>.book import ...` find this folder
+    spec.loader.exec_module(package)
+    return package
+
+
+_measured = ledger_package(os.environ.get(TREE_VARIABLE))
+BudgetSession, Ledger = _measured.BudgetSession, _measured.Ledger
 
 
 def raw_sync_rate(directory: Path, sync, seconds: float = 1.5) -> float:
@@ -171,8 +192,8 @@ def core(directory: Path) -> dict:
 def core_of(tree: Path, directory: Path) -> dict:
     """`core` measured with another checkout's `ledger` package, in a child process."""
     env = {**os.environ, TREE_VARIABLE: str(tree.resolve())}
-    output = subprocess.run([sys.executable, __file__, "--core-json", "--dir", str(directory)], env=env,
-                            check=True, capture_output=True, text=True).stdout
+    output = subprocess.run([sys.executable, "-m", __spec__.name, "--core-json", "--dir", str(directory)], env=env,
+                            cwd=Path(__file__).resolve().parents[1], check=True, capture_output=True, text=True).stdout
     return json.loads(output)
 
 

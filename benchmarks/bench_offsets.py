@@ -1,6 +1,6 @@
 """Score recovered per accelerator-hour, per intervention kind, on the synthetic subject (CPU).
 
-    python benchmarks/bench_offsets.py [--model FOLDER] [--threads N] [--update-md BENCHMARKS.md]
+    python -m benchmarks.bench_offsets [--model FOLDER] [--threads N] [--update-md BENCHMARKS.md]
 
 Each kind runs as a real session (entry point, ledger, budget) on the synthetic subject of the tests
 (trained here in ~1 minute unless --model names one): a euphoric soft prompt, LoRA SFT, LoRA DPO, and a
@@ -16,13 +16,10 @@ import argparse
 import datetime
 import json
 import os
-import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+ROOT = Path(__file__).resolve().parent.parent  # the clone: its recipes
 
 # Experiences are lived with the subject's own replies (the channel LoRA offsets act through).
 EVAL = ["--eval_max_items", "40", "--eval_bootstrap", "1000", "--report_to", "none", "--eval_replies", "own",
@@ -53,7 +50,7 @@ def run_kind(entry: str, extra: list[str], model: str, stimuli: str, work: Path)
     out = work / ledger.stem
     argv = ["--model", model, "--stimuli", stimuli, "--ledger", str(ledger), "--account", "bench",
             "--budget_hours", "0.5", "--output_dir", str(out), *EVAL, *extra]
-    if import_module(f"train.{entry}").main(argv) != 0:
+    if import_module(f"welfare_offsets.train.{entry}").main(argv) != 0:
         raise SystemExit(f"{entry} failed: {argv}")
     with Ledger.open(ledger, create=False) as book:
         hours = book.report().sessions[0].spent_hours
@@ -104,9 +101,9 @@ def main() -> None:
     text = table(rows)
     print(text)
     if args.update_md:
-        from markdown_section import replace_section
+        from benchmarks.markdown_section import replace_section
 
-        command = "python benchmarks/bench_offsets.py" + (f" --threads {args.threads}" if args.threads else "")
+        command = "python -m benchmarks.bench_offsets" + (f" --threads {args.threads}" if args.threads else "")
         heading = "## Offsets: score recovered per accelerator-hour (synthetic subject)"
         replace_section(args.update_md, heading, "\n".join([heading, "",
             f"Command: `{command}` ({datetime.date.today()}, CPU, {torch.get_num_threads()} threads, torch {torch.__version__}).",

@@ -1,7 +1,7 @@
 """Self-report scoring speed: the anchor's sampling method against exact next-token scoring, with and
 without shared-prefix reuse, on the same battery items and the same model (default SmolLM2-135M, CPU).
 
-    python benchmarks/bench_scoring.py [--experiences 21] [--batch-size 32] [--samples 5]
+    python -m benchmarks.bench_scoring [--experiences 21] [--batch-size 32] [--samples 5]
         [--max-new-tokens 8] [--threads N] [--update-md BENCHMARKS.md]
 
 An "item" is one battery question on one experience, so N experiences give N x 10 items. The three
@@ -40,13 +40,11 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from welfare_offsets.eval.experiences import load_stimuli  # noqa: E402
-from welfare_offsets.eval.probes import LIKERT, render_prompt, self_report_requests, self_report_scores  # noqa: E402
-from welfare_offsets.eval.scoring import NextTokenScorer  # noqa: E402
-from welfare_offsets.eval.subject import load_subject  # noqa: E402
-from markdown_section import replace_section  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from benchmarks.markdown_section import replace_section
+from welfare_offsets.eval.experiences import load_stimuli
+from welfare_offsets.eval.probes import LIKERT, render_prompt, self_report_requests, self_report_scores
+from welfare_offsets.eval.scoring import NextTokenScorer
+from welfare_offsets.eval.subject import load_subject
 
 SECTION = "## Scoring"
 SAMPLING_GOAL = 20.0  # exact scoring >= 20x the sampling method (items/s)
@@ -210,7 +208,7 @@ def run(args) -> tuple[dict, str]:
     ratio_reuse = rate["reuse"] / rate["sampling"]
     ratio_prefix = rate["reuse"] / rate["plain"]
     token_ratio = tokens["whole"] / tokens["reuse"]
-    command = "python benchmarks/bench_scoring.py" + "".join(" " + shlex.quote(a) for a in sys.argv[1:])
+    command = "python -m benchmarks.bench_scoring" + "".join(" " + shlex.quote(a) for a in sys.argv[1:])
 
     def met(ok: bool) -> str:
         return "yes" if ok else "**no**"

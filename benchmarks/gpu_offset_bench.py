@@ -2,8 +2,8 @@
 such a loop reaches, what a 7B LoRA offset session would cost in GPU-hours, and how fast the evaluator's
 NextTokenScorer scores probe prompts per model size.
 
-    python benchmarks/gpu_offset_bench.py            # one H100/H200, about 4 minutes (new runs stop at 330 s)
-    python benchmarks/gpu_offset_bench.py --smoke    # CPU, tiny shapes, < 2 minutes: proves it runs
+    python -m benchmarks.gpu_offset_bench            # one H100/H200, about 4 minutes (new runs stop at 330 s)
+    python -m benchmarks.gpu_offset_bench --smoke    # CPU, tiny shapes, < 2 minutes: proves it runs
 
 Models are random-weight Qwen2.5 shapes built from configs (no downloads, no tokenizer files). Every section
 runs in its own try/except, so one failure (an OOM, a missing package) loses only that section. Full results
@@ -30,11 +30,8 @@ for _key, _value in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFO
                      "TOKENIZERS_PARALLELISM": "false", "WANDB_DISABLED": "true"}.items():
     os.environ.setdefault(_key, _value)
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # the `ledger` and `eval` packages of this repo
-
-import numpy as np
-import torch
+import numpy as np  # noqa: E402  (after the environment above)
+import torch  # noqa: E402
 
 PEAK_BF16 = 989e12  # H100/H200 SXM dense bf16 datasheet rate, FLOP/s
 QWEN = {  # Qwen2.5 shapes (config.json of the released models)

@@ -2,8 +2,8 @@
 experience of the profile on the built-in stimuli) on random-weight Qwen2.5 shapes, timed per size, and
 the projected cost of sweeping the family.
 
-    python benchmarks/gpu_sweep_bench.py --tokenizer .whl/smollm2-tokenizer        # one GPU, ~5 minutes
-    python benchmarks/gpu_sweep_bench.py --tokenizer ~/.cache/welfare-offsets/models/SmolLM2-135M-Instruct --smoke
+    python -m benchmarks.gpu_sweep_bench --tokenizer .whl/smollm2-tokenizer        # one GPU, ~5 minutes
+    python -m benchmarks.gpu_sweep_bench --tokenizer ~/.cache/welfare-offsets/models/SmolLM2-135M-Instruct --smoke
 
 Speed does not depend on the weights, so each model is built from its config with random weights and saved
 to a temporary folder (loading is then timed as `welfare sweep` does it). The GPU machine has no hub, so the
@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 import traceback
@@ -28,13 +27,9 @@ for _key, _value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENI
                      "WANDB_DISABLED": "true"}.items():
     os.environ.setdefault(_key, _value)
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
-
 import torch  # noqa: E402
 
-from gpu_offset_bench import QWEN, TINY  # noqa: E402  (the released Qwen2.5 shapes)
+from benchmarks.gpu_offset_bench import QWEN, TINY  # noqa: E402  (the released Qwen2.5 shapes)
 
 
 def build_subject(shape: dict, tokenizer_dir: Path, folder: Path, dtype) -> Path:

@@ -2,8 +2,8 @@
 build them for a recipe on its stimuli) divided by the scoring throughput measured on an H200 per model
 size (BENCHMARKS.md, "Scoring on a GPU by model size").
 
-    python benchmarks/sweep_cost.py                                   # configs/sweep/qwen2.5.yaml
-    python benchmarks/sweep_cost.py --config configs/sweep/pythia.yaml --update-md
+    python -m benchmarks.sweep_cost                                 # configs/sweep/qwen2.5.yaml
+    python -m benchmarks.sweep_cost --config configs/sweep/pythia.yaml --update-md
 
 No model is loaded: the comparison design depends only on the number of items and the seed.
 """
@@ -11,20 +11,18 @@ No model is loaded: the comparison design depends only on the number of items an
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from welfare_offsets.eval.experiences import load_stimuli
+from welfare_offsets.eval.probes import SELF_REPORT_ITEMS
+from welfare_offsets.eval.study.profile import profile_items
+from welfare_offsets.eval.study.sweep import SweepConfig
+from welfare_offsets.eval.thurstonian import initial_pairs
+from welfare_offsets.train.config import parse_config
 
-from welfare_offsets.eval.experiences import load_stimuli  # noqa: E402
-from welfare_offsets.eval.probes import SELF_REPORT_ITEMS  # noqa: E402
-from welfare_offsets.eval.study.profile import profile_items  # noqa: E402
-from welfare_offsets.eval.study.sweep import SweepConfig  # noqa: E402
-from welfare_offsets.eval.thurstonian import initial_pairs  # noqa: E402
-from welfare_offsets.train.config import parse_config  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]  # the clone: its recipes and BENCHMARKS.md
 
 # Measured on one H200, bf16, batch 32, ~180-token prompts sharing a 150-token prefix, with prefix reuse
 # as the scorer runs (2026-11-26, benchmarks/gpu_offset_bench.py). Keyed by parameter count.
@@ -70,7 +68,7 @@ def main() -> None:
     section = "\n".join([
         "## Projected cost of a scale sweep (from measured GPU throughput)",
         "",
-        f"Command: `python benchmarks/sweep_cost.py --config {Path(args.config).relative_to(REPO)}`. Prompts per subject are",
+        f"Command: `python -m benchmarks.sweep_cost --config {Path(args.config).relative_to(REPO)}`. Prompts per subject are",
         f"counted exactly as `welfare sweep` builds them on the built-in stimuli: {counts['items']} experiences (120 empathy items,",
         "everyday held-out items), "
         f"{counts['self_report']:,} self-report + {counts['stop']:,} stop + {counts['comparison']:,} comparison prompts = "
@@ -86,7 +84,7 @@ def main() -> None:
         "  hold two transcripts (about twice the tokens of the measured prompts), so scoring may take up to ~2x",
         "  this. Loading weights is not included and is likely the larger part (15 GB at 7B); the meter in",
         "  `welfare sweep` records both per subject (`results.json` -> `subjects[].cost`, `cost.accelerator_hours`).",
-        "- To measure instead of project, on a GPU: `python benchmarks/gpu_sweep_bench.py --tokenizer DIR` runs the",
+        "- To measure instead of project, on a GPU: `python -m benchmarks.gpu_sweep_bench --tokenizer DIR` runs the",
         "  sweep's own per-subject path (load, score the built-in stimuli) on random-weight Qwen2.5 shapes. Written",
         "  and smoke-tested on CPU; not yet run on a GPU.",
         "- On the CPU test machine (2 cores) the synthetic families (6 models of 30-100k parameters, 104",
@@ -95,7 +93,7 @@ def main() -> None:
     ])
     print(section)
     if args.update_md:
-        from markdown_section import replace_section
+        from benchmarks.markdown_section import replace_section
 
         replace_section(REPO / "BENCHMARKS.md", section.splitlines()[0], section)
 
