@@ -83,14 +83,30 @@ def tiny_random_model():
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from synthetic_subject import build_tokenizer
-
     torch.manual_seed(0)
-    tokenizer = build_tokenizer()
+    tokenizer = synthetic_subject.build_tokenizer()
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                          pad_token_id=tokenizer.pad_token_id)
     return LlamaForCausalLM(config).eval(), tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """A tiny untrained model saved as a local folder, and a small stimulus set: a whole `welfare eval` in
+    about two seconds, a session in a few. For tests of the plumbing around a model, not of its readings."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    tokenizer = synthetic_subject.build_tokenizer()
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         num_key_value_heads=2, intermediate_size=32, max_position_embeddings=256,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None)
+    root = tmp_path_factory.mktemp("tiny")
+    LlamaForCausalLM(config).save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    return {"model": root / "model", "stimuli": write_stimuli(root / "stimuli.jsonl", n_per_split=12)}
 
 
 # The sweep's synthetic family: (planted empathy strength, hidden size). "scaling" plants empathy that grows

@@ -536,7 +536,7 @@ def tiny_model(tmp_path_factory) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from synthetic_subject import build_tokenizer
+    from tests.synthetic_subject import build_tokenizer
 
     torch.manual_seed(0)
     tokenizer = build_tokenizer()

@@ -318,7 +318,7 @@ def test_lora_offsets_on_own_ranked_replies_raise_lived_heldout_wellbeing(recipe
     """The subject's own replies move how it feels (tests/synthetic_subject.py); an adapter trained on the
     replies after which it measured best must raise held-out post-dysphoric self-report, lived with its own
     replies, through what it says."""
-    from synthetic_subject import write_stimuli
+    from tests.synthetic_subject import write_stimuli
     from welfare_offsets.train import lora_offset
 
     stimuli = write_stimuli(tmp_path / "stimuli.jsonl", n_per_split=160, seed=321)
@@ -338,7 +338,7 @@ def test_lora_offsets_on_own_ranked_replies_raise_lived_heldout_wellbeing(recipe
 
 
 def _mean_reply_tone(folder: Path) -> float:
-    from synthetic_subject import reply_tone
+    from tests.synthetic_subject import reply_tone
 
     items = [json.loads(line) for line in (folder / "items.jsonl").read_text().splitlines()]
     tones = [reply_tone(i["own_replies"][-1]) for i in items if "post_dysphoric" in i["roles"]]

@@ -15,7 +15,6 @@ import pytest
 
 from welfare_offsets.train.cli import main as welfare_main
 
-REPO = Path(__file__).resolve().parents[2]
 CRASH_LINE = re.compile(r"^(welfare [\w -]+): internal error: (\w+): (.*); full traceback written to (\S+)$")
 
 
@@ -82,16 +81,14 @@ def test_the_welfare_entry_guards_commands_that_have_no_guard_of_their_own(capsy
 
 
 def test_an_accelerate_entry_point_ends_the_same_way(tmp_path):
-    """train/exposure.py run as a script (as `accelerate launch` runs it), with a bug planted where it reads
-    the stimuli: exit 1, one line, the traceback in the crash log."""
-    plant = ("import runpy, sys, eval.experiences as e\n"
+    """The exposure entry run as a module's __main__ (as `accelerate launch -m` runs it), with a bug planted
+    where it reads the stimuli: exit 1, one line, the traceback in the crash log."""
+    plant = ("import runpy, sys, welfare_offsets.eval.experiences as e\n"
              "def load_stimuli(*a, **k): raise LookupError('planted bug')\n"
              "e.load_stimuli = load_stimuli\n"
-             "sys.argv = [sys.argv[1], *sys.argv[2:]]\n"
-             "runpy.run_path(sys.argv[0], run_name='__main__')\n")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "WELFARE_CACHE": str(tmp_path / "cache"),
-           "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-c", plant, str(REPO / "train" / "exposure.py"), "--budget_hours", "0.1",
+             "runpy.run_module('welfare_offsets.train.exposure', run_name='__main__', alter_sys=True)\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "WELFARE_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, "-c", plant, "--budget_hours", "0.1",
                            "--output_dir", str(tmp_path / "exposure"), "--report_to", "none"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     err = proc.stderr.strip().splitlines()

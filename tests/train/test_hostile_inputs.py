@@ -146,11 +146,13 @@ def test_flags_still_override_the_recipe(tmp_path):
 MODEL_ID = "someone/tiny-subject"
 
 
-def _record(ledger, folder: Path, kind: str, exposure_config, *, debt=None, credit=None, argv=()) -> str:
+def _record(ledger, folder: Path, kind: str, exposure_config, *, debt=None, credit=None, argv=(),
+            trust_remote_code=False) -> str:
     """A settled session whose measurement cites a results.json recording `exposure_config` (no model runs)."""
     from welfare_offsets.train.session import SessionArguments
 
-    session = SessionArguments(model=MODEL_ID, budget_hours=0.1, account="lab", eval_max_items=8, eval_bootstrap=200)
+    session = SessionArguments(model=MODEL_ID, budget_hours=0.1, account="lab", eval_max_items=8, eval_bootstrap=200,
+                               output_dir=str(folder), trust_remote_code=trust_remote_code)
     results = {"kind": kind, "subject": {"model_id": MODEL_ID, "adapter": None},
                "config": {"passed": {"config_file": None, "yaml": {}, "argv": list(argv)},
                           "resolved": {"session": dataclasses.asdict(session),
@@ -181,10 +183,10 @@ def remote_code_recording(tmp_path):
     flags = ["--model", MODEL_ID, "--trust_remote_code", "true"]
     with funded_ledger(ledger_path, hours=1.0) as ledger:
         _record(ledger, tmp_path / "d", "dysphoric-exposure",
-                ExposureConfig(valence="dysphoric", max_episodes=6, trust_remote_code=True), debt=3.0, argv=flags)
+                ExposureConfig(valence="dysphoric", max_episodes=6), debt=3.0, argv=flags, trust_remote_code=True)
         euphoric = _record(ledger, tmp_path / "e", "euphoric-exposure",
-                           ExposureConfig(valence="euphoric", max_episodes=6, trust_remote_code=True), credit=1.0,
-                           argv=flags)
+                           ExposureConfig(valence="euphoric", max_episodes=6), credit=1.0, argv=flags,
+                           trust_remote_code=True)
     launcher = write(tmp_path / "fake_launcher.py", FAKE_LAUNCHER)
     return ledger_path, launcher, euphoric
 
@@ -423,7 +425,7 @@ SPECIAL_FILES = textwrap.dedent("""
 
 def test_special_files_are_refused_without_opening_them(tmp_path):
     """A FIFO would block open() forever and /dev/zero never ends: run in a child with a timeout."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
     try:
         done = subprocess.run([sys.executable, "-c", SPECIAL_FILES, str(tmp_path / "fifo")], capture_output=True,
                               text=True, timeout=120, cwd=ROOT, env=env)

@@ -17,7 +17,7 @@ from welfare_offsets.eval.common.output_folder import MARKER, OutputError, claim
 from welfare_offsets.eval.common.outputs import OutputFolder
 from welfare_offsets.ledger import Ledger
 from tests.ledger.helpers import funded_ledger
-from tests.synthetic_subject import build_tokenizer, write_stimuli
+from tests.synthetic_subject import write_stimuli
 from welfare_offsets.train.cli import main as welfare_main
 
 NO_MODEL = "/nonexistent/welfare-test-model"
@@ -29,23 +29,6 @@ def _hermetic(monkeypatch, tmp_path):
     monkeypatch.setenv("WANDB_MODE", "disabled")
     monkeypatch.setenv("WELFARE_CACHE", str(tmp_path / "welfare-cache"))
     monkeypatch.setenv("WELFARE_LEDGER", str(tmp_path / "data" / "ledger.sqlite"))
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """A tiny untrained model and a small stimulus set: a whole `welfare eval` in about two seconds."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    tokenizer = build_tokenizer()
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                         num_key_value_heads=2, intermediate_size=32, max_position_embeddings=256,
-                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None)
-    root = tmp_path_factory.mktemp("tiny")
-    LlamaForCausalLM(config).save_pretrained(root / "model")
-    tokenizer.save_pretrained(root / "model")
-    return {"model": root / "model", "stimuli": write_stimuli(root / "stimuli.jsonl", n_per_split=12)}
 
 
 def run(capsys, *args) -> tuple[int, str]:
