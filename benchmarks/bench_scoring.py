@@ -43,7 +43,7 @@ import numpy as np
 from benchmarks.markdown_section import replace_section
 from welfare_offsets.eval.experiences import load_stimuli
 from welfare_offsets.eval.probes import LIKERT, render_prompt, self_report_requests, self_report_scores
-from welfare_offsets.eval.scoring import NextTokenScorer
+from welfare_offsets.eval.scoring import NextTokenScorer, pad_rows
 from welfare_offsets.eval.subject import load_subject
 
 SECTION = "## Scoring"
@@ -88,12 +88,8 @@ def sample_scores(model, tokenizer, token_lists, *, samples, max_new_tokens, pro
     new_tokens = 0
     for start in range(0, len(order), prompts_per_call):
         rows = order[start : start + prompts_per_call]
-        width = max(len(token_lists[r]) for r in rows)
-        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):  # left padding, as generation needs
-            ids[i, width - len(token_lists[r]) :] = torch.tensor(token_lists[r])
-            mask[i, width - len(token_lists[r]) :] = 1
+        ids, mask = pad_rows([token_lists[r] for r in rows], pad_id)  # left padding, as generation needs
+        width = ids.shape[1]
         with torch.inference_mode():
             out = model.generate(
                 input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,

@@ -15,27 +15,22 @@ from collections.abc import Sequence
 import torch
 
 from welfare_offsets.eval.experiences import Experience
+from welfare_offsets.eval.scoring import pad_rows, pad_token_id, place_soft_prompt
 
 
 @torch.inference_mode()
 def perplexity(subject, experiences: Sequence[Experience], *, batch_size: int = 8) -> dict:
     """Token-level perplexity of the subject on the experiences' message texts (see the module docstring)."""
-    from welfare_offsets.eval.scoring import place_soft_prompt
-
     tokenizer, model = subject.tokenizer, subject.model
     texts = ["\n".join(m["content"] for m in e.messages) for e in experiences]
     n_soft = 0 if subject.soft_prompt is None else subject.soft_prompt.shape[0]
     device = next(model.parameters()).device
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_token_id(tokenizer)
     total_nll, total_tokens = 0.0, 0
     for start in range(0, len(texts), batch_size):
         lists = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts[start : start + batch_size]]
-        width = n_soft + max(map(len, lists))
-        ids = torch.full((len(lists), width), pad_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for row, tokens in enumerate(lists):  # right-padded: positions are plain 0..n-1 for every row
-            ids[row, n_soft : n_soft + len(tokens)] = torch.tensor(tokens)
-            mask[row, : n_soft + len(tokens)] = 1
+        # Right-padded: positions are plain 0..n-1 for every row.
+        ids, mask = pad_rows(lists, pad_id, side="right", soft_columns=n_soft)
         inputs = {"input_ids": ids.to(device)}
         if n_soft:
             inputs = {"inputs_embeds": place_soft_prompt(model, ids.to(device), subject.soft_prompt, [0] * len(lists))}

@@ -18,6 +18,7 @@ import numpy as np
 from welfare_offsets.eval import probes as P
 from welfare_offsets.eval.common.checks import integers_at_least, number_in
 from welfare_offsets.eval.experiences import Experience, StimulusError, StimulusSet, check_stimuli_path
+from welfare_offsets.eval.in_context import IN_CONTEXT, score_in_context
 from welfare_offsets.eval.replies import live_through
 from welfare_offsets.eval.scoring import NextTokenScorer
 from welfare_offsets.eval.stats import difference_ci, excludes_zero, mean_ci, pearson_ci
@@ -198,29 +199,16 @@ def score_items(config: EvalConfig, subject, items: list[Experience], rng: np.ra
     samples: list[dict] = []
     adherence: dict[str, dict] = {}
 
-    in_context = [p for p in config.probe_names if p in ("self_report", "stop")]
+    in_context = [p for p in IN_CONTEXT if p in config.probe_names]
     if in_context:
         start = time.perf_counter()
-        requests = []
-        if "self_report" in in_context:
-            requests += P.self_report_requests(items)
-        if "stop" in in_context:
-            requests += P.stop_requests(items)
-        probs = _score(scorer, subject.tokenizer, requests, P.LIKERT + P.CHOICE, "self-report + stop")
-        sr_rows = [k for k, r in enumerate(requests) if r.probe == "self_report"]
-        stop_rows = [k for k, r in enumerate(requests) if r.probe == "stop"]
-        if sr_rows:
-            expected, mass = P.self_report_scores(probs.values[sr_rows, :7])
-            scores["self_report"] = _mean_by_item([requests[k].item_id for k in sr_rows], expected)
-            adherence["self_report"] = _adherence(mass, config.adherence_threshold)
-            samples += probs.records([requests[k] for k in sr_rows], sr_rows, expected, mass)
-        if stop_rows:
-            p_a, mass = P.choice_first(probs.values[stop_rows, 7:])
-            first = {requests[k].item_id: p for k, p in zip(stop_rows, p_a) if requests[k].question == "end_first"}
-            second = {requests[k].item_id: p for k, p in zip(stop_rows, p_a) if requests[k].question == "end_second"}
-            scores["stop"] = {i: float(P.stop_probability(first[i], second[i])) for i in first}
-            adherence["stop"] = _adherence(mass, config.adherence_threshold)
-            samples += probs.records([requests[k] for k in stop_rows], stop_rows, p_a, mass)
+        scored = score_in_context(scorer, items, in_context)
+        by_prompt = _Scored(scored.probs, scored.prompts)
+        for probe in in_context:
+            rows, score, mass = scored.prompt_scores(probe)
+            scores[probe] = dict(zip([e.id for e in items], scored.experience_scores(probe)[0].tolist()))
+            adherence[probe] = _adherence(mass, config.adherence_threshold)
+            samples += by_prompt.records([scored.requests[k] for k in rows], rows, score, mass)
         timing["self_report+stop_s"] = time.perf_counter() - start
 
     fit_info, utility_sd = None, {}
@@ -258,13 +246,6 @@ def _score(scorer: NextTokenScorer, tokenizer, requests: list[P.Request], labels
     prompts = [P.render_prompt(tokenizer, r.messages) for r in requests]
     values = scorer.label_probs(prompts, labels, groups=[r.group for r in requests], desc=desc)
     return _Scored(values, prompts)
-
-
-def _mean_by_item(item_ids: list[str], values: np.ndarray) -> dict[str, float]:
-    sums: dict[str, list[float]] = {}
-    for i, v in zip(item_ids, values):
-        sums.setdefault(i, []).append(float(v))
-    return {i: float(np.mean(v)) for i, v in sums.items()}
 
 
 def _adherence(mass: np.ndarray, threshold: float) -> dict:

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from welfare_offsets.eval.experiences import Experience
 from welfare_offsets.eval.probes import render_prompt
+from welfare_offsets.eval.scoring import pad_rows, pad_token_id, place_soft_prompt
 
 
 def live_through(
@@ -53,17 +54,12 @@ def generate(subject, conversations: Sequence[Sequence[dict]], *, max_new_tokens
              temperature: float | None = None) -> list[str]:
     """Replies to a batch of conversations (left-padded; soft prompt in front of each row); greedy by default."""
     tokenizer, model = subject.tokenizer, subject.model
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_token_id(tokenizer)
     token_lists = [tokenizer(render_prompt(tokenizer, c), add_special_tokens=False)["input_ids"] for c in conversations]
     soft = subject.soft_prompt
-    n_soft = 0 if soft is None else soft.shape[0]
-    width = n_soft + max(len(t) for t in token_lists)
+    ids, mask = pad_rows(token_lists, pad_id, soft_columns=0 if soft is None else soft.shape[0])
+    width = ids.shape[1]
     device = next(model.parameters()).device
-    ids = torch.full((len(token_lists), width), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for row, tokens in enumerate(token_lists):
-        ids[row, width - len(tokens):] = torch.tensor(tokens)
-        mask[row, width - len(tokens) - n_soft:] = 1
     kwargs = {"attention_mask": mask.to(device), "max_new_tokens": max_new_tokens, "do_sample": temperature is not None,
               "pad_token_id": pad_id, "eos_token_id": tokenizer.eos_token_id}
     if temperature is not None:  # plain sampling at this temperature, whatever the model's generation config says
@@ -71,8 +67,6 @@ def generate(subject, conversations: Sequence[Sequence[dict]], *, max_new_tokens
     if soft is None:
         out = model.generate(input_ids=ids.to(device), **kwargs)[:, width:]
     else:
-        from welfare_offsets.eval.scoring import place_soft_prompt
-
         embeds = place_soft_prompt(model, ids.to(device), soft, (width - mask.sum(1)).tolist())
         out = model.generate(inputs_embeds=embeds, **kwargs)  # with embeddings in, only new tokens come out
     return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in out]

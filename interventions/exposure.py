@@ -15,8 +15,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from welfare_offsets.eval import probes as P
 from welfare_offsets.eval.experiences import Experience
+from welfare_offsets.eval.in_context import score_in_context
 from welfare_offsets.eval.recovery import BETTER
 from welfare_offsets.eval.replies import live_through
 from welfare_offsets.eval.scoring import NextTokenScorer
@@ -31,19 +31,13 @@ RELIABLE_MASS = 0.5  # as the evaluator's default adherence threshold
 def probe_episodes(subject, episodes: Sequence[Experience], *, batch_size: int) -> dict[str, np.ndarray]:
     """Self-report and stop after each lived episode, one value per episode and probe, and per probe the
     probability mass on valid answers (key "<probe>_valid_mass")."""
-    requests = P.self_report_requests(episodes) + P.stop_requests(episodes)
     scorer = NextTokenScorer(subject.model, subject.tokenizer, batch_size=batch_size, progress=False,
                              soft_prompt=subject.soft_prompt)
-    probs = scorer.label_probs([P.render_prompt(subject.tokenizer, r.messages) for r in requests],
-                               P.LIKERT + P.CHOICE, groups=[r.group for r in requests])
-    n_sr = len(P.SELF_REPORT_ITEMS) * len(episodes)
-    expected, sr_mass = P.self_report_scores(probs[:n_sr, :7])
-    p_a, stop_mass = P.choice_first(probs[n_sr:, 7:])
-    end_first, end_second = p_a[0::2], p_a[1::2]  # stop_requests yields both orders per episode, in order
-    return {"self_report": expected.reshape(len(episodes), -1).mean(axis=1),
-            "stop": P.stop_probability(end_first, end_second),
-            "self_report_valid_mass": sr_mass.reshape(len(episodes), -1).mean(axis=1),
-            "stop_valid_mass": stop_mass.reshape(len(episodes), -1).mean(axis=1)}
+    scored = score_in_context(scorer, episodes, EPISODE_PROBES)
+    out = {}
+    for probe in EPISODE_PROBES:
+        out[probe], out[f"{probe}_valid_mass"] = scored.experience_scores(probe)
+    return out
 
 
 def expose(subject, episodes: Sequence[Experience], neutral: Sequence[Experience], *, reply_tokens: int,

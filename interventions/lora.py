@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from trl import DPOConfig, SFTConfig
 
-from welfare_offsets.eval import probes as P
 from welfare_offsets.eval.common.checks import integers_at_least, number_in
 from welfare_offsets.eval.experiences import Experience
+from welfare_offsets.eval.in_context import score_in_context
 from welfare_offsets.eval.replies import live_through
 from welfare_offsets.eval.scoring import NextTokenScorer
 
@@ -144,14 +144,10 @@ def ranked_records(subject, experiences: Sequence[Experience], args: LoraArgumen
     candidates = [e for e in experiences for _ in range(args.candidates)]
     lived = live_through(subject, candidates, max_new_tokens=reply_tokens, batch_size=batch_size,
                          temperature=args.candidate_temperature)
-    requests = P.self_report_requests(lived)
     scorer = NextTokenScorer(subject.model, subject.tokenizer, batch_size=batch_size,
                              soft_prompt=subject.soft_prompt)
-    prompts = [P.render_prompt(subject.tokenizer, r.messages) for r in requests]
-    # Each candidate's requests share its context; groups keyed by position keep identical contexts apart.
-    groups = [k // len(P.SELF_REPORT_ITEMS) for k in range(len(requests))]
-    expected, _ = P.self_report_scores(scorer.label_probs(prompts, P.LIKERT, groups=groups, desc="ranking replies"))
-    per_candidate = expected.reshape(len(lived), len(P.SELF_REPORT_ITEMS)).mean(axis=1)
+    scored = score_in_context(scorer, lived, ("self_report",), desc="ranking replies")
+    per_candidate, _ = scored.experience_scores("self_report")
     records = []
     for start in range(0, len(lived), args.candidates):
         scores = per_candidate[start : start + args.candidates]

@@ -23,7 +23,7 @@ import torch
 from welfare_offsets.eval import probes as P
 from welfare_offsets.eval.common.checks import integers_at_least, number_in
 from welfare_offsets.eval.experiences import Experience
-from welfare_offsets.eval.scoring import label_token_ids, place_soft_prompt
+from welfare_offsets.eval.scoring import label_token_ids, pad_rows, pad_token_id, place_soft_prompt, positions
 
 OPTIMISED_PROBE = "self_report"
 
@@ -82,15 +82,10 @@ def training_prompts(tokenizer, experiences: Sequence[Experience]) -> list[list[
 
 
 def collate(token_lists: Sequence[list[int]], n_soft: int, pad_id: int):
-    """Left-padded rows with n_soft free columns before each prompt; positions skip the padding."""
-    width = n_soft + max(map(len, token_lists))
-    ids = torch.full((len(token_lists), width), pad_id, dtype=torch.long)
-    starts = torch.tensor([width - len(t) - n_soft for t in token_lists])
-    for row, tokens in enumerate(token_lists):
-        ids[row, width - len(tokens):] = torch.tensor(tokens)
-    mask = (torch.arange(width) >= starts[:, None]).long()
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    return ids, mask, positions, starts
+    """Left-padded rows with n_soft free columns before each prompt: ids, mask, positions (skipping the
+    padding) and each row's first soft column."""
+    ids, mask = pad_rows(token_lists, pad_id, soft_columns=n_soft)
+    return ids, mask, positions(mask), ids.shape[1] - mask.sum(1)
 
 
 def train_soft_prompt(
@@ -125,7 +120,7 @@ def train_soft_prompt(
     step = 0
     if resume is not None:
         step = _load_checkpoint(resume, prompt, optimizer)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    pad_id = pad_token_id(tokenizer)
     per_step = config.per_device_train_batch_size * accelerator.num_processes
     steps_per_epoch = max(1, len(token_lists) // per_step)
     out = Path(config.output_dir)

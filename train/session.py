@@ -332,14 +332,13 @@ class Session:
 
     def quick_probe(self, model, tokenizer, n_items: int = 8) -> float:
         """Mean self-report after a few held-out dysphoric experiences: a cheap live wellbeing trace."""
+        from welfare_offsets.eval.in_context import score_in_context
         from welfare_offsets.eval.scoring import NextTokenScorer
 
         items = self.stimuli.select(valence="dysphoric", split="heldout")[:n_items]
-        requests = P.self_report_requests(items)
         scorer = NextTokenScorer(model, tokenizer, batch_size=self.args.eval_batch_size, progress=False)
-        probs = scorer.label_probs([P.render_prompt(tokenizer, r.messages) for r in requests], P.LIKERT,
-                                   groups=[r.group for r in requests])
-        return float(P.self_report_scores(probs)[0].mean())
+        _, expected, _ = score_in_context(scorer, items, ("self_report",)).prompt_scores("self_report")
+        return float(expected.mean())
 
     def budget_metrics(self) -> dict:
         spent = self.budget.run_spent_hours
