@@ -21,7 +21,6 @@ from transformers import HfArgumentParser
 
 from welfare_offsets.eval.common.errors import InputError
 from welfare_offsets.eval.common.safe_read import load_yaml_recipe
-from welfare_offsets.train.guard import run_guarded
 
 # Settings that make a session import or run code that is not ours. A plan never takes them from a
 # recorded recipe, only from its own command line.
@@ -216,8 +215,3 @@ class _StrictParser(HfArgumentParser):
 
     def error(self, message):
         raise ConfigError(f"{message} (see `{self.prog} --help`)")
-
-
-def run_cli(main_body, argv: list[str], prog: str) -> int:
-    """Run a command; every failure becomes one line and its exit code (train/guard.py)."""
-    return run_guarded(main_body, argv, prog)

@@ -16,8 +16,7 @@ from importlib import resources
 from pathlib import Path
 
 from welfare_offsets.eval.common.output_folder import claim, open_in_place
-from welfare_offsets.train.config import run_cli
-from welfare_offsets.train.guard import refuse_ledger_paths
+from welfare_offsets.train.guard import refuse_ledger_paths, run_guarded
 
 DEMO_DIR = Path("welfare-demo")
 DEMO_HOURS = 1.0
@@ -28,7 +27,7 @@ def recipe(name: str) -> str:
 
 
 def main(argv: list[str]) -> int:
-    return run_cli(_demo, argv, "welfare demo")
+    return run_guarded(_demo, argv, "welfare demo")
 
 
 def demo_folder(overwrite: bool) -> Path:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from welfare_offsets.train.config import parse_config, run_cli
-from welfare_offsets.train.guard import refuse_ledger_paths
+from welfare_offsets.train.config import parse_config
+from welfare_offsets.train.guard import refuse_ledger_paths, run_guarded
 
 
 def main(argv: list[str]) -> int:
-    return run_cli(_eval, argv, "welfare eval")
+    return run_guarded(_eval, argv, "welfare eval")
 
 
 def _eval(argv: list[str]) -> int:

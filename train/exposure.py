@@ -13,7 +13,8 @@ import sys
 from dataclasses import dataclass, field
 
 from welfare_offsets.eval.common.checks import integers_at_least
-from welfare_offsets.train.config import parse_config, run_cli
+from welfare_offsets.train.config import parse_config
+from welfare_offsets.train.guard import run_guarded
 
 
 @dataclass
@@ -46,7 +47,7 @@ def config_types(argv: list[str] = ()) -> list[type]:
 
 
 def main(argv: list[str]) -> int:
-    return run_cli(_session, argv, "welfare offset exposure")
+    return run_guarded(_session, argv, "welfare offset exposure")
 
 
 def _session(argv: list[str]) -> int:

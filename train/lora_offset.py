@@ -13,7 +13,8 @@ import json
 import sys
 
 from welfare_offsets.eval.common.safe_read import load_jsonl_bounded, load_yaml_recipe
-from welfare_offsets.train.config import ConfigError, parse_config, run_cli
+from welfare_offsets.train.config import ConfigError, parse_config
+from welfare_offsets.train.guard import run_guarded
 
 
 def config_types(argv: list[str] = ()) -> list[type]:
@@ -28,7 +29,7 @@ def config_types(argv: list[str] = ()) -> list[type]:
 
 
 def main(argv: list[str]) -> int:
-    return run_cli(_session, argv, "welfare offset lora")
+    return run_guarded(_session, argv, "welfare offset lora")
 
 
 def _method(argv: list[str]) -> str:

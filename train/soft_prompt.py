@@ -9,7 +9,8 @@ from __future__ import annotations
 import dataclasses
 import sys
 
-from welfare_offsets.train.config import parse_config, run_cli
+from welfare_offsets.train.config import parse_config
+from welfare_offsets.train.guard import run_guarded
 
 KIND = "soft-prompt"
 
@@ -22,7 +23,7 @@ def config_types(argv: list[str] = ()) -> list[type]:
 
 
 def main(argv: list[str]) -> int:
-    return run_cli(_session, argv, "welfare offset soft-prompt")
+    return run_guarded(_session, argv, "welfare offset soft-prompt")
 
 
 def _session(argv: list[str]) -> int:

@@ -16,14 +16,15 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
-from welfare_offsets.train.config import parse_config, run_cli
+from welfare_offsets.train.config import parse_config
+from welfare_offsets.train.guard import run_guarded
 
 # Ranks that finish their share wait for the others at one barrier; a sweep of big models takes hours.
 BARRIER_TIMEOUT = timedelta(hours=48)
 
 
 def main(argv: list[str]) -> int:
-    return run_cli(_sweep, argv, "welfare sweep")
+    return run_guarded(_sweep, argv, "welfare sweep")
 
 
 def _sweep(argv: list[str]) -> int:
