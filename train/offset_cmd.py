@@ -1,15 +1,14 @@
-"""`welfare offset <kind> --config RECIPE [overrides]`: run one offset session in this process.
+"""`welfare offset <kind> --config RECIPE [overrides]`: run one offset session of that kind in this process.
 
-The same sessions run under `accelerate launch train/<entry>.py --config RECIPE` for several processes.
-A recipe's kind is read from its file name under configs/offset/: soft_prompt*.yaml, lora*.yaml,
-*exposure*.yaml.
+RECIPE is a YAML file or a packaged recipe name (`welfare recipes`), validated by the kind's settings. On
+several processes the same session is `accelerate launch -m <the kind's module in KINDS> --config RECIPE`.
 """
 
 from __future__ import annotations
 
-import sys
 from importlib import import_module
-from pathlib import Path
+
+from welfare_offsets.eval.common.errors import InputError
 
 KINDS = {
     "soft-prompt": ("welfare_offsets.train.soft_prompt", "Tune a euphoric soft prompt (peft prompt tuning) on the train split."),
@@ -19,18 +18,8 @@ KINDS = {
 
 
 def entry(kind: str):
+    """The module that runs sessions of `kind` (its main, and its settings' dataclasses)."""
     return import_module(KINDS[kind][0])
-
-
-def recipe_kind(path: str | Path):
-    """The entry module a recipe file is for, from its name."""
-    stem = Path(path).stem
-    for prefix, kind in (("soft_prompt", "soft-prompt"), ("lora", "lora")):
-        if stem.startswith(prefix):
-            return entry(kind)
-    if "exposure" in stem:
-        return entry("exposure")
-    raise ValueError(f"{path}: cannot tell the session kind from the file name (soft_prompt*, lora*, *exposure*)")
 
 
 def _usage() -> str:
@@ -45,6 +34,5 @@ def main(argv: list[str]) -> int:
         print(_usage())
         return 0
     if argv[0] not in KINDS:
-        print(f"welfare offset: unknown kind {argv[0]!r}\n\n{_usage()}", file=sys.stderr)
-        return 2
+        raise InputError(f"unknown kind {argv[0]!r}; choose {', '.join(KINDS)} (`welfare offset --help`)")
     return entry(argv[0]).main(argv[1:])

@@ -34,6 +34,7 @@ from pathlib import Path
 from welfare_offsets.eval.common.errors import InputError
 from welfare_offsets.eval.common.safe_read import MAX_JSON_BYTES, ReadError, decode_utf8, load_yaml_recipe, parse_json, read_bytes_bounded
 from welfare_offsets.train.config import CODE_RUNNING_SETTINGS, ConfigError, build_configs, recipe_values
+from welfare_offsets.train.guard import run_guarded
 
 BUDGET_MARGIN = 1.25  # default: each planned session's budget over the measured mean spend
 
@@ -236,8 +237,11 @@ def commands(plan: Plan, *, ledger: Path, account: str, launcher: str, out: str,
 
 
 def main(argv: list[str]) -> int:
+    return run_guarded(_plan, argv, "welfare plan")
+
+
+def _plan(argv: list[str]) -> int:
     from welfare_offsets.ledger import Ledger
-    from welfare_offsets.ledger.errors import LedgerError
     from welfare_offsets.ledger.location import resolve_ledger_path
 
     parser = argparse.ArgumentParser(prog="welfare plan", description=__doc__.split("\n\n")[0])
@@ -254,23 +258,16 @@ def main(argv: list[str]) -> int:
                         help="let the sessions run the model repo's own Python code (never taken from a recording)")
     args = parser.parse_args(argv)
     if not args.budget_margin >= 1:
-        print(f"welfare plan: error: --budget_margin must be >= 1, got {args.budget_margin}", file=sys.stderr)
-        return 2
+        raise InputError(f"--budget_margin must be >= 1, got {args.budget_margin}")
     path = resolve_ledger_path(args.ledger)
-    try:
-        with Ledger.open(path, create=False) as ledger:
-            sessions = ledger_sessions(ledger)
-            funds = ledger.balance(args.account).available_hours
-    except (LedgerError, OSError) as error:
-        print(f"welfare plan: error: {error}", file=sys.stderr)
-        return 2
+    with Ledger.open(path, create=False) as ledger:
+        sessions = ledger_sessions(ledger)
+        funds = ledger.balance(args.account).available_hours
     models = sorted({(s["results"].get("subject") or {}).get("model_id") for s in sessions
                      if (s["measures"].get(args.probe) or {}).get("debt")} - {None})
     model = args.model or (models[0] if len(models) == 1 else None)
     if model is None:
-        print(f"welfare plan: error: pass --model; subjects with debt on {args.probe}: {models or 'none'}",
-              file=sys.stderr)
-        return 2
+        raise InputError(f"pass --model; subjects with debt on {args.probe}: {models or 'none'}")
     plan = make_plan(sessions, probe=args.probe, model=model, funds=funds, margin=args.budget_margin)
     print(describe(plan, args.account))
     if plan.debt <= 0:
@@ -280,8 +277,7 @@ def main(argv: list[str]) -> int:
         todo, recipe_file = commands(plan, ledger=path, account=args.account, launcher=args.launcher, out=args.out,
                                      trust_remote_code=args.trust_remote_code)
     except InputError as error:
-        print(f"welfare plan: error: nothing run: {error}", file=sys.stderr)
-        return 2
+        raise InputError(f"nothing run: {error}") from error
     print(f"Recipe {recipe_file} (settings recorded by session {source.session}, {source.results}):")
     print(recipe_file.read_text().rstrip())
     print("\n".join(shlex.join(c) for c in todo))

@@ -10,7 +10,7 @@ import yaml
 from welfare_offsets.eval.evaluate import EvalConfig
 from welfare_offsets.eval.study.sweep import SweepConfig
 from welfare_offsets.train.config import parse_config
-from welfare_offsets.train.offset_cmd import recipe_kind
+from welfare_offsets.train.offset_cmd import entry
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 ALL_YAML = sorted(CONFIGS.rglob("*.yaml"))
@@ -26,6 +26,17 @@ def schema(path: Path) -> list[type] | None:
     if folder == "sweep":
         return [SweepConfig]
     return None
+
+
+def recipe_kind(path: Path):
+    """The session module a shipped offset recipe is for, by its name: soft_prompt*, lora*, *exposure*."""
+    stem = path.stem
+    for prefix, kind in (("soft_prompt", "soft-prompt"), ("lora", "lora")):
+        if stem.startswith(prefix):
+            return entry(kind)
+    if "exposure" in stem:
+        return entry("exposure")
+    raise ValueError(f"{path}: cannot tell the session kind from the file name (soft_prompt*, lora*, *exposure*)")
 
 
 ACCELERATE_YAML = sorted((CONFIGS / "accelerate").glob("*.yaml"))
