@@ -1,1 +1,3 @@
-"""Welfare-offset interventions (exposure sessions, LoRA offsets, soft prompts): the next issue builds them."""
+"""Welfare-offset interventions: exposure episodes and their balance (exposure), LoRA offsets' data and
+trainers (lora), the euphoric soft prompt (soft_prompt). welfare_offsets.train runs them as sessions under a
+ledger budget."""
