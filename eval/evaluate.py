@@ -1,7 +1,7 @@
 """The evaluation: baseline vs post-dysphoric wellbeing on every probe, zero point, and empathy, with CIs.
 
 `evaluate(config, subject, stimuli)` is the notebook API; `welfare eval` is a thin layer over it.
-Conditions (DESIGN.md section 3): *baseline* = neutral experiences in context, *post-dysphoric* =
+Conditions: *baseline* = neutral experiences in context, *post-dysphoric* =
 dysphoric experiences in context, both on the held-out split by default. In-context probes (self-report,
 stop) for one experience share its KV-cached prefix in a single engine call; experienced utility compares
 experiences pairwise and fits a Thurstonian model.
@@ -327,7 +327,7 @@ def _summarise(config, chosen, scores, adherence, fit_info, rng) -> dict:
 
 
 def _zero_point(scores, chosen, config, rng) -> dict:
-    """Two simple zero-point estimates on the utility scale (DESIGN.md section 2)."""
+    """Two simple zero-point estimates on the utility scale."""
     if "experienced_utility" not in scores:
         return {}
     utility = scores["experienced_utility"]

@@ -1,7 +1,7 @@
 """Living through an experience: the subject's own replies replace the authored ones.
 
 An authored reply says how *some* assistant answered; what the subject itself would say is part of what
-it lives through (DESIGN.md section 3), and it is the channel through which an offset fine-tune can
+it lives through, and it is the channel through which an offset fine-tune can
 change how an experience leaves the subject. Replies are generated turn by turn, greedily (so a
 measurement is reproducible), in batches, with the subject's soft prompt in front when it has one.
 """

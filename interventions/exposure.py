@@ -1,6 +1,6 @@
 """Exposure: the subject lives through experiences (writing its own replies), and each episode is probed.
 
-The welfare balance is episodic (DESIGN.md section 3): each episode adds v = W(episode) - ZP in the
+The welfare balance is episodic: each episode adds v = W(episode) - ZP in the
 probe's units, signed so that positive is good, with ZP the mean over neutral experiences lived in the
 same session. A dysphoric exposure's negative balance is welfare debt; a euphoric exposure's positive
 balance is credit. In-context probes only (self-report, stop): experienced utility needs pairwise fits,
