@@ -31,7 +31,7 @@ def fail_evaluation_with(monkeypatch, error: BaseException) -> None:
     def run_evaluation(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr(eval.run, "run_evaluation", run_evaluation)
+    monkeypatch.setattr(welfare_offsets.eval.run, "run_evaluation", run_evaluation)
 
 
 def welfare(capsys, *args) -> tuple[int, list[str]]:
@@ -74,7 +74,7 @@ def test_the_welfare_entry_guards_commands_that_have_no_guard_of_their_own(capsy
     def broken(argv):
         raise AssertionError("chain walk out of order")
 
-    monkeypatch.setattr(ledger.cli, "main", broken)
+    monkeypatch.setattr(welfare_offsets.ledger.cli, "main", broken)
     code, err = welfare(capsys, "ledger", "verify")
     assert code == 1 and len(err) == 1
     assert CRASH_LINE.match(err[0]).groups()[:3] == ("welfare ledger", "AssertionError", "chain walk out of order")

@@ -39,8 +39,8 @@ def _no_model(monkeypatch, tmp_path):
     def loaded(*args, **kwargs):
         raise AssertionError("a model was loaded; the input should have been refused before")
 
-    monkeypatch.setattr(eval.subject, "load_subject", loaded)
-    monkeypatch.setattr(eval.run, "load_subject", loaded, raising=False)
+    monkeypatch.setattr(welfare_offsets.eval.subject, "load_subject", loaded)
+    monkeypatch.setattr(welfare_offsets.eval.run, "load_subject", loaded, raising=False)
 
 
 def welfare(capsys, *args) -> tuple[int, str]:
