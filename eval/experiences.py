@@ -85,7 +85,7 @@ class StimulusError(InputError):
 
 
 def builtin_stimuli_path() -> Path:
-    return Path(str(resources.files("eval.stimuli") / DEFAULT_STIMULI))
+    return Path(str(resources.files("welfare_offsets.eval.stimuli") / DEFAULT_STIMULI))
 
 
 def check_stimuli_path(path: str | Path) -> Path:
