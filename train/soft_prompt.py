@@ -1,4 +1,5 @@
-"""Euphoric soft-prompt session: `accelerate launch train/soft_prompt.py --config configs/offset/soft_prompt.yaml`.
+"""Euphoric soft-prompt session: `accelerate launch -m welfare_offsets.train.soft_prompt --config offset/soft_prompt`
+(or `welfare offset soft-prompt ...` in this process).
 
 Validate -> admit (reserve the budget) -> measure before -> tune the prompt on the train split -> measure
 after with the prompt in front -> recovery, Goodhart gap and perplexity -> ledger, W&B -> settle.

@@ -1,5 +1,5 @@
-"""Scale sweep: `welfare sweep --config configs/sweep/qwen2.5.yaml`, or on several GPUs
-`accelerate launch --config_file configs/accelerate/ddp.yaml --num_processes 4 train/sweep.py --config ...`.
+"""Scale sweep: `welfare sweep --config sweep/qwen2.5`, or on several GPUs `accelerate launch --config_file
+"$(welfare recipes path accelerate/ddp)" --num_processes 4 -m welfare_offsets.train.sweep --config sweep/qwen2.5`.
 
 Validate (recipe, stimuli, output folder) -> find which subjects are already in the cache -> split the
 rest across ranks, biggest first -> each rank measures its subjects one at a time under the meter and

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 from datetime import datetime, timezone
@@ -18,9 +19,10 @@ from pathlib import Path
 
 from welfare_offsets.eval.common.output_folder import OutputError, claim, output_path, staging_folder, swap_in
 
-__all__ = ["OutputError", "OutputFolder", "provenance", "write_json_file"]
+__all__ = ["OutputError", "OutputFolder", "provenance", "write_json_file", "write_jsonl_file", "write_text_file"]
 
 RESULTS_SCHEMA_VERSION = 1
+_PROJECT = "welfare-offsets"
 _LIBRARIES = ("torch", "transformers", "peft", "trl", "accelerate", "datasets", "wandb", "numpy", "scipy")
 
 
@@ -96,9 +98,10 @@ def _finite(value):
 
 
 def provenance() -> dict:
-    """What ran: library versions, git commit and dirty flag of this code, and when."""
+    """What ran, and when: this package's installed version and the libraries', and the git commit and dirty
+    flag where this code runs from a git checkout of welfare-offsets (else None: see _own_checkout)."""
     versions = {}
-    for name in _LIBRARIES:
+    for name in (_PROJECT, *_LIBRARIES):
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -112,14 +115,31 @@ def provenance() -> dict:
 
 
 def _git_state() -> dict:
-    root = Path(__file__).resolve().parent.parent
+    root = _own_checkout()
+    if root is None:
+        return {"commit": None, "dirty": None}
+    git = ["git", "-C", str(root)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}  # GIT_DIR would point elsewhere
     try:
         commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5, check=True
+            [*git, "rev-parse", "HEAD"], env=env, capture_output=True, text=True, timeout=5, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, timeout=5
+            [*git, "status", "--porcelain", "--untracked-files=no"], env=env, capture_output=True, text=True, timeout=5
         ).stdout.strip() != ""
         return {"commit": commit, "dirty": dirty}
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
+
+
+def _own_checkout() -> Path | None:
+    """The folder holding this code's sources, if it is the top of a git work tree of welfare-offsets itself.
+    An installed copy (site-packages/welfare_offsets/) is none: a git repository around it, such as the
+    user's own project with a venv inside, says nothing about this code."""
+    root = Path(__file__).resolve().parents[2]  # eval/common/outputs.py -> the folder holding eval/
+    try:
+        pyproject = (root / "pyproject.toml").read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    ours = re.search(rf'(?m)^name\s*=\s*"{_PROJECT}"\s*$', pyproject)
+    return root if ours and (root / ".git").exists() else None

