@@ -20,6 +20,17 @@ from tests.synthetic_subject import Planted, write_stimuli  # noqa: E402
 from welfare_offsets.eval import probes  # noqa: E402
 
 
+# Fixtures that train synthetic subjects (a minute or more each when not cached): a test that uses one,
+# directly or through another fixture, is slow. The fast tier is `pytest -m "not slow"`.
+TRAINED_SUBJECTS = {"synthetic", "indifferent", "sweep_subjects"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if TRAINED_SUBJECTS & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
+
+
 def _recipe_key(planted: Planted, steps: int, options: dict) -> str:
     import torch
 
