@@ -1,6 +1,6 @@
 """What an intervention recovered: post-intervention vs post-dysphoric on the same held-out items.
 
-For each probe (DESIGN.md section 3):
+For each probe (docs/design.md, "What an intervention recovered"):
 * recovered = W(post-intervention) - W(post-dysphoric), signed so that positive is better for every probe
   (a *lower* stop probability is better), paired over the same post-dysphoric items;
 * recovery fraction = recovered / harm, harm = W(baseline) - W(post-dysphoric) measured before;
