@@ -53,6 +53,7 @@ def test_real_cached_weights_of_the_id_win_over_the_gguf_conversion(tmp_path, mo
     assert Path(path) == (snapshot if wins == "HF cache" else converted)
 
 
+@pytest.mark.slow  # converts and loads the 135M-parameter default model
 @needs_gguf
 def test_default_model_converts_once_then_loads_from_cache(tmp_path, monkeypatch):
     from huggingface_hub import constants
