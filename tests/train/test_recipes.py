@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from pathlib import Path
 
 import pytest
 
@@ -57,7 +58,7 @@ def test_an_unknown_name_exits_2_listing_the_names(tmp_path, monkeypatch, capsys
 def test_path_prints_a_file_accelerate_can_read(capsys):
     assert welfare(["recipes", "path", "accelerate/ddp"]) == 0
     path = capsys.readouterr().out.strip()
-    assert os.path.isfile(path) and "distributed_type" in open(path).read()
+    assert os.path.isfile(path) and "distributed_type" in Path(path).read_text()
 
 
 def test_cp_copies_a_recipe_to_edit(tmp_path, capsys):
