@@ -212,7 +212,7 @@ def test_plan_never_takes_trust_remote_code_from_a_recording(capsys, tmp_path, r
     recipe_file = tmp_path / "plan" / "recipes" / "euphoric-exposure.yaml"
     for k, call in enumerate(calls, 1):
         assert "--trust_remote_code" not in call["argv"]
-        assert call["argv"][1:3] == ["--config", str(recipe_file)]
+        assert call["argv"][:4] == ["-m", "welfare_offsets.train.exposure", "--config", str(recipe_file)]
         assert call["argv"][call["argv"].index("--output_dir") + 1] == f"{tmp_path / 'plan'}/euphoric-{k}"
         recipe = yaml.safe_load(call["recipe"])
         assert "trust_remote_code" not in recipe and "budget_hours" not in recipe and "output_dir" not in recipe
