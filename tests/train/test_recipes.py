@@ -97,3 +97,11 @@ def test_cp_refuses_any_part_of_the_ledger(tmp_path, monkeypatch, capsys):
 def test_an_unknown_name_to_cp_or_path_exits_2(capsys):
     assert welfare(["recipes", "path", "offset/nope"]) == 2
     assert "Packaged recipes:" in capsys.readouterr().err
+
+
+def test_a_lora_recipe_named_picks_its_trl_config():
+    from trl import DPOConfig
+
+    from welfare_offsets.train import lora_offset
+
+    assert DPOConfig in lora_offset.config_types(["--config", "offset/lora_dpo"])
