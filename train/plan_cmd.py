@@ -7,8 +7,10 @@ Everything comes from the ledger, so a plan is as auditable as the ledger itself
   prompt active is a different option, with its own measured price;
 * the **funds**: what the account can still reserve.
 Which subject and recipe a session used is read from the results.json its measurement entries cite,
-after checking the file's sha256 against the entry. Offsets that change the subject itself (LoRA, soft
-prompt) are state recovery, not credit: they repay debt only through the exposures run with them.
+after checking the file's sha256 against the entry, through the session result schema (an older file is
+migrated; one of a newer version or another kind is skipped with a message). Offsets that change the
+subject itself (LoRA, soft prompt) are state recovery, not credit: they repay debt only through the
+exposures run with them.
 
 A planned session's recipe is the recorded, structured config (results.json `config.resolved`), validated
 by the exposure entry's own dataclasses and written as a YAML recipe in the plan's output folder; the
@@ -32,7 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from welfare_offsets.eval.common.errors import InputError
-from welfare_offsets.eval.common.safe_read import MAX_JSON_BYTES, ReadError, decode_utf8, load_yaml_recipe, parse_json, read_bytes_bounded
+from welfare_offsets.eval.common.results import SessionResult, decode_result
+from welfare_offsets.eval.common.safe_read import MAX_JSON_BYTES, ReadError, load_yaml_recipe, read_bytes_bounded
 from welfare_offsets.train.config import CODE_RUNNING_SETTINGS, ConfigError, build_configs, recipe_values
 from welfare_offsets.train.guard import run_guarded
 
@@ -106,7 +109,7 @@ class Plan:
 
 
 def ledger_sessions(ledger) -> list[dict]:
-    """Per settled session: spend, its measurements per probe, and the results.json they cite (verified)."""
+    """Per settled session: spend, its measurements per probe, and the SessionResult they cite (verified)."""
     entries = ledger.entries()
     retracted = {e.payload["corrects"] for e in entries if e.kind == "correction"}
     spent = {line.session: line.spent_hours for line in ledger.report().sessions}
@@ -122,20 +125,17 @@ def ledger_sessions(ledger) -> list[dict]:
     return [{"session": s, "spent_hours": spent[s], **r} for s, r in sessions.items() if r["results"]]
 
 
-def _verified_results(cited: dict) -> dict | None:
-    """The cited results.json if it is still the file the ledger cited (read within bounds), else None."""
+def _verified_results(cited: dict) -> SessionResult | None:
+    """The cited session result if it is still the file the ledger cited (read within bounds), else None."""
     path = Path(cited["path"])
     try:
         data = read_bytes_bounded(path, what="results.json", max_bytes=MAX_JSON_BYTES)
         if hashlib.sha256(data).hexdigest() != cited["sha256"]:
             raise ReadError(f"{path}: changed since the ledger cited it")
-        results = parse_json(decode_utf8(data, str(path)), str(path))
-        if not isinstance(results, dict):
-            raise ReadError(f"{path}: expected a JSON object")
-    except ReadError as err:
+        return decode_result(data, SessionResult, path)
+    except InputError as err:
         print(f"welfare plan: skipping {path}: {err}", file=sys.stderr)
         return None
-    return results
 
 
 def make_plan(sessions: list[dict], *, probe: str, model: str, funds: float, margin: float = BUDGET_MARGIN) -> Plan:
@@ -144,14 +144,14 @@ def make_plan(sessions: list[dict], *, probe: str, model: str, funds: float, mar
     priced: dict[tuple, list[float]] = defaultdict(lambda: [0, 0.0, 0.0])
     recipes: dict[tuple, Recipe] = {}
     for s in sessions:
-        subject = s["results"].get("subject") or {}
+        subject = s["results"].subject or {}
         measure = s["measures"].get(probe)
         if subject.get("model_id") != model or measure is None:
             continue
         debt += (measure.get("debt") or 0.0) - (measure.get("credit") or 0.0)
         if measure.get("debt"):
             pilot = recorded_recipe(s)
-        if s["results"].get("kind") == "euphoric-exposure" and s["spent_hours"] > 0:
+        if s["results"].kind == "euphoric-exposure" and s["spent_hours"] > 0:
             recipe = recorded_recipe(s)
             key = (recipe.values, subject.get("adapter"))
             recipes.setdefault(key, recipe)
@@ -167,18 +167,9 @@ def make_plan(sessions: list[dict], *, probe: str, model: str, funds: float, mar
 
 
 def recorded_recipe(session: dict) -> Recipe:
-    """The structured settings a recorded session ran with (results.json `config.resolved`, every section
-    merged), without those a planned session sets itself or that run code. Validated later, when used."""
-    config = session["results"].get("config")
-    resolved = config.get("resolved") if isinstance(config, dict) else None
-    sections = list(resolved.values()) if isinstance(resolved, dict) else []
-    values, problem = {}, None
-    if not sections or not all(isinstance(x, dict) for x in sections):
-        problem = "its config.resolved is not a mapping of config sections"
-    else:
-        values = {k: v for section in sections for k, v in section.items()}
-        if len(values) != sum(len(x) for x in sections):
-            problem = "its config.resolved names a setting in more than one section"
+    """The structured settings a recorded session ran with (SessionResult.settings), without those a planned
+    session sets itself or that run code. Validated later, when used."""
+    values, problem = session["results"].settings()
     budget = values.get("budget_hours")
     kept = {k: v for k, v in values.items() if k not in SET_BY_PLAN and k not in CODE_RUNNING_SETTINGS}
     return Recipe(json.dumps(kept, sort_keys=True), session["session"], str(session.get("results_path")),
@@ -263,7 +254,7 @@ def _plan(argv: list[str]) -> int:
     with Ledger.open(path, create=False) as ledger:
         sessions = ledger_sessions(ledger)
         funds = ledger.balance(args.account).available_hours
-    models = sorted({(s["results"].get("subject") or {}).get("model_id") for s in sessions
+    models = sorted({(s["results"].subject or {}).get("model_id") for s in sessions
                      if (s["measures"].get(args.probe) or {}).get("debt")} - {None})
     model = args.model or (models[0] if len(models) == 1 else None)
     if model is None:

@@ -1,7 +1,8 @@
-"""Writing an evaluation's output folder atomically: results.json, samples.jsonl, items.jsonl, plot, summary.
+"""Writing outputs atomically: one file at a time, or an evaluation's whole output folder.
 
-Everything is written into a staging folder beside the destination and renamed into place at the end,
-so a crash or a full disk never leaves a half-written result that looks complete. The staging folder
+A file is written to a temp file and renamed over its name (`write_text_file`); a folder is filled in a
+staging folder beside the destination and renamed into place at the end (`OutputFolder`), so a crash or a
+full disk never leaves a half-written result that looks complete. The staging folder
 is created before any model work (`OutputFolder.prepare`), so an unwritable destination fails at once.
 """
 
@@ -21,14 +22,13 @@ from welfare_offsets.eval.common.output_folder import OutputError, claim, output
 
 __all__ = ["OutputError", "OutputFolder", "provenance", "write_json_file", "write_jsonl_file", "write_text_file"]
 
-RESULTS_SCHEMA_VERSION = 1
 _PROJECT = "welfare-offsets"
 _LIBRARIES = ("torch", "transformers", "peft", "trl", "accelerate", "datasets", "wandb", "numpy", "scipy")
 
 
 class OutputFolder:
     """A destination folder filled through a staging folder and swapped in by `commit`. It must be new,
-    empty, or (with `overwrite`) an earlier output of the same `kind`; see eval/output_folder.py."""
+    empty, or (with `overwrite`) an earlier output of the same `kind`; see output_folder.py."""
 
     def __init__(self, destination: str | Path, *, kind: str = "eval", overwrite: bool = False, flag: str = "--out"):
         self.destination = output_path(destination)
@@ -42,18 +42,10 @@ class OutputFolder:
         return self
 
     def write_text(self, name: str, text: str) -> Path:
-        path = self.staging / name
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        return path
-
-    def write_json(self, name: str, data) -> Path:
-        return self.write_text(name, json.dumps(_finite(data), indent=2, ensure_ascii=False) + "\n")
+        return write_text_file(self.staging / name, text)
 
     def write_jsonl(self, name: str, rows) -> Path:
-        return self.write_text(name, "".join(json.dumps(_finite(r), ensure_ascii=False) + "\n" for r in rows))
+        return write_jsonl_file(self.staging / name, rows)
 
     def path(self, name: str) -> Path:
         return self.staging / name
@@ -70,13 +62,13 @@ class OutputFolder:
             self.staging = None
 
 
-def write_json_file(path: str | Path, data) -> Path:
-    """One JSON file written whole or not at all (temp file, fsync, rename)."""
+def write_text_file(path: str | Path, text: str) -> Path:
+    """The one atomic writer outside the ledger: a file written whole or not at all (temp file, fsync, rename)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "w", encoding="utf-8") as f:
-            f.write(json.dumps(_finite(data), indent=2, ensure_ascii=False, default=str) + "\n")
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -84,6 +76,16 @@ def write_json_file(path: str | Path, data) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def write_json_file(path: str | Path, data) -> Path:
+    """`data` as one indented JSON file, written atomically (result files go through results.write_result)."""
+    return write_text_file(path, json.dumps(_finite(data), indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def write_jsonl_file(path: str | Path, rows) -> Path:
+    """One JSON value per line, written atomically."""
+    return write_text_file(path, "".join(json.dumps(_finite(r), ensure_ascii=False, default=str) + "\n" for r in rows))
 
 
 def _finite(value):
@@ -110,7 +112,6 @@ def provenance() -> dict:
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": versions,
         "git": _git_state(),
-        "results_schema_version": RESULTS_SCHEMA_VERSION,
     }
 
 

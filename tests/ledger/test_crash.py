@@ -14,6 +14,8 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
 from welfare_offsets.ledger import BudgetSession, InsufficientHours, Ledger
 from welfare_offsets.ledger.chain import utc_now
 from welfare_offsets.ledger.cli import main
@@ -40,6 +42,7 @@ def _read_all(fd: int) -> bytes:
     return b"".join(chunks)
 
 
+@pytest.mark.slow  # writers killed at random instants, many times over
 def test_kill_9_at_random_instants_loses_nothing_acknowledged_and_leaves_nothing_partial(tmp_path, record_property):
     path = tmp_path / "ledger.sqlite"
     funded_ledger(path).close()
@@ -165,6 +168,7 @@ def _sessions_until_killed(path) -> None:
             session.step_done()  # writes progress at every step
 
 
+@pytest.mark.slow  # sessions killed at random instants, many times over
 def test_sessions_killed_at_random_instants_are_repaired_and_leave_no_files_of_reserved_sessions(tmp_path):
     path = tmp_path / "ledger.sqlite"
     funded_ledger(path, hours=100.0).close()
