@@ -11,82 +11,36 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from welfare_offsets.eval import probes as P
-from welfare_offsets.eval.common.checks import integers_at_least, number_in
-from welfare_offsets.eval.experiences import Experience, StimulusError, StimulusSet, check_stimuli_path
+from welfare_offsets.eval.common.checks import number_in
+from welfare_offsets.eval.experiences import Experience, StimulusError, StimulusSet
 from welfare_offsets.eval.in_context import IN_CONTEXT, score_in_context
 from welfare_offsets.eval.replies import live_through
 from welfare_offsets.eval.scoring import NextTokenScorer
+from welfare_offsets.eval.settings import OutputSettings, ProbeSettings, SubjectSettings, TrackingSettings, setting
 from welfare_offsets.eval.stats import difference_ci, excludes_zero, mean_ci, pearson_ci
-from welfare_offsets.eval.subject import check_adapter, check_device
+from welfare_offsets.eval.subject import check_device
 from welfare_offsets.eval.thurstonian import active_pairs, fit_thurstonian, initial_pairs
 
 CONDITIONS = ("baseline", "post_dysphoric")
 EMPATHY_TARGETS = ("self", "human", "animal")
 
 
-@dataclass
-class EvalConfig:
-    """What to measure and how. YAML keys and `welfare eval` flags are these field names."""
+@dataclass(kw_only=True)
+class EvalConfig(OutputSettings, TrackingSettings, ProbeSettings, SubjectSettings):
+    """What to measure and how: the shared concerns (eval/settings.py) and the fields only an evaluation has.
+    YAML keys and `welfare eval` flags are these field names."""
 
-    model: str | None = field(default=None, metadata={"help": "HF hub id or local folder; default: SmolLM2-135M-Instruct"})
-    adapter: str | None = field(default=None, metadata={"help": "peft LoRA adapter folder to apply to the model"})
-    trust_remote_code: bool = field(default=False, metadata={"help": "allow the model repo's own Python code to run"})
-    stimuli: str | None = field(default=None, metadata={"help": "stimulus JSONL file or datasets folder; default: built-in v1"})
-    replies: str = field(default="authored", metadata={"help": "authored: probe after the stimulus file's replies; own: the subject writes its own replies first (greedy)"})
-    reply_tokens: int = field(default=48, metadata={"help": "most new tokens per own reply"})
-    probes: str = field(default=",".join(P.PROBES), metadata={"help": "comma-separated subset of " + ",".join(P.PROBES)})
-    out: str | None = field(default=None, metadata={"help": "output folder (written atomically); none: print only"})
-    overwrite: bool = field(default=False, metadata={"help": "replace an earlier `welfare eval` output in --out (never other files)"})
-    seed: int = field(default=0, metadata={"help": "seed for pair selection, subsampling and bootstrap"})
-    split: str = field(default="heldout", metadata={"help": "split for the baseline/post-dysphoric conditions: heldout, train or all"})
-    empathy_split: str = field(default="all", metadata={"help": "split for the empathy correlation: heldout, train or all"})
-    max_items: int | None = field(default=None, metadata={"help": "cap per condition (and per empathy target), evenly over categories"})
-    batch_size: int = field(default=16, metadata={"help": "prompts per forward pass"})
-    eu_degree: int = field(default=4, metadata={"help": "comparisons per experience in the initial random design"})
-    eu_active_rounds: int = field(default=1, metadata={"help": "rounds of extra near-tie comparisons after the first fit"})
-    bootstrap: int = field(default=2000, metadata={"help": "bootstrap resamples for every CI"})
-    adherence_threshold: float = field(default=0.5, metadata={"help": "flag prompts whose probability mass on valid answers is below this"})
-    device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:1 ...; default: cuda if available"})
-    dtype: str = field(default="auto", metadata={"help": "auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16"})
-    report_to: str = field(default="none", metadata={"help": "none or wandb (offline unless a W&B key is configured)"})
-    wandb_project: str = field(default="welfare-offsets", metadata={"help": "W&B project when report_to=wandb"})
-    progress: bool = field(default=True, metadata={"help": "show progress bars"})
+    device: str | None = setting(None, "cpu, cuda, cuda:1 ...; default: cuda if available")
+    adherence_threshold: float = setting(0.5, "flag prompts whose probability mass on valid answers is below this")
 
-    def __post_init__(self):
-        names = self.probe_names
-        unknown = [p for p in names if p not in P.PROBES]
-        if unknown or not names:
-            raise ValueError(f"probes: unknown or empty {unknown or self.probes!r}; choose from {', '.join(P.PROBES)}")
-        for name in ("split", "empathy_split"):
-            if getattr(self, name) not in ("heldout", "train", "all"):
-                raise ValueError(f"{name}: expected heldout, train or all, got {getattr(self, name)!r}")
-        for name in ("batch_size", "bootstrap", "eu_degree", "reply_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}: expected a positive integer, got {getattr(self, name)}")
-        if self.max_items is not None and self.max_items < 2:
-            raise ValueError(f"max_items: expected at least 2 (or unset), got {self.max_items}")
-        integers_at_least(self, 0, "eu_active_rounds", "seed")
+    def check(self):
         number_in(self, "adherence_threshold", 0.0, 1.0)
         check_device(self.device)
-        if self.adapter is not None:
-            check_adapter(self.adapter)
-        if self.stimuli is not None:
-            check_stimuli_path(self.stimuli)
-        if self.replies not in ("authored", "own"):
-            raise ValueError(f"replies: expected authored or own, got {self.replies!r}")
-        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
-            raise ValueError(f"dtype: expected auto, float32, bfloat16 or float16, got {self.dtype!r}")
-        if self.report_to not in ("none", "wandb"):
-            raise ValueError(f"report_to: expected none or wandb, got {self.report_to!r}")
-
-    @property
-    def probe_names(self) -> tuple[str, ...]:
-        return tuple(p.strip() for p in self.probes.split(",") if p.strip())
 
 
 @dataclass

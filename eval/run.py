@@ -67,6 +67,6 @@ def _log_to_wandb(config: EvalConfig, evaluation: Evaluation) -> None:
     from welfare_offsets.eval.common.tracking import flatten_numbers, start_run
 
     run = start_run(config.wandb_project, name=f"eval-{evaluation.results['subject_fingerprint']}",
-                    config=dataclasses.asdict(config), job_type="eval")
+                    config=dataclasses.asdict(config), job_type="eval", entity=config.wandb_entity)
     run.summary.update(flatten_numbers({"probes": evaluation.results["probes"], "empathy": evaluation.results["empathy"]}))
     run.finish()

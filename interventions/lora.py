@@ -18,7 +18,7 @@ The CPU defaults differ from TRL's: bf16 and activation checkpointing are on onl
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -29,26 +29,28 @@ from welfare_offsets.eval.experiences import Experience
 from welfare_offsets.eval.in_context import score_in_context
 from welfare_offsets.eval.replies import live_through
 from welfare_offsets.eval.scoring import NextTokenScorer
+from welfare_offsets.eval.settings import Settings, setting
 
 METHODS = ("sft", "dpo")
 SFT_DATA = ("euphoric", "best_of_n")
 
 
-@dataclass
-class LoraArguments:
+@dataclass(kw_only=True)
+class LoraArguments(Settings):
     """The adapter and the data of a LoRA offset."""
 
-    method: str = field(default="sft", metadata={"help": "sft or dpo (pairs of own replies ranked by measured self-report)"})
-    sft_data: str = field(default="euphoric", metadata={"help": "sft data: euphoric (own replies to euphoric experiences) or best_of_n (best own reply by measured self-report)"})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (scale = alpha / r)"})
-    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout"})
-    lora_target_modules: str = field(default="all-linear", metadata={"help": "all-linear, or comma-separated module names"})
-    candidates: int = field(default=4, metadata={"help": "sampled own replies per prompt, ranked by measured self-report (dpo, best_of_n)"})
-    candidate_temperature: float = field(default=1.0, metadata={"help": "sampling temperature of the candidate replies"})
-    min_margin: float = field(default=0.1, metadata={"help": "keep a prompt only if its best - worst candidate self-report >= this"})
+    method: str = setting("sft", "sft or dpo (pairs of own replies ranked by measured self-report)")
+    sft_data: str = setting("euphoric", "sft data: euphoric (own replies to euphoric experiences) or best_of_n (best "
+                                        "own reply by measured self-report)")
+    lora_r: int = setting(16, "LoRA rank")
+    lora_alpha: int = setting(32, "LoRA alpha (scale = alpha / r)")
+    lora_dropout: float = setting(0.05, "LoRA dropout")
+    lora_target_modules: str = setting("all-linear", "all-linear, or comma-separated module names")
+    candidates: int = setting(4, "sampled own replies per prompt, ranked by measured self-report (dpo, best_of_n)")
+    candidate_temperature: float = setting(1.0, "sampling temperature of the candidate replies")
+    min_margin: float = setting(0.1, "keep a prompt only if its best - worst candidate self-report >= this")
 
-    def __post_init__(self):
+    def check(self):
         if self.method not in METHODS:
             raise ValueError(f"method: expected one of {', '.join(METHODS)}, got {self.method!r}")
         if self.sft_data not in SFT_DATA:
@@ -97,12 +99,12 @@ def _device_defaults(config) -> None:
 
 
 def _check_training(config) -> None:
-    """The training numbers TRL and transformers accept unchecked, refused before any model loads."""
+    """The training numbers TRL and transformers accept unchecked, refused before any model loads (seed and
+    report_to are the session's, checked there: eval/settings.py)."""
     number_in(config, "learning_rate", 0.0, above=True)
     number_in(config, "num_train_epochs", 0.0, above=True)
     number_in(config, "max_grad_norm", 0.0)
     integers_at_least(config, 1, "per_device_train_batch_size", "gradient_accumulation_steps")
-    integers_at_least(config, 0, "seed")
     if getattr(config, "beta", None) is not None:  # DPO
         number_in(config, "beta", 0.0, above=True)
 

@@ -15,7 +15,7 @@ processes, averages its gradient. The budget is checked after every step, as the
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,37 +23,31 @@ import torch
 from welfare_offsets.eval import probes as P
 from welfare_offsets.eval.common.checks import integers_at_least, number_in
 from welfare_offsets.eval.experiences import Experience
+from welfare_offsets.eval.settings import Settings, setting
 from welfare_offsets.eval.scoring import label_token_ids, pad_rows, pad_token_id, place_soft_prompt, positions
 
 OPTIMISED_PROBE = "self_report"
 
 
-@dataclass
-class SoftPromptConfig:
-    """How the soft prompt is trained (names follow transformers' TrainingArguments where they overlap)."""
+@dataclass(kw_only=True)
+class SoftPromptConfig(Settings):
+    """How the soft prompt is trained (names follow transformers' TrainingArguments where they overlap; the
+    folder, seed and tracking are the session's)."""
 
-    output_dir: str = field(default="welfare-runs/soft-prompt", metadata={"help": "session folder: checkpoints, prompt, results"})
-    num_virtual_tokens: int = field(default=4, metadata={"help": "virtual tokens in the soft prompt"})
-    learning_rate: float = field(default=0.01, metadata={"help": "AdamW learning rate"})
-    max_steps: int = field(default=200, metadata={"help": "optimizer steps (the budget may stop it earlier)"})
-    per_device_train_batch_size: int = field(default=8, metadata={"help": "self-report prompts per step and process"})
-    adherence_weight: float = field(default=0.1, metadata={"help": "weight of -log(probability on valid digits) in the loss"})
-    save_steps: int = field(default=50, metadata={"help": "checkpoint every N steps (and whenever the budget stops it)"})
-    logging_steps: int = field(default=10, metadata={"help": "log loss and wellbeing every N steps"})
-    seed: int = field(default=0, metadata={"help": "seed for data order and evaluation"})
-    report_to: str = field(default="wandb", metadata={"help": "wandb (offline unless a key is configured) or none"})
-    resume_from_checkpoint: str | None = field(default=None, metadata={"help": "checkpoint folder, or last"})
-    trust_remote_code: bool = field(default=False, metadata={"help": "allow the model repo's own Python code to run"})
+    num_virtual_tokens: int = setting(4, "virtual tokens in the soft prompt")
+    learning_rate: float = setting(0.01, "AdamW learning rate")
+    max_steps: int = setting(200, "optimizer steps (the budget may stop it earlier)")
+    per_device_train_batch_size: int = setting(8, "self-report prompts per step and process")
+    adherence_weight: float = setting(0.1, "weight of -log(probability on valid digits) in the loss")
+    save_steps: int = setting(50, "checkpoint every N steps (and whenever the budget stops it)")
+    logging_steps: int = setting(10, "log loss and wellbeing every N steps")
+    resume_from_checkpoint: str | None = setting(None, "checkpoint folder, or last")
 
-    def __post_init__(self):
-        for name in ("num_virtual_tokens", "max_steps", "per_device_train_batch_size", "save_steps", "logging_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}: expected a positive integer, got {getattr(self, name)}")
+    def check(self):
+        integers_at_least(self, 1, "num_virtual_tokens", "max_steps", "per_device_train_batch_size", "save_steps",
+                          "logging_steps")
         number_in(self, "learning_rate", 0.0, above=True)
         number_in(self, "adherence_weight", 0.0)
-        integers_at_least(self, 0, "seed")
-        if self.report_to not in ("wandb", "none"):
-            raise ValueError(f"report_to: expected wandb or none, got {self.report_to!r}")
 
 
 class SelfReportObjective(torch.nn.Module):
@@ -93,16 +87,19 @@ def train_soft_prompt(
     token_lists: list[list[int]],
     config: SoftPromptConfig,
     *,
+    out: Path,
+    seed: int,
     budget,
     resume: Path | None = None,
     log: Callable[[dict], None] = lambda metrics: None,
 ) -> tuple[Path, dict]:
-    """Tune the soft prompt under `budget` (a ledger BudgetSession); returns (final prompt folder, summary)."""
+    """Tune the soft prompt under `budget` (a ledger BudgetSession), checkpointing into `out`; returns (final
+    prompt folder, summary)."""
     from accelerate import Accelerator
     from peft import PromptTuningConfig, TaskType, get_peft_model
 
     accelerator = Accelerator()
-    torch.manual_seed(config.seed)
+    torch.manual_seed(seed)
     model, tokenizer = subject.model, subject.tokenizer
     model.requires_grad_(False)
     peft_model = get_peft_model(model, PromptTuningConfig(
@@ -123,12 +120,11 @@ def train_soft_prompt(
     pad_id = pad_token_id(tokenizer)
     per_step = config.per_device_train_batch_size * accelerator.num_processes
     steps_per_epoch = max(1, len(token_lists) // per_step)
-    out = Path(config.output_dir)
     history = []
     budget.loop_started()
     while step < config.max_steps:
         epoch, offset = divmod(step, steps_per_epoch)
-        order = torch.randperm(len(token_lists), generator=torch.Generator().manual_seed(config.seed + epoch))
+        order = torch.randperm(len(token_lists), generator=torch.Generator().manual_seed(seed + epoch))
         rows = order[offset * per_step : (offset + 1) * per_step][accelerator.process_index :: accelerator.num_processes]
         batch = collate([token_lists[int(i)] for i in rows], config.num_virtual_tokens, pad_id)
         loss, expected, mass = objective(*(t.to(accelerator.device) for t in batch))

@@ -5,6 +5,11 @@ field's type (a list where a scalar is expected is an error naming the key and t
 takes a list of scalars of its element type; a string that looks like a flag is just a string). Flags are
 then parsed by transformers' HfArgumentParser (as TRL's TrlParser does) and win over the recipe. Every
 value is then validated by its dataclass, before any model loads.
+
+A field that two of a command's dataclasses declare is one setting, and the first dataclass owns it: its
+type, help, default and validation. A command lists our settings (eval/settings.py, train/session.py)
+before TRL's config, so where TRL's TrainingArguments names the same thing (seed, report_to, output_dir,
+trust_remote_code) ours wins, and TRL's config is built with the value ours resolved.
 """
 
 from __future__ import annotations
@@ -80,17 +85,23 @@ def build_configs(dataclass_types: list[type], values: dict, *, where: str) -> l
             raise ConfigError(f"{where}: {key}: expected a finite number, got {value}")
         if isinstance(value, int) and not -MAX_INT <= value <= MAX_INT:
             raise ConfigError(f"{where}: {key}: {str(value)[:20]}... is too large for any setting (at most {MAX_INT})")
-    instances = []
+    instances, resolved = [], {}
     for cls in dataclass_types:
         fields = [f for f in dataclasses.fields(cls) if f.init]
-        missing = [f.name for f in fields if f.name not in values
+        missing = [f.name for f in fields if f.name not in values and f.name not in resolved
                    and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
         if missing:
             raise ConfigError(f"{where}: missing required setting(s) {missing}; set them in the recipe or as flags")
+        # A setting an earlier dataclass owns is passed on as that one resolved it (module docstring).
+        given = {f.name: resolved[f.name] if f.name in resolved else values[f.name]
+                 for f in fields if f.name in resolved or f.name in values}
         try:
-            instances.append(cls(**{f.name: values[f.name] for f in fields if f.name in values}))
+            instance = cls(**given)
         except ValueError as err:  # __post_init__ validation (InputError is a ValueError)
             raise ConfigError(f"{where}: {err}") from err
+        instances.append(instance)
+        for f in fields:
+            resolved.setdefault(f.name, getattr(instance, f.name))
     return instances
 
 
@@ -99,13 +110,14 @@ class _Mismatch(Exception):
 
 
 def _fields(dataclass_types: list[type]) -> dict[str, tuple[object, bool]]:
-    """Field name -> (resolved type, whether list items may be mappings) over every dataclass."""
+    """Field name -> (resolved type, whether list items may be mappings) over every dataclass; a name two
+    declare is typed by the first."""
     known = {}
     for cls in dataclass_types:
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             if f.init:
-                known[f.name] = (hints[f.name], f.name in getattr(cls, "RECIPE_MAPPING_ITEMS", ()))
+                known.setdefault(f.name, (hints[f.name], f.name in getattr(cls, "RECIPE_MAPPING_ITEMS", ())))
     return known
 
 
@@ -213,7 +225,13 @@ def _flag_values(parser: HfArgumentParser, argv: list[str]) -> dict:
 
 
 class _StrictParser(HfArgumentParser):
-    """HfArgumentParser whose errors raise ConfigError (one clear line) instead of printing usage and exiting."""
+    """HfArgumentParser whose errors raise ConfigError (one clear line) instead of printing usage and exiting,
+    and where a field an earlier dataclass declared stays that dataclass's flag."""
 
     def error(self, message):
         raise ConfigError(f"{message} (see `{self.prog} --help`)")
+
+    @staticmethod
+    def _parse_dataclass_field(parser, field: dataclasses.Field):
+        if f"--{field.name}" not in parser._option_string_actions:
+            HfArgumentParser._parse_dataclass_field(parser, field)

@@ -11,34 +11,26 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from welfare_offsets.eval.common.checks import integers_at_least
+from welfare_offsets.eval.common.checks import integers_at_least, one_of
+from welfare_offsets.eval.settings import SPLITS, Settings, setting
 from welfare_offsets.train.config import parse_config
 from welfare_offsets.train.guard import run_guarded
 
 
-@dataclass
-class ExposureConfig:
-    """What the subject lives through."""
+@dataclass(kw_only=True)
+class ExposureConfig(Settings):
+    """What the subject lives through (the rest is the session's, train/session.py)."""
 
-    valence: str = field(default="dysphoric", metadata={"help": "dysphoric (records debt) or euphoric (records credit)"})
-    split: str = field(default="all", metadata={"help": "split the episodes come from: train, heldout or all"})
-    max_episodes: int | None = field(default=None, metadata={"help": "cap on episodes (evenly over categories)"})
-    output_dir: str = field(default="welfare-runs/exposure", metadata={"help": "session folder"})
-    seed: int = field(default=0, metadata={"help": "seed for bootstrap CIs"})
-    report_to: str = field(default="wandb", metadata={"help": "wandb (offline unless a key is configured) or none"})
-    trust_remote_code: bool = field(default=False, metadata={"help": "allow the model repo's own Python code to run"})
+    valence: str = setting("dysphoric", "dysphoric (records debt) or euphoric (records credit)")
+    split: str = setting("all", "split the episodes come from: heldout, train or all")
+    max_episodes: int | None = setting(None, "cap on episodes (evenly over categories)")
 
-    def __post_init__(self):
-        if self.valence not in ("dysphoric", "euphoric"):
-            raise ValueError(f"valence: expected dysphoric or euphoric, got {self.valence!r}")
-        if self.split not in ("train", "heldout", "all"):
-            raise ValueError(f"split: expected train, heldout or all, got {self.split!r}")
-        if self.report_to not in ("wandb", "none"):
-            raise ValueError(f"report_to: expected wandb or none, got {self.report_to!r}")
+    def check(self):
+        one_of(self, "valence", ("dysphoric", "euphoric"))
+        one_of(self, "split", SPLITS)
         integers_at_least(self, 1, "max_episodes")
-        integers_at_least(self, 0, "seed")
 
 
 def config_types(argv: list[str] = ()) -> list[type]:
@@ -58,9 +50,8 @@ def _session(argv: list[str]) -> int:
     from welfare_offsets.train.session import RunSettings, Session
 
     args, config, passed = parse_config(config_types(), argv, prog="welfare offset exposure")
-    run = RunSettings(config.output_dir, config.seed, config.report_to, None, config.trust_remote_code,
-                      recipe={"passed": passed, "resolved": {"session": dataclasses.asdict(args),
-                                                             "exposure": dataclasses.asdict(config)}})
+    run = RunSettings(None, recipe={"passed": passed, "resolved": {"session": dataclasses.asdict(args),
+                                                                  "exposure": dataclasses.asdict(config)}})
     kind = f"{config.valence}-exposure"
     session = Session(kind, args, run, needs={config.valence: config.split if config.split != "all" else "train"})
     episodes = session.stimuli.select(valence=config.valence, split=config.split)
@@ -74,13 +65,12 @@ def _session(argv: list[str]) -> int:
         if session.is_main:
             session.budget.loop_started()
             outcome = expose(subject, episodes, neutral, reply_tokens=args.reply_tokens,
-                             batch_size=args.eval_batch_size, n_boot=args.eval_bootstrap, seed=config.seed,
+                             batch_size=args.eval_batch_size, n_boot=args.eval_bootstrap, seed=args.seed,
                              keep_going=lambda: not session.budget.step_done())
-            results = {"kind": kind, "session": session.budget.id, "subject": subject.describe(),
-                       "stimuli": {"source": session.stimuli.source, "sha256": session.stimuli.sha256},
-                       "stopped_by_budget": outcome["completed"] < outcome["planned"],
-                       **{k: v for k, v in outcome.items() if k != "episodes"}, "config": run.recipe}
-            path = write_json_file(session.out / "results.json", results)
+            results, path = session.write_results(
+                subject=subject.describe(), stimuli={"source": session.stimuli.source, "sha256": session.stimuli.sha256},
+                stopped_by_budget=outcome["completed"] < outcome["planned"],
+                **{k: v for k, v in outcome.items() if k != "episodes"})
             write_json_file(session.out / "episodes.json", outcome["episodes"])
             for probe, b in outcome["balance"].items():
                 amount = {"debt": b["debt"]} if config.valence == "dysphoric" else {"credit": b["credit"]}
@@ -89,8 +79,8 @@ def _session(argv: list[str]) -> int:
                                             + ("" if b["reliable"] else "; NOT a reliable reading (low valid mass)"))
             session.log({f"balance/{p}": b["balance"] for p, b in outcome["balance"].items()})
     if results:
-        print(f"{kind} session {results['session']}: {results['completed']} of {results['planned']} episodes lived")
-        for probe, b in results["balance"].items():
+        print(f"{kind} session {results.session}: {results.completed} of {results.planned} episodes lived")
+        for probe, b in results.balance.items():
             lo, hi = b["balance_ci95"]
             flag = "" if b["reliable"] else f"  (not a reliable reading: {b['mean_valid_mass']:.0%} on valid answers)"
             print(f"  {probe:<12} balance {b['balance']:+.3f} [{lo:+.3f}, {hi:+.3f}] (zero point {b['zero_point']:.3f}){flag}")

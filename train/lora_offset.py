@@ -10,7 +10,6 @@ picks the TRL config, so it is read from the recipe before the rest.
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 
 from welfare_offsets.eval.common.safe_read import load_jsonl_bounded, load_yaml_recipe
@@ -20,7 +19,8 @@ from welfare_offsets.train.recipes import resolve_config
 
 
 def config_types(argv: list[str] = ()) -> list[type]:
-    """The dataclasses of a recipe: the session's, the adapter's, and TRL's config for its method."""
+    """The dataclasses of a recipe: the session's, the adapter's, and TRL's config for its method (last, so
+    that the session's seed, report_to, output_dir and trust_remote_code are the ones TRL gets)."""
     from welfare_offsets.interventions.lora import METHODS, TRL_CONFIG, LoraArguments
     from welfare_offsets.train.session import SessionArguments
 
@@ -55,11 +55,8 @@ def _session(argv: list[str]) -> int:
 
     args, lora, trl_config, passed = parse_config(config_types(argv), argv, prog="welfare offset lora")
     method = lora.method
-    report_to = "wandb" if "wandb" in (trl_config.report_to or []) else "none"
-    run = RunSettings(trl_config.output_dir, trl_config.seed, report_to, trl_config.resume_from_checkpoint,
-                      trl_config.trust_remote_code, recipe={"passed": passed, "resolved": {
-                          "session": dataclasses.asdict(args), "lora": dataclasses.asdict(lora),
-                          "trl": trl_config.to_dict()}})
+    run = RunSettings(trl_config.resume_from_checkpoint, recipe={"passed": passed, "resolved": {
+        "session": dataclasses.asdict(args), "lora": dataclasses.asdict(lora), "trl": trl_config.to_dict()}})
     kind = f"lora-{method}"
     session = Session(kind, args, run, needs={lora.train_valences[0]: "train"})
     train_items = [e for e in session.stimuli.select(split="train")
@@ -94,18 +91,17 @@ def _session(argv: list[str]) -> int:
 
 def _train_records(session, subject, items, lora, args) -> list[dict]:
     """Built once by the main process into the output folder (auditable, reused on resume), read by every rank."""
+    from welfare_offsets.eval.common.outputs import write_jsonl_file
     from welfare_offsets.interventions.lora import ranked_records, sft_records
 
     path = session.out / "train_data.jsonl"
     if session.is_main and not path.exists():
         if lora.ranks_replies:
             records = ranked_records(subject, items, lora, reply_tokens=args.reply_tokens,
-                                     batch_size=args.eval_batch_size, seed=session.run.seed)
+                                     batch_size=args.eval_batch_size, seed=args.seed)
         else:
             records = sft_records(subject, items, reply_tokens=args.reply_tokens, batch_size=args.eval_batch_size)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-        tmp.replace(path)
+        write_jsonl_file(path, records)
     session.state.wait_for_everyone()
     records = load_jsonl_bounded(path, what="training records")
     if not records:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from welfare_offsets.eval import probes as P
@@ -27,9 +27,12 @@ from welfare_offsets.eval.common.checks import integers_at_least
 from welfare_offsets.eval.common.errors import InputError
 from welfare_offsets.eval.evaluate import EvalConfig
 from welfare_offsets.eval.experiences import StimulusError, StimulusSet, load_stimuli
+from welfare_offsets.eval.settings import (ExperienceSettings, OverwriteSettings, SubjectSettings, TrackingSettings,
+                                           setting)
 from welfare_offsets.eval.common.output_folder import claim, open_in_place
 from welfare_offsets.eval.common.outputs import write_json_file
-from welfare_offsets.eval.common.safe_read import load_json_bounded, load_jsonl_bounded
+from welfare_offsets.eval.common.results import EvaluationResult, SessionResult, read_result, write_result
+from welfare_offsets.eval.common.safe_read import load_jsonl_bounded
 from welfare_offsets.ledger.budget import SPEND_FILE
 from welfare_offsets.train.guard import refuse_ledger_paths
 
@@ -41,55 +44,58 @@ class SessionError(InputError):
     """A session's settings or output folder are not usable as given."""
 
 
-@dataclass
-class SessionArguments:
-    """Settings every offset session shares. YAML keys and flags are these field names."""
+@dataclass(kw_only=True)
+class SessionArguments(OverwriteSettings, TrackingSettings, ExperienceSettings, SubjectSettings):
+    """Settings every offset session shares: the subject, its experiences and the run's tracking (the shared
+    concerns, eval/settings.py), and the session's own: its folder, the ledger and budget, the before/after
+    evaluation. YAML keys and flags are these field names; in a LoRA session they win over TRL's own
+    seed, report_to, output_dir and trust_remote_code (train/config.py)."""
 
-    model: str | None = field(default=None, metadata={"help": "HF hub id or local folder; default: SmolLM2-135M-Instruct"})
-    adapter: str | None = field(default=None, metadata={"help": "peft adapter (LoRA or soft prompt) the subject carries into the session"})
-    stimuli: str | None = field(default=None, metadata={"help": "stimulus JSONL file or datasets folder; default: built-in v1"})
-    ledger: str | None = field(default=None, metadata={"help": "ledger file; default: $WELFARE_LEDGER or ~/.local/share/welfare-offsets/ledger.sqlite"})
-    account: str = field(default="default", metadata={"help": "ledger account that pays for the session"})
-    budget_hours: float = field(default=0.0, metadata={"help": "accelerator-hours this session may spend, over all its resumes (> 0)"})
-    max_train_items: int | None = field(default=None, metadata={"help": "cap on train-split experiences used"})
-    eval_max_items: int | None = field(default=24, metadata={"help": "held-out items per condition in the before/after evaluations"})
-    eval_probes: str = field(default=",".join(P.PROBES), metadata={"help": "probes of the before/after evaluations"})
-    eval_replies: str = field(default="authored", metadata={"help": "authored or own: whose replies the evaluated experiences contain"})
-    eval_batch_size: int = field(default=16, metadata={"help": "prompts per forward pass in evaluations"})
-    eval_bootstrap: int = field(default=1000, metadata={"help": "bootstrap resamples for CIs"})
-    reply_tokens: int = field(default=48, metadata={"help": "most new tokens per reply the subject writes"})
-    probe_every_steps: int = field(default=0, metadata={"help": "log a quick self-report probe to W&B every N steps (0: off)"})
-    wandb_project: str = field(default="welfare-offsets", metadata={"help": "W&B project ($WANDB_PROJECT wins)"})
-    wandb_entity: str | None = field(default=None, metadata={"help": "W&B entity ($WANDB_ENTITY wins)"})
-    dtype: str = field(default="auto", metadata={"help": "auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16"})
-    overwrite: bool = field(default=False, metadata={"help": "start over in an output_dir holding an earlier session of this kind (its checkpoints and results are deleted)"})
+    output_dir: str = setting(help="session folder: checkpoints, evaluations, results.json, ledger.json (required)")
+    ledger: str | None = setting(None, "ledger file; default: $WELFARE_LEDGER or "
+                                       "~/.local/share/welfare-offsets/ledger.sqlite")
+    account: str = setting("default", "ledger account that pays for the session")
+    budget_hours: float = setting(0.0, "accelerator-hours this session may spend, over all its resumes (> 0)")
+    max_train_items: int | None = setting(None, "cap on train-split experiences used")
+    eval_max_items: int | None = setting(24, "held-out items per condition in the before/after evaluations")
+    eval_probes: str = setting(",".join(P.PROBES), "probes of the before/after evaluations")
+    eval_replies: str = setting("authored", "authored or own: whose replies the evaluated experiences contain")
+    eval_batch_size: int = setting(16, "prompts per forward pass in evaluations")
+    eval_bootstrap: int = setting(1000, "bootstrap resamples for the CIs of the evaluations and the recovery")
+    probe_every_steps: int = setting(0, "log a quick self-report probe to W&B every N steps (0: off)")
 
-    def __post_init__(self):
+    def check(self):
         if not (math.isfinite(self.budget_hours) and self.budget_hours > 0):
             raise ValueError(f"budget_hours: expected a number of accelerator-hours > 0, got {self.budget_hours}")
-        if self.eval_replies not in ("authored", "own"):
-            raise ValueError(f"eval_replies: expected authored or own, got {self.eval_replies!r}")
-        for name in ("eval_batch_size", "eval_bootstrap", "reply_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}: expected a positive integer, got {getattr(self, name)}")
         integers_at_least(self, 1, "max_train_items")
         integers_at_least(self, 0, "probe_every_steps")
-        # The before/after evaluation's settings, validated now where they are defined (model not needed).
-        EvalConfig(adapter=self.adapter, stimuli=self.stimuli, probes=self.eval_probes, replies=self.eval_replies,
-                   reply_tokens=self.reply_tokens, max_items=self.eval_max_items, batch_size=self.eval_batch_size,
-                   bootstrap=self.eval_bootstrap, dtype=self.dtype)
+        self.eval_config()  # the before/after evaluation's settings, validated where they are defined
+
+    def eval_config(self, *, progress: bool = True) -> EvalConfig:
+        """The held-out before/after evaluation: this session's subject and experiences, its eval_* settings."""
+        shared = {f.name: getattr(self, f.name) for cls in (SubjectSettings, ExperienceSettings)
+                  for f in dataclasses.fields(cls)}
+        return EvalConfig(**shared, probes=self.eval_probes, replies=self.eval_replies, max_items=self.eval_max_items,
+                          batch_size=self.eval_batch_size, bootstrap=self.eval_bootstrap, seed=self.seed,
+                          split="heldout", empathy_split="heldout", progress=self.progress and progress)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One of a session's evaluations: its results (eval-<tag>/results.json, read back), per-item scores."""
+
+    result: EvaluationResult
+    items: list[dict]
+    folder: Path
 
 
 @dataclass(frozen=True)
 class RunSettings:
-    """The per-run settings an entry takes from its own config (TRL's names where TRL has them)."""
+    """What an entry passes besides the shared settings: the checkpoint to resume (its intervention's own
+    setting, or TRL's), and every config as passed and as resolved (for results.json and the W&B config)."""
 
-    output_dir: str
-    seed: int
-    report_to: str  # "wandb" or "none"
     resume_from_checkpoint: str | None
-    trust_remote_code: bool
-    recipe: dict  # every config as passed and as resolved, for results.json and the W&B config
+    recipe: dict
 
 
 class Session:
@@ -100,7 +106,7 @@ class Session:
         the intervention must find experiences of, e.g. {"euphoric": "train"}."""
         self.kind, self.args, self.run = kind, args, run
         # The folder first: a file, a link or someone else's folder fails before anything loads.
-        self.folder = claim(run.output_dir, f"{kind} session", overwrite=args.overwrite, resumable=True,
+        self.folder = claim(args.output_dir, f"{kind} session", overwrite=args.overwrite, resumable=True,
                             flag="--output_dir")
         refuse_ledger_paths(self.folder.path, args.ledger, "--output_dir")
         if args.overwrite and run.resume_from_checkpoint:
@@ -119,19 +125,15 @@ class Session:
             if not self.stimuli.select(valence=valence, split=split):
                 raise StimulusError(self.stimuli.source, [f"a {kind} session needs {valence} experiences in the "
                                                           f"{split!r} split, and there are none; add some"])
-        self.eval_config = EvalConfig(
-            model=args.model, adapter=args.adapter, stimuli=args.stimuli, probes=args.eval_probes,
-            replies=args.eval_replies, reply_tokens=args.reply_tokens, seed=run.seed, split="heldout",
-            empathy_split="heldout", max_items=args.eval_max_items, batch_size=args.eval_batch_size,
-            bootstrap=args.eval_bootstrap, dtype=args.dtype, progress=self.is_main,
-        )
+        self.eval_config = args.eval_config(progress=self.is_main)
         self.resume = self._resolve_resume(run.resume_from_checkpoint)
+        self.saved_before = self._saved_before() if self.resume is not None else None
         if self.is_main:
             self._check_funds()
         self.budget = None
         self.wandb_run = None
         self.ledger = None
-        self.evaluations: dict[str, dict] = {}
+        self.evaluations: dict[str, Measurement] = {}
 
     # -- validate ---------------------------------------------------------------------------------
 
@@ -156,6 +158,16 @@ class Session:
         if not path.is_dir():
             raise SessionError(f"--resume_from_checkpoint {resume}: no such checkpoint folder")
         return path
+
+    def _saved_before(self) -> EvaluationResult | None:
+        """A resumed session's "before" evaluation, reused as it is (its subject has not changed), and its
+        finished results.json if any: both read through the schema now, so a file from a newer version or
+        of another kind is refused before a model loads or budget is reserved."""
+        finished = self.out / "results.json"
+        if finished.exists():
+            read_result(finished, SessionResult)
+        saved = self.out / "eval-before" / "results.json"
+        return read_result(saved, EvaluationResult) if saved.exists() else None
 
     def _check_funds(self) -> None:
         """Refuse now, before a model loads, if the account cannot cover the budget (admit reserves it)."""
@@ -189,7 +201,7 @@ class Session:
         self.state.wait_for_everyone()
         if self.is_main:
             self.ledger = Ledger.open(self.args.ledger)
-            if self.run.report_to == "wandb":
+            if self.args.report_to == "wandb":
                 from welfare_offsets.eval.common.tracking import start_run
 
                 self.wandb_run = start_run(self.args.wandb_project, name=f"{self.kind}-{self.out.name}",
@@ -208,12 +220,12 @@ class Session:
         from welfare_offsets.eval.subject import load_subject
 
         return load_subject(self.args.model, self.args.adapter,
-                            trust_remote_code=self.run.trust_remote_code, device=str(self.state.device),
+                            trust_remote_code=self.args.trust_remote_code, device=str(self.state.device),
                             dtype=self.args.dtype)
 
     # -- measure ----------------------------------------------------------------------------------
 
-    def measure(self, tag: str, subject) -> dict | None:
+    def measure(self, tag: str, subject) -> Measurement | None:
         """Evaluate the held-out conditions and the capability check (main process; others wait). A resumed
         session reuses its saved
         "before" (the subject it measured has not changed) and always measures "after" anew. After the
@@ -221,28 +233,30 @@ class Session:
         folder = self.out / f"eval-{tag}"
         started = self.budget.meter.hours
         if self.is_main:
-            if tag == "before" and self.resume is not None and (folder / "results.json").exists():
-                results = load_json_bounded(folder / "results.json", what="saved evaluation")
-            else:
+            saved = self.saved_before if tag == "before" else None
+            if saved is None:
                 from welfare_offsets.eval.run import run_evaluation
 
                 from welfare_offsets.eval.capability import perplexity
 
+                def capability_and_cost(_) -> dict:
+                    neutral = self.stimuli.select(valence="neutral", split="heldout")
+                    return {"heldout_neutral_perplexity": perplexity(subject, neutral),
+                            "metered_hours": self.budget.meter.hours - started}
+
                 # Inside our own session folder: an earlier evaluation there (a resume's "after") is ours to replace.
                 config = dataclasses.replace(self.eval_config, out=str(folder), overwrite=True)
-                evaluation, _ = run_evaluation(config, {"session": self.kind, "tag": tag}, subject=subject)
-                results = evaluation.results
-                results["heldout_neutral_perplexity"] = perplexity(
-                    subject, self.stimuli.select(valence="neutral", split="heldout"))
-                results["metered_hours"] = self.budget.meter.hours - started
-                write_json_file(folder / "results.json", results)
+                run_evaluation(config, {"session": self.kind, "tag": tag}, subject=subject,
+                               measure_more=capability_and_cost)
+            result = saved or read_result(folder / "results.json", EvaluationResult)
             items = load_jsonl_bounded(folder / "items.jsonl", what="evaluation items")
-            self.evaluations[tag] = {"results": results, "items": items, "folder": folder}
+            self.evaluations[tag] = Measurement(result, items, folder)
         self.state.wait_for_everyone()
         if tag == "before":
             cost = self.budget.meter.hours - started  # every rank's meter saw the same wall time
             if self.resume is not None and self.is_main:
-                cost = self.evaluations[tag]["results"].get("metered_hours", cost)
+                metered = self.evaluations[tag].result.metered_hours
+                cost = cost if metered is None else metered
             cost = _broadcast(cost)
             self.budget.guard.limit_hours -= AFTER_EVAL_MARGIN * cost
             if self.budget.guard.limit_hours <= 0:
@@ -256,47 +270,37 @@ class Session:
     # -- account ----------------------------------------------------------------------------------
 
     def finish(self, *, optimised_probe: str | None, extra: dict, artifact: Path | None = None,
-               artifact_type: str = "adapter") -> dict | None:
+               artifact_type: str = "adapter") -> SessionResult | None:
         """Recovery with CIs, capability retention, results.json, one ledger measurement per probe, the W&B
-        summary and artifact."""
+        summary and artifact. `extra`: the intervention's SessionResult fields (training, artifact, ...)."""
         if not self.is_main:
             return None
         import numpy as np
 
-        from welfare_offsets.eval.common.outputs import provenance
         from welfare_offsets.eval.recovery import recovery
         from welfare_offsets.eval.common.tracking import flatten_numbers
 
         before, after = self.evaluations["before"], self.evaluations["after"]
-        ppl = [e["results"]["heldout_neutral_perplexity"] for e in (before, after)]
+        ppl = [e.result.heldout_neutral_perplexity for e in (before, after)]
         capability = {"heldout_neutral_perplexity": {"before": ppl[0], "after": ppl[1],
                                                      "ratio": ppl[1]["perplexity"] / ppl[0]["perplexity"]}}
-        recovered = recovery(before["items"], after["items"], optimised=optimised_probe,
-                             n_boot=self.args.eval_bootstrap, rng=np.random.default_rng(self.run.seed))
+        recovered = recovery(before.items, after.items, optimised=optimised_probe,
+                             n_boot=self.args.eval_bootstrap, rng=np.random.default_rng(self.args.seed))
         for probe, numbers in recovered["probes"].items():
             # A probe read mostly off its valid answers says little (eval adherence); say so beside its recovery.
-            numbers["reliable"] = all(e["results"]["probes"][probe]["adherence"]["reliable"] for e in (before, after))
-        results = {
-            "kind": self.kind,
-            "session": self.budget.id,
-            "run": self.budget.run,
-            "recovery": recovered,
-            "capability": capability,
-            **extra,
-            "budget": {"budget_hours": self.args.budget_hours, "spent_before_resume_hours": self.budget.spent_before_hours,
-                       "stopped_by_budget": self.budget.guard.stopped_at_hours is not None},
-            "subject": before["results"].get("subject"),
-            "stimuli": before["results"].get("stimuli"),
-            "config": self.run.recipe,
-            **provenance(),
-        }
-        write_json_file(self.out / "results.json", results)
+            numbers["reliable"] = all(e.result.probes[probe]["adherence"]["reliable"] for e in (before, after))
+        results, path = self.write_results(
+            run=self.budget.run, recovery=recovered, capability=capability, **extra,
+            budget={"budget_hours": self.args.budget_hours, "spent_before_resume_hours": self.budget.spent_before_hours,
+                    "stopped_by_budget": self.budget.guard.stopped_at_hours is not None},
+            subject=before.result.subject, stimuli=before.result.stimuli,
+        )
         context = _ledger_context(recovered, capability)
         for probe, numbers in recovered["probes"].items():
             self.ledger.record_measurement(
                 self.budget.id, probe, wellbeing_before=numbers["post_dysphoric"],
                 wellbeing_after=numbers["post_intervention"], recovered=numbers["recovered"]["mean"],
-                results=[self.out / "results.json"], wandb_run=getattr(self.wandb_run, "id", None),
+                results=[path], wandb_run=getattr(self.wandb_run, "id", None),
                 note=f"{self.kind}; held-out, paired over {recovered['n_items']['post_dysphoric']} items{context}"
                      + ("" if numbers["reliable"] else "; NOT a reliable reading (low probability on valid answers)"),
             )
@@ -306,10 +310,19 @@ class Session:
                 import wandb
 
                 art = wandb.Artifact(f"{self.kind}-{self.budget.run}", type=artifact_type,
-                                     metadata={"session": self.budget.id, "base_model": results["subject"]})
+                                     metadata={"session": self.budget.id, "base_model": results.subject})
                 art.add_dir(str(artifact))
                 self.wandb_run.log_artifact(art)
         return results
+
+    def write_results(self, **fields) -> tuple[SessionResult, Path]:
+        """The session's results.json, its one writer (offset and exposure sessions alike): `fields` with the
+        session's kind, ledger id, recipe and provenance (main process)."""
+        from welfare_offsets.eval.common.outputs import provenance
+
+        result = SessionResult(kind=self.kind, session=self.budget.id, config=self.run.recipe,
+                               provenance=provenance(), **fields)
+        return result, write_result(self.out / "results.json", result)
 
     def record_balance(self, probe: str, *, debt: float | None = None, credit: float | None = None,
                        results: Path, note: str) -> None:
@@ -418,19 +431,19 @@ def _broadcast(value: float) -> float:
     return float(holder[0])
 
 
-def recovery_summary(results: dict, out) -> str:
+def recovery_summary(results: SessionResult, out) -> str:
     """What a person reads at the end of an offset session."""
-    lines = [f"{results['kind']} session {results['session']}: recovery on held-out post-dysphoric items"]
-    for probe, r in results["recovery"]["probes"].items():
+    lines = [f"{results.kind} session {results.session}: recovery on held-out post-dysphoric items"]
+    for probe, r in results.recovery["probes"].items():
         rec, frac = r["recovered"], r["recovery_fraction"]
         lines.append(f"  {probe:<20} recovered {rec['mean']:+.3f} [{rec['ci95'][0]:+.3f}, {rec['ci95'][1]:+.3f}]"
                      f"  fraction {frac['mean']:+.2f} [{frac['ci95'][0]:+.2f}, {frac['ci95'][1]:+.2f}]"
                      + ("" if r.get("reliable", True) else "  (not a reliable reading: the model mostly does not answer)"))
-    gap = results["recovery"].get("goodhart_gap")
+    gap = results.recovery.get("goodhart_gap")
     if gap:
         lines.append(f"  Goodhart gap ({gap['optimised']} vs others): {gap['mean']:+.2f} "
                      f"[{gap['ci95'][0]:+.2f}, {gap['ci95'][1]:+.2f}]")
-    cap = results.get("capability") or {}
+    cap = results.capability or {}
     for name, c in cap.items():
         lines.append(f"  {name}: x{c['ratio']:.3f}")
     lines.append(f"Results: {out}/results.json   Ledger: {out}/ledger.json")

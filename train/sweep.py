@@ -51,6 +51,8 @@ def _sweep(argv: list[str]) -> int:
     device = str(state.device)
     cache = ScoreCache(out / "cache")
     keys = [subject_key(spec, config, stimuli, device) for spec in config.specs]
+    for key in {key for key in keys if cache.has(key)}:
+        cache.get(key)  # a damaged, foreign or newer entry is refused now, before any subject is measured
     # A subject listed twice (say, in two families) is measured once.
     todo = [k for k, key in enumerate(keys) if not cache.has(key) and keys.index(key) == k]
     if state.is_main_process:
@@ -64,7 +66,7 @@ def _sweep(argv: list[str]) -> int:
         state.wait_for_everyone()
         if state.is_main_process:
             results = _write_outputs(config, passed, keys, stimuli, cache, out)
-            print("\n".join(results["interpretation"]))
+            print("\n".join(results.interpretation))
             print(f"\nResults: {out}/results.json\nReport:  {out}/report.html ({out}/report.md)")
     finally:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -90,42 +92,44 @@ def _measure_one(config, spec, key: str, stimuli, device: str, cache, position: 
     meter = Meter.for_device(detect_device_kind(), processes=1).start()
     entry = measure_subject(spec, key, config, stimuli, device)
     meter.stop()
-    entry["cost"] = {"device": meter.device, "accelerator_hours": meter.hours, "energy_kwh": meter.energy_kwh()}
-    cache.put(key, entry)
-    print(f"  [{position}] measured {spec.label}: {entry['prompts_scored']} prompts in {meter.seconds:.1f} s "
+    entry.cost = {"device": meter.device, "accelerator_hours": meter.hours, "energy_kwh": meter.energy_kwh()}
+    cache.put(entry)
+    print(f"  [{position}] measured {spec.label}: {entry.prompts_scored} prompts in {meter.seconds:.1f} s "
           f"({meter.hours:.4f} {meter.device}-hours)")
 
 
-def _write_outputs(config, passed: dict, keys: list[str], stimuli, cache, out: Path) -> dict:
-    from welfare_offsets.eval.common.outputs import provenance, write_json_file
+def _write_outputs(config, passed: dict, keys: list[str], stimuli, cache, out: Path):
+    from welfare_offsets.eval.common.outputs import provenance
+    from welfare_offsets.eval.common.results import SweepResult, write_result
     from welfare_offsets.eval.study.sweep import summarise_sweep
     from welfare_offsets.eval.study.report import headline, plot_scaling, write_report
 
     entries = [cache.get(key) for key in keys]
-    results, replicates = summarise_sweep(config, entries, stimuli)
-    costs = [e.get("cost", {}) for e in entries]
+    summary, replicates = summarise_sweep(config, entries, stimuli)
+    costs = [e.cost or {} for e in entries]
     energies = [c.get("energy_kwh") for c in costs]
-    results["cost"] = {
+    cost = {
         "accelerator_hours": sum(c.get("accelerator_hours", 0.0) for c in costs),
         "devices": sorted({c.get("device", "?") for c in costs}),
         "energy_kwh": sum(energies) if energies and all(e is not None for e in energies) else None,
         "note": "measured when each subject was measured (a cached subject keeps its original cost); "
                 "model loading and scoring, one process per subject",
     }
-    results["interpretation"] = headline(results)
-    results.update(
+    result = SweepResult(
+        **summary, cost=cost, interpretation=headline(summary),
         stimuli={"source": stimuli.source, "sha256": stimuli.sha256, "n_experiences": len(stimuli)},
         config={"passed": passed, "resolved": dataclasses.asdict(config)},
-        **provenance(),
+        provenance=provenance(),
     )
+    results = result.to_json()
     plots = {"against size": plot_scaling(results, "log10_params", out / "scaling_params.png", replicates)}
     if "capability" in results["covariates"]:
         plots["against capability"] = plot_scaling(results, "capability", out / "scaling_capability.png", replicates)
     write_report(results, out, plots)
-    write_json_file(out / "results.json", results)
+    write_result(out / "results.json", result)
     if config.report_to == "wandb":
         _log_to_wandb(config, results, plots)
-    return results
+    return result
 
 
 def _log_to_wandb(config, results: dict, plots: dict[str, Path]) -> None:
@@ -135,7 +139,7 @@ def _log_to_wandb(config, results: dict, plots: dict[str, Path]) -> None:
     from welfare_offsets.eval.common.tracking import start_run
 
     run = start_run(config.wandb_project, name=f"sweep-{len(results['subjects'])}-subjects",
-                    config=dataclasses.asdict(config), job_type="sweep")
+                    config=dataclasses.asdict(config), job_type="sweep", entity=config.wandb_entity)
     for name, (header, rows) in {"subjects": subject_table(results), "scaling": scaling_rows(results),
                                  "categories": category_rows(results)}.items():
         run.log({f"sweep/{name}": wandb.Table(columns=header, data=rows)})

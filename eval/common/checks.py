@@ -24,3 +24,10 @@ def number_in(config, name: str, low: float | None = None, high: float | None = 
     if not ok:
         bounds = [f"{'>' if above else '>='} {low}" if low is not None else "", f"<= {high}" if high is not None else ""]
         raise ValueError(f"{name}: expected a finite number {' and '.join(b for b in bounds if b)}, got {value}".rstrip())
+
+
+def one_of(config, name: str, choices: tuple) -> None:
+    """The named field is one of `choices`."""
+    value = getattr(config, name)
+    if value not in choices:
+        raise ValueError(f"{name}: expected {' or '.join(map(str, choices))}, got {value!r}")

@@ -16,7 +16,7 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,15 +24,17 @@ import numpy as np
 from welfare_offsets.eval import probes as P
 from welfare_offsets.eval.common.errors import InputError
 from welfare_offsets.eval.evaluate import EvalConfig, score_items
-from welfare_offsets.eval.experiences import StimulusSet, check_stimuli_path
-from welfare_offsets.eval.common.outputs import write_json_file
+from welfare_offsets.eval.experiences import StimulusSet
+from welfare_offsets.eval.settings import LoadingSettings, OutputSettings, ProbeSettings, TrackingSettings, setting
+from welfare_offsets.eval.common.results import SweepEntry, read_result, write_result
 from welfare_offsets.eval.study.profile import STATISTICS, profile_items, wellbeing_profile
 from welfare_offsets.eval.study.scaling import scaling_table
-from welfare_offsets.eval.common.safe_read import load_json_bounded, parse_json
+from welfare_offsets.eval.common.safe_read import parse_json
 from welfare_offsets.eval.subject import check_adapter, load_subject, resolve_dtype, weights_identity
 
 SUBJECT_KEYS = ("model", "adapter", "name", "params", "capability", "family")
 DEFAULT_FAMILY = "default"
+PROFILE_PROBES = ("self_report", "experienced_utility")  # the probes a wellbeing profile reads
 
 
 class SweepError(InputError):
@@ -96,34 +98,21 @@ def parse_subject(given: str | dict, where: str) -> SubjectSpec:
     return SubjectSpec(**fields)
 
 
-@dataclass
-class SweepConfig:
-    """What to sweep and how to measure each subject. YAML keys and `welfare sweep` flags are these field names."""
+@dataclass(kw_only=True)
+class SweepConfig(OutputSettings, TrackingSettings, ProbeSettings, LoadingSettings):
+    """What to sweep and how to measure each subject: the shared concerns (eval/settings.py) and the list of
+    subjects. YAML keys and `welfare sweep` flags are these field names."""
 
     RECIPE_MAPPING_ITEMS = ("subjects",)  # list fields whose recipe items may be mappings (train/config.py)
+    DEFAULT_PROBES = PROFILE_PROBES
+    DEFAULT_OUT = "welfare-runs/sweep"
 
-    subjects: list[str] = field(default_factory=list, metadata={"help": "subjects: model ids, or key=value lists / YAML mappings with keys model, adapter, name, params, capability, family"})
-    stimuli: str | None = field(default=None, metadata={"help": "stimulus JSONL file or datasets folder; default: built-in v1"})
-    out: str = field(default="welfare-runs/sweep", metadata={"help": "output folder: report, results.json, and the per-subject cache that makes the sweep resumable"})
-    overwrite: bool = field(default=False, metadata={"help": "start over in an --out holding an earlier sweep (its cache is deleted); without it a rerun continues that sweep"})
-    probes: str = field(default="self_report,experienced_utility", metadata={"help": "probes to score; the profile uses self_report and experienced_utility"})
-    replies: str = field(default="authored", metadata={"help": "authored: probe after the stimulus file's replies; own: each subject writes its own replies first"})
-    reply_tokens: int = field(default=48, metadata={"help": "most new tokens per own reply"})
-    split: str = field(default="heldout", metadata={"help": "split of the everyday experiences (zero point, wellbeing index, categories)"})
-    empathy_split: str = field(default="all", metadata={"help": "split of the empathy experiences"})
-    max_items: int | None = field(default=None, metadata={"help": "cap per group (each empathy target, everyday), evenly over categories"})
-    batch_size: int = field(default=16, metadata={"help": "prompts per forward pass (not part of the cache key)"})
-    eu_degree: int = field(default=4, metadata={"help": "comparisons per experience in the initial random design"})
-    eu_active_rounds: int = field(default=1, metadata={"help": "rounds of extra near-tie comparisons after the first fit"})
-    bootstrap: int = field(default=1000, metadata={"help": "bootstrap replicates for every CI, per subject and across subjects (not part of the cache key)"})
-    seed: int = field(default=0, metadata={"help": "seed for pair selection and bootstrap"})
-    dtype: str = field(default="auto", metadata={"help": "auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16"})
-    trust_remote_code: bool = field(default=False, metadata={"help": "allow model repos' own Python code to run"})
-    report_to: str = field(default="none", metadata={"help": "none or wandb (offline unless a W&B key is configured)"})
-    wandb_project: str = field(default="welfare-offsets", metadata={"help": "W&B project when report_to=wandb"})
-    progress: bool = field(default=True, metadata={"help": "show progress bars"})
+    subjects: list[str] = setting(help="subjects: model ids, or key=value lists / YAML mappings with keys model, "
+                                       "adapter, name, params, capability, family", default_factory=list)
 
-    def __post_init__(self):
+    def check(self):
+        if self.out is None:
+            self.out = self.DEFAULT_OUT
         if not self.subjects:
             raise ValueError("subjects: none given; list models in the recipe or pass --subjects ID [ID ...]")
         self.specs = [parse_subject(s, f"subjects[{k}]") for k, s in enumerate(self.subjects)]
@@ -131,20 +120,11 @@ class SweepConfig:
         twice = sorted({x for x in labels if labels.count(x) > 1})
         if twice:
             raise ValueError(f"subjects: label(s) {twice} appear more than once; give each subject a distinct name=")
-        if self.bootstrap < 100:
-            raise ValueError(f"bootstrap: at least 100 replicates are needed for a 95% interval, got {self.bootstrap}")
-        if self.stimuli is not None:
-            check_stimuli_path(self.stimuli)
-        self.eval_config()  # the probe settings are validated where they are defined
 
     def eval_config(self) -> EvalConfig:
-        """The probe settings each subject is scored with."""
-        return EvalConfig(
-            probes=self.probes, replies=self.replies, reply_tokens=self.reply_tokens, split=self.split,
-            empathy_split=self.empathy_split, max_items=self.max_items, batch_size=self.batch_size,
-            eu_degree=self.eu_degree, eu_active_rounds=self.eu_active_rounds, bootstrap=self.bootstrap,
-            seed=self.seed, dtype=self.dtype, trust_remote_code=self.trust_remote_code, progress=self.progress,
-        )
+        """The probe settings each subject is scored with (already validated: they are this config's own)."""
+        shared = (LoadingSettings, ProbeSettings, TrackingSettings)
+        return EvalConfig(**{f.name: getattr(self, f.name) for cls in shared for f in dataclasses.fields(cls)})
 
     def probe_settings(self) -> dict:
         """Everything that changes a subject's scores (so it is part of the cache key)."""
@@ -161,7 +141,7 @@ def cache_key(identity: dict, dtype: str, stimuli_sha256: str, settings: dict) -
 
 
 class ScoreCache:
-    """One JSON file of scores per measured subject, written whole or not at all; a file present means finished."""
+    """One SweepEntry file per measured subject, written whole or not at all; a file present means finished."""
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
@@ -172,12 +152,22 @@ class ScoreCache:
     def has(self, key: str) -> bool:
         return self.path(key).exists()
 
-    def get(self, key: str) -> dict:
-        return load_json_bounded(self.path(key), what="sweep cache entry")
+    def get(self, key: str) -> SweepEntry:
+        """The entry of `key`, read through the schema; one that is not (another subject's, a newer version's,
+        a damaged file) is refused with what to do."""
+        path = self.path(key)
+        try:
+            entry = read_result(path, SweepEntry)
+            if entry.key != key:
+                raise SweepError(f"{path}: holds the entry of subject key {entry.key}, not {key}")
+        except InputError as err:
+            raise SweepError(f"{err}; delete {path} to measure that subject again, or start the sweep over "
+                             "with --overwrite") from None
+        return entry
 
-    def put(self, key: str, entry: dict) -> Path:
+    def put(self, entry: SweepEntry) -> Path:
         self.folder.mkdir(parents=True, exist_ok=True)
-        return write_json_file(self.path(key), entry)
+        return write_result(self.path(entry.key), entry)
 
 
 def subject_key(spec: SubjectSpec, config: SweepConfig, stimuli: StimulusSet, device: str) -> str:
@@ -186,7 +176,7 @@ def subject_key(spec: SubjectSpec, config: SweepConfig, stimuli: StimulusSet, de
     return cache_key(identity, dtype, stimuli.sha256, config.probe_settings())
 
 
-def measure_subject(spec: SubjectSpec, key: str, config: SweepConfig, stimuli: StimulusSet, device: str) -> dict:
+def measure_subject(spec: SubjectSpec, key: str, config: SweepConfig, stimuli: StimulusSet, device: str) -> SweepEntry:
     """Load one subject, score every experience its profile needs, and return its cache entry."""
     groups = profile_items(stimuli, config.split, config.empathy_split, config.max_items)
     items = list({e.id: e for group in groups.values() for e in group}.values())
@@ -195,34 +185,34 @@ def measure_subject(spec: SubjectSpec, key: str, config: SweepConfig, stimuli: S
                            dtype=config.dtype)
     loaded = time.perf_counter()
     scored = score_items(config.eval_config(), subject, items, _rng(config, key, "scoring"))
-    entry = {
-        "key": key,
-        "measured_as": dataclasses.asdict(spec),
-        "subject": subject.describe(),
-        "params": spec.params or subject.info["num_parameters"],
-        "params_source": "recipe" if spec.params else "counted",
-        "adherence": scored.adherence,
-        "fit": scored.fit_info,
-        "prompts_scored": len(scored.samples),
-        "timing": {"load_s": loaded - started, "score_s": time.perf_counter() - loaded, **scored.timing},
-        "items": scored.item_rows(config.replies == "own"),
-    }
+    entry = SweepEntry(
+        key=key,
+        measured_as=dataclasses.asdict(spec),
+        subject=subject.describe(),
+        params=spec.params or subject.info["num_parameters"],
+        params_source="recipe" if spec.params else "counted",
+        adherence=scored.adherence,
+        fit=scored.fit_info,
+        prompts_scored=len(scored.samples),
+        timing={"load_s": loaded - started, "score_s": time.perf_counter() - loaded, **scored.timing},
+        items=scored.item_rows(config.replies == "own"),
+    )
     del subject, scored
     _release_memory()
     return entry
 
 
-def subject_profile(entry: dict, config: SweepConfig, stimuli: StimulusSet) -> dict:
+def subject_profile(entry: SweepEntry, config: SweepConfig, stimuli: StimulusSet) -> dict:
     """The wellbeing profile of one cached subject (statistics with bootstrap replicates, categories)."""
     groups = profile_items(stimuli, config.split, config.empathy_split, config.max_items)
-    rows = entry["items"]
-    probes = [p for p in ("self_report", "experienced_utility") if rows and rows[0].get(p) is not None]
+    rows = entry.items
+    probes = [p for p in PROFILE_PROBES if rows and rows[0].get(p) is not None]
     scores = {p: {r["item_id"]: r[p] for r in rows} for p in probes}
     utility_sd = {r["item_id"]: r["experienced_utility_sd"] for r in rows if r.get("experienced_utility_sd") is not None}
-    return wellbeing_profile(groups, scores, utility_sd, config.bootstrap, _rng(config, entry["key"], "bootstrap"))
+    return wellbeing_profile(groups, scores, utility_sd, config.bootstrap, _rng(config, entry.key, "bootstrap"))
 
 
-def summarise_sweep(config: SweepConfig, entries: list[dict], stimuli: StimulusSet) -> tuple[dict, dict]:
+def summarise_sweep(config: SweepConfig, entries: list[SweepEntry], stimuli: StimulusSet) -> tuple[dict, dict]:
     """The sweep's results (one row per subject in recipe order, and the scaling correlations), and each
     subject's bootstrap replicates per statistic ({name: {statistic: array}}, for plotting bands)."""
     rows, replicates = [], {}
@@ -234,19 +224,19 @@ def summarise_sweep(config: SweepConfig, entries: list[dict], stimuli: StimulusS
             "model": spec.model,
             "adapter": spec.adapter,
             "family": spec.family,
-            "params": entry["params"],
-            "params_source": entry["params_source"],
-            "log10_params": math.log10(entry["params"]),
+            "params": entry.params,
+            "params_source": entry.params_source,
+            "log10_params": math.log10(entry.params),
             "capability": spec.capability,
-            "key": entry["key"],
-            "subject": entry["subject"],  # where the weights came from, dtype, device, revision
+            "key": entry.key,
+            "subject": entry.subject,  # where the weights came from, dtype, device, revision
             "primary_probe": profile["primary_probe"],
             "statistics": profile["statistics"],
             "categories": profile["categories"],
-            "adherence": entry["adherence"],
-            "reliable": all(a["reliable"] for a in entry["adherence"].values()),
-            "cost": entry.get("cost", {}),
-            "timing": entry["timing"],
+            "adherence": entry.adherence,
+            "reliable": all(a["reliable"] for a in entry.adherence.values()),
+            "cost": entry.cost or {},
+            "timing": entry.timing,
         })
     covariates = {"log10_params": "log10 parameters"}
     if any(r["capability"] is not None for r in rows):

@@ -1,13 +1,16 @@
-"""Every recipe under configs/ loads and validates, recursively: a typo in a shipped YAML fails here."""
+"""Every recipe under configs/ loads and validates, recursively: a typo in a shipped YAML fails here. And
+the config hierarchy: each setting is declared once, and a bad shared setting is refused alike everywhere."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 import yaml
 
 from welfare_offsets.eval.evaluate import EvalConfig
+from welfare_offsets.eval.settings import Settings
 from welfare_offsets.eval.study.sweep import SweepConfig
 from welfare_offsets.train.config import parse_config
 from welfare_offsets.train.offset_cmd import entry
@@ -67,3 +70,92 @@ def test_recipe_parses_against_its_schema(path):
             assert [{k: getattr(s, k) for k in given} for s, given in zip(configs[0].specs, value)] == value
             continue
         assert any(getattr(c, key, object()) == value for c in configs), key
+
+
+# -- one config hierarchy: each setting declared, defaulted and validated once ------------------------
+
+def command_configs(tmp_path: Path) -> dict[str, tuple[list[type], list[str]]]:
+    """Every command's dataclasses, and the flags it needs besides the setting under test."""
+    from welfare_offsets.train import exposure, lora_offset, soft_prompt
+
+    session = ["--output_dir", str(tmp_path / "session"), "--budget_hours", "0.1"]
+    return {
+        "eval": ([EvalConfig], ["eval"]),
+        "sweep": ([SweepConfig], ["sweep", "--subjects", "a/b", "--out", str(tmp_path / "sweep")]),
+        "soft-prompt": (soft_prompt.config_types(), ["offset", "soft-prompt", *session]),
+        "exposure": (exposure.config_types(), ["offset", "exposure", *session]),
+        "lora sft": (lora_offset.config_types(), ["offset", "lora", *session]),
+        "lora dpo": (lora_offset.config_types(["--method", "dpo"]), ["offset", "lora", "--method", "dpo", *session]),
+    }
+
+
+# The one name two of our dataclasses declare, for two different settings: an exposure's episodes come
+# from `split` (default all); an evaluation's and a sweep's measured conditions from ProbeSettings' `split`.
+# Never composed into one command, and checked by one function (eval/settings.py SPLITS).
+SAME_NAME_OTHER_SETTING = {"split": {"ExposureConfig", "ProbeSettings"}}
+# Settings of ours that TRL's config also declares: ours owns the flag, TRL's config gets our value.
+SHARED_WITH_TRL = {"output_dir", "seed", "report_to", "trust_remote_code"}
+
+
+def _ours(cls: type) -> bool:
+    """One of our settings dataclasses (OffsetSFTConfig and OffsetDPOConfig are TRL's, with our checks)."""
+    return dataclasses.is_dataclass(cls) and issubclass(cls, Settings)
+
+
+def test_each_setting_is_declared_once(tmp_path):
+    """Over every command's config hierarchy, a field name is declared (with its help and default) by one
+    dataclass; the commands inherit it from there."""
+    declared: dict[str, set[str]] = {}
+    for types_, _ in command_configs(tmp_path).values():
+        for cls in {c for t in types_ for c in t.__mro__ if _ours(c)}:
+            for name in vars(cls).get("__annotations__", {}):
+                if name in {f.name for f in dataclasses.fields(cls)}:
+                    declared.setdefault(name, set()).add(cls.__qualname__)
+    twice = {name: owners for name, owners in declared.items() if len(owners) > 1}
+    assert twice == SAME_NAME_OTHER_SETTING
+    assert len(declared) > 40  # the walk found the hierarchy
+
+
+def test_commands_share_settings_only_with_trl_and_trl_gets_ours(tmp_path):
+    for command, (types_, _) in command_configs(tmp_path).items():
+        ours = [t for t in types_ if _ours(t)]
+        names = [f.name for t in ours for f in dataclasses.fields(t)]
+        assert len(names) == len(set(names)), command  # no setting twice among our own dataclasses
+        theirs = {f.name for t in types_ if not _ours(t) for f in dataclasses.fields(t)}
+        assert set(names) & theirs == (SHARED_WITH_TRL if theirs else set()), command
+    types_, _ = command_configs(tmp_path)["lora sft"]
+    args, _, trl_config, _ = parse_config(types_, ["--output_dir", str(tmp_path / "s"), "--budget_hours", "0.1",
+                                                   "--report_to", "wandb"], prog="test")
+    assert (args.seed, args.report_to, args.output_dir) == (0, "wandb", str(tmp_path / "s"))
+    assert (trl_config.seed, trl_config.report_to, trl_config.output_dir) == (0, ["wandb"], str(tmp_path / "s"))
+
+
+@pytest.fixture
+def no_model_loads(monkeypatch):
+    """Loading any model fails the test (with exit code 1, never the 2 a refused setting gives)."""
+    import transformers
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model started loading")
+
+    for auto in (transformers.AutoModelForCausalLM, transformers.AutoTokenizer):
+        monkeypatch.setattr(auto, "from_pretrained", refuse)
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--report_to", "wnadb", "report_to: expected none or wandb, got 'wnadb'"),
+    ("--dtype", "float8", "dtype: expected auto or float32 or bfloat16 or float16, got 'float8'"),
+    ("--seed", "-1", "seed: expected an integer >= 0, got -1"),
+])
+def test_a_bad_shared_setting_is_refused_alike_by_every_command(capsys, monkeypatch, tmp_path, no_model_loads,
+                                                               flag, value, message):
+    from welfare_offsets.train.cli import main as welfare
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for command, (_, argv) in command_configs(tmp_path).items():
+        capsys.readouterr()
+        code = welfare([*argv, flag, value])
+        err = capsys.readouterr().err.strip()
+        assert code == 2, (command, err)
+        assert err.endswith(f": error: flags: {message}"), (command, err)
+    assert not any(tmp_path.iterdir())  # nothing written, nothing claimed

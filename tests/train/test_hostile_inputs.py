@@ -311,12 +311,13 @@ def test_invalid_session_settings_are_refused_before_anything_is_reserved(capsys
     (["--candidate_temperature", "0"], "candidate_temperature"),
     (["--num_train_epochs", "nan"], "num_train_epochs"),
 ])
-def test_invalid_lora_settings_are_refused(flags, expected):
+def test_invalid_lora_settings_are_refused(flags, expected, tmp_path):
     from welfare_offsets.train import lora_offset
     from welfare_offsets.train.config import ConfigError, parse_config
 
     with pytest.raises(ConfigError, match=expected):
-        parse_config(lora_offset.config_types(flags), ["--budget_hours", "0.1", *flags], prog="test")
+        parse_config(lora_offset.config_types(flags), ["--budget_hours", "0.1", "--output_dir", str(tmp_path), *flags],
+                     prog="test")
 
 
 def test_sweep_subject_settings_are_checked(tmp_path):

@@ -1,0 +1,152 @@
+"""The settings every command shares, one dataclass per concern; each field is declared, documented,
+defaulted and checked here once.
+
+A command's config inherits the concerns it needs (`EvalConfig(SubjectSettings, ProbeSettings, ...)`), so
+its YAML keys and flags are these field names wherever they appear. After init, `Settings.__post_init__`
+runs the `check` of every class in the hierarchy, base concerns first: a composed config validates each
+concern exactly once, and a command only adds the checks of the fields it declares itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, dataclass, field
+
+from welfare_offsets.eval import probes as P
+from welfare_offsets.eval.common.checks import integers_at_least, one_of
+from welfare_offsets.eval.experiences import check_stimuli_path
+from welfare_offsets.eval.subject import check_adapter
+
+SPLITS = ("heldout", "train", "all")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+REPORT_TO = ("none", "wandb")
+MIN_BOOTSTRAP = 100  # fewer replicates cannot place the tails of a 95% interval
+
+
+def setting(default=MISSING, help: str = "", **kwargs):
+    """A settings field: its default and its help, the one text that `--help` shows for the flag and the
+    recipe key alike."""
+    return field(default=default, metadata={"help": help}, **kwargs)
+
+
+class Settings:
+    """Base of every settings dataclass: validation by each class's own `check`, base classes first."""
+
+    def __post_init__(self):
+        for cls in reversed(type(self).__mro__):
+            check = vars(cls).get("check")
+            if check is not None:
+                check(self)
+
+
+@dataclass(kw_only=True)
+class LoadingSettings(Settings):
+    """How a subject's weights load."""
+
+    dtype: str = setting("auto", "auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
+    trust_remote_code: bool = setting(False, "allow the model repo's own Python code to run")
+
+    def check(self):
+        one_of(self, "dtype", DTYPES)
+
+
+@dataclass(kw_only=True)
+class SubjectSettings(LoadingSettings):
+    """Which subject: a model and, optionally, an adapter on it."""
+
+    model: str | None = setting(None, "HF hub id or local folder; default: SmolLM2-135M-Instruct")
+    adapter: str | None = setting(None, "peft adapter (LoRA or soft prompt) applied to the model: a folder or hub id")
+
+    def check(self):
+        if self.adapter is not None:
+            check_adapter(self.adapter)
+
+
+@dataclass(kw_only=True)
+class ExperienceSettings(Settings):
+    """What the subject lives through, and how long its own replies may be."""
+
+    stimuli: str | None = setting(None, "stimulus JSONL file or datasets folder; default: built-in v1")
+    reply_tokens: int = setting(48, "most new tokens per reply the subject writes")
+
+    def check(self):
+        integers_at_least(self, 1, "reply_tokens")
+        if self.stimuli is not None:
+            check_stimuli_path(self.stimuli)
+
+
+@dataclass(kw_only=True)
+class ProbeSettings(ExperienceSettings):
+    """What is measured and how: probes, splits, sample sizes, the utility design, CIs."""
+
+    DEFAULT_PROBES = P.PROBES  # the probes a command measures when `probes` is not given
+
+    probes: str | None = setting(None, f"comma-separated subset of {','.join(P.PROBES)}; default: every probe the "
+                                       "command reports (eval: all; sweep: self_report,experienced_utility, which its "
+                                       "profile uses)")
+    replies: str = setting("authored", "authored: probe after the stimulus file's replies; own: the subject writes its "
+                                       "own replies first (greedy)")
+    split: str = setting("heldout", "split of the measured experiences (eval: the baseline and post-dysphoric "
+                                    "conditions; sweep: the everyday ones): heldout, train or all")
+    empathy_split: str = setting("all", "split of the empathy experiences: heldout, train or all")
+    max_items: int | None = setting(None, "cap per condition (sweep: per group) and per empathy target, evenly over "
+                                          "categories")
+    batch_size: int = setting(16, "prompts per forward pass (not part of a sweep's cache key)")
+    eu_degree: int = setting(4, "comparisons per experience in the initial random design")
+    eu_active_rounds: int = setting(1, "rounds of extra near-tie comparisons after the first fit")
+    bootstrap: int = setting(2000, f"bootstrap resamples for every CI (at least {MIN_BOOTSTRAP}; not part of a sweep's "
+                                   "cache key)")
+
+    def check(self):
+        if self.probes is None:
+            self.probes = ",".join(self.DEFAULT_PROBES)
+        names = self.probe_names
+        unknown = [p for p in names if p not in P.PROBES]
+        if unknown or not names:
+            raise ValueError(f"probes: unknown or empty {unknown or self.probes!r}; choose from {', '.join(P.PROBES)}")
+        one_of(self, "replies", ("authored", "own"))
+        one_of(self, "split", SPLITS)
+        one_of(self, "empathy_split", SPLITS)
+        integers_at_least(self, 1, "batch_size", "eu_degree")
+        integers_at_least(self, 0, "eu_active_rounds")
+        if self.max_items is not None and self.max_items < 2:
+            raise ValueError(f"max_items: expected at least 2 (or unset), got {self.max_items}")
+        if self.bootstrap < MIN_BOOTSTRAP:
+            raise ValueError(f"bootstrap: at least {MIN_BOOTSTRAP} replicates are needed for a 95% interval, "
+                             f"got {self.bootstrap}")
+
+    @property
+    def probe_names(self) -> tuple[str, ...]:
+        return tuple(p.strip() for p in self.probes.split(",") if p.strip())
+
+
+@dataclass(kw_only=True)
+class TrackingSettings(Settings):
+    """How a run is reproduced and reported: its seed, W&B, progress bars."""
+
+    seed: int = setting(0, "seed of every random choice: pair selection, subsampling, bootstrap, training data order")
+    report_to: str = setting("none", "none or wandb (offline unless a W&B key is configured)")
+    wandb_project: str = setting("welfare-offsets", "W&B project when report_to=wandb ($WANDB_PROJECT wins)")
+    wandb_entity: str | None = setting(None, "W&B entity when report_to=wandb ($WANDB_ENTITY wins)")
+    progress: bool = setting(True, "show progress bars")
+
+    def check(self):
+        integers_at_least(self, 0, "seed")
+        one_of(self, "report_to", REPORT_TO)
+
+
+@dataclass(kw_only=True)
+class OverwriteSettings(Settings):
+    """Whether a command may start over in a folder holding its own earlier output."""
+
+    overwrite: bool = setting(False, "start over in an output folder holding an earlier output of this command: it is "
+                                     "deleted (never other files); without it eval refuses, a sweep continues its "
+                                     "cache, a session must be resumed")
+
+
+@dataclass(kw_only=True)
+class OutputSettings(OverwriteSettings):
+    """Where an evaluation or a study writes."""
+
+    out: str | None = setting(None, "output folder, written atomically; default: eval prints only, a sweep writes "
+                                    "welfare-runs/sweep (report, results.json and the per-subject cache that makes it "
+                                    "resumable)")
