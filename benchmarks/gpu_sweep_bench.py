@@ -75,9 +75,9 @@ def main() -> None:
             entry = measure_subject(spec, "0" * 20, config, stimuli, device)
             wall = time.perf_counter() - started
             results["sizes"][size] = {
-                "params": entry["params"], "items": len(entry["items"]), "prompts": entry["prompts_scored"],
-                "load_s": entry["timing"]["load_s"], "score_s": entry["timing"]["score_s"], "wall_s": wall,
-                "prompts_per_s": entry["prompts_scored"] / entry["timing"]["score_s"],
+                "params": entry.params, "items": len(entry.items), "prompts": entry.prompts_scored,
+                "load_s": entry.timing["load_s"], "score_s": entry.timing["score_s"], "wall_s": wall,
+                "prompts_per_s": entry.prompts_scored / entry.timing["score_s"],
                 "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None,
             }
             print(f"{size}: {results['sizes'][size]}", flush=True)
