@@ -148,7 +148,6 @@ class SweepEntry(Result):
     cost: dict | None = None  # device, accelerator_hours, energy_kwh: added once the subject is measured
 
 
-KINDS = (EvaluationResult, SessionResult, SweepResult, SweepEntry)
 R = TypeVar("R", bound=Result)
 
 
