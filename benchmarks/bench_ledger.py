@@ -44,7 +44,8 @@ def ledger_package(tree: str | None):
     name = "ledger" if "from ledger." in (folder / "__init__.py").read_text() else "welfare_offsets.ledger"
     if name != "ledger":
         importlib.import_module("welfare_offsets")  # the parent namespace; its installed ledger stays unimported
-    spec = importlib.util.spec_from_file_location(name, folder / "__init__.py", submodule_search_locations=[str(folder)])
+    spec = importlib.util.spec_from_file_location(name, folder / "__init__.py",
+                                                  submodule_search_locations=[str(folder)])
     package = importlib.util.module_from_spec(spec)
     sys.modules[name] = package  # so the package's own `from <name>.book import ...` find this folder
     spec.loader.exec_module(package)
