@@ -104,4 +104,4 @@ def test_a_lora_recipe_named_picks_its_trl_config():
 
     from welfare_offsets.train import lora_offset
 
-    assert DPOConfig in lora_offset.config_types(["--config", "offset/lora_dpo"])
+    assert issubclass(lora_offset.config_types(["--config", "offset/lora_dpo"])[-1], DPOConfig)
