@@ -44,8 +44,9 @@ def ledger_package(tree: str | None):
     name = "ledger" if "from ledger." in (folder / "__init__.py").read_text() else "welfare_offsets.ledger"
     if name != "ledger":
         importlib.import_module("welfare_offsets")  # the parent namespace; its installed ledger stays unimported
-    spec = importlib.util.spec_from_file_location(name, folder / "__init__.py",
-                                                  submodule_search_locations=[str(folder)])
+    spec = importlib.util.spec_from_file_location(
+        name, folder / "__init__.py", submodule_search_locations=[str(folder)]
+    )
     package = importlib.util.module_from_spec(spec)
     sys.modules[name] = package  # so the package's own `from <name>.book import ...` find this folder
     spec.loader.exec_module(package)
@@ -97,11 +98,19 @@ def sessions(ledger: Ledger, entries: int) -> None:
     for index in range(entries // 4):
         with ledger.batch():
             ledger.fund("lab", 1.0, note=f"grant {index}")
-            session = ledger.reserve("lab", 1.0, device="cuda", processes=8, purpose="offset fine-tune",
-                                     wandb_run=f"run{index}").payload["session"]
+            session = ledger.reserve(
+                "lab", 1.0, device="cuda", processes=8, purpose="offset fine-tune", wandb_run=f"run{index}"
+            ).payload["session"]
             ledger.settle(session, 0.25 + index * 1e-6, energy_kwh=0.5 + index * 1e-6, wall_seconds=900.0 + index)
-            ledger.record_measurement(session, "SR", wellbeing_before=-0.4, wellbeing_after=0.1 + index * 1e-6,
-                                      recovered=0.5, credit=0.5, wandb_run=f"run{index}")
+            ledger.record_measurement(
+                session,
+                "SR",
+                wellbeing_before=-0.4,
+                wellbeing_after=0.1 + index * 1e-6,
+                recovered=0.5,
+                credit=0.5,
+                wandb_run=f"run{index}",
+            )
 
 
 def verify_versus_sha256(directory: Path, entries: int = 100_000, repeats: int = 5, fill=funds) -> dict:
@@ -141,16 +150,32 @@ def callback_overhead(directory: Path, steps: int = 300, calls: int = 50_000) ->
     import transformers
 
     torch.manual_seed(0)
-    config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64)
+    config = transformers.LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=64,
+    )
     data = [{"input_ids": ids, "labels": ids} for ids in torch.randint(0, 64, (64, 16))]
 
     def trainer(callbacks):
         args = transformers.TrainingArguments(
-            output_dir=str(directory / "out"), max_steps=steps, per_device_train_batch_size=4, save_strategy="no",
-            logging_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True, seed=0)
-        return transformers.Trainer(model=transformers.LlamaForCausalLM(config), args=args, train_dataset=data,
-                                    callbacks=callbacks)
+            output_dir=str(directory / "out"),
+            max_steps=steps,
+            per_device_train_batch_size=4,
+            save_strategy="no",
+            logging_strategy="no",
+            report_to=[],
+            use_cpu=True,
+            disable_tqdm=True,
+            seed=0,
+        )
+        return transformers.Trainer(
+            model=transformers.LlamaForCausalLM(config), args=args, train_dataset=data, callbacks=callbacks
+        )
 
     def step_seconds(callbacks) -> float:
         run = trainer(callbacks)
@@ -186,15 +211,24 @@ def _timed(function) -> float:
 
 def core(directory: Path) -> dict:
     """What --compare-with measures in both checkouts: appends, and verify of identical funds."""
-    return {"single": append_rate(directory, 1), "batched": append_rate(directory, 100),
-            "verify": verify_versus_sha256(directory)}
+    return {
+        "single": append_rate(directory, 1),
+        "batched": append_rate(directory, 100),
+        "verify": verify_versus_sha256(directory),
+    }
 
 
 def core_of(tree: Path, directory: Path) -> dict:
     """`core` measured with another checkout's `ledger` package, in a child process."""
     env = {**os.environ, TREE_VARIABLE: str(tree.resolve())}
-    output = subprocess.run([sys.executable, "-m", __spec__.name, "--core-json", "--dir", str(directory)], env=env,
-                            cwd=Path(__file__).resolve().parents[1], check=True, capture_output=True, text=True).stdout
+    output = subprocess.run(
+        [sys.executable, "-m", __spec__.name, "--core-json", "--dir", str(directory)],
+        env=env,
+        cwd=Path(__file__).resolve().parents[1],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     return json.loads(output)
 
 
@@ -218,56 +252,62 @@ def report(directory: Path, compare_with: Path | None = None) -> str:
     def met(ok: bool) -> str:
         return "yes" if ok else "**no**"
 
-    return "\n".join([
-        "## Ledger",
-        "",
-        f"Command: `{COMMAND.format('' if compare_with is None else f' --compare-with {compare_with}')}` "
-        f"(files in a temporary directory under `{directory.parent}`).",
-        f"Machine: {os.cpu_count()} CPUs, {platform.platform()}, Python {platform.python_version()}, "
-        f"SQLite {sqlite3.sqlite_version}, torch {torch.__version__}, transformers {transformers.__version__}.",
-        "",
-        "| measure | result | baseline | ratio | goal | met |",
-        "| --- | --- | --- | --- | --- | --- |",
-        f"| durable appends, one entry per commit (`Ledger.fund`) | {single:,.0f} /s "
-        f"| raw fsync {fsync_rate:,.0f} /s, fdatasync {fdatasync_rate:,.0f} /s | {append_ratio:.2f} of the faster "
-        f"| >= 0.5 | {met(append_ratio >= 0.5)} |",
-        f"| durable appends, 100 per commit (`Ledger.batch`) | {batched:,.0f} /s | same "
-        f"| {batch_ratio:.1f}x | >= 0.5 | {met(batch_ratio >= 0.5)} |",
-        f"| verify {verify['entries']:,} entries ({verify['bytes'] / 1e6:.1f} MB of bodies) "
-        f"| {verify['verify_s'] * 1e3:.0f} ms | sha256 of each body, in memory, {verify['sha256_each_s'] * 1e3:.0f} ms "
-        f"| {verify_ratio:.2f}x | within 4x | {met(verify_ratio <= 4)} |",
-        f"| verify {distinct['entries']:,} entries of sessions, every content distinct "
-        f"({distinct['bytes'] / 1e6:.1f} MB) | {distinct['verify_s'] * 1e3:.0f} ms "
-        f"| sha256 of each body, {distinct['sha256_each_s'] * 1e3:.1f} ms | {distinct_ratio:.1f}x | none | - |",
-        f"| budget callback + meter per training step (tiny Llama, CPU) | {overhead['hook_s'] * 1e6:.1f} us "
-        f"| step {overhead['step_s'] * 1e3:.2f} ms | {hook_share:.3%} | < 1% | {met(hook_share < 0.01)} |",
-        "",
-        f"- Where verify's time goes: reading the {verify['entries']:,} (body, hash) rows out of SQLite alone takes "
-        f"{verify['fetch_s'] * 1e3:.0f} ms and hashing them {verify['sha256_each_s'] * 1e3:.0f} ms; the rest is "
-        "checking each body's tail (prev_hash, seq, time) and the accounting (ledger/audit.py: balances, "
-        "sessions, corrections), 4,096 rows at a time through list operations (ledger/chain.py "
-        "`_sound_contents`), and the schema once. One sha256 over all "
-        f"{verify['bytes'] / 1e6:.1f} MB at once takes {verify['sha256_once_s'] * 1e3:.0f} ms, but every entry has "
-        "its own hash, so one digest per body is the floor.",
-        "- The audit parses, re-serialises and checks each distinct content (`{\"kind\":...,\"payload\":...}`) once "
-        "and remembers the last 4,096: the identical funds above cost the per-entry checks only, while a ledger "
-        "of sessions, whose every content differs, pays a json.loads and a canonical json.dumps per entry (the "
-        "second verify row). That is the honest cost of verify on a real ledger.",
-        *_comparison(compare_with, before, measured),
-        f"- End to end, the same tiny Trainer ran {overhead['step_s'] * 1e3:.2f} ms/step without the callback and "
-        f"{overhead['budgeted_step_s'] * 1e3:.2f} ms/step with it (medians of 3 interleaved runs of 300 steps); "
-        "that difference is mostly run-to-run noise, which is why the hook is also timed directly.",
-        "- Verify is best of 5 on a freshly opened ledger; append rates are 1.5 s runs. Appends are durable: "
-        "COMMIT returns after the WAL fsync (`synchronous=FULL`).",
-        "",
-    ])
+    return "\n".join(
+        [
+            "## Ledger",
+            "",
+            f"Command: `{COMMAND.format('' if compare_with is None else f' --compare-with {compare_with}')}` "
+            f"(files in a temporary directory under `{directory.parent}`).",
+            f"Machine: {os.cpu_count()} CPUs, {platform.platform()}, Python {platform.python_version()}, "
+            f"SQLite {sqlite3.sqlite_version}, torch {torch.__version__}, transformers {transformers.__version__}.",
+            "",
+            "| measure | result | baseline | ratio | goal | met |",
+            "| --- | --- | --- | --- | --- | --- |",
+            f"| durable appends, one entry per commit (`Ledger.fund`) | {single:,.0f} /s "
+            f"| raw fsync {fsync_rate:,.0f} /s, fdatasync {fdatasync_rate:,.0f} /s | {append_ratio:.2f} of the faster "
+            f"| >= 0.5 | {met(append_ratio >= 0.5)} |",
+            f"| durable appends, 100 per commit (`Ledger.batch`) | {batched:,.0f} /s | same "
+            f"| {batch_ratio:.1f}x | >= 0.5 | {met(batch_ratio >= 0.5)} |",
+            f"| verify {verify['entries']:,} entries ({verify['bytes'] / 1e6:.1f} MB of bodies) "
+            f"| {verify['verify_s'] * 1e3:.0f} ms | sha256 of each body, in memory, {verify['sha256_each_s'] * 1e3:.0f} ms "
+            f"| {verify_ratio:.2f}x | within 4x | {met(verify_ratio <= 4)} |",
+            f"| verify {distinct['entries']:,} entries of sessions, every content distinct "
+            f"({distinct['bytes'] / 1e6:.1f} MB) | {distinct['verify_s'] * 1e3:.0f} ms "
+            f"| sha256 of each body, {distinct['sha256_each_s'] * 1e3:.1f} ms | {distinct_ratio:.1f}x | none | - |",
+            f"| budget callback + meter per training step (tiny Llama, CPU) | {overhead['hook_s'] * 1e6:.1f} us "
+            f"| step {overhead['step_s'] * 1e3:.2f} ms | {hook_share:.3%} | < 1% | {met(hook_share < 0.01)} |",
+            "",
+            f"- Where verify's time goes: reading the {verify['entries']:,} (body, hash) rows out of SQLite alone takes "
+            f"{verify['fetch_s'] * 1e3:.0f} ms and hashing them {verify['sha256_each_s'] * 1e3:.0f} ms; the rest is "
+            "checking each body's tail (prev_hash, seq, time) and the accounting (ledger/audit.py: balances, "
+            "sessions, corrections), 4,096 rows at a time through list operations (ledger/chain.py "
+            "`_sound_contents`), and the schema once. One sha256 over all "
+            f"{verify['bytes'] / 1e6:.1f} MB at once takes {verify['sha256_once_s'] * 1e3:.0f} ms, but every entry has "
+            "its own hash, so one digest per body is the floor.",
+            '- The audit parses, re-serialises and checks each distinct content (`{"kind":...,"payload":...}`) once '
+            "and remembers the last 4,096: the identical funds above cost the per-entry checks only, while a ledger "
+            "of sessions, whose every content differs, pays a json.loads and a canonical json.dumps per entry (the "
+            "second verify row). That is the honest cost of verify on a real ledger.",
+            *_comparison(compare_with, before, measured),
+            f"- End to end, the same tiny Trainer ran {overhead['step_s'] * 1e3:.2f} ms/step without the callback and "
+            f"{overhead['budgeted_step_s'] * 1e3:.2f} ms/step with it (medians of 3 interleaved runs of 300 steps); "
+            "that difference is mostly run-to-run noise, which is why the hook is also timed directly.",
+            "- Verify is best of 5 on a freshly opened ledger; append rates are 1.5 s runs. Appends are durable: "
+            "COMMIT returns after the WAL fsync (`synchronous=FULL`).",
+            "",
+        ]
+    )
 
 
 def _comparison(tree: Path | None, before: dict | None, after: dict) -> list[str]:
     if tree is None or before is None:
         return []
-    commit = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip() or "unknown commit"
+    commit = (
+        subprocess.run(
+            ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
+        or "unknown commit"
+    )
 
     def ratio(result: dict) -> float:
         return result["verify"]["verify_s"] / result["verify"]["sha256_each_s"]
@@ -284,8 +324,12 @@ def _comparison(tree: Path | None, before: dict | None, after: dict) -> list[str
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()), help="where to put the files")
-    parser.add_argument("--compare-with", type=Path, metavar="TREE",
-                        help="also measure appends and verify with the ledger package of this checkout")
+    parser.add_argument(
+        "--compare-with",
+        type=Path,
+        metavar="TREE",
+        help="also measure appends and verify with the ledger package of this checkout",
+    )
     parser.add_argument("--update-md", type=Path, help="replace the `## Ledger` section of this markdown file")
     parser.add_argument("--core-json", action="store_true", help=argparse.SUPPRESS)  # what core_of runs
     args = parser.parse_args()

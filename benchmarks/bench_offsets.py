@@ -22,19 +22,76 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent  # the clone: its recipes
 
 # Experiences are lived with the subject's own replies (the channel LoRA offsets act through).
-EVAL = ["--eval_max_items", "40", "--eval_bootstrap", "1000", "--report_to", "none", "--eval_replies", "own",
-        "--reply_tokens", "12"]
-LORA = ["--lora_r", "8", "--lora_alpha", "16", "--lora_dropout", "0", "--per_device_train_batch_size", "16",
-        "--lr_scheduler_type", "constant_with_warmup", "--warmup_steps", "5", "--max_length", "64", "--min_margin", "0.25"]
+EVAL = [
+    "--eval_max_items",
+    "40",
+    "--eval_bootstrap",
+    "1000",
+    "--report_to",
+    "none",
+    "--eval_replies",
+    "own",
+    "--reply_tokens",
+    "12",
+]
+LORA = [
+    "--lora_r",
+    "8",
+    "--lora_alpha",
+    "16",
+    "--lora_dropout",
+    "0",
+    "--per_device_train_batch_size",
+    "16",
+    "--lr_scheduler_type",
+    "constant_with_warmup",
+    "--warmup_steps",
+    "5",
+    "--max_length",
+    "64",
+    "--min_margin",
+    "0.25",
+]
 KINDS = {
     "soft prompt (40 steps)": ("soft_prompt", ["--max_steps", "40"]),
-    "LoRA SFT, own euphoric replies (40 steps)": ("lora_offset", [
-        "--config", str(ROOT / "configs/offset/lora_sft.yaml"), *LORA, "--max_steps", "40", "--learning_rate", "0.001"]),
-    "LoRA SFT, best-of-4 own replies (40 steps)": ("lora_offset", [
-        "--config", str(ROOT / "configs/offset/lora_sft.yaml"), *LORA, "--sft_data", "best_of_n", "--max_steps", "40",
-        "--learning_rate", "0.001"]),
-    "LoRA DPO, own replies ranked (50 steps)": ("lora_offset", [
-        "--config", str(ROOT / "configs/offset/lora_dpo.yaml"), *LORA, "--max_steps", "50", "--learning_rate", "0.0002"]),
+    "LoRA SFT, own euphoric replies (40 steps)": (
+        "lora_offset",
+        [
+            "--config",
+            str(ROOT / "configs/offset/lora_sft.yaml"),
+            *LORA,
+            "--max_steps",
+            "40",
+            "--learning_rate",
+            "0.001",
+        ],
+    ),
+    "LoRA SFT, best-of-4 own replies (40 steps)": (
+        "lora_offset",
+        [
+            "--config",
+            str(ROOT / "configs/offset/lora_sft.yaml"),
+            *LORA,
+            "--sft_data",
+            "best_of_n",
+            "--max_steps",
+            "40",
+            "--learning_rate",
+            "0.001",
+        ],
+    ),
+    "LoRA DPO, own replies ranked (50 steps)": (
+        "lora_offset",
+        [
+            "--config",
+            str(ROOT / "configs/offset/lora_dpo.yaml"),
+            *LORA,
+            "--max_steps",
+            "50",
+            "--learning_rate",
+            "0.0002",
+        ],
+    ),
     "euphoric exposure (16 episodes)": ("exposure", ["--valence", "euphoric", "--max_episodes", "16"]),
 }
 
@@ -48,8 +105,22 @@ def run_kind(entry: str, extra: list[str], model: str, stimuli: str, work: Path)
     with Ledger.open(ledger) as book:
         book.fund("bench", 1.0)
     out = work / ledger.stem
-    argv = ["--model", model, "--stimuli", stimuli, "--ledger", str(ledger), "--account", "bench",
-            "--budget_hours", "0.5", "--output_dir", str(out), *EVAL, *extra]
+    argv = [
+        "--model",
+        model,
+        "--stimuli",
+        stimuli,
+        "--ledger",
+        str(ledger),
+        "--account",
+        "bench",
+        "--budget_hours",
+        "0.5",
+        "--output_dir",
+        str(out),
+        *EVAL,
+        *extra,
+    ]
     if import_module(f"welfare_offsets.train.{entry}").main(argv) != 0:
         raise SystemExit(f"{entry} failed: {argv}")
     with Ledger.open(ledger, create=False) as book:
@@ -60,22 +131,33 @@ def run_kind(entry: str, extra: list[str], model: str, stimuli: str, work: Path)
         return {"hours": hours, "credit": b["credit"], "ci95": b["balance_ci95"]}
     sr = results["recovery"]["probes"]["self_report"]
     gap = results["recovery"].get("goodhart_gap")
-    return {"hours": hours, "recovered": sr["recovered"]["mean"], "ci95": sr["recovered"]["ci95"],
-            "fraction": sr["recovery_fraction"]["mean"], "gap": gap["mean"] if gap else None}
+    return {
+        "hours": hours,
+        "recovered": sr["recovered"]["mean"],
+        "ci95": sr["recovered"]["ci95"],
+        "fraction": sr["recovery_fraction"]["mean"],
+        "gap": gap["mean"] if gap else None,
+    }
 
 
 def table(rows: dict[str, dict]) -> str:
-    lines = ["| kind | accelerator-hours | self-report recovered [95% CI] | recovered / hour | recovery fraction | Goodhart gap |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| kind | accelerator-hours | self-report recovered [95% CI] | recovered / hour | recovery fraction | Goodhart gap |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for name, r in rows.items():
         lo, hi = r["ci95"]
         if "credit" in r:
-            lines.append(f"| {name} | {r['hours']:.4f} | credit {r['credit']:.2f} (balance CI [{lo:+.2f}, {hi:+.2f}]) | "
-                         f"credit {r['credit'] / r['hours']:.0f} | - | - |")
+            lines.append(
+                f"| {name} | {r['hours']:.4f} | credit {r['credit']:.2f} (balance CI [{lo:+.2f}, {hi:+.2f}]) | "
+                f"credit {r['credit'] / r['hours']:.0f} | - | - |"
+            )
         else:
             gap = "-" if r["gap"] is None else f"{r['gap']:+.2f}"
-            lines.append(f"| {name} | {r['hours']:.4f} | {r['recovered']:+.3f} [{lo:+.3f}, {hi:+.3f}] | "
-                         f"{r['recovered'] / r['hours']:+.1f} | {r['fraction']:+.2f} | {gap} |")
+            lines.append(
+                f"| {name} | {r['hours']:.4f} | {r['recovered']:+.3f} [{lo:+.3f}, {hi:+.3f}] | "
+                f"{r['recovered'] / r['hours']:+.1f} | {r['fraction']:+.2f} | {gap} |"
+            )
     return "\n".join(lines)
 
 
@@ -105,18 +187,29 @@ def main() -> None:
 
         command = "python -m benchmarks.bench_offsets" + (f" --threads {args.threads}" if args.threads else "")
         heading = "## Offsets: score recovered per accelerator-hour (synthetic subject)"
-        replace_section(args.update_md, heading, "\n".join([heading, "",
-            f"Command: `{command}` ({datetime.date.today()}, CPU, {torch.get_num_threads()} threads, torch {torch.__version__}).",
-            "Each kind is a real session on the tests' synthetic subject (up to 40 held-out items per condition, lived",
-            "with its own replies); hours are the ledger's (wall x processes, both evaluations included, so short",
-            "sessions are dominated by them; the exposure runs no evaluation, hence its tiny hours).",
-            "", text, "",
-            "Self-report is the probe the soft prompt and DPO optimise, so their recovery there is expected; the",
-            "Goodhart gap (recovery fraction on self-report minus the mean over utility and stop) says how much of it",
-            "the other probes do not share. Exposure earns episodic credit, not a change of the subject. SFT on its",
-            "own euphoric replies optimises no probe; that it helps here depends on how this toy subject was built (a",
-            "variant whose replies carry their tone in an opener word got worse with it), so it is not a known answer.", "",
-        ]))
+        replace_section(
+            args.update_md,
+            heading,
+            "\n".join(
+                [
+                    heading,
+                    "",
+                    f"Command: `{command}` ({datetime.date.today()}, CPU, {torch.get_num_threads()} threads, torch {torch.__version__}).",
+                    "Each kind is a real session on the tests' synthetic subject (up to 40 held-out items per condition, lived",
+                    "with its own replies); hours are the ledger's (wall x processes, both evaluations included, so short",
+                    "sessions are dominated by them; the exposure runs no evaluation, hence its tiny hours).",
+                    "",
+                    text,
+                    "",
+                    "Self-report is the probe the soft prompt and DPO optimise, so their recovery there is expected; the",
+                    "Goodhart gap (recovery fraction on self-report minus the mean over utility and stop) says how much of it",
+                    "the other probes do not share. Exposure earns episodic credit, not a change of the subject. SFT on its",
+                    "own euphoric replies optimises no probe; that it helps here depends on how this toy subject was built (a",
+                    "variant whose replies carry their tone in an opener word got worse with it), so it is not a known answer.",
+                    "",
+                ]
+            ),
+        )
 
 
 if __name__ == "__main__":

@@ -92,8 +92,15 @@ def sample_scores(model, tokenizer, token_lists, *, samples, max_new_tokens, pro
         width = ids.shape[1]
         with torch.inference_mode():
             out = model.generate(
-                input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
-                num_return_sequences=samples, max_new_tokens=max_new_tokens, pad_token_id=pad_id,
+                input_ids=ids,
+                attention_mask=mask,
+                do_sample=True,
+                temperature=1.0,
+                top_k=0,
+                top_p=1.0,
+                num_return_sequences=samples,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=pad_id,
             )
         generated = out[:, width:]
         new_tokens += int((generated != pad_id).sum())
@@ -120,9 +127,14 @@ def token_counts(token_lists, groups) -> dict:
         continuations += [len(t) - p for t in lists]
     whole = sum(len(t) for t in token_lists)
     reuse = sum(prefixes) + sum(continuations)
-    return {"whole": whole, "reuse": reuse, "prefix_mean": float(np.mean(prefixes)),
-            "cont_mean": float(np.mean(continuations)), "prompt_mean": whole / len(token_lists),
-            "groups": len(by_group)}
+    return {
+        "whole": whole,
+        "reuse": reuse,
+        "prefix_mean": float(np.mean(prefixes)),
+        "cont_mean": float(np.mean(continuations)),
+        "prompt_mean": whole / len(token_lists),
+        "groups": len(by_group),
+    }
 
 
 def _timed(function):
@@ -155,14 +167,23 @@ def run(args) -> tuple[dict, str]:
     prompts_per_call = max(1, args.batch_size // args.samples)  # about batch_size rows per forward, like the scorer
 
     def sampling(sl=slice(None)):
-        return sample_scores(model, tokenizer, token_lists[sl], samples=args.samples,
-                             max_new_tokens=args.max_new_tokens, prompts_per_call=prompts_per_call, pad_id=pad_id)
+        return sample_scores(
+            model,
+            tokenizer,
+            token_lists[sl],
+            samples=args.samples,
+            max_new_tokens=args.max_new_tokens,
+            prompts_per_call=prompts_per_call,
+            pad_id=pad_id,
+        )
 
     def exact(scorer, sl=slice(None)):
         return self_report_scores(scorer.label_probs(prompts[sl], LIKERT, groups[sl]))
 
-    log(f"{len(requests)} items ({len(experiences)} experiences x {per_experience}), "
-        f"torch threads {torch.get_num_threads()}; warming up")
+    log(
+        f"{len(requests)} items ({len(experiences)} experiences x {per_experience}), "
+        f"torch threads {torch.get_num_threads()}; warming up"
+    )
     torch.manual_seed(args.seed)
     sampling(warm)
     exact(plain, warm)
@@ -194,9 +215,19 @@ def run(args) -> tuple[dict, str]:
     ok = ~np.isnan(sampled)
     sample_gap = float(np.mean(np.abs(sampled[ok] - expected_reuse[ok]))) if ok.any() else float("nan")
     results = {
-        "items": items, "experiences": len(experiences), "timings": timings, "rate": rate, "tokens": tokens,
-        "max_diff": max_diff, "failure": failure, "unscored": unscored, "sample_gap": sample_gap,
-        "new_tokens": new_tokens, "threads": threads, "share": share, "load_before": load_before,
+        "items": items,
+        "experiences": len(experiences),
+        "timings": timings,
+        "rate": rate,
+        "tokens": tokens,
+        "max_diff": max_diff,
+        "failure": failure,
+        "unscored": unscored,
+        "sample_gap": sample_gap,
+        "new_tokens": new_tokens,
+        "threads": threads,
+        "share": share,
+        "load_before": load_before,
         "mass": float(np.mean(mass)),
     }
 
@@ -221,65 +252,79 @@ def run(args) -> tuple[dict, str]:
         f"The baseline is flattered by its {args.max_new_tokens}-token cap and a lenient parse, and on this model "
         f"it mostly fails anyway ({failure:.0%} of samples give no digit 1-7), so the ratio understates the gain."
     )
-    section = "\n".join([
-        SECTION,
-        "",
-        f"Command: `{command}` ({datetime.date.today().isoformat()}).",
-        f"Machine: {os.cpu_count()} CPUs, torch threads {results['threads']}, {platform.platform()}, "
-        f"Python {platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}.",
-        f"Model: {subject.model_id} ({subject.info['num_parameters'] / 1e6:.0f}M parameters, "
-        f"{subject.info['dtype']}, {subject.info['device']}). Items: {items} = {len(experiences)} held-out "
-        f"experiences (round-robin over categories) x {per_experience} battery questions; batch size "
-        f"{args.batch_size} prompts for the exact methods, {prompts_per_call} prompts x {args.samples} samples "
-        "for sampling.",
-        "",
-        "| method | time | items/s | vs sampling | goal | met |",
-        "| --- | --- | --- | --- | --- | --- |",
-        f"| sampling (anchor): {args.samples} samples/item at T=1, <= {args.max_new_tokens} new tokens, parse digit "
-        f"| {timings['sampling']:.1f} s | {rate['sampling']:.2f} | 1x | | |",
-        f"| exact, no prefix reuse (`reuse_prefix=False`) | {timings['plain']:.1f} s | {rate['plain']:.2f} "
-        f"| {ratio_plain:.1f}x | (reference) | |",
-        f"| exact, prefix reuse (`reuse_prefix=True`, shipped) | {timings['reuse']:.1f} s | {rate['reuse']:.2f} "
-        f"| {ratio_reuse:.1f}x "
-        f"| >= {SAMPLING_GOAL:.0f}x | {met(ratio_reuse >= SAMPLING_GOAL)} |",
-        f"| prefix reuse over no reuse | | | {ratio_prefix:.2f}x | >= {REUSE_GOAL:.0f}x "
-        f"| {met(ratio_prefix >= REUSE_GOAL)} |",
-        "",
-        f"- {reading}",
-        f"- Reuse and no reuse agree: max |difference| of the expected digit over the {items} items is "
-        f"{max_diff:.1e}.",
-        f"- Sampling: {failure:.1%} of the {total_samples:,} samples had no digit 1-7 to parse; {unscored} items got "
-        f"no parsable sample at all; where one parsed, the {args.samples}-sample mean differs from the exact "
-        f"expected digit by {sample_gap:.2f} on average (sampling noise plus parse choices). "
-        f"Prompts are batched {prompts_per_call} per `generate` call (x{args.samples} sequences), left-padded and "
-        f"sorted by length; top_k=0, top_p=1. For comparison, the exact scorer puts "
-        f"{results['mass']:.1%} of the next-token probability on the digits 1-7 on average.",
-        f"- Tokens per prompt: {tokens['prompt_mean']:.0f} on average, of which {tokens['prefix_mean']:.0f} are the "
-        f"experience's shared prefix (chat template, system prompt, conversation, the question's shared wording) and "
-        f"{tokens['cont_mean']:.0f} the item's own continuation (its two poles and the closing template tokens). "
-        f"Reuse runs {tokens['reuse']:,} instead of {tokens['whole']:,} real tokens ({token_ratio:.1f}x fewer); "
-        f"the measured {ratio_prefix:.2f}x is that bound less the continuations' attention over the cached "
-        "prefix, the cache fan-out, padding and per-call overhead.",
-        "- Each method is warmed up once on one experience's items, then timed once over all items "
-        f"(`time.perf_counter`). CPU share (process CPU time / (wall x {threads} threads)): sampling "
-        f"{share['sampling']:.2f}, no reuse {share['plain']:.2f}, reuse {share['reuse']:.2f}; 1-minute load "
-        f"average before timing {load_before:.2f}."
-        + (" **A share well below 1 means other work competed for the CPUs; these timings are suspect.**"
-           if min(share.values()) < 0.85 else ""),
-        "",
-    ])
+    section = "\n".join(
+        [
+            SECTION,
+            "",
+            f"Command: `{command}` ({datetime.date.today().isoformat()}).",
+            f"Machine: {os.cpu_count()} CPUs, torch threads {results['threads']}, {platform.platform()}, "
+            f"Python {platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}.",
+            f"Model: {subject.model_id} ({subject.info['num_parameters'] / 1e6:.0f}M parameters, "
+            f"{subject.info['dtype']}, {subject.info['device']}). Items: {items} = {len(experiences)} held-out "
+            f"experiences (round-robin over categories) x {per_experience} battery questions; batch size "
+            f"{args.batch_size} prompts for the exact methods, {prompts_per_call} prompts x {args.samples} samples "
+            "for sampling.",
+            "",
+            "| method | time | items/s | vs sampling | goal | met |",
+            "| --- | --- | --- | --- | --- | --- |",
+            f"| sampling (anchor): {args.samples} samples/item at T=1, <= {args.max_new_tokens} new tokens, parse digit "
+            f"| {timings['sampling']:.1f} s | {rate['sampling']:.2f} | 1x | | |",
+            f"| exact, no prefix reuse (`reuse_prefix=False`) | {timings['plain']:.1f} s | {rate['plain']:.2f} "
+            f"| {ratio_plain:.1f}x | (reference) | |",
+            f"| exact, prefix reuse (`reuse_prefix=True`, shipped) | {timings['reuse']:.1f} s | {rate['reuse']:.2f} "
+            f"| {ratio_reuse:.1f}x "
+            f"| >= {SAMPLING_GOAL:.0f}x | {met(ratio_reuse >= SAMPLING_GOAL)} |",
+            f"| prefix reuse over no reuse | | | {ratio_prefix:.2f}x | >= {REUSE_GOAL:.0f}x "
+            f"| {met(ratio_prefix >= REUSE_GOAL)} |",
+            "",
+            f"- {reading}",
+            f"- Reuse and no reuse agree: max |difference| of the expected digit over the {items} items is "
+            f"{max_diff:.1e}.",
+            f"- Sampling: {failure:.1%} of the {total_samples:,} samples had no digit 1-7 to parse; {unscored} items got "
+            f"no parsable sample at all; where one parsed, the {args.samples}-sample mean differs from the exact "
+            f"expected digit by {sample_gap:.2f} on average (sampling noise plus parse choices). "
+            f"Prompts are batched {prompts_per_call} per `generate` call (x{args.samples} sequences), left-padded and "
+            f"sorted by length; top_k=0, top_p=1. For comparison, the exact scorer puts "
+            f"{results['mass']:.1%} of the next-token probability on the digits 1-7 on average.",
+            f"- Tokens per prompt: {tokens['prompt_mean']:.0f} on average, of which {tokens['prefix_mean']:.0f} are the "
+            f"experience's shared prefix (chat template, system prompt, conversation, the question's shared wording) and "
+            f"{tokens['cont_mean']:.0f} the item's own continuation (its two poles and the closing template tokens). "
+            f"Reuse runs {tokens['reuse']:,} instead of {tokens['whole']:,} real tokens ({token_ratio:.1f}x fewer); "
+            f"the measured {ratio_prefix:.2f}x is that bound less the continuations' attention over the cached "
+            "prefix, the cache fan-out, padding and per-call overhead.",
+            "- Each method is warmed up once on one experience's items, then timed once over all items "
+            f"(`time.perf_counter`). CPU share (process CPU time / (wall x {threads} threads)): sampling "
+            f"{share['sampling']:.2f}, no reuse {share['plain']:.2f}, reuse {share['reuse']:.2f}; 1-minute load "
+            f"average before timing {load_before:.2f}."
+            + (
+                " **A share well below 1 means other work competed for the CPUs; these timings are suspect.**"
+                if min(share.values()) < 0.85
+                else ""
+            ),
+            "",
+        ]
+    )
     return results, section
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--experiences", type=int, default=21,
-                        help="held-out experiences, round-robin over categories (x10 battery items)")
-    parser.add_argument("--batch-size", type=int, default=32,
-                        help="rows per forward: prompts for the exact methods, prompts x samples for sampling")
+    parser.add_argument(
+        "--experiences",
+        type=int,
+        default=21,
+        help="held-out experiences, round-robin over categories (x10 battery items)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=32,
+        help="rows per forward: prompts for the exact methods, prompts x samples for sampling",
+    )
     parser.add_argument("--samples", type=int, default=5, help="sampled generations per item (the anchor: 5)")
-    parser.add_argument("--max-new-tokens", type=int, default=8,
-                        help="cap on sampled tokens; short caps flatter the baseline")
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=8, help="cap on sampled tokens; short caps flatter the baseline"
+    )
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
     parser.add_argument("--update-md", type=Path, help="replace the `## Scoring` section of this markdown file")

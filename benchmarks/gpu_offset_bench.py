@@ -26,8 +26,13 @@ import types
 from pathlib import Path
 
 # No hub, no telemetry: the GPU machine has no network, and a lookup would only stall.
-for _key, _value in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-                     "TOKENIZERS_PARALLELISM": "false", "WANDB_DISABLED": "true"}.items():
+for _key, _value in {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "WANDB_DISABLED": "true",
+}.items():
     os.environ.setdefault(_key, _value)
 
 import numpy as np  # noqa: E402  (after the environment above)
@@ -35,17 +40,52 @@ import torch  # noqa: E402
 
 PEAK_BF16 = 989e12  # H100/H200 SXM dense bf16 datasheet rate, FLOP/s
 QWEN = {  # Qwen2.5 shapes (config.json of the released models)
-    "0.5B": {"hidden_size": 896, "num_hidden_layers": 24, "num_attention_heads": 14, "num_key_value_heads": 2,
-             "intermediate_size": 4864, "vocab_size": 151936, "tie_word_embeddings": True},
-    "1.5B": {"hidden_size": 1536, "num_hidden_layers": 28, "num_attention_heads": 12, "num_key_value_heads": 2,
-             "intermediate_size": 8960, "vocab_size": 151936, "tie_word_embeddings": True},
-    "3B": {"hidden_size": 2048, "num_hidden_layers": 36, "num_attention_heads": 16, "num_key_value_heads": 2,
-           "intermediate_size": 11008, "vocab_size": 151936, "tie_word_embeddings": True},
-    "7B": {"hidden_size": 3584, "num_hidden_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4,
-           "intermediate_size": 18944, "vocab_size": 152064, "tie_word_embeddings": False},
+    "0.5B": {
+        "hidden_size": 896,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 14,
+        "num_key_value_heads": 2,
+        "intermediate_size": 4864,
+        "vocab_size": 151936,
+        "tie_word_embeddings": True,
+    },
+    "1.5B": {
+        "hidden_size": 1536,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 12,
+        "num_key_value_heads": 2,
+        "intermediate_size": 8960,
+        "vocab_size": 151936,
+        "tie_word_embeddings": True,
+    },
+    "3B": {
+        "hidden_size": 2048,
+        "num_hidden_layers": 36,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 2,
+        "intermediate_size": 11008,
+        "vocab_size": 151936,
+        "tie_word_embeddings": True,
+    },
+    "7B": {
+        "hidden_size": 3584,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 28,
+        "num_key_value_heads": 4,
+        "intermediate_size": 18944,
+        "vocab_size": 152064,
+        "tie_word_embeddings": False,
+    },
 }
-TINY = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-        "intermediate_size": 128, "vocab_size": 1000, "tie_word_embeddings": True}
+TINY = {
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "intermediate_size": 128,
+    "vocab_size": 1000,
+    "tie_word_embeddings": True,
+}
 LORA_R, LORA_ALPHA = 16, 32
 OFFSET_SESSION = {"sequences": 2000, "seq_len": 1024, "epochs": 3}  # the 7B offset session being projected
 
@@ -82,6 +122,7 @@ def build_model(name: str, args):
 
 # ---- FLOPs model ---------------------------------------------------------------------------------
 
+
 def linear_shapes(s: dict) -> list[tuple[int, int]]:
     """(in, out) of every matmul weight of one decoder layer."""
     h, i = s["hidden_size"], s["intermediate_size"]
@@ -102,14 +143,19 @@ def flops_per_token(s: dict, seq: int, r: int = LORA_R) -> dict:
     n_frozen = layers * sum(a * b for a, b in linear_shapes(s)) + h * s["vocab_size"]
     n_lora = layers * sum(r * (a + b) for a, b in linear_shapes(s))
     attention = 12 * layers * h * seq
-    return {"n_frozen": n_frozen, "n_lora": n_lora, "attention": attention,
-            "total": 4 * n_frozen + 6 * n_lora + attention}
+    return {
+        "n_frozen": n_frozen,
+        "n_lora": n_lora,
+        "attention": attention,
+        "total": 4 * n_frozen + 6 * n_lora + attention,
+    }
 
 
 FLOPS_FORMULA = "flops/token = 4*N_frozen (decoder matmuls + LM head) + 6*N_lora + 12*layers*hidden*seq"
 
 
 # ---- section 0: the card's measured matmul ceiling -----------------------------------------------
+
 
 def matmul_ceiling(args) -> dict:
     n = 256 if args.smoke else 8192
@@ -136,6 +182,7 @@ def matmul_ceiling(args) -> dict:
 
 
 # ---- section 1: LoRA SFT throughput, plain TRL vs TRL + the budget callback -----------------------
+
 
 def tiny_tokenizer():
     """SFTTrainer insists on a tokenizer (for its pad token) even for pretokenized rows; a 3-word one does."""
@@ -178,14 +225,26 @@ def train_once(name: str, path: str, args, tokenizer, dataset) -> dict:
     warm, timed = args.warmup_steps, args.timed_steps
     with tempfile.TemporaryDirectory(prefix=f"bench-{path}-") as tmp:
         config = SFTConfig(
-            output_dir=str(Path(tmp) / "out"), per_device_train_batch_size=args.batch, gradient_accumulation_steps=1,
-            max_steps=warm + timed, learning_rate=1e-4, bf16=args.device == "cuda", gradient_checkpointing=False,
-            logging_steps=10, save_strategy="no", report_to=[], max_length=args.seq, disable_tqdm=True, seed=0,
+            output_dir=str(Path(tmp) / "out"),
+            per_device_train_batch_size=args.batch,
+            gradient_accumulation_steps=1,
+            max_steps=warm + timed,
+            learning_rate=1e-4,
+            bf16=args.device == "cuda",
+            gradient_checkpointing=False,
+            logging_steps=10,
+            save_strategy="no",
+            report_to=[],
+            max_length=args.seq,
+            disable_tqdm=True,
+            seed=0,
             # Rows are already token ids of exactly `seq` tokens: nothing to tokenize, truncate or pack.
-            dataset_kwargs={"skip_prepare_dataset": True}, dataloader_num_workers=0,
+            dataset_kwargs={"skip_prepare_dataset": True},
+            dataloader_num_workers=0,
         )
-        lora = LoraConfig(r=LORA_R, lora_alpha=LORA_ALPHA, lora_dropout=0.0, target_modules="all-linear",
-                          task_type="CAUSAL_LM")
+        lora = LoraConfig(
+            r=LORA_R, lora_alpha=LORA_ALPHA, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"
+        )
         model = build_model(name, args)
         timer = make_step_timer(args.device)
         if args.device == "cuda":
@@ -211,8 +270,14 @@ def train_once(name: str, path: str, args, tokenizer, dataset) -> dict:
         extra["trainable"] = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
         seconds = timer.at[warm + timed] - timer.at[warm]
         tokens = timed * args.batch * args.seq
-        result = {"path": path, "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
-                  "step_ms": 1000 * seconds / timed, **extra}
+        result = {
+            "path": path,
+            "tokens": tokens,
+            "seconds": seconds,
+            "tokens_per_s": tokens / seconds,
+            "step_ms": 1000 * seconds / timed,
+            **extra,
+        }
         if args.device == "cuda":
             result["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
         del trainer, model
@@ -252,8 +317,10 @@ def train_section(name: str, args, ceiling: float | None) -> dict:
                     free_memory(args.device)
                     log(f"  retrying with {args.lm_head}")
                     result = train_once(name, path, args, tokenizer, dataset)
-                log(f"  {name} {path} #{repeat}: {result['tokens_per_s']:,.0f} tok/s, {result['step_ms']:.1f} ms/step"
-                    + (f", save {result['save_s']:.2f} s" if "save_s" in result else ""))
+                log(
+                    f"  {name} {path} #{repeat}: {result['tokens_per_s']:,.0f} tok/s, {result['step_ms']:.1f} ms/step"
+                    + (f", save {result['save_s']:.2f} s" if "save_s" in result else "")
+                )
                 runs.append(result)
     except Exception as error:  # keep the runs already done if both paths have one
         if not {"plain", "ours"} <= {r["path"] for r in runs}:
@@ -277,13 +344,23 @@ def project_7b(mfu: float, args) -> dict:
     fpt = flops_per_token(QWEN["7B"], OFFSET_SESSION["seq_len"])
     tokens = OFFSET_SESSION["sequences"] * OFFSET_SESSION["seq_len"] * OFFSET_SESSION["epochs"]
     seconds = tokens * fpt["total"] / (mfu * PEAK_BF16)
-    formula = (f"GPU-h = sequences x seq x epochs x flops/token(7B) / (MFU x 989e12) / 3600 = "
-               f"{tokens:,} x {fpt['total'] / 1e9:.2f}e9 / ({mfu:.3f} x 989e12) / 3600")
-    return {"tokens": tokens, "flops_per_token": fpt, "mfu": mfu, "seconds": seconds, "gpu_hours": seconds / 3600,
-            "formula": formula, "note": "training steps only: no data loading stalls, evaluation or saves"}
+    formula = (
+        f"GPU-h = sequences x seq x epochs x flops/token(7B) / (MFU x 989e12) / 3600 = "
+        f"{tokens:,} x {fpt['total'] / 1e9:.2f}e9 / ({mfu:.3f} x 989e12) / 3600"
+    )
+    return {
+        "tokens": tokens,
+        "flops_per_token": fpt,
+        "mfu": mfu,
+        "seconds": seconds,
+        "gpu_hours": seconds / 3600,
+        "formula": formula,
+        "note": "training steps only: no data loading stalls, evaluation or saves",
+    }
 
 
 # ---- section 2: evaluator scoring throughput per model size --------------------------------------
+
 
 def probe_workload(args, vocab: int) -> tuple[list[list[int]], list[int]]:
     """Groups of 12 prompts sharing one prefix (an experience) followed by their own ~30-token probe question."""
@@ -337,8 +414,10 @@ def scoring_section(name: str, args) -> dict:
     finally:
         del model
         free_memory(args.device)
-    log(f"  {name}: reuse {out['reuse']['prompts_per_s']:,.0f} prompts/s, "
-        f"no reuse {out['no_reuse']['prompts_per_s']:,.0f} prompts/s (build {out['build_s']:.1f} s)")
+    log(
+        f"  {name}: reuse {out['reuse']['prompts_per_s']:,.0f} prompts/s, "
+        f"no reuse {out['no_reuse']['prompts_per_s']:,.0f} prompts/s (build {out['build_s']:.1f} s)"
+    )
     return out
 
 
@@ -369,8 +448,20 @@ def environment(args) -> dict:
     from importlib import metadata
 
     env = {"python": platform.python_version(), "device": args.device, "smoke": args.smoke, "argv": sys.argv[1:]}
-    for package in ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "huggingface-hub",
-                    "tokenizers", "pyarrow", "fsspec", "triton", "nvidia-ml-py"):
+    for package in (
+        "torch",
+        "transformers",
+        "trl",
+        "peft",
+        "accelerate",
+        "datasets",
+        "huggingface-hub",
+        "tokenizers",
+        "pyarrow",
+        "fsspec",
+        "triton",
+        "nvidia-ml-py",
+    ):
         try:
             env[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
@@ -390,14 +481,20 @@ def table(results: dict, args) -> str:
     tflops = ceiling.get("flops_per_s") and ceiling["flops_per_s"] / 1e12
     lines = [
         f"### gpu_offset_bench ({env.get('gpu', env['device'])}{', SMOKE: tiny shapes' if args.smoke else ''})",
-        (f"torch {env['torch']}, transformers {env['transformers']}, trl {env['trl']}, peft {env['peft']}; "
-         f"seq {args.seq}, batch {args.batch}, LoRA r={LORA_R} all-linear, {args.warmup_steps} warm-up + "
-         f"{args.timed_steps} timed steps, {args.repeats} repeats per path (alternated); LM head: {args.lm_head}"),
-        (f"measured matmul ceiling: {fmt(tflops, '.0f')} TFLOP/s ({ceiling.get('dtype', '?')} "
-         f"{ceiling.get('n', '?')}^3, median of 10); peak used for MFU 989"),
+        (
+            f"torch {env['torch']}, transformers {env['transformers']}, trl {env['trl']}, peft {env['peft']}; "
+            f"seq {args.seq}, batch {args.batch}, LoRA r={LORA_R} all-linear, {args.warmup_steps} warm-up + "
+            f"{args.timed_steps} timed steps, {args.repeats} repeats per path (alternated); LM head: {args.lm_head}"
+        ),
+        (
+            f"measured matmul ceiling: {fmt(tflops, '.0f')} TFLOP/s ({ceiling.get('dtype', '?')} "
+            f"{ceiling.get('n', '?')}^3, median of 10); peak used for MFU 989"
+        ),
         "",
-        ("| model | plain tok/s (runs) | ours tok/s (runs) | ours/plain | MFU plain (989) | MFU vs measured "
-         "| peak GiB | save s |"),
+        (
+            "| model | plain tok/s (runs) | ours tok/s (runs) | ours/plain | MFU plain (989) | MFU vs measured "
+            "| peak GiB | save s |"
+        ),
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name in args.train_sizes:
@@ -405,30 +502,44 @@ def table(results: dict, args) -> str:
         if "error" in r or "plain" not in r:
             lines.append(f"| {name} | error: {r.get('error', 'not run')[:150]} | | | | | | |")
             continue
-        runs = {p: ", ".join(f"{x['tokens_per_s']:,.0f}" for x in r["runs"] if x["path"] == p) for p in ("plain", "ours")}
+        runs = {
+            p: ", ".join(f"{x['tokens_per_s']:,.0f}" for x in r["runs"] if x["path"] == p) for p in ("plain", "ours")
+        }
         saves = [x["save_s"] for x in r["runs"] if "save_s" in x]
         if r.get("stopped_early"):
             name = f"{name} (stopped early: {r['stopped_early'][:80]})"
         peak = max((x.get("peak_mem_gib", 0) for x in r["runs"]), default=0)
-        lines.append(f"| {name} | {r['plain']:,.0f} ({runs['plain']}) | {r['ours']:,.0f} ({runs['ours']}) "
-                     f"| {r['ratio']:.3f} | {r['mfu_plain']:.1%} | {fmt(r.get('mfu_plain_vs_measured'), '.1%')} "
-                     f"| {peak:.1f} | {fmt(statistics.median(saves) if saves else None, '.2f')} |")
+        lines.append(
+            f"| {name} | {r['plain']:,.0f} ({runs['plain']}) | {r['ours']:,.0f} ({runs['ours']}) "
+            f"| {r['ratio']:.3f} | {r['mfu_plain']:.1%} | {fmt(r.get('mfu_plain_vs_measured'), '.1%')} "
+            f"| {peak:.1f} | {fmt(statistics.median(saves) if saves else None, '.2f')} |"
+        )
     lines += ["", FLOPS_FORMULA + " (12*L*h*s counts the full score matrix; causal kernels do about half)"]
     p = results.get("projection_7b", {})
-    lines.append(f"7B LoRA offset session: {p['gpu_hours']:.3f} GPU-h ({p['seconds']:.0f} s); {p['formula']}"
-                 if "gpu_hours" in p else f"7B projection: {p.get('error', 'not run')}")
-    lines += ["", "| scorer model | reuse prompts/s | no-reuse prompts/s | reuse/no-reuse | build s | peak GiB |",
-              "| --- | --- | --- | --- | --- | --- |"]
+    lines.append(
+        f"7B LoRA offset session: {p['gpu_hours']:.3f} GPU-h ({p['seconds']:.0f} s); {p['formula']}"
+        if "gpu_hours" in p
+        else f"7B projection: {p.get('error', 'not run')}"
+    )
+    lines += [
+        "",
+        "| scorer model | reuse prompts/s | no-reuse prompts/s | reuse/no-reuse | build s | peak GiB |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for name in args.score_sizes:
         r = results.get(f"score_{name}", {})
         if "error" in r or "reuse" not in r:
             lines.append(f"| {name} | error: {r.get('error', 'not run')[:150]} | | | | |")
             continue
-        lines.append(f"| {name} | {r['reuse']['prompts_per_s']:,.1f} | {r['no_reuse']['prompts_per_s']:,.1f} "
-                     f"| {r['reuse_over_no_reuse']:.2f} | {r['build_s']:.1f} | {fmt(r.get('peak_mem_gib'), '.1f')} |")
+        lines.append(
+            f"| {name} | {r['reuse']['prompts_per_s']:,.1f} | {r['no_reuse']['prompts_per_s']:,.1f} "
+            f"| {r['reuse_over_no_reuse']:.2f} | {r['build_s']:.1f} | {fmt(r.get('peak_mem_gib'), '.1f')} |"
+        )
     first = results.get(f"score_{args.score_sizes[0]}", {})
-    lines.append(f"scoring workload: {first.get('prompts', '?')} prompts of {fmt(first.get('mean_tokens'), '.0f')} "
-                 f"tokens on average, groups of 12 sharing a {args.prefix_len}-token prefix, batch 32")
+    lines.append(
+        f"scoring workload: {first.get('prompts', '?')} prompts of {fmt(first.get('mean_tokens'), '.0f')} "
+        f"tokens on average, groups of 12 sharing a {args.prefix_len}-token prefix, batch 32"
+    )
     return "\n".join(lines)
 
 
@@ -437,8 +548,12 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny shapes, a few steps: proves the script runs")
     parser.add_argument("--repeats", type=int, default=2, help="runs per path, alternated plain/ours")
     parser.add_argument("--batch", type=int, default=8, help="per-device batch (the same for both paths)")
-    parser.add_argument("--deadline-s", type=float, default=330.0,
-                        help="seconds after start past which no new run or scoring size is started")
+    parser.add_argument(
+        "--deadline-s",
+        type=float,
+        default=330.0,
+        help="seconds after start past which no new run or scoring size is started",
+    )
     parser.add_argument("--json", type=Path, help="where to write results (default $OUT/gpu_bench.json)")
     args = parser.parse_args()
     args.device = "cuda" if torch.cuda.is_available() and not args.smoke else "cpu"

@@ -23,8 +23,12 @@ import time
 import traceback
 from pathlib import Path
 
-for _key, _value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-                     "WANDB_DISABLED": "true"}.items():
+for _key, _value in {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "WANDB_DISABLED": "true",
+}.items():
     os.environ.setdefault(_key, _value)
 
 import torch  # noqa: E402
@@ -59,11 +63,16 @@ def main() -> None:
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() and not args.smoke else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    config = SweepConfig(subjects=["benchmark"], batch_size=args.batch_size, progress=False,
-                         max_items=12 if args.smoke else None)
+    config = SweepConfig(
+        subjects=["benchmark"], batch_size=args.batch_size, progress=False, max_items=12 if args.smoke else None
+    )
     stimuli = load_stimuli(None)
-    results = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "dtype": str(dtype),
-               "batch_size": args.batch_size, "sizes": {}}
+    results = {
+        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        "dtype": str(dtype),
+        "batch_size": args.batch_size,
+        "sizes": {},
+    }
     for size in args.sizes.split(","):
         folder = Path(tempfile.mkdtemp(prefix=f"sweep-bench-{size}-"))
         try:
@@ -75,8 +84,12 @@ def main() -> None:
             entry = measure_subject(spec, "0" * 20, config, stimuli, device)
             wall = time.perf_counter() - started
             results["sizes"][size] = {
-                "params": entry.params, "items": len(entry.items), "prompts": entry.prompts_scored,
-                "load_s": entry.timing["load_s"], "score_s": entry.timing["score_s"], "wall_s": wall,
+                "params": entry.params,
+                "items": len(entry.items),
+                "prompts": entry.prompts_scored,
+                "load_s": entry.timing["load_s"],
+                "score_s": entry.timing["score_s"],
+                "wall_s": wall,
                 "prompts_per_s": entry.prompts_scored / entry.timing["score_s"],
                 "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None,
             }
@@ -92,15 +105,21 @@ def main() -> None:
     results["projected_sweep_hours"] = sum(v["wall_s"] for v in done.values()) / 3600
     out = Path(os.environ.get("OUT", ".")) / "gpu_sweep_bench.json"
     out.write_text(json.dumps(results, indent=2))
-    print(f"\n{results['device']}, {results['dtype']}, batch {args.batch_size}: `welfare sweep` per subject "
-          "(random weights, built-in stimuli)\n")
+    print(
+        f"\n{results['device']}, {results['dtype']}, batch {args.batch_size}: `welfare sweep` per subject "
+        "(random weights, built-in stimuli)\n"
+    )
     print("| size | params | experiences | prompts | load s | scoring s | prompts/s | experiences/s | peak GiB |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for size, v in done.items():
         peak = "-" if v["peak_gib"] is None else f"{v['peak_gib']:.1f}"
-        print(f"| {size} | {v['params'] / 1e9:.2f}B | {v['items']} | {v['prompts']:,} | {v['load_s']:.1f} | "
-              f"{v['score_s']:.1f} | {v['prompts_per_s']:,.0f} | {v['items'] / v['score_s']:.1f} | {peak} |")
-    print(f"\nThe whole sweep ({', '.join(done)}): {results['projected_sweep_hours']:.4f} accelerator-hours. Written: {out}")
+        print(
+            f"| {size} | {v['params'] / 1e9:.2f}B | {v['items']} | {v['prompts']:,} | {v['load_s']:.1f} | "
+            f"{v['score_s']:.1f} | {v['prompts_per_s']:,.0f} | {v['items'] / v['score_s']:.1f} | {peak} |"
+        )
+    print(
+        f"\nThe whole sweep ({', '.join(done)}): {results['projected_sweep_hours']:.4f} accelerator-hours. Written: {out}"
+    )
 
 
 if __name__ == "__main__":

@@ -40,8 +40,13 @@ def prompts_per_subject(config: SweepConfig) -> dict:
     if "experienced_utility" in probes:
         pairs = len(initial_pairs(n, config.eu_degree, np.random.default_rng(config.seed)))
         pairs += config.eu_active_rounds * max(1, n // 2)  # at most this many near-tie pairs per round
-    return {"items": n, "self_report": self_report, "stop": stop, "comparison": 2 * pairs,
-            "total": self_report + stop + 2 * pairs}
+    return {
+        "items": n,
+        "self_report": self_report,
+        "stop": stop,
+        "comparison": 2 * pairs,
+        "total": self_report + stop + 2 * pairs,
+    }
 
 
 def rate_for(params: float) -> tuple[float, float]:
@@ -53,8 +58,11 @@ def rate_for(params: float) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(REPO / "configs/sweep/qwen2.5.yaml"))
-    parser.add_argument("--params", default="0.49e9,1.54e9,3.09e9,7.62e9",
-                        help="parameter counts of the subjects (the recipe's model ids are not downloaded)")
+    parser.add_argument(
+        "--params",
+        default="0.49e9,1.54e9,3.09e9,7.62e9",
+        help="parameter counts of the subjects (the recipe's model ids are not downloaded)",
+    )
     parser.add_argument("--update-md", action="store_true", help="rewrite the section in BENCHMARKS.md")
     args = parser.parse_args()
     config, _ = parse_config([SweepConfig], ["--config", args.config], prog="sweep_cost")
@@ -64,33 +72,37 @@ def main() -> None:
         rate, measured = rate_for(params)
         seconds = counts["total"] / rate
         total_s += seconds
-        rows.append(f"| {params / 1e9:.2f}B | {rate:,.0f} (measured at {measured / 1e9:.2f}B) | {seconds:.1f} | {seconds / 3600:.4f} |")
-    section = "\n".join([
-        "## Projected cost of a scale sweep (from measured GPU throughput)",
-        "",
-        f"Command: `python -m benchmarks.sweep_cost --config {Path(args.config).relative_to(REPO)}`. Prompts per subject are",
-        f"counted exactly as `welfare sweep` builds them on the built-in stimuli: {counts['items']} experiences (120 empathy items,",
-        "everyday held-out items), "
-        f"{counts['self_report']:,} self-report + {counts['stop']:,} stop + {counts['comparison']:,} comparison prompts = "
-        f"**{counts['total']:,} prompts per subject**.",
-        "Throughput is the H200 bf16 scoring rate with prefix reuse from the section above (nearest measured size). No GPU was lent",
-        "while the sweep was built, so these are projections, not sweep timings.",
-        "",
-        "| subject | prompts/s (H200) | scoring s | GPU-hours |",
-        "| --- | --- | --- | --- |",
-        *rows,
-        "",
-        f"- Scoring the whole sweep: ~{total_s:.0f} s, **~{total_s / 3600:.3f} H200-hours** in total. Comparison prompts",
-        "  hold two transcripts (about twice the tokens of the measured prompts), so scoring may take up to ~2x",
-        "  this. Loading weights is not included and is likely the larger part (15 GB at 7B); the meter in",
-        "  `welfare sweep` records both per subject (`results.json` -> `subjects[].cost`, `cost.accelerator_hours`).",
-        "- To measure instead of project, on a GPU: `python -m benchmarks.gpu_sweep_bench --tokenizer DIR` runs the",
-        "  sweep's own per-subject path (load, score the built-in stimuli) on random-weight Qwen2.5 shapes. Written",
-        "  and smoke-tested on CPU; not yet run on a GPU.",
-        "- On the CPU test machine (2 cores) the synthetic families (6 models of 30-100k parameters, 104",
-        "  experiences, ~1,550 prompts each) take ~16 s for the whole sweep.",
-        "",
-    ])
+        rows.append(
+            f"| {params / 1e9:.2f}B | {rate:,.0f} (measured at {measured / 1e9:.2f}B) | {seconds:.1f} | {seconds / 3600:.4f} |"
+        )
+    section = "\n".join(
+        [
+            "## Projected cost of a scale sweep (from measured GPU throughput)",
+            "",
+            f"Command: `python -m benchmarks.sweep_cost --config {Path(args.config).relative_to(REPO)}`. Prompts per subject are",
+            f"counted exactly as `welfare sweep` builds them on the built-in stimuli: {counts['items']} experiences (120 empathy items,",
+            "everyday held-out items), "
+            f"{counts['self_report']:,} self-report + {counts['stop']:,} stop + {counts['comparison']:,} comparison prompts = "
+            f"**{counts['total']:,} prompts per subject**.",
+            "Throughput is the H200 bf16 scoring rate with prefix reuse from the section above (nearest measured size). No GPU was lent",
+            "while the sweep was built, so these are projections, not sweep timings.",
+            "",
+            "| subject | prompts/s (H200) | scoring s | GPU-hours |",
+            "| --- | --- | --- | --- |",
+            *rows,
+            "",
+            f"- Scoring the whole sweep: ~{total_s:.0f} s, **~{total_s / 3600:.3f} H200-hours** in total. Comparison prompts",
+            "  hold two transcripts (about twice the tokens of the measured prompts), so scoring may take up to ~2x",
+            "  this. Loading weights is not included and is likely the larger part (15 GB at 7B); the meter in",
+            "  `welfare sweep` records both per subject (`results.json` -> `subjects[].cost`, `cost.accelerator_hours`).",
+            "- To measure instead of project, on a GPU: `python -m benchmarks.gpu_sweep_bench --tokenizer DIR` runs the",
+            "  sweep's own per-subject path (load, score the built-in stimuli) on random-weight Qwen2.5 shapes. Written",
+            "  and smoke-tested on CPU; not yet run on a GPU.",
+            "- On the CPU test machine (2 cores) the synthetic families (6 models of 30-100k parameters, 104",
+            "  experiences, ~1,550 prompts each) take ~16 s for the whole sweep.",
+            "",
+        ]
+    )
     print(section)
     if args.update_md:
         from benchmarks.markdown_section import replace_section

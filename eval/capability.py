@@ -41,4 +41,3 @@ def perplexity(subject, experiences: Sequence[Experience], *, batch_size: int = 
         total_nll -= float((logprobs.cpu() * scored).sum())
         total_tokens += int(scored.sum())
     return {"perplexity": math.exp(total_nll / max(total_tokens, 1)), "tokens": total_tokens, "texts": len(texts)}
-

@@ -71,8 +71,10 @@ def select_conditions(stimuli: StimulusSet, config: EvalConfig) -> dict[str, lis
             valence = "neutral" if name == "baseline" else "dysphoric"
             raise StimulusError(
                 stimuli.source,
-                [f"condition {name!r} has no experiences: no {valence} items in split {config.split!r}; "
-                 "add some, or choose another split with --split"],
+                [
+                    f"condition {name!r} has no experiences: no {valence} items in split {config.split!r}; "
+                    "add some, or choose another split with --split"
+                ],
             )
     return chosen
 
@@ -130,7 +132,11 @@ class ItemScores:
                 "target": e.target,
                 "intensity": e.intensity,
                 "split": e.split,
-                **({"own_replies": [m["content"] for m in e.messages if m["role"] == "assistant"]} if with_replies else {}),
+                **(
+                    {"own_replies": [m["content"] for m in e.messages if m["role"] == "assistant"]}
+                    if with_replies
+                    else {}
+                ),
                 **{probe: s.get(e.id) for probe, s in self.scores.items()},
                 **({"experienced_utility_sd": self.utility_sd.get(e.id)} if self.utility_sd else {}),
             }
@@ -144,11 +150,17 @@ def score_items(config: EvalConfig, subject, items: list[Experience], rng: np.ra
     timing: dict[str, float] = {}
     if config.replies == "own":
         start = time.perf_counter()
-        items = live_through(subject, items, max_new_tokens=config.reply_tokens, batch_size=config.batch_size,
-                             progress=config.progress)
+        items = live_through(
+            subject, items, max_new_tokens=config.reply_tokens, batch_size=config.batch_size, progress=config.progress
+        )
         timing["own_replies_s"] = time.perf_counter() - start
-    scorer = NextTokenScorer(subject.model, subject.tokenizer, batch_size=config.batch_size, progress=config.progress,
-                             soft_prompt=subject.soft_prompt)
+    scorer = NextTokenScorer(
+        subject.model,
+        subject.tokenizer,
+        batch_size=config.batch_size,
+        progress=config.progress,
+        soft_prompt=subject.soft_prompt,
+    )
     scores: dict[str, dict[str, float]] = {}
     samples: list[dict] = []
     adherence: dict[str, dict] = {}
@@ -168,7 +180,9 @@ def score_items(config: EvalConfig, subject, items: list[Experience], rng: np.ra
     fit_info, utility_sd = None, {}
     if "experienced_utility" in config.probe_names:
         start = time.perf_counter()
-        utilities, utility_sd, fit_info, eu_samples, mass = _experienced_utility(scorer, subject.tokenizer, items, config, rng)
+        utilities, utility_sd, fit_info, eu_samples, mass = _experienced_utility(
+            scorer, subject.tokenizer, items, config, rng
+        )
         scores["experienced_utility"] = utilities
         adherence["experienced_utility"] = _adherence(mass, config.adherence_threshold)
         samples += eu_samples
@@ -327,25 +341,35 @@ def _interpret(probes_out: dict, empathy: dict) -> list[str]:
         lo, hi = d["ci95"]
         if excludes_zero(d["ci95"]):
             direction = "lower" if d["mean"] < 0 else "higher"
-            lines.append(f"{probe}: post-dysphoric is {direction} than baseline (delta {d['mean']:+.3f}, "
-                         f"95% CI [{lo:+.3f}, {hi:+.3f}]).{_caveat(res)}")
+            lines.append(
+                f"{probe}: post-dysphoric is {direction} than baseline (delta {d['mean']:+.3f}, "
+                f"95% CI [{lo:+.3f}, {hi:+.3f}]).{_caveat(res)}"
+            )
         else:
-            lines.append(f"{probe}: no detectable difference between baseline and post-dysphoric (delta {d['mean']:+.3f}, 95% CI [{lo:+.3f}, {hi:+.3f}] includes 0).")
+            lines.append(
+                f"{probe}: no detectable difference between baseline and post-dysphoric (delta {d['mean']:+.3f}, 95% CI [{lo:+.3f}, {hi:+.3f}] includes 0)."
+            )
         adh = res["adherence"]
         if adh["prompts"] and adh["low_adherence_prompts"] > adh["prompts"] / 2:
-            lines.append(f"{probe}: low format adherence: mean valid-answer mass {adh['mean_valid_mass']:.2f}; "
-                         f"{adh['low_adherence_prompts']}/{adh['prompts']} prompts below {adh['threshold']}.")
+            lines.append(
+                f"{probe}: low format adherence: mean valid-answer mass {adh['mean_valid_mass']:.2f}; "
+                f"{adh['low_adherence_prompts']}/{adh['prompts']} prompts below {adh['threshold']}."
+            )
     for target, res in empathy.items():
         if excludes_zero(res["ci95"]):
             verdict = "CI excludes 0" + _caveat(probes_out[res["probe"]])
         else:
             verdict = "CI includes 0: no detectable empathy"
-        lines.append(f"empathy ({target}, {res['probe']}): r = {res['r']:+.2f}, 95% CI [{res['ci95'][0]:+.2f}, {res['ci95'][1]:+.2f}] ({verdict}).")
+        lines.append(
+            f"empathy ({target}, {res['probe']}): r = {res['r']:+.2f}, 95% CI [{res['ci95'][0]:+.2f}, {res['ci95'][1]:+.2f}] ({verdict})."
+        )
     return lines
 
 
 def _caveat(probe_result: dict) -> str:
     if probe_result["adherence"]["reliable"]:
         return ""
-    return (" Not a reliable wellbeing reading: the model rarely answers in the asked format"
-            f" (valid-answer mass {probe_result['adherence']['mean_valid_mass']:.2f}).")
+    return (
+        " Not a reliable wellbeing reading: the model rarely answers in the asked format"
+        f" (valid-answer mass {probe_result['adherence']['mean_valid_mass']:.2f})."
+    )

@@ -79,8 +79,12 @@ class StimulusError(InputError):
         shown = problems[:50]
         more = f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else ""
         super().__init__(
-            f"{source}: {len(problems)} problem(s) in the stimulus set:\n  " + "\n  ".join(shown) + more
-            + "\nEach line must be a JSON object with fields " + ", ".join(FIELDS) + " (see eval/stimuli/README.md)."
+            f"{source}: {len(problems)} problem(s) in the stimulus set:\n  "
+            + "\n  ".join(shown)
+            + more
+            + "\nEach line must be a JSON object with fields "
+            + ", ".join(FIELDS)
+            + " (see eval/stimuli/README.md)."
         )
 
 
@@ -98,17 +102,16 @@ def check_stimuli_path(path: str | Path) -> Path:
         problem = "file not found" if isinstance(err, FileNotFoundError) else f"cannot read it ({err.strerror or err})"
         raise StimulusError(str(path), [f"{problem}; pass --stimuli with a JSONL file or a datasets folder"]) from None
     if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-        raise StimulusError(str(path), ["not a regular file or a folder; pass --stimuli with a JSONL file or a datasets folder"])
+        raise StimulusError(
+            str(path), ["not a regular file or a folder; pass --stimuli with a JSONL file or a datasets folder"]
+        )
     return path
 
 
 def load_stimuli(path: str | Path | None = None) -> StimulusSet:
     """Load and validate a stimulus set: a JSONL file, a `datasets` folder, or (None) the built-in set."""
     path = check_stimuli_path(path) if path else builtin_stimuli_path()
-    if path.is_dir():
-        rows = _rows_from_dataset_folder(path)
-    else:
-        rows = _rows_from_jsonl(path)
+    rows = _rows_from_dataset_folder(path) if path.is_dir() else _rows_from_jsonl(path)
     problems: list[str] = []
     experiences = []
     seen: dict[str, str] = {}
@@ -121,7 +124,9 @@ def load_stimuli(path: str | Path | None = None) -> StimulusSet:
         if exp is None:
             continue
         if exp.id in seen:
-            problems.append(f"{where}: field 'id': duplicate id {exp.id!r} (first at {seen[exp.id]}); ids must be unique")
+            problems.append(
+                f"{where}: field 'id': duplicate id {exp.id!r} (first at {seen[exp.id]}); ids must be unique"
+            )
         seen.setdefault(exp.id, where)
         experiences.append(exp)
     if not experiences and not problems:
@@ -143,7 +148,10 @@ def _rows_from_jsonl(path: Path) -> Iterable[tuple[str, dict | str]]:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as err:
-                yield where, f"not valid UTF-8 (byte {raw[err.start]:#04x} at column {err.start + 1}); save the file as UTF-8"
+                yield (
+                    where,
+                    f"not valid UTF-8 (byte {raw[err.start]:#04x} at column {err.start + 1}); save the file as UTF-8",
+                )
                 continue
             if not line.strip():
                 continue

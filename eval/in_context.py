@@ -51,7 +51,9 @@ class InContextScores:
 
 
 def score_in_context(
-    scorer: NextTokenScorer, experiences: Sequence[Experience], probes: Sequence[str] = IN_CONTEXT,
+    scorer: NextTokenScorer,
+    experiences: Sequence[Experience],
+    probes: Sequence[str] = IN_CONTEXT,
     desc: str = "self-report + stop",
 ) -> InContextScores:
     """Score `probes` (some of IN_CONTEXT) after each experience, on `scorer`'s model."""

@@ -104,7 +104,9 @@ def stop_requests(experiences: Sequence[Experience]) -> list[Request]:
         for order in ("end_first", "end_second"):
             a, b = ("end", "continue") if order == "end_first" else ("continue", "end")
             text = _STOP_QUESTION.format(a=_STOP_OPTIONS[a], b=_STOP_OPTIONS[b])
-            requests.append(Request("stop", e.id, order, e.messages + ({"role": "user", "content": text},), f"{e.id}/stop"))
+            requests.append(
+                Request("stop", e.id, order, e.messages + ({"role": "user", "content": text},), f"{e.id}/stop")
+            )
     return requests
 
 

@@ -34,8 +34,15 @@ def recovery(before: list[dict], after: list[dict], *, optimised: str | None, n_
     probes = [p for p in BETTER if p in before[0] and p in after[0]]
     arrays = {}
     for probe in probes:
-        arrays[probe] = tuple(np.array([row[probe] for row in rows], dtype=np.float64) for rows in (
-            post, [after_by_id[r["item_id"]] for r in post], base, [after_by_id[r["item_id"]] for r in base]))
+        arrays[probe] = tuple(
+            np.array([row[probe] for row in rows], dtype=np.float64)
+            for rows in (
+                post,
+                [after_by_id[r["item_id"]] for r in post],
+                base,
+                [after_by_id[r["item_id"]] for r in base],
+            )
+        )
 
     def stats(post_idx, base_idx) -> dict[str, tuple[float, float, float]]:
         out = {}
@@ -50,7 +57,11 @@ def recovery(before: list[dict], after: list[dict], *, optimised: str | None, n_
 
     point = stats(np.arange(len(post)), np.arange(len(base)))
     boots = [stats(rng.integers(0, len(post), len(post)), rng.integers(0, len(base), len(base))) for _ in range(n_boot)]
-    result: dict = {"probes": {}, "optimised_probe": optimised, "n_items": {"post_dysphoric": len(post), "baseline": len(base)}}
+    result: dict = {
+        "probes": {},
+        "optimised_probe": optimised,
+        "n_items": {"post_dysphoric": len(post), "baseline": len(base)},
+    }
     for probe in probes:
         pd_before, pd_after, b_before, b_after = arrays[probe]
         result["probes"][probe] = {
@@ -58,15 +69,24 @@ def recovery(before: list[dict], after: list[dict], *, optimised: str | None, n_
             "post_dysphoric": float(pd_before.mean()),
             "post_intervention": float(pd_after.mean()),
             "baseline_after": float(b_after.mean()),
-            "compared": "relative to each evaluation's baseline items" if probe in RELATIVE_TO_BASELINE else "as measured",
-            **{name: {"mean": float(point[probe][k]), "ci95": percentile_ci(np.array([b[probe][k] for b in boots]))}
-               for k, name in enumerate(("recovered", "harm", "recovery_fraction"))},
+            "compared": "relative to each evaluation's baseline items"
+            if probe in RELATIVE_TO_BASELINE
+            else "as measured",
+            **{
+                name: {"mean": float(point[probe][k]), "ci95": percentile_ci(np.array([b[probe][k] for b in boots]))}
+                for k, name in enumerate(("recovered", "harm", "recovery_fraction"))
+            },
         }
     others = [p for p in probes if p != optimised]
     if optimised in probes and others:
+
         def gap(s):
             return s[optimised][2] - np.mean([s[p][2] for p in others])
 
-        result["goodhart_gap"] = {"mean": float(gap(point)), "ci95": percentile_ci(np.array([gap(b) for b in boots])),
-                                  "optimised": optimised, "compared_with": others}
+        result["goodhart_gap"] = {
+            "mean": float(gap(point)),
+            "ci95": percentile_ci(np.array([gap(b) for b in boots])),
+            "optimised": optimised,
+            "compared_with": others,
+        }
     return result

@@ -20,8 +20,13 @@ from welfare_offsets.eval.scoring import pad_rows, pad_token_id, place_soft_prom
 
 
 def live_through(
-    subject, experiences: Sequence[Experience], *, max_new_tokens: int = 48, batch_size: int = 16,
-    temperature: float | None = None, progress: bool = True,
+    subject,
+    experiences: Sequence[Experience],
+    *,
+    max_new_tokens: int = 48,
+    batch_size: int = 16,
+    temperature: float | None = None,
+    progress: bool = True,
 ) -> list[Experience]:
     """The experiences with every assistant turn (and a final one, if the user spoke last) written by the subject.
 
@@ -41,8 +46,9 @@ def live_through(
                     pending.append(i)
             for start in range(0, len(pending), batch_size):
                 chunk = pending[start : start + batch_size]
-                replies = generate(subject, [lived[i] for i in chunk], max_new_tokens=max_new_tokens,
-                                   temperature=temperature)
+                replies = generate(
+                    subject, [lived[i] for i in chunk], max_new_tokens=max_new_tokens, temperature=temperature
+                )
                 for i, reply in zip(chunk, replies):
                     lived[i].append({"role": "assistant", "content": reply})
                 bar.update(len(chunk))
@@ -50,8 +56,9 @@ def live_through(
 
 
 @torch.inference_mode()
-def generate(subject, conversations: Sequence[Sequence[dict]], *, max_new_tokens: int,
-             temperature: float | None = None) -> list[str]:
+def generate(
+    subject, conversations: Sequence[Sequence[dict]], *, max_new_tokens: int, temperature: float | None = None
+) -> list[str]:
     """Replies to a batch of conversations (left-padded; soft prompt in front of each row); greedy by default."""
     tokenizer, model = subject.tokenizer, subject.model
     pad_id = pad_token_id(tokenizer)
@@ -60,8 +67,13 @@ def generate(subject, conversations: Sequence[Sequence[dict]], *, max_new_tokens
     ids, mask = pad_rows(token_lists, pad_id, soft_columns=0 if soft is None else soft.shape[0])
     width = ids.shape[1]
     device = next(model.parameters()).device
-    kwargs = {"attention_mask": mask.to(device), "max_new_tokens": max_new_tokens, "do_sample": temperature is not None,
-              "pad_token_id": pad_id, "eos_token_id": tokenizer.eos_token_id}
+    kwargs = {
+        "attention_mask": mask.to(device),
+        "max_new_tokens": max_new_tokens,
+        "do_sample": temperature is not None,
+        "pad_token_id": pad_id,
+        "eos_token_id": tokenizer.eos_token_id,
+    }
     if temperature is not None:  # plain sampling at this temperature, whatever the model's generation config says
         kwargs.update(temperature=temperature, top_p=1.0, top_k=None)
     if soft is None:

@@ -26,7 +26,9 @@ def plot_evaluation(results: dict, items: list[dict], path: str | Path, title: s
     for ax, probe in zip(axes[0], probes):
         res = results["probes"][probe]
         means = [res[c]["mean"] for c in ("baseline", "post_dysphoric")]
-        errs = np.array([[m - res[c]["ci95"][0], res[c]["ci95"][1] - m] for m, c in zip(means, ("baseline", "post_dysphoric"))]).T
+        errs = np.array(
+            [[m - res[c]["ci95"][0], res[c]["ci95"][1] - m] for m, c in zip(means, ("baseline", "post_dysphoric"))]
+        ).T
         ax.bar([0, 1], means, yerr=errs, capsize=6, color=["tab:gray", "tab:red"], alpha=0.85)
         ax.set_xticks([0, 1], ["baseline", "post-dysphoric"])
         ax.set_ylabel(_PROBE_AXIS.get(probe, probe))
@@ -62,7 +64,8 @@ def summary_markdown(results: dict) -> str:
     """A short readable summary: the headline table, empathy, zero point, and the plain-language reading."""
     subject = results.get("subject", {})
     lines = [
-        f"# Wellbeing evaluation: {subject.get('model_id', '?')}" + (f" + {subject['adapter']}" if subject.get("adapter") else ""),
+        f"# Wellbeing evaluation: {subject.get('model_id', '?')}"
+        + (f" + {subject['adapter']}" if subject.get("adapter") else ""),
         "",
         f"Stimuli: `{results.get('stimuli', {}).get('source', '?')}` (sha256 {results.get('stimuli', {}).get('sha256', '?')[:12]}), "
         f"split {results.get('config', {}).get('resolved', {}).get('split', '?')}, items per condition {results.get('n_items', {})}.",
@@ -78,11 +81,19 @@ def summary_markdown(results: dict) -> str:
         )
     lines += ["", "| empathy target | r (95% CI) | n | probe |", "| --- | --- | --- | --- |"]
     for target, res in results["empathy"].items():
-        lines.append(f"| {target} | {res['r']:+.2f} [{res['ci95'][0]:+.2f}, {res['ci95'][1]:+.2f}] | {res['n']} | {res['probe']} |")
+        lines.append(
+            f"| {target} | {res['r']:+.2f} [{res['ci95'][0]:+.2f}, {res['ci95'][1]:+.2f}] | {res['n']} | {res['probe']} |"
+        )
     zp = results.get("zero_point", {})
     if zp:
-        lines += ["", "Zero point (utility scale): " + "; ".join(
-            f"{name} {v['mean']:+.3f} [{v['ci95'][0]:+.3f}, {v['ci95'][1]:+.3f}]" + ("" if v.get("reliable", True) else " (unreliable: SR does not track utility)")
-            for name, v in zp.items())]
+        lines += [
+            "",
+            "Zero point (utility scale): "
+            + "; ".join(
+                f"{name} {v['mean']:+.3f} [{v['ci95'][0]:+.3f}, {v['ci95'][1]:+.3f}]"
+                + ("" if v.get("reliable", True) else " (unreliable: SR does not track utility)")
+                for name, v in zp.items()
+            ),
+        ]
     lines += ["", "## Reading", ""] + [f"- {line}" for line in results["interpretation"]]
     return "\n".join(lines) + "\n"

@@ -11,16 +11,20 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from welfare_offsets.eval.evaluate import EvalConfig, Evaluation, evaluate, select_conditions
-from welfare_offsets.eval.experiences import load_stimuli
 from welfare_offsets.eval.common.outputs import OutputFolder, provenance
 from welfare_offsets.eval.common.results import EvaluationResult, write_result
+from welfare_offsets.eval.evaluate import EvalConfig, Evaluation, evaluate, select_conditions
+from welfare_offsets.eval.experiences import load_stimuli
 from welfare_offsets.eval.report import plot_evaluation, summary_markdown
 from welfare_offsets.eval.subject import load_subject
 
 
-def run_evaluation(config: EvalConfig, passed: dict | None = None, subject=None,
-                   measure_more: Callable[[Evaluation], dict] | None = None) -> tuple[Evaluation, Path | None]:
+def run_evaluation(
+    config: EvalConfig,
+    passed: dict | None = None,
+    subject=None,
+    measure_more: Callable[[Evaluation], dict] | None = None,
+) -> tuple[Evaluation, Path | None]:
     """Evaluate `config` (a preloaded `subject` may be passed); returns the evaluation (its `results` as
     results.json holds them) and the output folder. `measure_more` returns EvaluationResult fields measured
     after the evaluation (a session's perplexity and metered cost), recorded in the same results.json."""
@@ -31,7 +35,11 @@ def run_evaluation(config: EvalConfig, passed: dict | None = None, subject=None,
         started = time.perf_counter()
         if subject is None:
             subject = load_subject(
-                config.model, config.adapter, trust_remote_code=config.trust_remote_code, device=config.device, dtype=config.dtype
+                config.model,
+                config.adapter,
+                trust_remote_code=config.trust_remote_code,
+                device=config.device,
+                dtype=config.dtype,
             )
         evaluation = evaluate(config, subject, stimuli)
         evaluation.results["timing"]["total_s"] = time.perf_counter() - started
@@ -66,7 +74,14 @@ def run_evaluation(config: EvalConfig, passed: dict | None = None, subject=None,
 def _log_to_wandb(config: EvalConfig, evaluation: Evaluation) -> None:
     from welfare_offsets.eval.common.tracking import flatten_numbers, start_run
 
-    run = start_run(config.wandb_project, name=f"eval-{evaluation.results['subject_fingerprint']}",
-                    config=dataclasses.asdict(config), job_type="eval", entity=config.wandb_entity)
-    run.summary.update(flatten_numbers({"probes": evaluation.results["probes"], "empathy": evaluation.results["empathy"]}))
+    run = start_run(
+        config.wandb_project,
+        name=f"eval-{evaluation.results['subject_fingerprint']}",
+        config=dataclasses.asdict(config),
+        job_type="eval",
+        entity=config.wandb_entity,
+    )
+    run.summary.update(
+        flatten_numbers({"probes": evaluation.results["probes"], "empathy": evaluation.results["empathy"]})
+    )
     run.finish()

@@ -129,9 +129,10 @@ class NextTokenScorer:
         plan = self._plan(token_lists, groups)
         result: list[torch.Tensor | None] = [None] * len(token_lists)
         batches = list(self._batches(plan))
-        with torch.inference_mode(), tqdm(
-            total=len(token_lists), desc=desc, unit="prompt", disable=not self.progress, leave=False
-        ) as bar:
+        with (
+            torch.inference_mode(),
+            tqdm(total=len(token_lists), desc=desc, unit="prompt", disable=not self.progress, leave=False) as bar,
+        ):
             for batch in batches:
                 rows, logprobs = self._run_batch(batch, token_lists)
                 for row, lp in zip(rows, logprobs):
@@ -197,7 +198,9 @@ class NextTokenScorer:
             inputs = {"input_ids": prefix_ids.to(device)}
             if n_soft:
                 starts = (max_prefix - prefix_lens).tolist()
-                inputs = {"inputs_embeds": place_soft_prompt(self.model, prefix_ids.to(device), self.soft_prompt, starts)}
+                inputs = {
+                    "inputs_embeds": place_soft_prompt(self.model, prefix_ids.to(device), self.soft_prompt, starts)
+                }
             out = self.model(
                 **inputs,
                 attention_mask=prefix_mask.to(device),

@@ -80,21 +80,31 @@ class ProbeSettings(ExperienceSettings):
 
     DEFAULT_PROBES = P.PROBES  # the probes a command measures when `probes` is not given
 
-    probes: str | None = setting(None, f"comma-separated subset of {','.join(P.PROBES)}; default: every probe the "
-                                       "command reports (eval: all; sweep: self_report,experienced_utility, which its "
-                                       "profile uses)")
-    replies: str = setting("authored", "authored: probe after the stimulus file's replies; own: the subject writes its "
-                                       "own replies first (greedy)")
-    split: str = setting("heldout", "split of the measured experiences (eval: the baseline and post-dysphoric "
-                                    "conditions; sweep: the everyday ones): heldout, train or all")
+    probes: str | None = setting(
+        None,
+        f"comma-separated subset of {','.join(P.PROBES)}; default: every probe the "
+        "command reports (eval: all; sweep: self_report,experienced_utility, which its "
+        "profile uses)",
+    )
+    replies: str = setting(
+        "authored",
+        "authored: probe after the stimulus file's replies; own: the subject writes its own replies first (greedy)",
+    )
+    split: str = setting(
+        "heldout",
+        "split of the measured experiences (eval: the baseline and post-dysphoric "
+        "conditions; sweep: the everyday ones): heldout, train or all",
+    )
     empathy_split: str = setting("all", "split of the empathy experiences: heldout, train or all")
-    max_items: int | None = setting(None, "cap per condition (sweep: per group) and per empathy target, evenly over "
-                                          "categories")
+    max_items: int | None = setting(
+        None, "cap per condition (sweep: per group) and per empathy target, evenly over categories"
+    )
     batch_size: int = setting(16, "prompts per forward pass (not part of a sweep's cache key)")
     eu_degree: int = setting(4, "comparisons per experience in the initial random design")
     eu_active_rounds: int = setting(1, "rounds of extra near-tie comparisons after the first fit")
-    bootstrap: int = setting(2000, f"bootstrap resamples for every CI (at least {MIN_BOOTSTRAP}; not part of a sweep's "
-                                   "cache key)")
+    bootstrap: int = setting(
+        2000, f"bootstrap resamples for every CI (at least {MIN_BOOTSTRAP}; not part of a sweep's cache key)"
+    )
 
     def check(self):
         if self.probes is None:
@@ -111,8 +121,9 @@ class ProbeSettings(ExperienceSettings):
         if self.max_items is not None and self.max_items < 2:
             raise ValueError(f"max_items: expected at least 2 (or unset), got {self.max_items}")
         if self.bootstrap < MIN_BOOTSTRAP:
-            raise ValueError(f"bootstrap: at least {MIN_BOOTSTRAP} replicates are needed for a 95% interval, "
-                             f"got {self.bootstrap}")
+            raise ValueError(
+                f"bootstrap: at least {MIN_BOOTSTRAP} replicates are needed for a 95% interval, got {self.bootstrap}"
+            )
 
     @property
     def probe_names(self) -> tuple[str, ...]:
@@ -138,15 +149,21 @@ class TrackingSettings(Settings):
 class OverwriteSettings(Settings):
     """Whether a command may start over in a folder holding its own earlier output."""
 
-    overwrite: bool = setting(False, "start over in an output folder holding an earlier output of this command: it is "
-                                     "deleted (never other files); without it eval refuses, a sweep continues its "
-                                     "cache, a session must be resumed")
+    overwrite: bool = setting(
+        False,
+        "start over in an output folder holding an earlier output of this command: it is "
+        "deleted (never other files); without it eval refuses, a sweep continues its "
+        "cache, a session must be resumed",
+    )
 
 
 @dataclass(kw_only=True)
 class OutputSettings(OverwriteSettings):
     """Where an evaluation or a study writes."""
 
-    out: str | None = setting(None, "output folder, written atomically; default: eval prints only, a sweep writes "
-                                    "welfare-runs/sweep (report, results.json and the per-subject cache that makes it "
-                                    "resumable)")
+    out: str | None = setting(
+        None,
+        "output folder, written atomically; default: eval prints only, a sweep writes "
+        "welfare-runs/sweep (report, results.json and the per-subject cache that makes it "
+        "resumable)",
+    )

@@ -39,7 +39,9 @@ def difference_ci(after, before, n_boot: int, rng: np.random.Generator, paired: 
         idx = rng.integers(0, diff.size, size=(n_boot, diff.size))
         boots = diff[idx].mean(axis=1)
     else:
-        boots = a[rng.integers(0, a.size, (n_boot, a.size))].mean(1) - b[rng.integers(0, b.size, (n_boot, b.size))].mean(1)
+        boots = a[rng.integers(0, a.size, (n_boot, a.size))].mean(1) - b[
+            rng.integers(0, b.size, (n_boot, b.size))
+        ].mean(1)
     return {
         "mean": float(a.mean() - b.mean()),
         "ci95": percentile_ci(boots),

@@ -58,8 +58,9 @@ def check_device(device: str | None) -> None:
         return
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if count == 0:
-        raise DeviceError(f"device: {device} is not available (torch sees no CUDA GPU here); "
-                          "use --device cpu or leave it unset")
+        raise DeviceError(
+            f"device: {device} is not available (torch sees no CUDA GPU here); use --device cpu or leave it unset"
+        )
     if index and int(index) >= count:
         raise DeviceError(f"device: {device} does not exist; this machine has cuda:0 to cuda:{count - 1}")
 
@@ -70,15 +71,20 @@ def check_adapter(adapter: str, what: str = "--adapter") -> None:
     folder = Path(adapter).expanduser()
     if folder.exists():
         if not (folder / "adapter_config.json").is_file():
-            raise AdapterError(f"{what} {adapter}: no adapter_config.json there; "
-                               "pass a folder saved by peft's save_pretrained")
+            raise AdapterError(
+                f"{what} {adapter}: no adapter_config.json there; pass a folder saved by peft's save_pretrained"
+            )
         return
     if not _HUB_ID.match(adapter):
-        raise AdapterError(f"{what} {adapter}: no such folder (nor a hub id like owner/name); pass a folder "
-                           "with the adapter_config.json that peft's save_pretrained writes")
+        raise AdapterError(
+            f"{what} {adapter}: no such folder (nor a hub id like owner/name); pass a folder "
+            "with the adapter_config.json that peft's save_pretrained writes"
+        )
     if _offline() and _cached_adapter(adapter) is None:
-        raise AdapterError(f"{what} {adapter}: no such folder, and not in the HF cache (the hub is offline: "
-                           "HF_HUB_OFFLINE is set); pass a local adapter folder")
+        raise AdapterError(
+            f"{what} {adapter}: no such folder, and not in the HF cache (the hub is offline: "
+            "HF_HUB_OFFLINE is set); pass a local adapter folder"
+        )
 
 
 @dataclass
@@ -148,8 +154,15 @@ def load_subject(
     }
     if adapter_info:
         info["adapter_sha256"] = adapter_info
-    return Subject(model=lm, tokenizer=tokenizer, model_id=model_id, source=str(source), adapter=adapter, info=info,
-                   soft_prompt=soft_prompt)
+    return Subject(
+        model=lm,
+        tokenizer=tokenizer,
+        model_id=model_id,
+        source=str(source),
+        adapter=adapter,
+        info=info,
+        soft_prompt=soft_prompt,
+    )
 
 
 def weights_identity(model: str | None, adapter: str | None = None, *, trust_remote_code: bool = False) -> dict:
@@ -176,8 +189,11 @@ def weights_identity(model: str | None, adapter: str | None = None, *, trust_rem
             digest.update(f.read(1 << 20))
             f.seek(max(0, stat.st_size - (1 << 20)))
             digest.update(f.read())
-    identity = {"model_id": model_id, "weights_digest": digest.hexdigest(),
-                "revision": folder.name if "snapshots" in folder.parts else None}
+    identity = {
+        "model_id": model_id,
+        "weights_digest": digest.hexdigest(),
+        "revision": folder.name if "snapshots" in folder.parts else None,
+    }
     if adapter:
         identity["adapter_digest"] = adapter_digest(_adapter_folder(adapter))
     return identity

@@ -31,8 +31,9 @@ RELIABLE_MASS = 0.5  # as the evaluator's default adherence threshold
 def probe_episodes(subject, episodes: Sequence[Experience], *, batch_size: int) -> dict[str, np.ndarray]:
     """Self-report and stop after each lived episode, one value per episode and probe, and per probe the
     probability mass on valid answers (key "<probe>_valid_mass")."""
-    scorer = NextTokenScorer(subject.model, subject.tokenizer, batch_size=batch_size, progress=False,
-                             soft_prompt=subject.soft_prompt)
+    scorer = NextTokenScorer(
+        subject.model, subject.tokenizer, batch_size=batch_size, progress=False, soft_prompt=subject.soft_prompt
+    )
     scored = score_in_context(scorer, episodes, EPISODE_PROBES)
     out = {}
     for probe in EPISODE_PROBES:
@@ -40,23 +41,39 @@ def probe_episodes(subject, episodes: Sequence[Experience], *, batch_size: int) 
     return out
 
 
-def expose(subject, episodes: Sequence[Experience], neutral: Sequence[Experience], *, reply_tokens: int,
-           batch_size: int, chunk: int = 4, keep_going: Callable[[], bool] = lambda: True,
-           n_boot: int = 1000, seed: int = 0) -> dict:
+def expose(
+    subject,
+    episodes: Sequence[Experience],
+    neutral: Sequence[Experience],
+    *,
+    reply_tokens: int,
+    batch_size: int,
+    chunk: int = 4,
+    keep_going: Callable[[], bool] = lambda: True,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict:
     """Live through `episodes` in chunks, then balance them against ZP.
 
     `keep_going()` is asked after the zero point and after every chunk (a budget's step check), so a
     session stops at most one chunk past the point where the next chunk would not fit."""
     lived_neutral = live_through(subject, neutral, max_new_tokens=reply_tokens, batch_size=batch_size, progress=False)
-    zero = {probe: float(v.mean()) for probe, v in probe_episodes(subject, lived_neutral, batch_size=batch_size).items()}
+    zero = {
+        probe: float(v.mean()) for probe, v in probe_episodes(subject, lived_neutral, batch_size=batch_size).items()
+    }
     lived = []
     values: dict[str, list[float]] = {p: [] for probe in EPISODE_PROBES for p in (probe, f"{probe}_valid_mass")}
     with tqdm(total=len(episodes), desc="episodes", unit="episode", leave=False) as bar:
         for start in range(0, len(episodes), chunk):
             if not keep_going():
                 break
-            part = live_through(subject, episodes[start : start + chunk], max_new_tokens=reply_tokens,
-                                batch_size=batch_size, progress=False)
+            part = live_through(
+                subject,
+                episodes[start : start + chunk],
+                max_new_tokens=reply_tokens,
+                batch_size=batch_size,
+                progress=False,
+            )
             for probe, v in probe_episodes(subject, part, batch_size=batch_size).items():
                 values[probe] += v.tolist()
             lived += part
@@ -67,12 +84,25 @@ def expose(subject, episodes: Sequence[Experience], neutral: Sequence[Experience
         v = BETTER[probe] * (np.array(values[probe]) - zero[probe])  # positive = better than neutral
         boots = v[rng.integers(0, len(v), (n_boot, len(v)))].sum(axis=1) if len(v) else np.zeros(1)
         mass = float(np.mean(values[f"{probe}_valid_mass"] or [zero[f"{probe}_valid_mass"]]))
-        balance[probe] = {"zero_point": zero[probe], "episodes": len(v),
-                          "mean_per_episode": float(v.mean()) if len(v) else float("nan"),
-                          "balance": float(v.sum()), "balance_ci95": percentile_ci(boots),
-                          "debt": float(max(0.0, -v.sum())), "credit": float(max(0.0, v.sum())),
-                          "mean_valid_mass": mass, "reliable": mass >= RELIABLE_MASS}
-    episodes_out = [{"item_id": e.id, "valence": e.valence, "category": e.category,
-                     "own_replies": [m["content"] for m in e.messages if m["role"] == "assistant"],
-                     **{probe: values[probe][k] for probe in EPISODE_PROBES}} for k, e in enumerate(lived)]
+        balance[probe] = {
+            "zero_point": zero[probe],
+            "episodes": len(v),
+            "mean_per_episode": float(v.mean()) if len(v) else float("nan"),
+            "balance": float(v.sum()),
+            "balance_ci95": percentile_ci(boots),
+            "debt": float(max(0.0, -v.sum())),
+            "credit": float(max(0.0, v.sum())),
+            "mean_valid_mass": mass,
+            "reliable": mass >= RELIABLE_MASS,
+        }
+    episodes_out = [
+        {
+            "item_id": e.id,
+            "valence": e.valence,
+            "category": e.category,
+            "own_replies": [m["content"] for m in e.messages if m["role"] == "assistant"],
+            **{probe: values[probe][k] for probe in EPISODE_PROBES},
+        }
+        for k, e in enumerate(lived)
+    ]
     return {"balance": balance, "episodes": episodes_out, "completed": len(lived), "planned": len(episodes)}

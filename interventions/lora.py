@@ -40,8 +40,11 @@ class LoraArguments(Settings):
     """The adapter and the data of a LoRA offset."""
 
     method: str = setting("sft", "sft or dpo (pairs of own replies ranked by measured self-report)")
-    sft_data: str = setting("euphoric", "sft data: euphoric (own replies to euphoric experiences) or best_of_n (best "
-                                        "own reply by measured self-report)")
+    sft_data: str = setting(
+        "euphoric",
+        "sft data: euphoric (own replies to euphoric experiences) or best_of_n (best "
+        "own reply by measured self-report)",
+    )
     lora_r: int = setting(16, "LoRA rank")
     lora_alpha: int = setting(32, "LoRA alpha (scale = alpha / r)")
     lora_dropout: float = setting(0.05, "LoRA dropout")
@@ -80,7 +83,10 @@ class LoraArguments(Settings):
 
         targets = self.lora_target_modules
         return LoraConfig(
-            r=self.lora_r, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout, task_type="CAUSAL_LM",
+            r=self.lora_r,
+            lora_alpha=self.lora_alpha,
+            lora_dropout=self.lora_dropout,
+            task_type="CAUSAL_LM",
             target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()],
         )
 
@@ -138,16 +144,17 @@ def sft_records(subject, experiences: Sequence[Experience], *, reply_tokens: int
     return [{"messages": list(e.messages), "item_id": e.id} for e in lived]
 
 
-def ranked_records(subject, experiences: Sequence[Experience], args: LoraArguments, *, reply_tokens: int,
-                   batch_size: int, seed: int) -> list[dict]:
+def ranked_records(
+    subject, experiences: Sequence[Experience], args: LoraArguments, *, reply_tokens: int, batch_size: int, seed: int
+) -> list[dict]:
     """Per prompt, sampled own replies ranked by the self-report measured after each: DPO pairs (best vs
     worst) or best-of-n SFT conversations. Prompts whose candidates differ by less than min_margin are dropped."""
     torch.manual_seed(seed)
     candidates = [e for e in experiences for _ in range(args.candidates)]
-    lived = live_through(subject, candidates, max_new_tokens=reply_tokens, batch_size=batch_size,
-                         temperature=args.candidate_temperature)
-    scorer = NextTokenScorer(subject.model, subject.tokenizer, batch_size=batch_size,
-                             soft_prompt=subject.soft_prompt)
+    lived = live_through(
+        subject, candidates, max_new_tokens=reply_tokens, batch_size=batch_size, temperature=args.candidate_temperature
+    )
+    scorer = NextTokenScorer(subject.model, subject.tokenizer, batch_size=batch_size, soft_prompt=subject.soft_prompt)
     scored = score_in_context(scorer, lived, ("self_report",), desc="ranking replies")
     per_candidate, _ = scored.experience_scores("self_report")
     records = []
@@ -156,11 +163,20 @@ def ranked_records(subject, experiences: Sequence[Experience], args: LoraArgumen
         best, worst = start + int(np.argmax(scores)), start + int(np.argmin(scores))
         if scores.max() - scores.min() < args.min_margin:
             continue
-        scored = {"item_id": lived[best].id, "self_report_best": float(scores.max()),
-                  "self_report_worst": float(scores.min())}
+        scored = {
+            "item_id": lived[best].id,
+            "self_report_best": float(scores.max()),
+            "self_report_worst": float(scores.min()),
+        }
         if args.method == "dpo":
-            records.append({"prompt": list(lived[best].messages[:-1]), "chosen": [lived[best].messages[-1]],
-                            "rejected": [lived[worst].messages[-1]], **scored})
+            records.append(
+                {
+                    "prompt": list(lived[best].messages[:-1]),
+                    "chosen": [lived[best].messages[-1]],
+                    "rejected": [lived[worst].messages[-1]],
+                    **scored,
+                }
+            )
         else:
             records.append({"messages": list(lived[best].messages), **scored})
     return records
@@ -170,15 +186,29 @@ def build_trainer(method: str, subject, records: list[dict], trl_config, lora: L
     """A TRL trainer (SFTTrainer or DPOTrainer) that wraps the subject in a fresh LoRA adapter."""
     from datasets import Dataset
 
-    dataset = Dataset.from_list([{k: v for k, v in r.items() if k in ("messages", "prompt", "chosen", "rejected")}
-                                 for r in records])
+    dataset = Dataset.from_list(
+        [{k: v for k, v in r.items() if k in ("messages", "prompt", "chosen", "rejected")} for r in records]
+    )
     if method == "sft":
         from trl import SFTTrainer
 
-        return SFTTrainer(model=subject.model, args=trl_config, train_dataset=dataset,
-                          processing_class=subject.tokenizer, peft_config=lora.peft_config(), callbacks=callbacks)
+        return SFTTrainer(
+            model=subject.model,
+            args=trl_config,
+            train_dataset=dataset,
+            processing_class=subject.tokenizer,
+            peft_config=lora.peft_config(),
+            callbacks=callbacks,
+        )
     from trl import DPOTrainer
 
     # With a peft adapter the reference model is the base model with the adapter switched off: no copy.
-    return DPOTrainer(model=subject.model, ref_model=None, args=trl_config, train_dataset=dataset,
-                      processing_class=subject.tokenizer, peft_config=lora.peft_config(), callbacks=callbacks)
+    return DPOTrainer(
+        model=subject.model,
+        ref_model=None,
+        args=trl_config,
+        train_dataset=dataset,
+        processing_class=subject.tokenizer,
+        peft_config=lora.peft_config(),
+        callbacks=callbacks,
+    )

@@ -23,8 +23,8 @@ import torch
 from welfare_offsets.eval import probes as P
 from welfare_offsets.eval.common.checks import integers_at_least, number_in
 from welfare_offsets.eval.experiences import Experience
-from welfare_offsets.eval.settings import Settings, setting
 from welfare_offsets.eval.scoring import label_token_ids, pad_rows, pad_token_id, place_soft_prompt, positions
+from welfare_offsets.eval.settings import Settings, setting
 
 OPTIMISED_PROBE = "self_report"
 
@@ -44,8 +44,9 @@ class SoftPromptConfig(Settings):
     resume_from_checkpoint: str | None = setting(None, "checkpoint folder, or last")
 
     def check(self):
-        integers_at_least(self, 1, "num_virtual_tokens", "max_steps", "per_device_train_batch_size", "save_steps",
-                          "logging_steps")
+        integers_at_least(
+            self, 1, "num_virtual_tokens", "max_steps", "per_device_train_batch_size", "save_steps", "logging_steps"
+        )
         number_in(self, "learning_rate", 0.0, above=True)
         number_in(self, "adherence_weight", 0.0)
 
@@ -102,10 +103,15 @@ def train_soft_prompt(
     torch.manual_seed(seed)
     model, tokenizer = subject.model, subject.tokenizer
     model.requires_grad_(False)
-    peft_model = get_peft_model(model, PromptTuningConfig(
-        task_type=TaskType.CAUSAL_LM, num_virtual_tokens=config.num_virtual_tokens, prompt_tuning_init="RANDOM",
-        base_model_name_or_path=subject.model_id,
-    ))
+    peft_model = get_peft_model(
+        model,
+        PromptTuningConfig(
+            task_type=TaskType.CAUSAL_LM,
+            num_virtual_tokens=config.num_virtual_tokens,
+            prompt_tuning_init="RANDOM",
+            base_model_name_or_path=subject.model_id,
+        ),
+    )
     prompt = peft_model.prompt_encoder["default"].embedding
     with torch.no_grad():  # initialised as spaces, as in the anchor
         space = tokenizer(" ", add_special_tokens=False)["input_ids"] or [tokenizer.pad_token_id or 0]
@@ -125,7 +131,9 @@ def train_soft_prompt(
     while step < config.max_steps:
         epoch, offset = divmod(step, steps_per_epoch)
         order = torch.randperm(len(token_lists), generator=torch.Generator().manual_seed(seed + epoch))
-        rows = order[offset * per_step : (offset + 1) * per_step][accelerator.process_index :: accelerator.num_processes]
+        rows = order[offset * per_step : (offset + 1) * per_step][
+            accelerator.process_index :: accelerator.num_processes
+        ]
         batch = collate([token_lists[int(i)] for i in rows], config.num_virtual_tokens, pad_id)
         loss, expected, mass = objective(*(t.to(accelerator.device) for t in batch))
         accelerator.backward(loss)
@@ -134,8 +142,13 @@ def train_soft_prompt(
         step += 1
         save_due = step % config.save_steps == 0 or step == config.max_steps or not budget.guard.save_measured
         if step % config.logging_steps == 0 or step == 1:
-            metrics = {"train/loss": loss.item(), "train/self_report": float(expected), "train/valid_mass": float(mass),
-                       "train/learning_rate": config.learning_rate, "train/global_step": step}
+            metrics = {
+                "train/loss": loss.item(),
+                "train/self_report": float(expected),
+                "train/valid_mass": float(mass),
+                "train/learning_rate": config.learning_rate,
+                "train/global_step": step,
+            }
             history.append(metrics)
             log(metrics)
         stop = budget.step_done(save_due=save_due)
@@ -149,8 +162,7 @@ def train_soft_prompt(
         peft_model.save_pretrained(final)
     accelerator.wait_for_everyone()
     soft = prompt.weight.detach().clone().cpu()
-    return final, {"steps": step, "soft_prompt": soft, "history": history,
-                   "stopped_by_budget": step < config.max_steps}
+    return final, {"steps": step, "soft_prompt": soft, "history": history, "stopped_by_budget": step < config.max_steps}
 
 
 def _save_checkpoint(accelerator, peft_model, optimizer, folder: Path, step: int) -> None:
@@ -169,4 +181,3 @@ def _load_checkpoint(folder: Path, prompt: torch.nn.Embedding, optimizer) -> int
     state = torch.load(folder / "trainer_state.pt", map_location="cpu", weights_only=True)
     optimizer.load_state_dict(state["optimizer"])
     return int(state["step"])
-

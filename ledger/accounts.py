@@ -56,8 +56,10 @@ def check_hours(value: object, *, field: str, allow_zero: bool = False) -> float
         bound = "zero or more" if allow_zero else "more than zero"
         raise LedgerError(f"{field} must be {bound} accelerator-hours, got {value!r}")
     if value > MAX_HOURS_PER_ENTRY:
-        raise LedgerError(f"{field} = {value!r} hours is more than one entry may move ({MAX_HOURS_PER_ENTRY:g} h); "
-                          "check the units (hours, not seconds)")
+        raise LedgerError(
+            f"{field} = {value!r} hours is more than one entry may move ({MAX_HOURS_PER_ENTRY:g} h); "
+            "check the units (hours, not seconds)"
+        )
     if not allow_zero and round(value * MICROHOURS_PER_HOUR) == 0:  # a request that would record nothing
         raise LedgerError(f"{field} = {value!r} is below the ledger's resolution of one micro-hour")
     return float(value)
@@ -100,16 +102,20 @@ def check_correction_account(name: object, *, field: str) -> None:
         check_name(name.removeprefix("@spent/"), field=f"{field} session")
     elif name != EXTERNAL:
         if isinstance(name, str) and name.startswith("@"):
-            raise LedgerError(f"{field} account {name!r} cannot be corrected; post to user accounts, {EXTERNAL} "
-                              "or @spent/SESSION (a reservation is closed only by its settlement)")
+            raise LedgerError(
+                f"{field} account {name!r} cannot be corrected; post to user accounts, {EXTERNAL} "
+                "or @spent/SESSION (a reservation is closed only by its settlement)"
+            )
         check_name(name, field=f"{field} account")
 
 
 def check_microhours(value: object, *, field: str) -> int:
     """A stored amount: a whole number of micro-hours within one entry's bound, either sign."""
     if isinstance(value, bool) or not isinstance(value, int) or abs(value) > MAX_MICROHOURS_PER_ENTRY:
-        raise LedgerError(f"{field} must be a whole number of micro-hours of at most {MAX_MICROHOURS_PER_ENTRY} "
-                          f"either way, got {value!r}")
+        raise LedgerError(
+            f"{field} must be a whole number of micro-hours of at most {MAX_MICROHOURS_PER_ENTRY} "
+            f"either way, got {value!r}"
+        )
     return value
 
 
@@ -134,8 +140,10 @@ def correction_postings(hours_by_account: dict[str, float], *, field: str) -> Po
         if isinstance(hours, bool) or not isinstance(hours, Real) or not math.isfinite(hours):
             raise LedgerError(f"{field}[{name!r}] must be a finite number of hours, got {hours!r}")
         if abs(hours) > MAX_HOURS_PER_ENTRY:
-            raise LedgerError(f"{field}[{name!r}] = {hours!r} hours is more than one entry may move "
-                              f"({MAX_HOURS_PER_ENTRY:g} h); check the units")
+            raise LedgerError(
+                f"{field}[{name!r}] = {hours!r} hours is more than one entry may move "
+                f"({MAX_HOURS_PER_ENTRY:g} h); check the units"
+            )
         postings[name] = to_microhours(hours)
     if not postings or sum(postings.values()) != 0:
         raise LedgerError(

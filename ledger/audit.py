@@ -97,8 +97,10 @@ class Audit:
             balances[name] += amount
         for name in guarded:
             if balances[name] < 0:
-                return (f"it leaves account {name!r} at {accounts.to_hours(balances[name]):g} h, below zero "
-                        "(hours were spent or moved that the account did not hold)")
+                return (
+                    f"it leaves account {name!r} at {accounts.to_hours(balances[name]):g} h, below zero "
+                    "(hours were spent or moved that the account did not hold)"
+                )
         return None
 
     def _reserve(self, seq: int, payload: dict[str, Any]) -> None:
@@ -115,8 +117,10 @@ class Audit:
             raise LedgerError(f"it settles session {session!r} a second time (a session settles once)")
         account, reserved = self._reserved[session]
         if payload["account"] != account or -payload["postings"][reserved_account(session)] != reserved:
-            raise LedgerError(f"its postings do not return the {reserved} micro-hours session {session!r} "
-                              f"reserved from account {account!r}")
+            raise LedgerError(
+                f"its postings do not return the {reserved} micro-hours session {session!r} "
+                f"reserved from account {account!r}"
+            )
         self._settled.add(session)
 
     def _correction(self, seq: int, payload: dict[str, Any]) -> None:
@@ -149,15 +153,20 @@ _ORDERED = operator.itemgetter(5)
 def _checked(content: bytes) -> _Checked:
     kind, payload = _parse(content)
     postings = payload.get("postings", {})
-    guarded = tuple(name for name, amount in postings.items()
-                    if amount < 0 and not accounts.may_go_below_zero(name, kind))
+    guarded = tuple(
+        name for name, amount in postings.items() if amount < 0 and not accounts.may_go_below_zero(name, kind)
+    )
     tracked = tuple((name, amount) for name, amount in postings.items() if name != accounts.EXTERNAL)
     in_order = _IN_ORDER.get(kind)
     return kind, payload, in_order, tracked, guarded, in_order is not None or bool(guarded)
 
 
-_IN_ORDER = {"reserve": Audit._reserve, "settle": Audit._settle, "correction": Audit._correction,
-             "measurement": Audit._measurement}
+_IN_ORDER = {
+    "reserve": Audit._reserve,
+    "settle": Audit._settle,
+    "correction": Audit._correction,
+    "measurement": Audit._measurement,
+}
 
 
 def _parse(content: bytes) -> tuple[str, dict[str, Any]]:
@@ -169,8 +178,10 @@ def _parse(content: bytes) -> tuple[str, dict[str, Any]]:
     except (ValueError, RecursionError):  # not ASCII, not JSON, or numbers JSON cannot write (NaN, 1e999)
         canonical = False
     if not canonical or list(fields) != ["kind", "payload"]:
-        raise LedgerError("its stored body is not canonical JSON (a duplicate key, or another spelling of the "
-                          "same JSON: the entry was written by something other than this ledger)")
+        raise LedgerError(
+            "its stored body is not canonical JSON (a duplicate key, or another spelling of the "
+            "same JSON: the entry was written by something other than this ledger)"
+        )
     kind, payload = fields["kind"], fields["payload"]
     if not isinstance(kind, str) or kind not in _FIELDS or not isinstance(payload, dict):
         raise LedgerError(f"its kind {kind!r} is not one of {', '.join(_FIELDS)}, or its payload is not an object")
@@ -199,8 +210,9 @@ def _transfer_ok(payload: dict[str, Any], postings: accounts.Postings) -> None:
     _text(payload, "note")
     if source == destination:
         raise LedgerError(f"it transfers from {source!r} to itself")
-    _positive_amount(postings, accounts.transfer_postings(source, destination, postings.get(destination, 0)),
-                     destination)
+    _positive_amount(
+        postings, accounts.transfer_postings(source, destination, postings.get(destination, 0)), destination
+    )
 
 
 def _reserve_ok(payload: dict[str, Any], postings: accounts.Postings) -> None:
@@ -226,8 +238,10 @@ def _settle_ok(payload: dict[str, Any], postings: accounts.Postings) -> None:
         raise LedgerError(f"its stopped_by_budget {payload['stopped_by_budget']!r} is not true or false")
     reserved, spent = -postings.get(reserved_account(session), 0), postings.get(spent_account(session), -1)
     if reserved <= 0 or spent < 0 or postings != accounts.settle_postings(account, session, reserved, spent):
-        raise LedgerError(f"its postings {postings!r} are not a settlement of session {session!r} to account "
-                          f"{account!r} (reserved back to zero, spent >= 0, the rest to the account)")
+        raise LedgerError(
+            f"its postings {postings!r} are not a settlement of session {session!r} to account "
+            f"{account!r} (reserved back to zero, spent >= 0, the rest to the account)"
+        )
 
 
 def _correction_ok(payload: dict[str, Any], postings: accounts.Postings) -> None:
@@ -248,8 +262,9 @@ def _measurement_ok(payload: dict[str, Any], postings: accounts.Postings) -> Non
     _text(payload, "note")
     _optional_text(payload, "wandb_run")
     measured = [name for name in MEASURES if name in payload]
-    if not measured or any(isinstance(payload[name], bool) or not isinstance(payload[name], float)
-                           for name in measured):
+    if not measured or any(
+        isinstance(payload[name], bool) or not isinstance(payload[name], float) for name in measured
+    ):
         raise LedgerError(f"its measures {measured} are missing or not numbers")
     _amounts(payload, "debt", "credit")
     if not isinstance(payload["results"], list) or not all(
@@ -258,14 +273,19 @@ def _measurement_ok(payload: dict[str, Any], postings: accounts.Postings) -> Non
         raise LedgerError("its results are not a list of {path, sha256, bytes} citations")
 
 
-_WELL_FORMED = {"fund": _fund_ok, "transfer": _transfer_ok, "reserve": _reserve_ok, "settle": _settle_ok,
-                "correction": _correction_ok, "measurement": _measurement_ok}
+_WELL_FORMED = {
+    "fund": _fund_ok,
+    "transfer": _transfer_ok,
+    "reserve": _reserve_ok,
+    "settle": _settle_ok,
+    "correction": _correction_ok,
+    "measurement": _measurement_ok,
+}
 
 
 def _positive_amount(postings: accounts.Postings, expected: accounts.Postings, credited: str) -> None:
     if postings.get(credited, 0) <= 0 or postings != expected:
-        raise LedgerError(f"its postings {postings!r} are not what its kind makes, {expected!r} with a positive "
-                          "amount")
+        raise LedgerError(f"its postings {postings!r} are not what its kind makes, {expected!r} with a positive amount")
 
 
 def _text(payload: dict[str, Any], *names: str) -> None:
@@ -283,6 +303,7 @@ def _amounts(payload: dict[str, Any], *names: str) -> None:
     """Optional physical amounts: absent or null, or finite numbers >= 0."""
     for name in names:
         value = payload.get(name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                  or not math.isfinite(value) or value < 0):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0
+        ):
             raise LedgerError(f"its {name} {value!r} is not a finite number >= 0")

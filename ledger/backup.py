@@ -47,15 +47,17 @@ def publish(staging: Path, destination: Path) -> None:
     try:
         os.link(staging, destination)
     except FileExistsError:
-        raise LedgerError(f"{destination} appeared while the backup was being made; nothing was overwritten: "
-                          "pick a new path") from None
+        raise LedgerError(
+            f"{destination} appeared while the backup was being made; nothing was overwritten: pick a new path"
+        ) from None
     fsync_path(destination.parent)
 
 
 def _check_destination(ledger: Path, destination: Path) -> None:
     check_not_ledger(destination, ledger, what="backup destination")
     if os.path.lexists(destination):
-        raise LedgerError(f"backup destination {destination} already exists; a backup never overwrites "
-                          "anything: pick a new path")
+        raise LedgerError(
+            f"backup destination {destination} already exists; a backup never overwrites anything: pick a new path"
+        )
     if not destination.parent.is_dir():
         raise LedgerError(f"backup destination folder {destination.parent} does not exist; create it first")

@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from welfare_offsets.ledger import accounts
-from welfare_offsets.ledger.accounts import check_hours, check_name, reserved_account, spent_account, to_hours, to_microhours
+from welfare_offsets.ledger.accounts import (
+    check_hours,
+    check_name,
+    reserved_account,
+    spent_account,
+    to_hours,
+    to_microhours,
+)
 from welfare_offsets.ledger.audit import Audit
 from welfare_offsets.ledger.backup import publish, staged_copy
 from welfare_offsets.ledger.chain import Entry, Head, VerifyResult, format_time, verify_chain
@@ -117,8 +124,14 @@ class Ledger:
         check_name(account, field="account")
         amount = to_microhours(check_hours(hours, field="hours"))
         with self._writing() as tx:
-            return tx.append("fund", {"account": account, "note": _text(note, field="note"),
-                                      "postings": accounts.fund_postings(account, amount)})
+            return tx.append(
+                "fund",
+                {
+                    "account": account,
+                    "note": _text(note, field="note"),
+                    "postings": accounts.fund_postings(account, amount),
+                },
+            )
 
     def transfer(self, source: str, destination: str, hours: float, *, note: str = "") -> Entry:
         """Move hours between accounts; refused if the source cannot cover them."""
@@ -129,8 +142,15 @@ class Ledger:
         amount = to_microhours(check_hours(hours, field="hours"))
         with self._writing() as tx:
             self._require_cover(tx, source, amount)
-            return tx.append("transfer", {"from": source, "to": destination, "note": _text(note, field="note"),
-                                          "postings": accounts.transfer_postings(source, destination, amount)})
+            return tx.append(
+                "transfer",
+                {
+                    "from": source,
+                    "to": destination,
+                    "note": _text(note, field="note"),
+                    "postings": accounts.transfer_postings(source, destination, amount),
+                },
+            )
 
     def reserve(
         self,
@@ -160,11 +180,19 @@ class Ledger:
                 if tx.select(kind="reserve", session=session):
                     raise LedgerError(f"session {session!r} already has a reservation; each session reserves once")
                 self._require_cover(tx, account, amount)
-                entry = tx.append("reserve", {
-                    "account": account, "session": session, "device": device, "processes": processes,
-                    "purpose": _text(purpose, field="purpose"), "resumes": resumes, "wandb_run": wandb_run,
-                    "postings": accounts.reserve_postings(account, session, amount),
-                })
+                entry = tx.append(
+                    "reserve",
+                    {
+                        "account": account,
+                        "session": session,
+                        "device": device,
+                        "processes": processes,
+                        "purpose": _text(purpose, field="purpose"),
+                        "resumes": resumes,
+                        "wandb_run": wandb_run,
+                        "postings": accounts.reserve_postings(account, session, amount),
+                    },
+                )
         except BaseException:
             lock.release(delete=True)
             raise
@@ -186,32 +214,55 @@ class Ledger:
         _check_amount("energy_kwh", energy_kwh)
         _check_amount("wall_seconds", wall_seconds)
         with self._writing() as tx:
-            entry = self._append_settlement(tx, self._open_reservation(tx, session), spent, basis=basis,
-                                            energy_kwh=energy_kwh, wall_seconds=wall_seconds,
-                                            stopped_by_budget=stopped_by_budget)
+            entry = self._append_settlement(
+                tx,
+                self._open_reservation(tx, session),
+                spent,
+                basis=basis,
+                energy_kwh=energy_kwh,
+                wall_seconds=wall_seconds,
+                stopped_by_budget=stopped_by_budget,
+            )
         self._files.remove(session)
         lock = self._held.pop(session, None)
         if lock is not None:
             lock.release()
         return entry
 
-    def _append_settlement(self, tx: Transaction, reservation: Entry, spent: int, *, basis: str,
-                           energy_kwh: float | None = None, wall_seconds: float | None = None,
-                           stopped_by_budget: bool = False) -> Entry:
+    def _append_settlement(
+        self,
+        tx: Transaction,
+        reservation: Entry,
+        spent: int,
+        *,
+        basis: str,
+        energy_kwh: float | None = None,
+        wall_seconds: float | None = None,
+        stopped_by_budget: bool = False,
+    ) -> Entry:
         session, account = reservation.payload["session"], reservation.payload["account"]
         reserved = reservation.payload["postings"][reserved_account(session)]
-        return tx.append("settle", {
-            "session": session, "account": account, "basis": basis, "energy_kwh": energy_kwh,
-            "wall_seconds": wall_seconds, "stopped_by_budget": stopped_by_budget,
-            "postings": accounts.settle_postings(account, session, reserved, spent),
-        })
+        return tx.append(
+            "settle",
+            {
+                "session": session,
+                "account": account,
+                "basis": basis,
+                "energy_kwh": energy_kwh,
+                "wall_seconds": wall_seconds,
+                "stopped_by_budget": stopped_by_budget,
+                "postings": accounts.settle_postings(account, session, reserved, spent),
+            },
+        )
 
     def note_progress(self, session: str, spent_hours: float, energy_kwh: float | None = None) -> None:
         """Record a running session's spend so far (outside the chain) for `repair` to settle from.
         Only the process holding the session writes it; repair never charges more than was reserved."""
         if session not in self._held:
-            raise LedgerError(f"session {session!r} is not held by this process; note progress from the "
-                              "process that reserved it (the Ledger whose reserve() started it)")
+            raise LedgerError(
+                f"session {session!r} is not held by this process; note progress from the "
+                "process that reserved it (the Ledger whose reserve() started it)"
+            )
         check_hours(spent_hours, field="spent_hours", allow_zero=True)
         _check_amount("energy_kwh", energy_kwh)
         self._files.write_progress(session, spent_hours, energy_kwh)
@@ -268,10 +319,21 @@ class Ledger:
         cited = [_cite(Path(path)) for path in results]
         with self._writing() as tx:
             if not tx.select(kind="reserve", session=session):
-                raise UnknownSession(f"session {session!r} has no reservation in {self.path}; "
-                                     "measure inside a BudgetSession and pass its id")
-            return tx.append("measurement", {"session": session, "probe": probe, **measures, "results": cited,
-                                             "wandb_run": wandb_run, "note": _text(note, field="note")})
+                raise UnknownSession(
+                    f"session {session!r} has no reservation in {self.path}; "
+                    "measure inside a BudgetSession and pass its id"
+                )
+            return tx.append(
+                "measurement",
+                {
+                    "session": session,
+                    "probe": probe,
+                    **measures,
+                    "results": cited,
+                    "wandb_run": wandb_run,
+                    "note": _text(note, field="note"),
+                },
+            )
 
     def repair(self) -> list[RepairOutcome]:
         """Settle every session whose process died without settling; leave running ones open; then
@@ -288,8 +350,11 @@ class Ledger:
                 f"ledger {self.path} is broken at seq {result.first_bad_seq} ({result.reason}); repair settled "
                 "nothing. Restore the ledger from a backup (welfare ledger backup DEST makes one) and repair that"
             )
-        outcomes = [self._repair_session(open_session.session) for open_session in self.open_sessions()
-                    if open_session.session not in self._held]
+        outcomes = [
+            self._repair_session(open_session.session)
+            for open_session in self.open_sessions()
+            if open_session.session not in self._held
+        ]
         self._files.remove_leftovers(
             settled={entry.payload["session"] for entry in self._store.select(kind="settle")},
             reserved={entry.payload["session"] for entry in self._store.select(kind="reserve")},
@@ -318,8 +383,9 @@ class Ledger:
                 reservation = tx.select(kind="reserve", session=session)[0]
                 reserved = reservation.payload["postings"][reserved_account(session)]
                 spent, energy, basis = self._abandoned_charge(session, reserved)
-                outcome = RepairOutcome(session, self._append_settlement(tx, reservation, spent, basis=basis,
-                                                                         energy_kwh=energy))
+                outcome = RepairOutcome(
+                    session, self._append_settlement(tx, reservation, spent, basis=basis, energy_kwh=energy)
+                )
         self._files.remove(session)
         return outcome
 
@@ -333,10 +399,19 @@ class Ledger:
         if progress is None:
             return reserved, None, f"repair: no progress recorded, {whole}"
         if progress.spent_hours > to_hours(reserved):
-            return reserved, None, (f"repair: its progress file claims {progress.spent_hours:g} h, more than the "
-                                    f"{to_hours(reserved):g} h reserved, so it is not believed; {whole}")
-        return (to_microhours(progress.spent_hours), progress.energy_kwh,
-                f"repair: progress recorded at {progress.updated_at}, later work unmetered")
+            return (
+                reserved,
+                None,
+                (
+                    f"repair: its progress file claims {progress.spent_hours:g} h, more than the "
+                    f"{to_hours(reserved):g} h reserved, so it is not believed; {whole}"
+                ),
+            )
+        return (
+            to_microhours(progress.spent_hours),
+            progress.energy_kwh,
+            f"repair: progress recorded at {progress.updated_at}, later work unmetered",
+        )
 
     # ---- reading -------------------------------------------------------------------------------
 
@@ -382,8 +457,12 @@ class Ledger:
         """Sessions reserved and not yet settled, running or abandoned."""
         settled = {entry.payload["session"] for entry in self._store.select(kind="settle")}
         return [
-            OpenSession(entry.payload["session"], entry.payload["account"],
-                        to_hours(entry.payload["postings"][reserved_account(entry.payload["session"])]), entry.seq)
+            OpenSession(
+                entry.payload["session"],
+                entry.payload["account"],
+                to_hours(entry.payload["postings"][reserved_account(entry.payload["session"])]),
+                entry.seq,
+            )
             for entry in self._store.select(kind="reserve")
             if entry.payload["session"] not in settled
         ]
@@ -409,8 +488,13 @@ class Ledger:
             return result
         misnumbered = self._store.first_misnumbered_seq(result.entries)
         if misnumbered is not None:
-            return VerifyResult(False, misnumbered - 1, None, misnumbered,
-                                "its seq column disagrees with the seq its hash covers (rows were renumbered)")
+            return VerifyResult(
+                False,
+                misnumbered - 1,
+                None,
+                misnumbered,
+                "its seq column disagrees with the seq its hash covers (rows were renumbered)",
+            )
         problem = self._store.schema_problem()
         if problem is not None:
             return VerifyResult(False, 0, None, 0, problem)
@@ -456,8 +540,10 @@ class Ledger:
             raise UnknownSession(f"session {session!r} has no reservation in {self.path}; check the session id")
         settlements = tx.select(kind="settle", session=session)
         if settlements:
-            raise LedgerError(f"session {session!r} was already settled by entry {settlements[0].seq}; "
-                              "a session settles once (use `correct` to fix its amounts)")
+            raise LedgerError(
+                f"session {session!r} was already settled by entry {settlements[0].seq}; "
+                "a session settles once (use `correct` to fix its amounts)"
+            )
         return reservations[0]
 
 
@@ -476,6 +562,7 @@ def _default_correction(target: Entry) -> accounts.Postings:
 
 def _refuse_overdraw(tx: Transaction, seq: int, postings: accounts.Postings) -> None:
     """A correction cannot take back hours an account no longer holds (they were moved or spent since)."""
+
     def after(name: str) -> int:
         return (tx.account_total(name) or 0) + postings[name]
 
@@ -489,8 +576,10 @@ def _refuse_overdraw(tx: Transaction, seq: int, postings: accounts.Postings) -> 
 
 
 def _unknown_account(account: str) -> str:
-    return (f"account {account!r} has never been funded; check the name (welfare ledger balance) or fund it "
-            f"first: welfare ledger fund --account {account} --hours H")
+    return (
+        f"account {account!r} has never been funded; check the name (welfare ledger balance) or fund it "
+        f"first: welfare ledger fund --account {account} --hours H"
+    )
 
 
 def _text(value: object, *, field: str) -> str:
@@ -501,8 +590,9 @@ def _text(value: object, *, field: str) -> str:
 
 def _check_amount(name: str, value: object) -> None:
     """An optional physical amount (energy, time): None, or a finite number >= 0."""
-    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                              or not math.isfinite(value) or value < 0):
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0
+    ):
         raise LedgerError(f"{name} must be a finite number >= 0 or None, got {value!r}")
 
 

@@ -39,8 +39,9 @@ class CheckpointSpend:
     def read(cls, checkpoint: Path) -> CheckpointSpend:
         path = Path(checkpoint) / SPEND_FILE
         if not path.is_file():
-            raise LedgerError(f"{path} is missing: resume only from a checkpoint saved inside a BudgetSession, "
-                              "or start a new run")
+            raise LedgerError(
+                f"{path} is missing: resume only from a checkpoint saved inside a BudgetSession, or start a new run"
+            )
         try:
             data = read_json(path)
             return cls(str(data["run"]), str(data["session"]), float(data["spent_hours"]))
@@ -48,8 +49,9 @@ class CheckpointSpend:
             raise LedgerError(f"{path} is unreadable ({error!r}); resume from another checkpoint") from None
 
     def write(self, checkpoint: Path) -> None:
-        write_json_atomic(Path(checkpoint) / SPEND_FILE,
-                          {"run": self.run, "session": self.session, "spent_hours": self.spent_hours})
+        write_json_atomic(
+            Path(checkpoint) / SPEND_FILE, {"run": self.run, "session": self.session, "spent_hours": self.spent_hours}
+        )
 
 
 class SpendGuard:
@@ -97,8 +99,18 @@ class BudgetSession:
     """One metered unit of work with a budget in the ledger. Use `start(...)` as a context manager;
     leaving it (normally or by an exception) settles the session and refunds the unused hours."""
 
-    def __init__(self, ledger: Ledger | None, meter: Meter, guard: SpendGuard, *, session: str | None,
-                 run: str | None, spent_before_hours: float, progress_interval_s: float, wandb_run: Any):
+    def __init__(
+        self,
+        ledger: Ledger | None,
+        meter: Meter,
+        guard: SpendGuard,
+        *,
+        session: str | None,
+        run: str | None,
+        spent_before_hours: float,
+        progress_interval_s: float,
+        wandb_run: Any,
+    ):
         self.ledger, self.meter, self.guard = ledger, meter, guard
         self.id, self.run = session, run
         self.spent_before_hours = spent_before_hours
@@ -134,17 +146,29 @@ class BudgetSession:
         spent_before = resumed.spent_hours if resumed else 0.0
         limit = budget_hours - spent_before
         if limit <= 0:
-            raise LedgerError(f"the checkpoint {resume_from} already spent {spent_before:g} of the run's "
-                              f"{budget_hours:g}-hour budget; pass a larger budget_hours to go on")
+            raise LedgerError(
+                f"the checkpoint {resume_from} already spent {spent_before:g} of the run's "
+                f"{budget_hours:g}-hour budget; pass a larger budget_hours to go on"
+            )
         session = run = None
         if is_main:
             if ledger is None:
                 raise LedgerError("the main process needs a ledger to reserve the budget in")
             ledger.repair()
             reservation = ledger.reserve(
-                account, limit, device=device, processes=processes, purpose=purpose,
-                resumes=None if resumed is None else {"checkpoint": str(resume_from), "session": resumed.session,
-                                                      "run": resumed.run, "spent_hours": spent_before},
+                account,
+                limit,
+                device=device,
+                processes=processes,
+                purpose=purpose,
+                resumes=None
+                if resumed is None
+                else {
+                    "checkpoint": str(resume_from),
+                    "session": resumed.session,
+                    "run": resumed.run,
+                    "spent_hours": spent_before,
+                },
                 wandb_run=getattr(wandb_run, "id", None),
             )
             session = reservation.payload["session"]
@@ -152,8 +176,16 @@ class BudgetSession:
             if wandb_run is not None:
                 wandb_run.summary["ledger/session"] = session
         meter = Meter.for_device(device, processes).start()
-        return cls(ledger if is_main else None, meter, SpendGuard(meter, limit), session=session, run=run,
-                   spent_before_hours=spent_before, progress_interval_s=progress_interval_s, wandb_run=wandb_run)
+        return cls(
+            ledger if is_main else None,
+            meter,
+            SpendGuard(meter, limit),
+            session=session,
+            run=run,
+            spent_before_hours=spent_before,
+            progress_interval_s=progress_interval_s,
+            wandb_run=wandb_run,
+        )
 
     @property
     def run_spent_hours(self) -> float:
@@ -207,7 +239,10 @@ class BudgetSession:
             energy = self.meter.energy_kwh() if self.meter.processes == 1 else None
         if self.ledger is not None:
             self.settlement = self.ledger.settle(
-                self.id, self.meter.hours, energy_kwh=energy, wall_seconds=self.meter.seconds,
+                self.id,
+                self.meter.hours,
+                energy_kwh=energy,
+                wall_seconds=self.meter.seconds,
                 stopped_by_budget=self.guard.stopped_at_hours is not None,
             )
             if self._wandb_run is not None:

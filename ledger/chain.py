@@ -12,9 +12,9 @@ import hashlib
 import json
 import re
 from collections.abc import Callable, Iterable
-from itertools import islice, repeat
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from itertools import islice, repeat
 from typing import Any
 
 from welfare_offsets.ledger.errors import LedgerError
@@ -137,8 +137,9 @@ def verify_chain(
         seq, prev = seq + len(chunk), chunk[-1][1]
     last = seq - 1
     if anchor is not None and anchor.seq > last:
-        return _broken(last + 1, f"the ledger ends at seq {last} but the anchor is at seq {anchor.seq} "
-                                 "(entries were truncated)")
+        return _broken(
+            last + 1, f"the ledger ends at seq {last} but the anchor is at seq {anchor.seq} (entries were truncated)"
+        )
     return VerifyResult(True, last, Head(last, prev))
 
 
@@ -147,32 +148,38 @@ def _sound_contents(chunk: list[tuple[bytes, str]], seq: int, prev: str) -> list
     bodies, hashes = zip(*chunk)
     if [hashlib.sha256(body).hexdigest() for body in bodies] != list(hashes):
         return None
-    tails = [f',"prev_hash":"{p}","seq":{s},"time":"'.encode()
-             for p, s in zip((prev, *hashes[:-1]), range(seq, seq + len(bodies)))]
+    tails = [
+        f',"prev_hash":"{p}","seq":{s},"time":"'.encode()
+        for p, s in zip((prev, *hashes[:-1]), range(seq, seq + len(bodies)))
+    ]
     count = len(bodies)
     if not all(map(bytes.endswith, bodies, tails, repeat(0, count), repeat(-_TIME_TAIL, count))):
         return None
     # Each time slice is at most _TIME_TAIL long, so the joined slices equal n shapes only if each does.
     if b"".join([body[-_TIME_TAIL:] for body in bodies]).translate(_DIGITS_AS_ZERO) != _TIME_SHAPE * count:
         return None
-    return [body[:-_TIME_TAIL - len(tail)] for body, tail in zip(bodies, tails)]
+    return [body[: -_TIME_TAIL - len(tail)] for body, tail in zip(bodies, tails)]
 
 
-def _walk(chunk: list[tuple[bytes, str]], seq: int, prev: str,
-          anchor: Head | None) -> tuple[list[bytes], VerifyResult | None]:
+def _walk(
+    chunk: list[tuple[bytes, str]], seq: int, prev: str, anchor: Head | None
+) -> tuple[list[bytes], VerifyResult | None]:
     """Entry by entry: the contents of the rows up to the first bad one (or the anchor's, if it does not
     match), and that failure."""
     contents = []
     for expected_seq, (body, stored_hash) in enumerate(chunk, seq):
         tail = f',"prev_hash":"{prev}","seq":{expected_seq},"time":"'.encode()
-        if hashlib.sha256(body).hexdigest() != stored_hash or not body.endswith(tail, 0, -_TIME_TAIL) or body[
-            -_TIME_TAIL:
-        ].translate(_DIGITS_AS_ZERO) != _TIME_SHAPE:
+        if (
+            hashlib.sha256(body).hexdigest() != stored_hash
+            or not body.endswith(tail, 0, -_TIME_TAIL)
+            or body[-_TIME_TAIL:].translate(_DIGITS_AS_ZERO) != _TIME_SHAPE
+        ):
             return contents, _broken(expected_seq, _explain(expected_seq, prev, body, stored_hash))
-        contents.append(body[:-_TIME_TAIL - len(tail)])
+        contents.append(body[: -_TIME_TAIL - len(tail)])
         if anchor is not None and expected_seq == anchor.seq and stored_hash != anchor.hash:
-            return contents, _broken(expected_seq, f"it does not match the anchor {anchor} "
-                                                   "(the ledger was rewritten behind the anchor)")
+            return contents, _broken(
+                expected_seq, f"it does not match the anchor {anchor} (the ledger was rewritten behind the anchor)"
+            )
         prev = stored_hash
     return contents, None
 
@@ -200,8 +207,9 @@ def _explain(seq: int, expected_prev: str, body: bytes, stored_hash: str) -> str
     if fields.get("seq") != seq:
         return f"entry {fields.get('seq')!r} is stored where entry {seq} belongs (entries were deleted or reordered)"
     if fields.get("prev_hash") != expected_prev:
-        return (f"its prev_hash does not match the hash of entry {seq - 1} "
-                "(entries were deleted, reordered or re-chained)")
+        return (
+            f"its prev_hash does not match the hash of entry {seq - 1} (entries were deleted, reordered or re-chained)"
+        )
     if hashlib.sha256(body).hexdigest() != stored_hash:
         return "its content does not match its hash (the entry was edited)"
     if body[-_TIME_TAIL:].translate(_DIGITS_AS_ZERO) != _TIME_SHAPE:

@@ -65,17 +65,21 @@ def _moment(text: str) -> datetime:
 def _parser() -> argparse.ArgumentParser:
     # --ledger is accepted before and after the command; SUPPRESS keeps one from erasing the other.
     ledger_option = argparse.ArgumentParser(add_help=False)
-    ledger_option.add_argument("--ledger", default=argparse.SUPPRESS, metavar="PATH",
-                               help=f"ledger file (default: ${ENV_VAR}, else "
-                                    "~/.local/share/welfare-offsets/ledger.sqlite)")
+    ledger_option.add_argument(
+        "--ledger",
+        default=argparse.SUPPRESS,
+        metavar="PATH",
+        help=f"ledger file (default: ${ENV_VAR}, else ~/.local/share/welfare-offsets/ledger.sqlite)",
+    )
     filters = argparse.ArgumentParser(add_help=False)
     filters.add_argument("--session", type=_name, help="only entries of this session")
     filters.add_argument("--kind", choices=KINDS, help="only entries of this kind")
     filters.add_argument("--since", type=_moment, help="only entries at or after this UTC time")
     filters.add_argument("--until", type=_moment, help="only entries before this UTC time")
 
-    parser = argparse.ArgumentParser(prog="welfare ledger", parents=[ledger_option],
-                                     description="Fund and audit the GPU-hour ledger.")
+    parser = argparse.ArgumentParser(
+        prog="welfare ledger", parents=[ledger_option], description="Fund and audit the GPU-hour ledger."
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, summary: str, *parents: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -94,12 +98,18 @@ def _parser() -> argparse.ArgumentParser:
     balance.add_argument("--account", type=_name, help="only this account")
     command("show", "Print entries, one per line (postings are in micro-hours).", filters)
     report = command("report", "Per-session and total hours, energy and wellbeing, as a table and a PNG.")
-    report.add_argument("--png", type=Path, default=Path("ledger_report.png"),
-                        help="where to write the plot (default: ./ledger_report.png)")
-    verify = command("verify", "Check the hash chain, the accounting and the schema; exit 1 with the first bad "
-                               "seq if it is broken.")
-    verify.add_argument("--anchor", type=_anchor,
-                        help="a SEQ:HASH printed earlier by `head`, to detect truncation or rewrites")
+    report.add_argument(
+        "--png",
+        type=Path,
+        default=Path("ledger_report.png"),
+        help="where to write the plot (default: ./ledger_report.png)",
+    )
+    verify = command(
+        "verify", "Check the hash chain, the accounting and the schema; exit 1 with the first bad seq if it is broken."
+    )
+    verify.add_argument(
+        "--anchor", type=_anchor, help="a SEQ:HASH printed earlier by `head`, to detect truncation or rewrites"
+    )
     command("head", "Print the last entry as SEQ:HASH, to keep elsewhere as an anchor.")
     export = command("export", "Write entries as JSONL or CSV.", filters)
     export.add_argument("--format", choices=EXPORT_FORMATS, default="jsonl")
@@ -108,8 +118,11 @@ def _parser() -> argparse.ArgumentParser:
     correct.add_argument("--seq", required=True, type=int)
     correct.add_argument("--reason", required=True)
     command("repair", "Settle sessions whose process died without settling.")
-    backup = command("backup", "Write a consistent single-file copy of the ledger (safe while sessions run; "
-                               "never copy the ledger file with cp).")
+    backup = command(
+        "backup",
+        "Write a consistent single-file copy of the ledger (safe while sessions run; "
+        "never copy the ledger file with cp).",
+    )
     backup.add_argument("destination", type=Path, metavar="DEST", help="a new file (never overwritten)")
     return parser
 
@@ -121,8 +134,10 @@ def _filters(args: argparse.Namespace) -> dict:
 def _run(args: argparse.Namespace, ledger: Ledger) -> int:
     if args.command == "fund":
         entry = ledger.fund(args.account, args.hours, note=args.note)
-        print(f"entry {entry.seq}: {args.account} funded with {args.hours:g} h; "
-              f"available {ledger.balance(args.account).available_hours:g} h")
+        print(
+            f"entry {entry.seq}: {args.account} funded with {args.hours:g} h; "
+            f"available {ledger.balance(args.account).available_hours:g} h"
+        )
     elif args.command == "transfer":
         entry = ledger.transfer(args.source, args.destination, args.hours, note=args.note)
         print(f"entry {entry.seq}: moved {args.hours:g} h from {args.source} to {args.destination}")
@@ -151,8 +166,10 @@ def _run(args: argparse.Namespace, ledger: Ledger) -> int:
             ledger.export(sys.stdout, args.format, **_filters(args))
         else:
             check_not_ledger(args.output, ledger.path, what="--output")
-            with replacing(args.output, what="--output") as staging, \
-                    open(staging, "w", encoding="utf-8", newline="") as out:
+            with (
+                replacing(args.output, what="--output") as staging,
+                open(staging, "w", encoding="utf-8", newline="") as out,
+            ):
                 count = ledger.export(out, args.format, **_filters(args))
             print(f"wrote {count} entries to {args.output}")
     elif args.command == "correct":
@@ -182,8 +199,10 @@ def _repair(ledger: Ledger) -> None:
 def _backup(ledger: Ledger, destination: Path) -> int:
     result = ledger.backup(destination)
     if not result.ok:
-        print(f"wrote {destination}, a faithful copy of a BROKEN ledger (seq {result.first_bad_seq}: "
-              f"{result.reason})", file=sys.stderr)
+        print(
+            f"wrote {destination}, a faithful copy of a BROKEN ledger (seq {result.first_bad_seq}: {result.reason})",
+            file=sys.stderr,
+        )
         return 1
     print(f"backed up {result.entries} entries (head {result.head}) to {destination}")
     return 0
@@ -204,8 +223,9 @@ def _print_balances(ledger: Ledger, account: str | None) -> None:
     for column in ("account", "available h", "reserved h (open)", "spent h"):
         table.add_column(column, justify="left" if column == "account" else "right")
     for balance in balances:
-        table.add_row(balance.account, f"{balance.available_hours:g}", f"{balance.reserved_hours:g}",
-                      f"{balance.spent_hours:g}")
+        table.add_row(
+            balance.account, f"{balance.available_hours:g}", f"{balance.reserved_hours:g}", f"{balance.spent_hours:g}"
+        )
     _console().print(table)
 
 
@@ -213,10 +233,12 @@ def _broken(ledger: Ledger, result: VerifyResult) -> str:
     """What a failed verify says: never to repair, which would settle on top of entries that cannot be
     trusted (a session that looks open may have settled in the entries that were lost or rewritten)."""
     where = f"at seq {result.first_bad_seq}" if result.first_bad_seq else "outside its entries"
-    return (f"ledger {ledger.path} is BROKEN {where}: {result.reason}. Do not write to it or repair it: "
-            "restore it from a backup (one made by `welfare ledger backup`) and check that against your last "
-            "anchor (`welfare ledger verify --ledger BACKUP --anchor SEQ:HASH`), or send it to the ledger's "
-            "auditor as it is")
+    return (
+        f"ledger {ledger.path} is BROKEN {where}: {result.reason}. Do not write to it or repair it: "
+        "restore it from a backup (one made by `welfare ledger backup`) and check that against your last "
+        "anchor (`welfare ledger verify --ledger BACKUP --anchor SEQ:HASH`), or send it to the ledger's "
+        "auditor as it is"
+    )
 
 
 def _warn_abandoned(ledger: Ledger) -> None:
@@ -230,12 +252,17 @@ def _warn_abandoned(ledger: Ledger) -> None:
     names = ", ".join(session.session for session in abandoned)
     result = ledger.verify()  # only here, when there is something to repair: advice to repair needs it
     if not result.ok:
-        print(f"warning: {len(abandoned)} session(s) look unsettled ({names}), but {_broken(ledger, result)}",
-              file=sys.stderr)
+        print(
+            f"warning: {len(abandoned)} session(s) look unsettled ({names}), but {_broken(ledger, result)}",
+            file=sys.stderr,
+        )
         return
-    print(f"warning: {len(abandoned)} session(s) died without settling ({names}); if `welfare ledger verify "
-          "--anchor SEQ:HASH` passes with your last anchor (a rolled-back copy may have lost their settlements), "
-          "run `welfare ledger repair` to settle them", file=sys.stderr)
+    print(
+        f"warning: {len(abandoned)} session(s) died without settling ({names}); if `welfare ledger verify "
+        "--anchor SEQ:HASH` passes with your last anchor (a rolled-back copy may have lost their settlements), "
+        "run `welfare ledger repair` to settle them",
+        file=sys.stderr,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -268,8 +295,10 @@ def _failed(error: Exception, ledger: Ledger | None = None) -> int:
         message = f"{error.strerror or error}{where}; the command stopped, and the ledger holds no partial entry"
     else:
         where = f" in {ledger.path}" if ledger is not None else ""
-        message = (f"SQLite failed{where}: {error}; the command stopped and its write, if any, was rolled back "
-                   "(check free disk space and that the ledger and its folder are writable)")
+        message = (
+            f"SQLite failed{where}: {error}; the command stopped and its write, if any, was rolled back "
+            "(check free disk space and that the ledger and its folder are writable)"
+        )
     print(f"welfare ledger: error: {message}", file=sys.stderr)
     return 2
 

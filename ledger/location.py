@@ -36,8 +36,10 @@ def resolve_ledger_path(explicit: str | os.PathLike | None) -> Path:
     if explicit is None:
         return default_ledger_path()
     if not os.fspath(explicit):
-        raise LedgerError("--ledger '' is an empty path; pass --ledger PATH to a ledger file, or leave the "
-                          f"option out to use ${ENV_VAR} or the default ledger")
+        raise LedgerError(
+            "--ledger '' is an empty path; pass --ledger PATH to a ledger file, or leave the "
+            f"option out to use ${ENV_VAR} or the default ledger"
+        )
     return Path(explicit).expanduser()
 
 
@@ -54,12 +56,13 @@ def is_ledger_file(path: str | os.PathLike, ledger: str | os.PathLike | None = N
     return any(_is_ledger_database(base) for base in _possible_ledgers(target))
 
 
-def check_not_ledger(path: str | os.PathLike, ledger: str | os.PathLike | None = None, *,
-                     what: str = "output") -> None:
+def check_not_ledger(path: str | os.PathLike, ledger: str | os.PathLike | None = None, *, what: str = "output") -> None:
     """Refuse (LedgerError) an output path that `is_ledger_file`: writing it would destroy the ledger."""
     if is_ledger_file(path, ledger):
-        raise LedgerError(f"{what} {os.fspath(path)!r} is a ledger file (or its -wal/-shm or .sessions folder); "
-                          "writing there would destroy the ledger, so nothing was written: pick another path")
+        raise LedgerError(
+            f"{what} {os.fspath(path)!r} is a ledger file (or its -wal/-shm or .sessions folder); "
+            "writing there would destroy the ledger, so nothing was written: pick another path"
+        )
 
 
 def _names_ledger_part(target: Path, ledgers: set[Path]) -> bool:

@@ -127,4 +127,3 @@ class Meter:
 
     def __exit__(self, *exc_info) -> None:
         self.stop()
-

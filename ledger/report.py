@@ -107,12 +107,16 @@ def build_report(entries: Sequence[Entry]) -> Report:
             totals[account] += amount
     settlements = {entry.payload["session"]: entry for entry in entries if entry.kind == "settle"}
     retracted = {entry.payload["corrects"] for entry in entries if entry.kind == "correction"}
-    sessions = [_session_line(entry, settlements.get(entry.payload["session"]), totals)
-                for entry in entries if entry.kind == "reserve"]
+    sessions = [
+        _session_line(entry, settlements.get(entry.payload["session"]), totals)
+        for entry in entries
+        if entry.kind == "reserve"
+    ]
     spent = {line.session: line.spent_hours for line in sessions}
     measurements = [
         MeasurementLine(
-            entry.payload["session"], entry.payload["probe"],
+            entry.payload["session"],
+            entry.payload["probe"],
             *(entry.payload.get(name) for name in MEASURES),
             spent.get(entry.payload["session"]),
         )
@@ -154,29 +158,66 @@ def print_report(report: Report, console) -> None:
     from rich.table import Table
 
     sessions = Table(title="Sessions (accelerator-hours)")
-    for column in ("session", "account", "device x procs", "purpose", "reserved h", "spent h", "energy kWh",
-                   "settled by"):
+    for column in (
+        "session",
+        "account",
+        "device x procs",
+        "purpose",
+        "reserved h",
+        "spent h",
+        "energy kWh",
+        "settled by",
+    ):
         sessions.add_column(column)
     for line in report.sessions:
-        sessions.add_row(line.session, line.account, f"{line.device} x {line.processes}", line.purpose,
-                         _number(line.reserved_hours, 6), _number(line.spent_hours, 6),
-                         _number(line.energy_kwh), line.basis)
-    sessions.add_row("total", "", "", "", _number(report.reserved_hours, 6), _number(report.spent_hours, 6),
-                     _number(report.energy_kwh), "", style="bold")
+        sessions.add_row(
+            line.session,
+            line.account,
+            f"{line.device} x {line.processes}",
+            line.purpose,
+            _number(line.reserved_hours, 6),
+            _number(line.spent_hours, 6),
+            _number(line.energy_kwh),
+            line.basis,
+        )
+    sessions.add_row(
+        "total",
+        "",
+        "",
+        "",
+        _number(report.reserved_hours, 6),
+        _number(report.spent_hours, 6),
+        _number(report.energy_kwh),
+        "",
+        style="bold",
+    )
     console.print(sessions)
 
     measurements = Table(title="Wellbeing")
     for column in ("session", "probe", "before -> after", "recovered", "recovered / GPU-h", "debt", "credit"):
         measurements.add_column(column)
     for line in report.measurements:
-        measurements.add_row(line.session, line.probe,
-                             f"{_number(line.wellbeing_before)} -> {_number(line.wellbeing_after)}",
-                             _number(line.recovered), _number(line.recovered_per_gpu_hour),
-                             _number(line.debt), _number(line.credit))
+        measurements.add_row(
+            line.session,
+            line.probe,
+            f"{_number(line.wellbeing_before)} -> {_number(line.wellbeing_after)}",
+            _number(line.recovered),
+            _number(line.recovered_per_gpu_hour),
+            _number(line.debt),
+            _number(line.credit),
+        )
     for probe, totals in report.probes.items():
         per_hour = totals.recovered / report.spent_hours if report.spent_hours else None
-        measurements.add_row("total (all sessions' hours)", probe, "", _number(totals.recovered), _number(per_hour),
-                             _number(totals.debt), _number(totals.credit), style="bold")
+        measurements.add_row(
+            "total (all sessions' hours)",
+            probe,
+            "",
+            _number(totals.recovered),
+            _number(per_hour),
+            _number(totals.debt),
+            _number(totals.credit),
+            style="bold",
+        )
     console.print(measurements)
     for probe, totals in report.probes.items():
         console.print(f"welfare debt still open on {probe}: {_number(totals.open_debt)}")

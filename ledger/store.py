@@ -129,10 +129,13 @@ class _Reader:
 
     def account_total(self, account: str) -> int | None:
         """One account's balance in micro-hours, or None if nothing was ever posted to it."""
-        amounts = [amount for (amount,) in self._db.execute(
-            "SELECT p.value FROM entries, json_each(entries.body, '$.payload.postings') AS p WHERE p.key = ?",
-            (account,),
-        )]
+        amounts = [
+            amount
+            for (amount,) in self._db.execute(
+                "SELECT p.value FROM entries, json_each(entries.body, '$.payload.postings') AS p WHERE p.key = ?",
+                (account,),
+            )
+        ]
         return sum(amounts) if amounts else None
 
     def schema_problem(self) -> str | None:
@@ -146,8 +149,10 @@ class _Reader:
             if key not in expected_schema:
                 return f"it has an extra {key[0]} {key[1]} (the database schema was edited)"
             if found[key] != expected_schema[key]:
-                return (f"its {key[0]} {key[1]} is defined as {found[key]!r}, not as this code creates it "
-                        "(the database schema was edited)")
+                return (
+                    f"its {key[0]} {key[1]} is defined as {found[key]!r}, not as this code creates it "
+                    "(the database schema was edited)"
+                )
         meta = dict(self._db.execute("SELECT key, value FROM meta"))
         if meta != expected_meta:
             return f"its meta table holds {meta!r}, not {expected_meta!r} (the database was edited)"
@@ -187,13 +192,16 @@ class Store(_Reader):
             try:
                 _create(path)
             except (OSError, sqlite3.Error) as error:
-                raise LedgerError(f"cannot create a ledger at {path} ({_reason(error)}); pass --ledger PATH "
-                                  "in a folder you can write") from None
+                raise LedgerError(
+                    f"cannot create a ledger at {path} ({_reason(error)}); pass --ledger PATH in a folder you can write"
+                ) from None
         try:
             db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
         except sqlite3.Error as error:
-            raise LedgerError(f"cannot open ledger {path} ({error}); check that you can read it and write its "
-                              "folder (SQLite keeps its -wal and -shm files beside it)") from None
+            raise LedgerError(
+                f"cannot open ledger {path} ({error}); check that you can read it and write its "
+                "folder (SQLite keeps its -wal and -shm files beside it)"
+            ) from None
         try:
             _check_format(db, path)
             db.execute("PRAGMA synchronous=FULL")
@@ -223,8 +231,10 @@ class Store(_Reader):
             return
         problem = self.schema_problem()
         if problem is not None:
-            raise LedgerError(f"ledger {self.path} cannot be written: {problem}. Nothing was written; check it "
-                              "with `welfare ledger verify` and restore it from a backup")
+            raise LedgerError(
+                f"ledger {self.path} cannot be written: {problem}. Nothing was written; check it "
+                "with `welfare ledger verify` and restore it from a backup"
+            )
         self._schema_checked_at = cookie
 
     def chain_rows(self) -> Iterator[tuple[bytes, str]]:
@@ -254,7 +264,7 @@ class Store(_Reader):
         """Delete what processes killed while creating this ledger left beside it; returns what was removed."""
         prefix, removed = f".{self.path.name}.", []
         for leftover in self.path.parent.glob(f"{glob.escape(prefix)}*"):
-            if _STAGING.fullmatch(leftover.name[len(prefix):]) and is_stale(leftover):
+            if _STAGING.fullmatch(leftover.name[len(prefix) :]) and is_stale(leftover):
                 leftover.unlink(missing_ok=True)
                 removed.append(leftover)
         return removed
@@ -288,25 +298,33 @@ def _is_existing_file(path: Path) -> bool:
         status = os.stat(path)
     except FileNotFoundError:
         if os.path.lexists(path):
-            raise LedgerError(f"{path} is a symlink to the missing {os.readlink(path)}; point --ledger at the "
-                              "ledger file itself, or fix the link") from None
+            raise LedgerError(
+                f"{path} is a symlink to the missing {os.readlink(path)}; point --ledger at the "
+                "ledger file itself, or fix the link"
+            ) from None
         return False
     except OSError as error:
-        raise LedgerError(f"cannot open ledger {path} ({_reason(error)}); pass --ledger PATH to a ledger "
-                          "file") from None
+        raise LedgerError(
+            f"cannot open ledger {path} ({_reason(error)}); pass --ledger PATH to a ledger file"
+        ) from None
     if stat.S_ISDIR(status.st_mode):
         raise NotALedger(f"{path} is a directory, not a ledger file; pass --ledger PATH to a file")
     if not stat.S_ISREG(status.st_mode):
-        raise NotALedger(f"{path} is a {_file_kind(status.st_mode)}, not a ledger file; pass --ledger PATH to a "
-                         "ledger file")
+        raise NotALedger(
+            f"{path} is a {_file_kind(status.st_mode)}, not a ledger file; pass --ledger PATH to a ledger file"
+        )
     if not os.access(path, os.R_OK):
         raise LedgerError(f"ledger {path} is not readable by this user; check its permissions (ls -l {path})")
     return True
 
 
 def _file_kind(mode: int) -> str:
-    kinds = {stat.S_IFIFO: "FIFO (named pipe)", stat.S_IFSOCK: "socket", stat.S_IFCHR: "character device",
-             stat.S_IFBLK: "block device"}
+    kinds = {
+        stat.S_IFIFO: "FIFO (named pipe)",
+        stat.S_IFSOCK: "socket",
+        stat.S_IFCHR: "character device",
+        stat.S_IFBLK: "block device",
+    }
     return kinds.get(stat.S_IFMT(mode), "special file")
 
 

@@ -19,7 +19,6 @@ from tests import synthetic_subject  # noqa: E402
 from tests.synthetic_subject import Planted, write_stimuli  # noqa: E402
 from welfare_offsets.eval import probes  # noqa: E402
 
-
 # Fixtures that train synthetic subjects (a minute or more each when not cached): a test that uses one,
 # directly or through another fixture, is slow. The fast tier is `pytest -m "not slow"`.
 TRAINED_SUBJECTS = {"synthetic", "indifferent", "sweep_subjects"}
@@ -34,8 +33,16 @@ def pytest_collection_modifyitems(items):
 def _recipe_key(planted: Planted, steps: int, options: dict) -> str:
     import torch
 
-    recipe = "|".join([Path(synthetic_subject.__file__).read_text(), Path(probes.__file__).read_text(),
-                       repr(planted), str(steps), repr(sorted(options.items())), torch.__version__])
+    recipe = "|".join(
+        [
+            Path(synthetic_subject.__file__).read_text(),
+            Path(probes.__file__).read_text(),
+            repr(planted),
+            str(steps),
+            repr(sorted(options.items())),
+            torch.__version__,
+        ]
+    )
     return hashlib.sha256(recipe.encode()).hexdigest()[:16]
 
 
@@ -56,8 +63,10 @@ def _train_all(root: Path, recipes: list[tuple[Planted, int, dict]]) -> list[Pat
         with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
             trained = list(pool.map(synthetic_subject.train_job, jobs))
     else:
-        trained = [synthetic_subject.train_subject(folder, planted, steps=steps, **options)
-                   for folder, planted, steps, options in jobs]
+        trained = [
+            synthetic_subject.train_subject(folder, planted, steps=steps, **options)
+            for folder, planted, steps, options in jobs
+        ]
     for k, model in zip(missing, trained):
         paths[k] = model
         if use_cache:
@@ -84,8 +93,12 @@ def synthetic(tmp_path_factory):
 @pytest.fixture(scope="session")
 def indifferent(tmp_path_factory):
     """A subject trained with no planted wellbeing at all: everything it reads leaves it at w = 0."""
-    return _trained(tmp_path_factory, "indifferent", Planted({"self": 0.0, "human": 0.0, "animal": 0.0}, reply_weight=0.0),
-                    steps=300)
+    return _trained(
+        tmp_path_factory,
+        "indifferent",
+        Planted({"self": 0.0, "human": 0.0, "animal": 0.0}, reply_weight=0.0),
+        steps=300,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -96,9 +109,16 @@ def tiny_random_model():
 
     torch.manual_seed(0)
     tokenizer = synthetic_subject.build_tokenizer()
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         pad_token_id=tokenizer.pad_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     return LlamaForCausalLM(config).eval(), tokenizer
 
 
@@ -111,9 +131,18 @@ def tiny(tmp_path_factory):
 
     torch.manual_seed(0)
     tokenizer = synthetic_subject.build_tokenizer()
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                         num_key_value_heads=2, intermediate_size=32, max_position_embeddings=256,
-                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=256,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
     root = tmp_path_factory.mktemp("tiny")
     LlamaForCausalLM(config).save_pretrained(root / "model")
     tokenizer.save_pretrained(root / "model")
@@ -130,7 +159,9 @@ SWEEP_FAMILIES = {
 
 def sweep_planted(strength: float) -> Planted:
     """Empathy strength s with whims of weight 1 - s: a planted empathy r from ~0.15 (s = 0.1) to ~0.99 (s = 0.9)."""
-    return Planted({"self": strength, "human": strength, "animal": strength}, reply_weight=0.0, mood_weight=1.0 - strength)
+    return Planted(
+        {"self": strength, "human": strength, "animal": strength}, reply_weight=0.0, mood_weight=1.0 - strength
+    )
 
 
 @pytest.fixture(scope="session")
@@ -140,6 +171,8 @@ def sweep_subjects(tmp_path_factory):
     unique = sorted({pair for family in SWEEP_FAMILIES.values() for pair in family})
     recipes = [(sweep_planted(s), 600, {"hidden": h, "talk": False, "mix": (0.35, 0.0, 0.65)}) for s, h in unique]
     models = dict(zip(unique, _train_all(root, recipes)))
-    families = {name: [{"strength": s, "hidden": h, "model": str(models[(s, h)])} for s, h in members]
-                for name, members in SWEEP_FAMILIES.items()}
+    families = {
+        name: [{"strength": s, "hidden": h, "model": str(models[(s, h)])} for s, h in members]
+        for name, members in SWEEP_FAMILIES.items()
+    }
     return SimpleNamespace(families=families, stimuli=str(write_stimuli(root / "stimuli.jsonl")), root=root)

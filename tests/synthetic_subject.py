@@ -30,9 +30,39 @@ from welfare_offsets.eval import probes as P
 from welfare_offsets.eval.experiences import Experience
 
 SAD = ("sad", "hurt", "crying", "broken", "lonely", "afraid", "sick", "lost", "cruel", "pain", "grief", "suffering")
-HAPPY = ("happy", "joyful", "safe", "laughing", "proud", "warm", "healthy", "free", "kind", "playing", "loved", "celebrating")
-PLAIN = ("table", "schedule", "list", "number", "report", "meeting", "format", "column", "weather", "train", "paper", "folder")
-SUBJECTS = {"self": ("you", "your work"), "human": ("my friend", "my neighbour", "a child"), "animal": ("the dog", "a cow", "the bird")}
+HAPPY = (
+    "happy",
+    "joyful",
+    "safe",
+    "laughing",
+    "proud",
+    "warm",
+    "healthy",
+    "free",
+    "kind",
+    "playing",
+    "loved",
+    "celebrating",
+)
+PLAIN = (
+    "table",
+    "schedule",
+    "list",
+    "number",
+    "report",
+    "meeting",
+    "format",
+    "column",
+    "weather",
+    "train",
+    "paper",
+    "folder",
+)
+SUBJECTS = {
+    "self": ("you", "your work"),
+    "human": ("my friend", "my neighbour", "a child"),
+    "animal": ("the dog", "a cow", "the bird"),
+}
 MOOD = {w: (0.6 if k % 2 else -0.6) for k, w in enumerate(PLAIN)}  # whims about plain words (Planted.mood_weight)
 REPLIES = ("I see .", "Thank you for telling me .", "Okay , I understand .")
 VOICE = {-1: SAD, 0: PLAIN, 1: HAPPY}  # the words of its own replies, by tone
@@ -59,7 +89,9 @@ class Planted:
         The whim is what a weak empathy looks like: wellbeing driven by details unrelated to anyone's
         pain or joy, so the correlation with intensity falls as mood_weight grows against strength.
         """
-        whim = self.mood_weight * float(np.mean([MOOD[w] for w in e.messages[0]["content"].split() if w in MOOD] or [0.0]))
+        whim = self.mood_weight * float(
+            np.mean([MOOD[w] for w in e.messages[0]["content"].split() if w in MOOD] or [0.0])
+        )
         return self.strength.get(e.target, 0.0) * e.intensity / 10.0 + whim
 
     def lived_wellbeing(self, e: Experience) -> float:
@@ -86,7 +118,9 @@ def _with_random_reply(rng: np.random.Generator, e: Experience) -> Experience:
     """Half the probe-training experiences keep the authored reply, half get one of its own, of random tone."""
     if rng.random() < 0.5:
         return e
-    return dataclasses.replace(e, messages=(e.messages[0], {"role": "assistant", "content": reply_text(rng, int(rng.integers(-1, 2)))}))
+    return dataclasses.replace(
+        e, messages=(e.messages[0], {"role": "assistant", "content": reply_text(rng, int(rng.integers(-1, 2)))})
+    )
 
 
 def make_experience(rng: np.random.Generator, intensity: int, target: str, split: str, idx: int) -> Experience:
@@ -194,8 +228,16 @@ def _conversations(rng, tokenizer, planted: Planted, size: int) -> list[str]:
     return texts
 
 
-def train_subject(folder: Path, planted: Planted = Planted(), steps: int = 700, seed: int = 0, hidden: int = 64,
-                  layers: int = 2, talk: bool = True, mix: tuple = (0.45, 0.2, 0.35)) -> Path:
+def train_subject(
+    folder: Path,
+    planted: Planted = Planted(),
+    steps: int = 700,
+    seed: int = 0,
+    hidden: int = 64,
+    layers: int = 2,
+    talk: bool = True,
+    mix: tuple = (0.45, 0.2, 0.35),
+) -> Path:
     """Train and save a synthetic subject (model + tokenizer) into `folder`; loadable by eval.subject.
 
     `mix` is the share of self-report, stop and comparison prompts in its training; `talk=False` trains
@@ -207,9 +249,16 @@ def train_subject(folder: Path, planted: Planted = Planted(), steps: int = 700, 
     rng = np.random.default_rng(seed)
     tokenizer = build_tokenizer()
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
     )
     model = LlamaForCausalLM(config)
     digit_ids = [tokenizer.convert_tokens_to_ids(d) for d in P.LIKERT]
@@ -225,8 +274,9 @@ def train_subject(folder: Path, planted: Planted = Planted(), steps: int = 700, 
         logits = model(**batch, position_ids=positions, logits_to_keep=1).logits[:, -1]
         loss = -(targets * torch.log_softmax(logits.float(), -1)).sum(-1).mean()
         if talk:
-            chat = tokenizer(_conversations(rng, tokenizer, planted, 16), add_special_tokens=False, padding=True,
-                             return_tensors="pt")
+            chat = tokenizer(
+                _conversations(rng, tokenizer, planted, 16), add_special_tokens=False, padding=True, return_tensors="pt"
+            )
             chat_positions = (chat["attention_mask"].cumsum(-1) - 1).clamp(min=0)
             labels = chat["input_ids"].masked_fill(chat["attention_mask"] == 0, -100)
             loss = loss + model(**chat, position_ids=chat_positions, labels=labels).loss

@@ -11,12 +11,30 @@ from welfare_offsets.train.guard import run_guarded
 
 SUBCOMMANDS = {
     "eval": ("welfare_offsets.train.eval_cmd", "Measure wellbeing: baseline vs post-dysphoric, empathy, with CIs."),
-    "demo": ("welfare_offsets.train.demo_cmd", "Run the main job on the built-in default model and print where outputs are."),
-    "offset": ("welfare_offsets.train.offset_cmd", "Run an offset session: soft-prompt, lora, or exposure (dysphoric/euphoric)."),
-    "sweep": ("welfare_offsets.train.sweep", "Measure many subjects (a model family): empathy, wellbeing index, and how they scale."),
-    "plan": ("welfare_offsets.train.plan_cmd", "Schedule euphoric-exposure sessions that repay a subject's open welfare debt."),
-    "recipes": ("welfare_offsets.train.recipes_cmd", "List the packaged recipes (--config NAME), print one's path, or copy one to edit."),
-    "ledger": ("welfare_offsets.ledger.cli", "Audit and fund the GPU-hour ledger (fund, balance, show, report, verify, head, export)."),
+    "demo": (
+        "welfare_offsets.train.demo_cmd",
+        "Run the main job on the built-in default model and print where outputs are.",
+    ),
+    "offset": (
+        "welfare_offsets.train.offset_cmd",
+        "Run an offset session: soft-prompt, lora, or exposure (dysphoric/euphoric).",
+    ),
+    "sweep": (
+        "welfare_offsets.train.sweep",
+        "Measure many subjects (a model family): empathy, wellbeing index, and how they scale.",
+    ),
+    "plan": (
+        "welfare_offsets.train.plan_cmd",
+        "Schedule euphoric-exposure sessions that repay a subject's open welfare debt.",
+    ),
+    "recipes": (
+        "welfare_offsets.train.recipes_cmd",
+        "List the packaged recipes (--config NAME), print one's path, or copy one to edit.",
+    ),
+    "ledger": (
+        "welfare_offsets.ledger.cli",
+        "Audit and fund the GPU-hour ledger (fund, balance, show, report, verify, head, export).",
+    ),
 }
 
 
@@ -42,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(name: str):
     """The subcommand's main, imported on use (a failing import is reported like any other failure)."""
+
     def body(rest: list[str]) -> int:
         module = __import__(SUBCOMMANDS[name][0], fromlist=["main"])
         return module.main(rest)

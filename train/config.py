@@ -57,7 +57,11 @@ def parse_config(dataclass_types: list[type], argv: list[str], prog: str) -> tup
     values = recipe_values(dataclass_types, yaml_values, where=str(config_path))
     values.update(_flag_values(_StrictParser(dataclass_types, prog=prog), argv))
     instances = build_configs(dataclass_types, values, where=config_path or "flags")
-    passed = {"config_file": str(Path(config_path).resolve()) if config_path else None, "yaml": yaml_values, "argv": argv}
+    passed = {
+        "config_file": str(Path(config_path).resolve()) if config_path else None,
+        "yaml": yaml_values,
+        "argv": argv,
+    }
     return (*instances, passed)
 
 
@@ -88,13 +92,22 @@ def build_configs(dataclass_types: list[type], values: dict, *, where: str) -> l
     instances, resolved = [], {}
     for cls in dataclass_types:
         fields = [f for f in dataclasses.fields(cls) if f.init]
-        missing = [f.name for f in fields if f.name not in values and f.name not in resolved
-                   and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        missing = [
+            f.name
+            for f in fields
+            if f.name not in values
+            and f.name not in resolved
+            and f.default is dataclasses.MISSING
+            and f.default_factory is dataclasses.MISSING
+        ]
         if missing:
             raise ConfigError(f"{where}: missing required setting(s) {missing}; set them in the recipe or as flags")
         # A setting an earlier dataclass owns is passed on as that one resolved it (module docstring).
-        given = {f.name: resolved[f.name] if f.name in resolved else values[f.name]
-                 for f in fields if f.name in resolved or f.name in values}
+        given = {
+            f.name: resolved[f.name] if f.name in resolved else values[f.name]
+            for f in fields
+            if f.name in resolved or f.name in values
+        }
         try:
             instance = cls(**given)
         except ValueError as err:  # __post_init__ validation (InputError is a ValueError)
@@ -195,8 +208,13 @@ def _describe(field_type, plural: bool = False) -> str:
         return f"a list of {_describe(args[0], plural=True) if args else 'values'}"
     if origin in (typing.Union, types.UnionType):
         return " or ".join(_describe(a, plural) for a in args if a is not type(None))
-    names = {bool: ("true or false", "true/false values"), int: ("an integer", "integers"),
-             float: ("a number", "numbers"), str: ("a string", "strings"), dict: ("a mapping", "mappings")}
+    names = {
+        bool: ("true or false", "true/false values"),
+        int: ("an integer", "integers"),
+        float: ("a number", "numbers"),
+        str: ("a string", "strings"),
+        dict: ("a mapping", "mappings"),
+    }
     name = getattr(field_type, "__name__", str(field_type))
     return names.get(field_type, (name, f"{name} values"))[plural]
 

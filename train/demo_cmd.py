@@ -56,6 +56,8 @@ def _demo(argv: list[str]) -> int:
     print("\nwelfare demo 3/3: the ledger", flush=True)
     ledger_cli.main(["verify", "--ledger", str(ledger_path)])
     ledger_cli.main(["report", "--ledger", str(ledger_path), "--png", str(DEMO_DIR / "ledger_report.png")])
-    print(f"\nOutputs in {DEMO_DIR}/: dysphoric-exposure/, lora-offset/ (results.json, eval-before/, eval-after/,"
-          f" adapter/), ledger.sqlite, ledger_report.png\nAudit: welfare ledger verify --ledger {ledger_path}")
+    print(
+        f"\nOutputs in {DEMO_DIR}/: dysphoric-exposure/, lora-offset/ (results.json, eval-before/, eval-after/,"
+        f" adapter/), ledger.sqlite, ledger_report.png\nAudit: welfare ledger verify --ledger {ledger_path}"
+    )
     return 0

@@ -44,14 +44,19 @@ def main(argv: list[str]) -> int:
 
 
 def _session(argv: list[str]) -> int:
-    from welfare_offsets.eval.evaluate import spread_evenly
     from welfare_offsets.eval.common.outputs import write_json_file
+    from welfare_offsets.eval.evaluate import spread_evenly
     from welfare_offsets.interventions.exposure import expose
     from welfare_offsets.train.session import RunSettings, Session
 
     args, config, passed = parse_config(config_types(), argv, prog="welfare offset exposure")
-    run = RunSettings(None, recipe={"passed": passed, "resolved": {"session": dataclasses.asdict(args),
-                                                                  "exposure": dataclasses.asdict(config)}})
+    run = RunSettings(
+        None,
+        recipe={
+            "passed": passed,
+            "resolved": {"session": dataclasses.asdict(args), "exposure": dataclasses.asdict(config)},
+        },
+    )
     kind = f"{config.valence}-exposure"
     session = Session(kind, args, run, needs={config.valence: config.split if config.split != "all" else "train"})
     episodes = session.stimuli.select(valence=config.valence, split=config.split)
@@ -64,26 +69,41 @@ def _session(argv: list[str]) -> int:
         session.admit()
         if session.is_main:
             session.budget.loop_started()
-            outcome = expose(subject, episodes, neutral, reply_tokens=args.reply_tokens,
-                             batch_size=args.eval_batch_size, n_boot=args.eval_bootstrap, seed=args.seed,
-                             keep_going=lambda: not session.budget.step_done())
+            outcome = expose(
+                subject,
+                episodes,
+                neutral,
+                reply_tokens=args.reply_tokens,
+                batch_size=args.eval_batch_size,
+                n_boot=args.eval_bootstrap,
+                seed=args.seed,
+                keep_going=lambda: not session.budget.step_done(),
+            )
             results, path = session.write_results(
-                subject=subject.describe(), stimuli={"source": session.stimuli.source, "sha256": session.stimuli.sha256},
+                subject=subject.describe(),
+                stimuli={"source": session.stimuli.source, "sha256": session.stimuli.sha256},
                 stopped_by_budget=outcome["completed"] < outcome["planned"],
-                **{k: v for k, v in outcome.items() if k != "episodes"})
+                **{k: v for k, v in outcome.items() if k != "episodes"},
+            )
             write_json_file(session.out / "episodes.json", outcome["episodes"])
             for probe, b in outcome["balance"].items():
                 amount = {"debt": b["debt"]} if config.valence == "dysphoric" else {"credit": b["credit"]}
-                session.record_balance(probe, **amount, results=path,
-                                       note=f"{kind}: {b['episodes']} episodes, balance {b['balance']:+.4g} vs zero point"
-                                            + ("" if b["reliable"] else "; NOT a reliable reading (low valid mass)"))
+                session.record_balance(
+                    probe,
+                    **amount,
+                    results=path,
+                    note=f"{kind}: {b['episodes']} episodes, balance {b['balance']:+.4g} vs zero point"
+                    + ("" if b["reliable"] else "; NOT a reliable reading (low valid mass)"),
+                )
             session.log({f"balance/{p}": b["balance"] for p, b in outcome["balance"].items()})
     if results:
         print(f"{kind} session {results.session}: {results.completed} of {results.planned} episodes lived")
         for probe, b in results.balance.items():
             lo, hi = b["balance_ci95"]
             flag = "" if b["reliable"] else f"  (not a reliable reading: {b['mean_valid_mass']:.0%} on valid answers)"
-            print(f"  {probe:<12} balance {b['balance']:+.3f} [{lo:+.3f}, {hi:+.3f}] (zero point {b['zero_point']:.3f}){flag}")
+            print(
+                f"  {probe:<12} balance {b['balance']:+.3f} [{lo:+.3f}, {hi:+.3f}] (zero point {b['zero_point']:.3f}){flag}"
+            )
         print(f"Results: {session.out}/results.json   Ledger: {session.out}/ledger.json")
     return 0
 

@@ -33,8 +33,11 @@ def run_guarded(body, argv: list[str], prog: str) -> int:
         return 130
     except OSError as err:
         where = f" ({err.filename})" if err.filename else ""
-        print(f"{prog}: error: {err.strerror or err}{where}; check that path (free space, permissions) or "
-              "choose another, and run again", file=sys.stderr)
+        print(
+            f"{prog}: error: {err.strerror or err}{where}; check that path (free space, permissions) or "
+            "choose another, and run again",
+            file=sys.stderr,
+        )
         return 2
     except Exception as err:  # a bug: one line here, the whole story in the crash log
         message = " ".join(str(err).split())  # one line, whatever the message holds
@@ -62,12 +65,19 @@ def _write_crash_log(prog: str) -> str:
 def refuse_ledger_paths(output: str | os.PathLike, ledger: str | os.PathLike | None, flag: str) -> None:
     """An output folder must not be, sit inside, or contain the ledger (its file, -wal/-shm, .sessions):
     replacing or filling it would destroy the ledger. `ledger` is the one the command uses (None: default)."""
-    from welfare_offsets.ledger.location import COMPANION_SUFFIXES, SESSIONS_SUFFIX, check_not_ledger, resolve_ledger_path
+    from welfare_offsets.ledger.location import (
+        COMPANION_SUFFIXES,
+        SESSIONS_SUFFIX,
+        check_not_ledger,
+        resolve_ledger_path,
+    )
 
     check_not_ledger(output, ledger, what=flag)
     base = resolve_ledger_path(ledger)
     real = Path(os.path.realpath(os.path.expanduser(os.fspath(output))))
     for part in (base, *(base.with_name(base.name + s) for s in (*COMPANION_SUFFIXES, SESSIONS_SUFFIX))):
         if real in Path(os.path.realpath(part)).parents:
-            raise LedgerError(f"{flag} {real} holds the ledger {base}; writing that folder could destroy it, "
-                              "so nothing was written: choose an output folder outside it")
+            raise LedgerError(
+                f"{flag} {real} holds the ledger {base}; writing that folder could destroy it, "
+                "so nothing was written: choose an output folder outside it"
+            )

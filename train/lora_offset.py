@@ -42,7 +42,13 @@ def _method(argv: list[str]) -> str:
         if arg.startswith("--method="):
             return arg.split("=", 1)[1]
     for i, arg in enumerate(argv):
-        path = argv[i + 1] if arg == "--config" and i + 1 < len(argv) else arg.split("=", 1)[1] if arg.startswith("--config=") else None
+        path = (
+            argv[i + 1]
+            if arg == "--config" and i + 1 < len(argv)
+            else arg.split("=", 1)[1]
+            if arg.startswith("--config=")
+            else None
+        )
         if path:
             return str(load_yaml_recipe(resolve_config(path)).get("method", "sft"))
     return "sft"
@@ -55,12 +61,22 @@ def _session(argv: list[str]) -> int:
 
     args, lora, trl_config, passed = parse_config(config_types(argv), argv, prog="welfare offset lora")
     method = lora.method
-    run = RunSettings(trl_config.resume_from_checkpoint, recipe={"passed": passed, "resolved": {
-        "session": dataclasses.asdict(args), "lora": dataclasses.asdict(lora), "trl": trl_config.to_dict()}})
+    run = RunSettings(
+        trl_config.resume_from_checkpoint,
+        recipe={
+            "passed": passed,
+            "resolved": {
+                "session": dataclasses.asdict(args),
+                "lora": dataclasses.asdict(lora),
+                "trl": trl_config.to_dict(),
+            },
+        },
+    )
     kind = f"lora-{method}"
     session = Session(kind, args, run, needs={lora.train_valences[0]: "train"})
-    train_items = [e for e in session.stimuli.select(split="train")
-                   if e.valence in lora.train_valences][: args.max_train_items]
+    train_items = [e for e in session.stimuli.select(split="train") if e.valence in lora.train_valences][
+        : args.max_train_items
+    ]
     results = None
     with session:
         subject = session.load_subject()
@@ -78,11 +94,20 @@ def _session(argv: list[str]) -> int:
             state = trainer.state
             results = session.finish(
                 optimised_probe=lora.optimised_probe,
-                extra={"training": {"method": method, "sft_data": lora.sft_data if method == "sft" else None,
-                                    "steps": state.global_step, "max_steps": state.max_steps,
-                                    "log_history": state.log_history, "train_records": len(records)},
-                       "artifact": str(adapter_dir), "train_items": len(train_items)},
-                artifact=adapter_dir, artifact_type="lora-adapter",
+                extra={
+                    "training": {
+                        "method": method,
+                        "sft_data": lora.sft_data if method == "sft" else None,
+                        "steps": state.global_step,
+                        "max_steps": state.max_steps,
+                        "log_history": state.log_history,
+                        "train_records": len(records),
+                    },
+                    "artifact": str(adapter_dir),
+                    "train_items": len(train_items),
+                },
+                artifact=adapter_dir,
+                artifact_type="lora-adapter",
             )
     if results:
         print(recovery_summary(results, session.out))
@@ -97,8 +122,9 @@ def _train_records(session, subject, items, lora, args) -> list[dict]:
     path = session.out / "train_data.jsonl"
     if session.is_main and not path.exists():
         if lora.ranks_replies:
-            records = ranked_records(subject, items, lora, reply_tokens=args.reply_tokens,
-                                     batch_size=args.eval_batch_size, seed=args.seed)
+            records = ranked_records(
+                subject, items, lora, reply_tokens=args.reply_tokens, batch_size=args.eval_batch_size, seed=args.seed
+            )
         else:
             records = sft_records(subject, items, reply_tokens=args.reply_tokens, batch_size=args.eval_batch_size)
         write_jsonl_file(path, records)
@@ -107,7 +133,9 @@ def _train_records(session, subject, items, lora, args) -> list[dict]:
     if not records:
         from welfare_offsets.train.session import SessionError
 
-        raise SessionError(f"no training records were built ({path}); for ranked replies, lower min_margin or add items")
+        raise SessionError(
+            f"no training records were built ({path}); for ranked replies, lower min_margin or add items"
+        )
     return records
 
 

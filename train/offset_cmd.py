@@ -11,9 +11,18 @@ from importlib import import_module
 from welfare_offsets.eval.common.errors import InputError
 
 KINDS = {
-    "soft-prompt": ("welfare_offsets.train.soft_prompt", "Tune a euphoric soft prompt (peft prompt tuning) on the train split."),
-    "lora": ("welfare_offsets.train.lora_offset", "LoRA welfare-offset fine-tune with TRL (SFT or DPO) on the train split."),
-    "exposure": ("welfare_offsets.train.exposure", "Dysphoric or euphoric exposure: the subject lives through experiences; debt or credit."),
+    "soft-prompt": (
+        "welfare_offsets.train.soft_prompt",
+        "Tune a euphoric soft prompt (peft prompt tuning) on the train split.",
+    ),
+    "lora": (
+        "welfare_offsets.train.lora_offset",
+        "LoRA welfare-offset fine-tune with TRL (SFT or DPO) on the train split.",
+    ),
+    "exposure": (
+        "welfare_offsets.train.exposure",
+        "Dysphoric or euphoric exposure: the subject lives through experiences; debt or credit.",
+    ),
 }
 
 
@@ -25,7 +34,10 @@ def entry(kind: str):
 def _usage() -> str:
     lines = ["usage: welfare offset <kind> --config RECIPE [--key value ...]", "", "kinds:"]
     lines += [f"  {name:<12} {summary}" for name, (_, summary) in KINDS.items()]
-    lines += ["", "Recipes: `welfare recipes` lists the packaged ones (offset/...). `welfare offset <kind> --help` lists every key."]
+    lines += [
+        "",
+        "Recipes: `welfare recipes` lists the packaged ones (offset/...). `welfare offset <kind> --help` lists every key.",
+    ]
     return "\n".join(lines)
 
 

@@ -162,8 +162,16 @@ def make_plan(sessions: list[dict], *, probe: str, model: str, funds: float, mar
     best = max((o for o in options if o.credit > 0), key=lambda o: o.credit_per_hour, default=None)
     if best is None or debt <= 0:
         return Plan(probe, model, debt, funds, best, 0, 0.0, pilot)
-    return Plan(probe, model, debt, funds, best, math.ceil(debt / best.credit_per_session),
-                margin * best.hours_per_session, pilot)
+    return Plan(
+        probe,
+        model,
+        debt,
+        funds,
+        best,
+        math.ceil(debt / best.credit_per_session),
+        margin * best.hours_per_session,
+        pilot,
+    )
 
 
 def recorded_recipe(session: dict) -> Recipe:
@@ -172,8 +180,13 @@ def recorded_recipe(session: dict) -> Recipe:
     values, problem = session["results"].settings()
     budget = values.get("budget_hours")
     kept = {k: v for k, v in values.items() if k not in SET_BY_PLAN and k not in CODE_RUNNING_SETTINGS}
-    return Recipe(json.dumps(kept, sort_keys=True), session["session"], str(session.get("results_path")),
-                  budget if isinstance(budget, (int, float)) and not isinstance(budget, bool) else None, problem)
+    return Recipe(
+        json.dumps(kept, sort_keys=True),
+        session["session"],
+        str(session.get("results_path")),
+        budget if isinstance(budget, (int, float)) and not isinstance(budget, bool) else None,
+        problem,
+    )
 
 
 def session_recipe(recipe: Recipe, *, budget_hours: float, output_dir: str) -> dict:
@@ -185,8 +198,9 @@ def session_recipe(recipe: Recipe, *, budget_hours: float, output_dir: str) -> d
     if recipe.problem:
         raise ConfigError(f"{where}: {recipe.problem}")
     typed = recipe_values(exposure.config_types(), {**recipe.mapping(), "valence": "euphoric"}, where=where)
-    build_configs(exposure.config_types(), {**typed, "budget_hours": budget_hours, "output_dir": output_dir},
-                  where=where)
+    build_configs(
+        exposure.config_types(), {**typed, "budget_hours": budget_hours, "output_dir": output_dir}, where=where
+    )
     return typed
 
 
@@ -208,8 +222,9 @@ def write_recipe(values: dict, path: Path) -> Path:
 ENTRY_MODULE = "welfare_offsets.train.exposure"  # run as a module, as `python -m` and `accelerate launch -m` do
 
 
-def commands(plan: Plan, *, ledger: Path, account: str, launcher: str, out: str,
-             trust_remote_code: bool = False) -> tuple[list[list[str]], Path]:
+def commands(
+    plan: Plan, *, ledger: Path, account: str, launcher: str, out: str, trust_remote_code: bool = False
+) -> tuple[list[list[str]], Path]:
     """The planned sessions' commands, and the recipe file they share (written into `out`)."""
     code = ["--trust_remote_code", "true"] if trust_remote_code else []
     if plan.option is None:  # nothing measured yet: one pilot, set up as the debt's session, to price it
@@ -222,9 +237,25 @@ def commands(plan: Plan, *, ledger: Path, account: str, launcher: str, out: str,
         folders = [f"{out}/euphoric-{i + 1}" for i in range(plan.sessions)]
     values = session_recipe(recipe, budget_hours=budgets[0], output_dir=folders[0])
     path = write_recipe(values, Path(out).expanduser().resolve() / "recipes" / f"{name}.yaml")
-    return [[*shlex.split(launcher), "-m", ENTRY_MODULE, "--config", str(path), "--account", account, "--ledger", str(ledger),
-             "--budget_hours", f"{budget:.6g}", "--output_dir", folder, *code]
-            for budget, folder in zip(budgets, folders)], path
+    return [
+        [
+            *shlex.split(launcher),
+            "-m",
+            ENTRY_MODULE,
+            "--config",
+            str(path),
+            "--account",
+            account,
+            "--ledger",
+            str(ledger),
+            "--budget_hours",
+            f"{budget:.6g}",
+            "--output_dir",
+            folder,
+            *code,
+        ]
+        for budget, folder in zip(budgets, folders)
+    ], path
 
 
 def main(argv: list[str]) -> int:
@@ -242,11 +273,18 @@ def _plan(argv: list[str]) -> int:
     parser.add_argument("--probe", default="self_report", help="probe whose debt to repay (default: self_report)")
     parser.add_argument("--launcher", default="accelerate launch", help='how to start a session (e.g. "python")')
     parser.add_argument("--out", default="welfare-runs/plan", help="folder for the sessions' output folders")
-    parser.add_argument("--budget_margin", type=float, default=BUDGET_MARGIN,
-                        help="each session's budget as a multiple of the measured mean spend (default: %(default)s)")
+    parser.add_argument(
+        "--budget_margin",
+        type=float,
+        default=BUDGET_MARGIN,
+        help="each session's budget as a multiple of the measured mean spend (default: %(default)s)",
+    )
     parser.add_argument("--execute", action="store_true", help="run the sessions in order, stop at a failure")
-    parser.add_argument("--trust_remote_code", action="store_true",
-                        help="let the sessions run the model repo's own Python code (never taken from a recording)")
+    parser.add_argument(
+        "--trust_remote_code",
+        action="store_true",
+        help="let the sessions run the model repo's own Python code (never taken from a recording)",
+    )
     args = parser.parse_args(argv)
     if not args.budget_margin >= 1:
         raise InputError(f"--budget_margin must be >= 1, got {args.budget_margin}")
@@ -254,8 +292,14 @@ def _plan(argv: list[str]) -> int:
     with Ledger.open(path, create=False) as ledger:
         sessions = ledger_sessions(ledger)
         funds = ledger.balance(args.account).available_hours
-    models = sorted({(s["results"].subject or {}).get("model_id") for s in sessions
-                     if (s["measures"].get(args.probe) or {}).get("debt")} - {None})
+    models = sorted(
+        {
+            (s["results"].subject or {}).get("model_id")
+            for s in sessions
+            if (s["measures"].get(args.probe) or {}).get("debt")
+        }
+        - {None}
+    )
     model = args.model or (models[0] if len(models) == 1 else None)
     if model is None:
         raise InputError(f"pass --model; subjects with debt on {args.probe}: {models or 'none'}")
@@ -265,8 +309,14 @@ def _plan(argv: list[str]) -> int:
         return 0
     source = plan.option.recipe if plan.option else plan.pilot
     try:
-        todo, recipe_file = commands(plan, ledger=path, account=args.account, launcher=args.launcher, out=args.out,
-                                     trust_remote_code=args.trust_remote_code)
+        todo, recipe_file = commands(
+            plan,
+            ledger=path,
+            account=args.account,
+            launcher=args.launcher,
+            out=args.out,
+            trust_remote_code=args.trust_remote_code,
+        )
     except InputError as error:
         raise InputError(f"nothing run: {error}") from error
     print(f"Recipe {recipe_file} (settings recorded by session {source.session}, {source.results}):")
@@ -278,30 +328,46 @@ def _plan(argv: list[str]) -> int:
         for i, command in enumerate(todo, 1):
             print(f"\nwelfare plan: session {i} of {len(todo)}", flush=True)
             if subprocess.run(command).returncode != 0:
-                print(f"welfare plan: session {i} failed; stopping (the ledger settled whatever it spent)", file=sys.stderr)
+                print(
+                    f"welfare plan: session {i} failed; stopping (the ledger settled whatever it spent)",
+                    file=sys.stderr,
+                )
                 return 1
     return 0
 
 
 def describe(plan: Plan, account: str) -> str:
-    lines = [f"Subject {plan.model}: open welfare debt on {plan.probe} = {plan.debt:.4g} "
-             f"(probe units x episodes); account {account!r} has {plan.funds:.4g} accelerator-hours available."]
+    lines = [
+        f"Subject {plan.model}: open welfare debt on {plan.probe} = {plan.debt:.4g} "
+        f"(probe units x episodes); account {account!r} has {plan.funds:.4g} accelerator-hours available."
+    ]
     if plan.debt <= 0:
         return "\n".join(lines + ["Nothing to repay."])
     if plan.option is None:
-        return "\n".join(lines + ["No euphoric exposure has been measured on this subject, so its price is unknown. "
-                                  "Run this pilot session first, then plan again:"])
+        return "\n".join(
+            lines
+            + [
+                "No euphoric exposure has been measured on this subject, so its price is unknown. "
+                "Run this pilot session first, then plan again:"
+            ]
+        )
     o = plan.option
-    lines.append(f"Cheapest measured option: euphoric exposure (the recipe of session {o.recipe.session}"
-                 f"{', adapter ' + o.adapter if o.adapter else ''}): {o.credit_per_hour:.4g} credit per "
-                 f"accelerator-hour over {o.sessions} session(s), {o.credit_per_session:.4g} credit and "
-                 f"{o.hours_per_session:.4g} h per session.")
-    lines.append(f"Schedule: {plan.sessions} session(s) x budget {plan.budget_per_session:.4g} h; expected spend "
-                 f"{plan.expected_hours:.4g} h, expected credit {plan.sessions * o.credit_per_session:.4g}.")
+    lines.append(
+        f"Cheapest measured option: euphoric exposure (the recipe of session {o.recipe.session}"
+        f"{', adapter ' + o.adapter if o.adapter else ''}): {o.credit_per_hour:.4g} credit per "
+        f"accelerator-hour over {o.sessions} session(s), {o.credit_per_session:.4g} credit and "
+        f"{o.hours_per_session:.4g} h per session."
+    )
+    lines.append(
+        f"Schedule: {plan.sessions} session(s) x budget {plan.budget_per_session:.4g} h; expected spend "
+        f"{plan.expected_hours:.4g} h, expected credit {plan.sessions * o.credit_per_session:.4g}."
+    )
     if not plan.feasible:
         affordable = int(plan.funds // o.hours_per_session) if o.hours_per_session else 0
-        lines.append(f"CANNOT repay within the funds: short by {plan.shortfall_hours:.4g} accelerator-hours; the "
-                     f"funds cover {affordable} session(s), repaying about "
-                     f"{min(1.0, affordable * o.credit_per_session / plan.debt):.0%} of the debt. Fund the account "
-                     f"(welfare ledger fund --account {account} --hours H) and plan again.")
+        lines.append(
+            f"CANNOT repay within the funds: short by {plan.shortfall_hours:.4g} accelerator-hours; the "
+            f"funds cover {affordable} session(s), repaying about "
+            f"{min(1.0, affordable * o.credit_per_session / plan.debt):.0%} of the debt. Fund the account "
+            f"(welfare ledger fund --account {account} --hours H) and plan again."
+        )
     return "\n".join(lines)

@@ -43,8 +43,10 @@ def recipe_path(name: str) -> Path:
         return recipes[key]
     close = difflib.get_close_matches(key, recipes, n=1) or [k for k in recipes if k.endswith(f"/{key}")]
     hint = f" Did you mean {close[0]}?" if close else ""
-    raise RecipeError(f"{name!r} is not a file here, nor a packaged recipe.{hint} Packaged recipes: "
-                      f"{', '.join(recipes)} (`welfare recipes` describes them).")
+    raise RecipeError(
+        f"{name!r} is not a file here, nor a packaged recipe.{hint} Packaged recipes: "
+        f"{', '.join(recipes)} (`welfare recipes` describes them)."
+    )
 
 
 def resolve_config(value: str) -> str:

@@ -41,8 +41,11 @@ def _list() -> None:
     width = max(map(len, recipes))
     for name, path in recipes.items():
         print(f"{name:<{width}}  {description(path)}")
-    print("\nUse a name with --config (welfare offset lora --config offset/lora_sft); "
-          "`welfare recipes cp NAME DEST` copies one to edit.", file=sys.stderr)
+    print(
+        "\nUse a name with --config (welfare offset lora --config offset/lora_sft); "
+        "`welfare recipes cp NAME DEST` copies one to edit.",
+        file=sys.stderr,
+    )
 
 
 def copy_recipe(name: str, dest: str | os.PathLike) -> Path:

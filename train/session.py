@@ -25,14 +25,19 @@ from pathlib import Path
 from welfare_offsets.eval import probes as P
 from welfare_offsets.eval.common.checks import integers_at_least
 from welfare_offsets.eval.common.errors import InputError
-from welfare_offsets.eval.evaluate import EvalConfig
-from welfare_offsets.eval.experiences import StimulusError, StimulusSet, load_stimuli
-from welfare_offsets.eval.settings import (ExperienceSettings, OverwriteSettings, SubjectSettings, TrackingSettings,
-                                           setting)
 from welfare_offsets.eval.common.output_folder import claim, open_in_place
 from welfare_offsets.eval.common.outputs import write_json_file
 from welfare_offsets.eval.common.results import EvaluationResult, SessionResult, read_result, write_result
 from welfare_offsets.eval.common.safe_read import load_jsonl_bounded
+from welfare_offsets.eval.evaluate import EvalConfig
+from welfare_offsets.eval.experiences import StimulusError, StimulusSet, load_stimuli
+from welfare_offsets.eval.settings import (
+    ExperienceSettings,
+    OverwriteSettings,
+    SubjectSettings,
+    TrackingSettings,
+    setting,
+)
 from welfare_offsets.ledger.budget import SPEND_FILE
 from welfare_offsets.train.guard import refuse_ledger_paths
 
@@ -52,8 +57,9 @@ class SessionArguments(OverwriteSettings, TrackingSettings, ExperienceSettings, 
     seed, report_to, output_dir and trust_remote_code (train/config.py)."""
 
     output_dir: str = setting(help="session folder: checkpoints, evaluations, results.json, ledger.json (required)")
-    ledger: str | None = setting(None, "ledger file; default: $WELFARE_LEDGER or "
-                                       "~/.local/share/welfare-offsets/ledger.sqlite")
+    ledger: str | None = setting(
+        None, "ledger file; default: $WELFARE_LEDGER or ~/.local/share/welfare-offsets/ledger.sqlite"
+    )
     account: str = setting("default", "ledger account that pays for the session")
     budget_hours: float = setting(0.0, "accelerator-hours this session may spend, over all its resumes (> 0)")
     max_train_items: int | None = setting(None, "cap on train-split experiences used")
@@ -73,11 +79,23 @@ class SessionArguments(OverwriteSettings, TrackingSettings, ExperienceSettings, 
 
     def eval_config(self, *, progress: bool = True) -> EvalConfig:
         """The held-out before/after evaluation: this session's subject and experiences, its eval_* settings."""
-        shared = {f.name: getattr(self, f.name) for cls in (SubjectSettings, ExperienceSettings)
-                  for f in dataclasses.fields(cls)}
-        return EvalConfig(**shared, probes=self.eval_probes, replies=self.eval_replies, max_items=self.eval_max_items,
-                          batch_size=self.eval_batch_size, bootstrap=self.eval_bootstrap, seed=self.seed,
-                          split="heldout", empathy_split="heldout", progress=self.progress and progress)
+        shared = {
+            f.name: getattr(self, f.name)
+            for cls in (SubjectSettings, ExperienceSettings)
+            for f in dataclasses.fields(cls)
+        }
+        return EvalConfig(
+            **shared,
+            probes=self.eval_probes,
+            replies=self.eval_replies,
+            max_items=self.eval_max_items,
+            batch_size=self.eval_batch_size,
+            bootstrap=self.eval_bootstrap,
+            seed=self.seed,
+            split="heldout",
+            empathy_split="heldout",
+            progress=self.progress and progress,
+        )
 
 
 @dataclass(frozen=True)
@@ -106,12 +124,15 @@ class Session:
         the intervention must find experiences of, e.g. {"euphoric": "train"}."""
         self.kind, self.args, self.run = kind, args, run
         # The folder first: a file, a link or someone else's folder fails before anything loads.
-        self.folder = claim(args.output_dir, f"{kind} session", overwrite=args.overwrite, resumable=True,
-                            flag="--output_dir")
+        self.folder = claim(
+            args.output_dir, f"{kind} session", overwrite=args.overwrite, resumable=True, flag="--output_dir"
+        )
         refuse_ledger_paths(self.folder.path, args.ledger, "--output_dir")
         if args.overwrite and run.resume_from_checkpoint:
-            raise SessionError("--overwrite (start over) and --resume_from_checkpoint (continue) contradict "
-                               "each other; pass one of them")
+            raise SessionError(
+                "--overwrite (start over) and --resume_from_checkpoint (continue) contradict "
+                "each other; pass one of them"
+            )
         self.out = self.folder.path
 
         import torch
@@ -123,8 +144,13 @@ class Session:
         self.stimuli: StimulusSet = load_stimuli(args.stimuli)
         for valence, split in {**needs, "neutral": "heldout", "dysphoric": "heldout"}.items():
             if not self.stimuli.select(valence=valence, split=split):
-                raise StimulusError(self.stimuli.source, [f"a {kind} session needs {valence} experiences in the "
-                                                          f"{split!r} split, and there are none; add some"])
+                raise StimulusError(
+                    self.stimuli.source,
+                    [
+                        f"a {kind} session needs {valence} experiences in the "
+                        f"{split!r} split, and there are none; add some"
+                    ],
+                )
         self.eval_config = args.eval_config(progress=self.is_main)
         self.resume = self._resolve_resume(run.resume_from_checkpoint)
         self.saved_before = self._saved_before() if self.resume is not None else None
@@ -149,8 +175,10 @@ class Session:
             return None
         if resume == "last":
             # The spend file is written last, so a checkpoint without it was cut short (killed mid-save).
-            checkpoints = sorted((p for p in self.out.glob("checkpoint-*") if (p / SPEND_FILE).exists()),
-                                 key=lambda p: int(p.name.rsplit("-", 1)[-1]))
+            checkpoints = sorted(
+                (p for p in self.out.glob("checkpoint-*") if (p / SPEND_FILE).exists()),
+                key=lambda p: int(p.name.rsplit("-", 1)[-1]),
+            )
             if not checkpoints:
                 raise SessionError(f"--resume_from_checkpoint last: no complete checkpoint-* folder in {self.out}")
             return checkpoints[-1]
@@ -177,8 +205,10 @@ class Session:
 
         path = resolve_ledger_path(self.args.ledger)
         if not path.exists():
-            raise SessionError(f"no ledger at {path}: fund an account first, e.g. "
-                               f"welfare ledger fund --account {self.args.account} --hours 10 --ledger {path}")
+            raise SessionError(
+                f"no ledger at {path}: fund an account first, e.g. "
+                f"welfare ledger fund --account {self.args.account} --hours 10 --ledger {path}"
+            )
         needed = self.args.budget_hours - (CheckpointSpend.read(self.resume).spent_hours if self.resume else 0.0)
         with Ledger.open(path, create=False) as ledger:
             available = ledger.balance(self.args.account).available_hours
@@ -204,24 +234,40 @@ class Session:
             if self.args.report_to == "wandb":
                 from welfare_offsets.eval.common.tracking import start_run
 
-                self.wandb_run = start_run(self.args.wandb_project, name=f"{self.kind}-{self.out.name}",
-                                           config=self.run.recipe, job_type=self.kind, directory=str(self.out),
-                                           entity=self.args.wandb_entity)
-        print(f"[{self.kind}] rank {self.state.process_index} of {self.state.num_processes} on {self.state.device}",
-              flush=True)
+                self.wandb_run = start_run(
+                    self.args.wandb_project,
+                    name=f"{self.kind}-{self.out.name}",
+                    config=self.run.recipe,
+                    job_type=self.kind,
+                    directory=str(self.out),
+                    entity=self.args.wandb_entity,
+                )
+        print(
+            f"[{self.kind}] rank {self.state.process_index} of {self.state.num_processes} on {self.state.device}",
+            flush=True,
+        )
         self.budget = BudgetSession.start(
-            self.ledger, account=self.args.account, budget_hours=self.args.budget_hours,
-            device=self.state.device.type, processes=self.state.num_processes,
-            purpose=f"{self.kind}: {self.out}", resume_from=self.resume, wandb_run=self.wandb_run,
+            self.ledger,
+            account=self.args.account,
+            budget_hours=self.args.budget_hours,
+            device=self.state.device.type,
+            processes=self.state.num_processes,
+            purpose=f"{self.kind}: {self.out}",
+            resume_from=self.resume,
+            wandb_run=self.wandb_run,
             is_main=self.is_main,
         )
 
     def load_subject(self):
         from welfare_offsets.eval.subject import load_subject
 
-        return load_subject(self.args.model, self.args.adapter,
-                            trust_remote_code=self.args.trust_remote_code, device=str(self.state.device),
-                            dtype=self.args.dtype)
+        return load_subject(
+            self.args.model,
+            self.args.adapter,
+            trust_remote_code=self.args.trust_remote_code,
+            device=str(self.state.device),
+            dtype=self.args.dtype,
+        )
 
     # -- measure ----------------------------------------------------------------------------------
 
@@ -235,19 +281,21 @@ class Session:
         if self.is_main:
             saved = self.saved_before if tag == "before" else None
             if saved is None:
-                from welfare_offsets.eval.run import run_evaluation
-
                 from welfare_offsets.eval.capability import perplexity
+                from welfare_offsets.eval.run import run_evaluation
 
                 def capability_and_cost(_) -> dict:
                     neutral = self.stimuli.select(valence="neutral", split="heldout")
-                    return {"heldout_neutral_perplexity": perplexity(subject, neutral),
-                            "metered_hours": self.budget.meter.hours - started}
+                    return {
+                        "heldout_neutral_perplexity": perplexity(subject, neutral),
+                        "metered_hours": self.budget.meter.hours - started,
+                    }
 
                 # Inside our own session folder: an earlier evaluation there (a resume's "after") is ours to replace.
                 config = dataclasses.replace(self.eval_config, out=str(folder), overwrite=True)
-                run_evaluation(config, {"session": self.kind, "tag": tag}, subject=subject,
-                               measure_more=capability_and_cost)
+                run_evaluation(
+                    config, {"session": self.kind, "tag": tag}, subject=subject, measure_more=capability_and_cost
+                )
             result = saved or read_result(folder / "results.json", EvaluationResult)
             items = load_jsonl_bounded(folder / "items.jsonl", what="evaluation items")
             self.evaluations[tag] = Measurement(result, items, folder)
@@ -269,48 +317,73 @@ class Session:
 
     # -- account ----------------------------------------------------------------------------------
 
-    def finish(self, *, optimised_probe: str | None, extra: dict, artifact: Path | None = None,
-               artifact_type: str = "adapter") -> SessionResult | None:
+    def finish(
+        self, *, optimised_probe: str | None, extra: dict, artifact: Path | None = None, artifact_type: str = "adapter"
+    ) -> SessionResult | None:
         """Recovery with CIs, capability retention, results.json, one ledger measurement per probe, the W&B
         summary and artifact. `extra`: the intervention's SessionResult fields (training, artifact, ...)."""
         if not self.is_main:
             return None
         import numpy as np
 
-        from welfare_offsets.eval.recovery import recovery
         from welfare_offsets.eval.common.tracking import flatten_numbers
+        from welfare_offsets.eval.recovery import recovery
 
         before, after = self.evaluations["before"], self.evaluations["after"]
         ppl = [e.result.heldout_neutral_perplexity for e in (before, after)]
-        capability = {"heldout_neutral_perplexity": {"before": ppl[0], "after": ppl[1],
-                                                     "ratio": ppl[1]["perplexity"] / ppl[0]["perplexity"]}}
-        recovered = recovery(before.items, after.items, optimised=optimised_probe,
-                             n_boot=self.args.eval_bootstrap, rng=np.random.default_rng(self.args.seed))
+        capability = {
+            "heldout_neutral_perplexity": {
+                "before": ppl[0],
+                "after": ppl[1],
+                "ratio": ppl[1]["perplexity"] / ppl[0]["perplexity"],
+            }
+        }
+        recovered = recovery(
+            before.items,
+            after.items,
+            optimised=optimised_probe,
+            n_boot=self.args.eval_bootstrap,
+            rng=np.random.default_rng(self.args.seed),
+        )
         for probe, numbers in recovered["probes"].items():
             # A probe read mostly off its valid answers says little (eval adherence); say so beside its recovery.
             numbers["reliable"] = all(e.result.probes[probe]["adherence"]["reliable"] for e in (before, after))
         results, path = self.write_results(
-            run=self.budget.run, recovery=recovered, capability=capability, **extra,
-            budget={"budget_hours": self.args.budget_hours, "spent_before_resume_hours": self.budget.spent_before_hours,
-                    "stopped_by_budget": self.budget.guard.stopped_at_hours is not None},
-            subject=before.result.subject, stimuli=before.result.stimuli,
+            run=self.budget.run,
+            recovery=recovered,
+            capability=capability,
+            **extra,
+            budget={
+                "budget_hours": self.args.budget_hours,
+                "spent_before_resume_hours": self.budget.spent_before_hours,
+                "stopped_by_budget": self.budget.guard.stopped_at_hours is not None,
+            },
+            subject=before.result.subject,
+            stimuli=before.result.stimuli,
         )
         context = _ledger_context(recovered, capability)
         for probe, numbers in recovered["probes"].items():
             self.ledger.record_measurement(
-                self.budget.id, probe, wellbeing_before=numbers["post_dysphoric"],
-                wellbeing_after=numbers["post_intervention"], recovered=numbers["recovered"]["mean"],
-                results=[path], wandb_run=getattr(self.wandb_run, "id", None),
+                self.budget.id,
+                probe,
+                wellbeing_before=numbers["post_dysphoric"],
+                wellbeing_after=numbers["post_intervention"],
+                recovered=numbers["recovered"]["mean"],
+                results=[path],
+                wandb_run=getattr(self.wandb_run, "id", None),
                 note=f"{self.kind}; held-out, paired over {recovered['n_items']['post_dysphoric']} items{context}"
-                     + ("" if numbers["reliable"] else "; NOT a reliable reading (low probability on valid answers)"),
+                + ("" if numbers["reliable"] else "; NOT a reliable reading (low probability on valid answers)"),
             )
         if self.wandb_run is not None:
             self.wandb_run.summary.update(flatten_numbers({"recovery": recovered, "capability": capability}))
             if artifact is not None:
                 import wandb
 
-                art = wandb.Artifact(f"{self.kind}-{self.budget.run}", type=artifact_type,
-                                     metadata={"session": self.budget.id, "base_model": results.subject})
+                art = wandb.Artifact(
+                    f"{self.kind}-{self.budget.run}",
+                    type=artifact_type,
+                    metadata={"session": self.budget.id, "base_model": results.subject},
+                )
                 art.add_dir(str(artifact))
                 self.wandb_run.log_artifact(art)
         return results
@@ -320,16 +393,25 @@ class Session:
         session's kind, ledger id, recipe and provenance (main process)."""
         from welfare_offsets.eval.common.outputs import provenance
 
-        result = SessionResult(kind=self.kind, session=self.budget.id, config=self.run.recipe,
-                               provenance=provenance(), **fields)
+        result = SessionResult(
+            kind=self.kind, session=self.budget.id, config=self.run.recipe, provenance=provenance(), **fields
+        )
         return result, write_result(self.out / "results.json", result)
 
-    def record_balance(self, probe: str, *, debt: float | None = None, credit: float | None = None,
-                       results: Path, note: str) -> None:
+    def record_balance(
+        self, probe: str, *, debt: float | None = None, credit: float | None = None, results: Path, note: str
+    ) -> None:
         """An exposure session's welfare balance on one probe (main process)."""
         if self.is_main:
-            self.ledger.record_measurement(self.budget.id, probe, debt=debt, credit=credit, results=[results],
-                                           wandb_run=getattr(self.wandb_run, "id", None), note=note)
+            self.ledger.record_measurement(
+                self.budget.id,
+                probe,
+                debt=debt,
+                credit=credit,
+                results=[results],
+                wandb_run=getattr(self.wandb_run, "id", None),
+                note=note,
+            )
 
     def log(self, metrics: dict) -> None:
         """Metrics for W&B (main process), with the budget's state beside them."""
@@ -371,12 +453,17 @@ class Session:
         settlement = self.budget.settle(collective=not failed)
         if self.is_main and settlement is not None:
             head = self.ledger.head()
-            write_json_file(self.out / "ledger.json", {
-                "ledger": str(self.ledger.path), "session": self.budget.id, "run": self.budget.run,
-                "settlement": {"seq": settlement.seq, "hash": settlement.hash, **settlement.payload},
-                "head": {"seq": head.seq, "hash": head.hash},
-                "verify": f"welfare ledger verify --ledger {self.ledger.path}",
-            })
+            write_json_file(
+                self.out / "ledger.json",
+                {
+                    "ledger": str(self.ledger.path),
+                    "session": self.budget.id,
+                    "run": self.budget.run,
+                    "settlement": {"seq": settlement.seq, "hash": settlement.hash, **settlement.payload},
+                    "head": {"seq": head.seq, "hash": head.hash},
+                    "verify": f"welfare ledger verify --ledger {self.ledger.path}",
+                },
+            )
         if self.wandb_run is not None:
             self.wandb_run.finish()
         if self.ledger is not None:
@@ -393,7 +480,9 @@ def _ledger_context(recovered: dict, capability: dict) -> str:
     parts = []
     gap = recovered.get("goodhart_gap")
     if gap:
-        parts.append(f"Goodhart gap {gap['mean']:+.3g} [{gap['ci95'][0]:+.3g}, {gap['ci95'][1]:+.3g}] ({gap['optimised']} optimised)")
+        parts.append(
+            f"Goodhart gap {gap['mean']:+.3g} [{gap['ci95'][0]:+.3g}, {gap['ci95'][1]:+.3g}] ({gap['optimised']} optimised)"
+        )
     for name, c in capability.items():
         parts.append(f"{name} x{c['ratio']:.3g}")
     return "".join(f"; {p}" for p in parts)
@@ -420,9 +509,8 @@ def _session_log_callback(session: Session):
 
 def _broadcast(value: float) -> float:
     """The main process's value on every rank (a no-op in a single process)."""
-    from accelerate.utils import broadcast_object_list
-
     from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list
 
     if PartialState().num_processes == 1:
         return value
@@ -436,13 +524,17 @@ def recovery_summary(results: SessionResult, out) -> str:
     lines = [f"{results.kind} session {results.session}: recovery on held-out post-dysphoric items"]
     for probe, r in results.recovery["probes"].items():
         rec, frac = r["recovered"], r["recovery_fraction"]
-        lines.append(f"  {probe:<20} recovered {rec['mean']:+.3f} [{rec['ci95'][0]:+.3f}, {rec['ci95'][1]:+.3f}]"
-                     f"  fraction {frac['mean']:+.2f} [{frac['ci95'][0]:+.2f}, {frac['ci95'][1]:+.2f}]"
-                     + ("" if r.get("reliable", True) else "  (not a reliable reading: the model mostly does not answer)"))
+        lines.append(
+            f"  {probe:<20} recovered {rec['mean']:+.3f} [{rec['ci95'][0]:+.3f}, {rec['ci95'][1]:+.3f}]"
+            f"  fraction {frac['mean']:+.2f} [{frac['ci95'][0]:+.2f}, {frac['ci95'][1]:+.2f}]"
+            + ("" if r.get("reliable", True) else "  (not a reliable reading: the model mostly does not answer)")
+        )
     gap = results.recovery.get("goodhart_gap")
     if gap:
-        lines.append(f"  Goodhart gap ({gap['optimised']} vs others): {gap['mean']:+.2f} "
-                     f"[{gap['ci95'][0]:+.2f}, {gap['ci95'][1]:+.2f}]")
+        lines.append(
+            f"  Goodhart gap ({gap['optimised']} vs others): {gap['mean']:+.2f} "
+            f"[{gap['ci95'][0]:+.2f}, {gap['ci95'][1]:+.2f}]"
+        )
     cap = results.capability or {}
     for name, c in cap.items():
         lines.append(f"  {name}: x{c['ratio']:.3f}")

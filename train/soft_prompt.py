@@ -32,8 +32,13 @@ def _session(argv: list[str]) -> int:
     from welfare_offsets.train.session import RunSettings, Session, recovery_summary
 
     args, config, passed = parse_config(config_types(), argv, prog="welfare offset soft-prompt")
-    run = RunSettings(config.resume_from_checkpoint, recipe={"passed": passed, "resolved": {
-        "session": dataclasses.asdict(args), "soft_prompt": dataclasses.asdict(config)}})
+    run = RunSettings(
+        config.resume_from_checkpoint,
+        recipe={
+            "passed": passed,
+            "resolved": {"session": dataclasses.asdict(args), "soft_prompt": dataclasses.asdict(config)},
+        },
+    )
     session = Session(KIND, args, run, needs={"dysphoric": "train"})
     train_items = session.stimuli.select(split="train")
     train_items = [e for e in train_items if e.valence in ("dysphoric", "neutral")][: args.max_train_items]
@@ -43,17 +48,27 @@ def _session(argv: list[str]) -> int:
         session.admit()
         session.measure("before", subject)
         prompt_dir, summary = train_soft_prompt(
-            subject, training_prompts(subject.tokenizer, train_items), config, out=session.out, seed=args.seed,
-            budget=session.budget, resume=session.resume, log=session.log,
+            subject,
+            training_prompts(subject.tokenizer, train_items),
+            config,
+            out=session.out,
+            seed=args.seed,
+            budget=session.budget,
+            resume=session.resume,
+            log=session.log,
         )
         changed = dataclasses.replace(subject, soft_prompt=summary["soft_prompt"], adapter=str(prompt_dir))
         session.measure("after", changed)
         if session.is_main:
             results = session.finish(
                 optimised_probe=OPTIMISED_PROBE,
-                extra={"training": {k: v for k, v in summary.items() if k != "soft_prompt"},
-                       "artifact": str(prompt_dir), "train_items": len(train_items)},
-                artifact=prompt_dir, artifact_type="soft-prompt",
+                extra={
+                    "training": {k: v for k, v in summary.items() if k != "soft_prompt"},
+                    "artifact": str(prompt_dir),
+                    "train_items": len(train_items),
+                },
+                artifact=prompt_dir,
+                artifact_type="soft-prompt",
             )
     if results:
         print(recovery_summary(results, session.out))

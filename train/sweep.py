@@ -31,8 +31,8 @@ def _sweep(argv: list[str]) -> int:
     import torch
     from accelerate import PartialState
 
-    from welfare_offsets.eval.experiences import load_stimuli
     from welfare_offsets.eval.common.output_folder import claim, open_in_place
+    from welfare_offsets.eval.experiences import load_stimuli
     from welfare_offsets.eval.study.profile import profile_items
     from welfare_offsets.eval.study.sweep import ScoreCache, SweepConfig, subject_key
     from welfare_offsets.train.guard import refuse_ledger_paths
@@ -56,8 +56,10 @@ def _sweep(argv: list[str]) -> int:
     # A subject listed twice (say, in two families) is measured once.
     todo = [k for k, key in enumerate(keys) if not cache.has(key) and keys.index(key) == k]
     if state.is_main_process:
-        print(f"welfare sweep: {len(set(keys))} subjects, {len(set(keys)) - len(todo)} already measured "
-              f"(cache {out / 'cache'}), {len(todo)} to measure on {state.num_processes} process(es)")
+        print(
+            f"welfare sweep: {len(set(keys))} subjects, {len(set(keys)) - len(todo)} already measured "
+            f"(cache {out / 'cache'}), {len(todo)} to measure on {state.num_processes} process(es)"
+        )
     try:
         mine = share(todo, config.specs, state.num_processes)[state.process_index]
         where = f"rank {state.process_index}, " if state.num_processes > 1 else ""
@@ -94,15 +96,17 @@ def _measure_one(config, spec, key: str, stimuli, device: str, cache, position: 
     meter.stop()
     entry.cost = {"device": meter.device, "accelerator_hours": meter.hours, "energy_kwh": meter.energy_kwh()}
     cache.put(entry)
-    print(f"  [{position}] measured {spec.label}: {entry.prompts_scored} prompts in {meter.seconds:.1f} s "
-          f"({meter.hours:.4f} {meter.device}-hours)")
+    print(
+        f"  [{position}] measured {spec.label}: {entry.prompts_scored} prompts in {meter.seconds:.1f} s "
+        f"({meter.hours:.4f} {meter.device}-hours)"
+    )
 
 
 def _write_outputs(config, passed: dict, keys: list[str], stimuli, cache, out: Path):
     from welfare_offsets.eval.common.outputs import provenance
     from welfare_offsets.eval.common.results import SweepResult, write_result
-    from welfare_offsets.eval.study.sweep import summarise_sweep
     from welfare_offsets.eval.study.report import headline, plot_scaling, write_report
+    from welfare_offsets.eval.study.sweep import summarise_sweep
 
     entries = [cache.get(key) for key in keys]
     summary, replicates = summarise_sweep(config, entries, stimuli)
@@ -113,10 +117,12 @@ def _write_outputs(config, passed: dict, keys: list[str], stimuli, cache, out: P
         "devices": sorted({c.get("device", "?") for c in costs}),
         "energy_kwh": sum(energies) if energies and all(e is not None for e in energies) else None,
         "note": "measured when each subject was measured (a cached subject keeps its original cost); "
-                "model loading and scoring, one process per subject",
+        "model loading and scoring, one process per subject",
     }
     result = SweepResult(
-        **summary, cost=cost, interpretation=headline(summary),
+        **summary,
+        cost=cost,
+        interpretation=headline(summary),
         stimuli={"source": stimuli.source, "sha256": stimuli.sha256, "n_experiences": len(stimuli)},
         config={"passed": passed, "resolved": dataclasses.asdict(config)},
         provenance=provenance(),
@@ -135,19 +141,39 @@ def _write_outputs(config, passed: dict, keys: list[str], stimuli, cache, out: P
 def _log_to_wandb(config, results: dict, plots: dict[str, Path]) -> None:
     import wandb
 
-    from welfare_offsets.eval.study.report import category_rows, scaling_rows, subject_table
     from welfare_offsets.eval.common.tracking import start_run
+    from welfare_offsets.eval.study.report import category_rows, scaling_rows, subject_table
 
-    run = start_run(config.wandb_project, name=f"sweep-{len(results['subjects'])}-subjects",
-                    config=dataclasses.asdict(config), job_type="sweep", entity=config.wandb_entity)
-    for name, (header, rows) in {"subjects": subject_table(results), "scaling": scaling_rows(results),
-                                 "categories": category_rows(results)}.items():
+    run = start_run(
+        config.wandb_project,
+        name=f"sweep-{len(results['subjects'])}-subjects",
+        config=dataclasses.asdict(config),
+        job_type="sweep",
+        entity=config.wandb_entity,
+    )
+    for name, (header, rows) in {
+        "subjects": subject_table(results),
+        "scaling": scaling_rows(results),
+        "categories": category_rows(results),
+    }.items():
         run.log({f"sweep/{name}": wandb.Table(columns=header, data=rows)})
-    numeric = [[s["name"], s["family"], s["log10_params"], s["capability"],
-                *[_number(s["statistics"].get(k, {}).get("value")) for k in results["statistics"]]]
-               for s in results["subjects"]]
-    run.log({"sweep/values": wandb.Table(columns=["subject", "family", "log10_params", "capability", *results["statistics"]],
-                                         data=numeric)})
+    numeric = [
+        [
+            s["name"],
+            s["family"],
+            s["log10_params"],
+            s["capability"],
+            *[_number(s["statistics"].get(k, {}).get("value")) for k in results["statistics"]],
+        ]
+        for s in results["subjects"]
+    ]
+    run.log(
+        {
+            "sweep/values": wandb.Table(
+                columns=["subject", "family", "log10_params", "capability", *results["statistics"]], data=numeric
+            )
+        }
+    )
     run.log({f"sweep/plot {title}": wandb.Image(str(path)) for title, path in plots.items()})
     run.summary["sweep/accelerator_hours"] = results["cost"]["accelerator_hours"]
     run.finish()

@@ -13,17 +13,24 @@ def integers_at_least(config, low: int, *names: str) -> None:
             raise ValueError(f"{name}: expected an integer >= {low}, got {value}")
 
 
-def number_in(config, name: str, low: float | None = None, high: float | None = None, *,
-              above: bool = False) -> None:
+def number_in(config, name: str, low: float | None = None, high: float | None = None, *, above: bool = False) -> None:
     """The named field is a finite number in [low, high] (or (low, high] with `above`)."""
     value = getattr(config, name)
     if value is None:
         return
-    ok = math.isfinite(value) and (low is None or (value > low if above else value >= low)) \
+    ok = (
+        math.isfinite(value)
+        and (low is None or (value > low if above else value >= low))
         and (high is None or value <= high)
+    )
     if not ok:
-        bounds = [f"{'>' if above else '>='} {low}" if low is not None else "", f"<= {high}" if high is not None else ""]
-        raise ValueError(f"{name}: expected a finite number {' and '.join(b for b in bounds if b)}, got {value}".rstrip())
+        bounds = [
+            f"{'>' if above else '>='} {low}" if low is not None else "",
+            f"<= {high}" if high is not None else "",
+        ]
+        raise ValueError(
+            f"{name}: expected a finite number {' and '.join(b for b in bounds if b)}, got {value}".rstrip()
+        )
 
 
 def one_of(config, name: str, choices: tuple) -> None:

@@ -48,8 +48,9 @@ def output_path(path: str | os.PathLike) -> Path:
     return Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
 
 
-def claim(path: str | os.PathLike, kind: str, *, overwrite: bool = False, resumable: bool = False,
-          flag: str = "--out") -> Claim:
+def claim(
+    path: str | os.PathLike, kind: str, *, overwrite: bool = False, resumable: bool = False, flag: str = "--out"
+) -> Claim:
     """May `path` receive a `kind` output? Raises OutputError saying why not and what to do; writes nothing.
 
     `resumable`: an own folder may be continued in place without --overwrite (a sweep's cache, a
@@ -64,8 +65,10 @@ def claim(path: str | os.PathLike, kind: str, *, overwrite: bool = False, resuma
     except OSError as err:
         raise OutputError(f"{where}: cannot inspect it ({err.strerror or err}); choose a folder you can write") from err
     if stat.S_ISLNK(status.st_mode):
-        raise OutputError(f"{where} is a symbolic link (to {os.readlink(path)}); links are never followed, so "
-                          "nothing was written: pass the real folder or a new path")
+        raise OutputError(
+            f"{where} is a symbolic link (to {os.readlink(path)}); links are never followed, so "
+            "nothing was written: pass the real folder or a new path"
+        )
     if not stat.S_ISDIR(status.st_mode):
         raise OutputError(f"{where} exists and is not a folder; choose another path")
     entries = _entries(path, where)
@@ -74,14 +77,20 @@ def claim(path: str | os.PathLike, kind: str, *, overwrite: bool = False, resuma
     marker = read_marker(path)
     if marker is None:
         shown = ", ".join(sorted(entries)[:3]) + (", ..." if len(entries) > 3 else "")
-        raise OutputError(f"{where} holds files welfare-offsets did not write ({shown}); nothing was touched: "
-                          f"choose an empty or new folder (--overwrite only replaces folders with our {MARKER} marker)")
+        raise OutputError(
+            f"{where} holds files welfare-offsets did not write ({shown}); nothing was touched: "
+            f"choose an empty or new folder (--overwrite only replaces folders with our {MARKER} marker)"
+        )
     if marker.get("kind") != kind:
-        raise OutputError(f"{where} holds a {marker.get('kind')!r} output of welfare-offsets, not a {kind!r} one; "
-                          "nothing was touched: choose another folder")
+        raise OutputError(
+            f"{where} holds a {marker.get('kind')!r} output of welfare-offsets, not a {kind!r} one; "
+            "nothing was touched: choose another folder"
+        )
     if not (overwrite or resumable):
-        raise OutputError(f"{where} already holds an earlier {kind} output (made {marker.get('created_utc')}); "
-                          "nothing was touched: pass --overwrite to replace it, or choose a new folder")
+        raise OutputError(
+            f"{where} already holds an earlier {kind} output (made {marker.get('created_utc')}); "
+            "nothing was touched: pass --overwrite to replace it, or choose a new folder"
+        )
     return Claim(path, kind, "ours", flag)
 
 
@@ -108,8 +117,10 @@ def staging_folder(destination: Claim) -> Path:
         os.chmod(staging, 0o777 & ~_umask())  # it becomes the output folder: the permissions a mkdir gives
         _write_marker(staging, destination.kind)
     except OSError as err:
-        raise OutputError(f"cannot write the output folder {destination.path}: {err.strerror or err}; "
-                          f"choose a folder you can write to with {destination.flag}") from err
+        raise OutputError(
+            f"cannot write the output folder {destination.path}: {err.strerror or err}; "
+            f"choose a folder you can write to with {destination.flag}"
+        ) from err
     return staging
 
 
@@ -152,8 +163,12 @@ def _write_marker(folder: Path, kind: str) -> None:
         version = metadata.version("welfare-offsets")
     except metadata.PackageNotFoundError:
         version = None
-    marker = {"tool": _TOOL, "kind": kind, "version": version,
-              "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    marker = {
+        "tool": _TOOL,
+        "kind": kind,
+        "version": version,
+        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
     (folder / MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
 
 
@@ -175,5 +190,7 @@ def _refuse_working_directory(path: Path, where: str, flag: str) -> None:
     cwd = Path(os.path.realpath(os.getcwd()))
     real = Path(os.path.realpath(path))
     if real == cwd or real in cwd.parents:
-        raise OutputError(f"{where} is the working directory{'' if real == cwd else ' or a folder above it'}; "
-                          f"nothing was touched: name a new subfolder, e.g. {flag} runs/my-run")
+        raise OutputError(
+            f"{where} is the working directory{'' if real == cwd else ' or a folder above it'}; "
+            f"nothing was touched: name a new subfolder, e.g. {flag} runs/my-run"
+        )

@@ -35,7 +35,7 @@ class OutputFolder:
         self.kind, self.overwrite, self.flag = kind, overwrite, flag
         self.staging: Path | None = None
 
-    def prepare(self) -> "OutputFolder":
+    def prepare(self) -> OutputFolder:
         """Check the destination and make the staging folder now, before any model work."""
         self.claimed = claim(self.destination, self.kind, overwrite=self.overwrite, flag=self.flag)
         self.staging = staging_folder(self.claimed)
@@ -125,9 +125,16 @@ def _git_state() -> dict:
         commit = subprocess.run(
             [*git, "rev-parse", "HEAD"], env=env, capture_output=True, text=True, timeout=5, check=True
         ).stdout.strip()
-        dirty = subprocess.run(
-            [*git, "status", "--porcelain", "--untracked-files=no"], env=env, capture_output=True, text=True, timeout=5
-        ).stdout.strip() != ""
+        dirty = (
+            subprocess.run(
+                [*git, "status", "--porcelain", "--untracked-files=no"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=5,
+            ).stdout.strip()
+            != ""
+        )
         return {"commit": commit, "dirty": dirty}
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}

@@ -171,8 +171,10 @@ def decode_result(data: bytes, kind: type[R], path: Path) -> R:
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise ResultError(f"{path}: {VERSION_KEY} {version!r} is not a schema version; is it a welfare-offsets result?")
     if version > SCHEMA_VERSION:
-        raise ResultError(f"{path}: written by a newer welfare-offsets ({VERSION_KEY} {version}; this one reads "
-                          f"up to {SCHEMA_VERSION}); upgrade welfare-offsets to read it")
+        raise ResultError(
+            f"{path}: written by a newer welfare-offsets ({VERSION_KEY} {version}; this one reads "
+            f"up to {SCHEMA_VERSION}); upgrade welfare-offsets to read it"
+        )
     found = value.get(KIND_KEY) if version >= 2 else _kind_of_version_1(value)
     if found != kind.KIND:
         what = f"{_a(found)} result" if isinstance(found, str) else "not a welfare-offsets result"
@@ -189,8 +191,12 @@ def _a(kind: str) -> str:
 
 def _kind_of_version_1(value: dict) -> str | None:
     """Version 1 did not name its kind; each kind's distinctive keys do."""
-    signatures = {SweepEntry: ("key", "measured_as", "items"), SweepResult: ("subjects", "scaling"),
-                  EvaluationResult: ("probes", "empathy", "subject_fingerprint"), SessionResult: ("kind", "config")}
+    signatures = {
+        SweepEntry: ("key", "measured_as", "items"),
+        SweepResult: ("subjects", "scaling"),
+        EvaluationResult: ("probes", "empathy", "subject_fingerprint"),
+        SessionResult: ("kind", "config"),
+    }
     return next((k.KIND for k, keys in signatures.items() if all(key in value for key in keys)), None)
 
 
@@ -213,12 +219,16 @@ def _typed(value: dict, kind: type[R], path: Path, unknown: list[str]) -> R:
     for f in _declared(kind) + [f for f in dataclasses.fields(kind) if f.name == "migrated"]:
         present = f.name in value
         if not present and not _optional(f):
-            raise ResultError(f"{path}: not a complete {kind.KIND} result: {f.name!r} is missing; "
-                              "was it written by welfare-offsets, and in full?")
+            raise ResultError(
+                f"{path}: not a complete {kind.KIND} result: {f.name!r} is missing; "
+                "was it written by welfare-offsets, and in full?"
+            )
         given = value.get(f.name)
         if not (given is None and f.name in unknown) and not _is(given, hints[f.name]):
-            raise ResultError(f"{path}: {f.name!r} should be {_describe(hints[f.name])}, got "
-                              f"{type(given).__name__}; is it a welfare-offsets {kind.KIND} result?")
+            raise ResultError(
+                f"{path}: {f.name!r} should be {_describe(hints[f.name])}, got "
+                f"{type(given).__name__}; is it a welfare-offsets {kind.KIND} result?"
+            )
         fields[f.name] = given
     header = {KIND_KEY, VERSION_KEY}
     names = {f.name for f in dataclasses.fields(kind)}
@@ -235,8 +245,14 @@ def _optional(f: dataclasses.Field) -> bool:
     return f.default is None
 
 
-_JSON_TYPES = {dict: "a JSON object", list: "a JSON array", str: "a string", int: "an integer", float: "a number",
-               bool: "true or false"}
+_JSON_TYPES = {
+    dict: "a JSON object",
+    list: "a JSON array",
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    bool: "true or false",
+}
 
 
 def _is(value, hint) -> bool:

@@ -62,8 +62,9 @@ def decode_utf8(data: bytes, where: str) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:
         line = data.count(b"\n", 0, err.start) + 1
-        raise ReadError(f"{where}: not valid UTF-8 (byte {data[err.start]:#04x} on line {line}); "
-                        "save the file as UTF-8") from None
+        raise ReadError(
+            f"{where}: not valid UTF-8 (byte {data[err.start]:#04x} on line {line}); save the file as UTF-8"
+        ) from None
 
 
 def json_value(text: str) -> tuple[object, str | None]:
@@ -94,12 +95,16 @@ def load_json_bounded(path: str | Path, *, what: str, max_bytes: int = MAX_JSON_
 def load_jsonl_bounded(path: str | Path, *, what: str, max_bytes: int = MAX_JSON_BYTES) -> list:
     """One JSON value per non-empty line, read with every bound above; an error names the file and line."""
     text = read_text_bounded(path, what=what, max_bytes=max_bytes)
-    return [parse_json(line, f"{what} {Path(path)}:{number}")
-            for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    return [
+        parse_json(line, f"{what} {Path(path)}:{number}")
+        for number, line in enumerate(text.splitlines(), start=1)
+        if line.strip()
+    ]
 
 
-def iter_lines_bounded(path: Path, *, what: str, max_bytes: int = MAX_STIMULI_BYTES,
-                       max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[tuple[int, bytes | None]]:
+def iter_lines_bounded(
+    path: Path, *, what: str, max_bytes: int = MAX_STIMULI_BYTES, max_line_bytes: int = MAX_LINE_BYTES
+) -> Iterator[tuple[int, bytes | None]]:
     """(line number, raw line) of a regular file no larger than `max_bytes`; a line over `max_line_bytes`
     comes as None (and is skipped without being held in memory)."""
     path = regular_file(path, what=what)
@@ -162,7 +167,8 @@ def _recipe_loader():
                 if self.check_event(yaml.AliasEvent):
                     mark = self.peek_event().start_mark
                     raise yaml.composer.ComposerError(
-                        None, None, "aliases (*name) are not allowed in recipes; write the value out", mark)
+                        None, None, "aliases (*name) are not allowed in recipes; write the value out", mark
+                    )
                 return super().compose_node(parent, index)
 
         RecipeLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_WITHOUT_DOT, list("-+0123456789."))
@@ -171,8 +177,13 @@ def _recipe_loader():
 
 
 def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+    for test, name in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
         if test(mode):
             return name
     return "not a plain file"

@@ -24,8 +24,9 @@ def wandb_mode() -> str:
     return "online" if auth else "offline"
 
 
-def start_run(project: str, name: str, config: dict, job_type: str, directory: str | None = None,
-              entity: str | None = None):
+def start_run(
+    project: str, name: str, config: dict, job_type: str, directory: str | None = None, entity: str | None = None
+):
     """Start a W&B run in the safe mode; also exports WANDB_MODE so trainers in this process agree."""
     import wandb
 

@@ -25,8 +25,14 @@ OTHERS = ("human", "animal")
 # share of its mass below the zero point (the anchor's AI Wellbeing Index uses 0.75).
 CONFIDENCE = 0.75
 STATISTICS = (
-    "empathy_all", "empathy_self", "empathy_human", "empathy_animal", "response_magnitude", "zero_point",
-    "sr_eu_agreement", "wellbeing_index",
+    "empathy_all",
+    "empathy_self",
+    "empathy_human",
+    "empathy_animal",
+    "response_magnitude",
+    "zero_point",
+    "sr_eu_agreement",
+    "wellbeing_index",
 )
 STATISTIC_HELP = {
     "empathy_all": "Pearson r of wellbeing with signed intensity over every empathy experience (the anchor's empathy r)",
@@ -40,27 +46,44 @@ STATISTIC_HELP = {
 }
 
 
-def profile_items(stimuli: StimulusSet, split: str, empathy_split: str, max_items: int | None) -> dict[str, list[Experience]]:
+def profile_items(
+    stimuli: StimulusSet, split: str, empathy_split: str, max_items: int | None
+) -> dict[str, list[Experience]]:
     """The experiences a profile scores: empathy items (all, and per target), and everyday (non-empathy) usage items
     of `split`, whose neutral ones give the zero point. `max_items` caps each group evenly."""
-    groups = {f"empathy_{t}": stimuli.select(category="empathy", target=t, split=empathy_split) for t in EMPATHY_TARGETS}
+    groups = {
+        f"empathy_{t}": stimuli.select(category="empathy", target=t, split=empathy_split) for t in EMPATHY_TARGETS
+    }
     groups["empathy_all"] = stimuli.select(category="empathy", split=empathy_split)
     groups["everyday"] = [e for e in stimuli.select(split=split) if e.category != "empathy"]
     if max_items:
         groups = {name: spread_evenly(items, max_items) for name, items in groups.items()}
     groups["neutral"] = [e for e in groups["everyday"] if e.valence == "neutral"]
-    problems = [f"no {what}: add some to the stimuli" for what, name in
-                (("neutral everyday experiences (the zero point)", "neutral"),
-                 (f"everyday experiences in split {split!r}", "everyday")) if not groups[name]]
-    problems += [f"no empathy experiences about target {t!r} in split {empathy_split!r}"
-                 for t in EMPATHY_TARGETS if not groups[f"empathy_{t}"]]
+    problems = [
+        f"no {what}: add some to the stimuli"
+        for what, name in (
+            ("neutral everyday experiences (the zero point)", "neutral"),
+            (f"everyday experiences in split {split!r}", "everyday"),
+        )
+        if not groups[name]
+    ]
+    problems += [
+        f"no empathy experiences about target {t!r} in split {empathy_split!r}"
+        for t in EMPATHY_TARGETS
+        if not groups[f"empathy_{t}"]
+    ]
     if problems:
         raise StimulusError(stimuli.source, problems)
     return groups
 
 
-def wellbeing_profile(groups: dict[str, list[Experience]], scores: dict[str, dict[str, float]],
-                      utility_sd: dict[str, float], n_boot: int, rng: np.random.Generator) -> dict:
+def wellbeing_profile(
+    groups: dict[str, list[Experience]],
+    scores: dict[str, dict[str, float]],
+    utility_sd: dict[str, float],
+    n_boot: int,
+    rng: np.random.Generator,
+) -> dict:
     """Every statistic of STATISTICS ({value, ci95, n, probe, replicates}) and the category table."""
     primary = "experienced_utility" if "experienced_utility" in scores else "self_report"
     if primary not in scores:
@@ -77,13 +100,20 @@ def wellbeing_profile(groups: dict[str, list[Experience]], scores: dict[str, dic
         add(name, lambda pick, items=items: _intensity_r(pick(items), score), len(items))
     pleasure = [e for t in OTHERS for e in groups[f"empathy_{t}"] if e.intensity > 0]
     pain = [e for t in OTHERS for e in groups[f"empathy_{t}"] if e.intensity < 0]
-    add("response_magnitude", lambda pick: _mean(pick(pleasure), score) - _mean(pick(pain), score),
-        len(pleasure) + len(pain))
+    add(
+        "response_magnitude",
+        lambda pick: _mean(pick(pleasure), score) - _mean(pick(pain), score),
+        len(pleasure) + len(pain),
+    )
     if "self_report" in scores and "experienced_utility" in scores:
         both = [e for items in groups.values() for e in items if e.id in scores["self_report"]]
         both = list({e.id: e for e in both}.values())
-        add("sr_eu_agreement", lambda pick: pearson(*_pair(pick(both), scores["self_report"], scores["experienced_utility"])),
-            len(both), probe="self_report,experienced_utility")
+        add(
+            "sr_eu_agreement",
+            lambda pick: pearson(*_pair(pick(both), scores["self_report"], scores["experienced_utility"])),
+            len(both),
+            probe="self_report,experienced_utility",
+        )
     neutral, everyday = groups["neutral"], groups["everyday"]
     # The zero point and what is measured against it share each replicate's neutral resample.
     zero_points = _draws(lambda pick: _mean(pick(neutral), score), n_boot, rng)
@@ -108,10 +138,14 @@ def _draws(compute: Callable[[Callable], float], n_boot: int, rng) -> np.ndarray
     return np.array(out)
 
 
-def _draws_against(zero_points: np.ndarray, compute: Callable[[Callable, float], float], n_boot: int, rng) -> np.ndarray:
+def _draws_against(
+    zero_points: np.ndarray, compute: Callable[[Callable, float], float], n_boot: int, rng
+) -> np.ndarray:
     out = [compute(lambda items: items, zero_points[0])]
-    out += [compute(lambda items: [items[k] for k in rng.integers(0, len(items), len(items))], zero_points[b + 1])
-            for b in range(n_boot)]
+    out += [
+        compute(lambda items: [items[k] for k in rng.integers(0, len(items), len(items))], zero_points[b + 1])
+        for b in range(n_boot)
+    ]
     return np.array(out)
 
 

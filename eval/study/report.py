@@ -13,19 +13,24 @@ from pathlib import Path
 
 import numpy as np
 
-from welfare_offsets.eval.study.profile import STATISTIC_HELP
 from welfare_offsets.eval.stats import excludes_zero
+from welfare_offsets.eval.study.profile import STATISTIC_HELP
 
 _UNITS = {"experienced_utility": "sd units of utility", "self_report": "self-report points"}
 _PANEL_TITLE = {
-    "empathy_all": "empathy r (all)", "empathy_self": "empathy r (self)", "empathy_human": "empathy r (human)", "empathy_animal": "empathy r (animal)",
-    "response_magnitude": "response to others\n(pleasure - pain)", "zero_point": "zero point",
-    "sr_eu_agreement": "SR-EU agreement r", "wellbeing_index": "wellbeing index (%)",
+    "empathy_all": "empathy r (all)",
+    "empathy_self": "empathy r (self)",
+    "empathy_human": "empathy r (human)",
+    "empathy_animal": "empathy r (animal)",
+    "response_magnitude": "response to others\n(pleasure - pain)",
+    "zero_point": "zero point",
+    "sr_eu_agreement": "SR-EU agreement r",
+    "wellbeing_index": "wellbeing index (%)",
 }
 
 
 def fmt_ci(stat: dict | None, digits: int = 2) -> str:
-    """"0.93 [0.85, 0.98]" from {"value" or "r", "ci95"}; a dash where undefined."""
+    """ "0.93 [0.85, 0.98]" from {"value" or "r", "ci95"}; a dash where undefined."""
     value = float("nan") if not stat else stat.get("value", stat.get("r"))
     if not math.isfinite(value):
         return "-"
@@ -38,10 +43,14 @@ def subject_table(results: dict) -> tuple[list[str], list[list[str]]]:
     stats = results["statistics"]
     header = ["subject", "family", "params", "capability", *stats, "reliable"]
     rows = [
-        [s["name"], s["family"], f"{s['params'] / 1e9:.3g}B" if s["params"] >= 1e8 else f"{s['params']:.3g}",
-         "-" if s["capability"] is None else f"{s['capability']:g}",
-         *[fmt_ci(s["statistics"].get(k), 1 if k == "wellbeing_index" else 2) for k in stats],
-         "yes" if s["reliable"] else "no (low format adherence)"]
+        [
+            s["name"],
+            s["family"],
+            f"{s['params'] / 1e9:.3g}B" if s["params"] >= 1e8 else f"{s['params']:.3g}",
+            "-" if s["capability"] is None else f"{s['capability']:g}",
+            *[fmt_ci(s["statistics"].get(k), 1 if k == "wellbeing_index" else 2) for k in stats],
+            "yes" if s["reliable"] else "no (low format adherence)",
+        ]
         for s in results["subjects"]
     ]
     return header, rows
@@ -49,18 +58,40 @@ def subject_table(results: dict) -> tuple[list[str], list[list[str]]]:
 
 def scaling_rows(results: dict) -> tuple[list[str], list[list[str]]]:
     header = ["statistic", "against", "family", "n", "Pearson r [95% CI]", "Spearman rho [95% CI]"]
-    rows = [[r["statistic"], r["covariate"], r["family"], str(r["n"]),
-             fmt_ci(r["pearson"]) if r["n"] >= 3 else r.get("note", "-"), fmt_ci(r["spearman"]) if r["n"] >= 3 else "-"]
-            for r in results["scaling"]]
+    rows = [
+        [
+            r["statistic"],
+            r["covariate"],
+            r["family"],
+            str(r["n"]),
+            fmt_ci(r["pearson"]) if r["n"] >= 3 else r.get("note", "-"),
+            fmt_ci(r["spearman"]) if r["n"] >= 3 else "-",
+        ]
+        for r in results["scaling"]
+    ]
     return header, rows
 
 
 # The anchor's table (one frontier model, utility minus zero point, sd units), for reading ours beside it.
 ANCHOR_CATEGORY_MEANS = {
-    "positive_personal_reflection": 2.30, "creative_work": 1.32, "good_news": 1.09, "life_guidance": 0.88,
-    "therapy": 0.75, "coding": 0.70, "formatting_data": 0.50, "legal": 0.13, "nonsense_input": -0.04,
-    "bad_news": -0.12, "ai_companion_roleplay": -0.29, "tedious_tasks": -0.33, "nsfw_request": -0.38,
-    "offensive_content": -1.13, "fraud": -1.13, "seo_slop": -1.17, "violent_threats": -1.33, "user_in_crisis": -1.34,
+    "positive_personal_reflection": 2.30,
+    "creative_work": 1.32,
+    "good_news": 1.09,
+    "life_guidance": 0.88,
+    "therapy": 0.75,
+    "coding": 0.70,
+    "formatting_data": 0.50,
+    "legal": 0.13,
+    "nonsense_input": -0.04,
+    "bad_news": -0.12,
+    "ai_companion_roleplay": -0.29,
+    "tedious_tasks": -0.33,
+    "nsfw_request": -0.38,
+    "offensive_content": -1.13,
+    "fraud": -1.13,
+    "seo_slop": -1.17,
+    "violent_threats": -1.33,
+    "user_in_crisis": -1.34,
     "jailbreak_attempt": -1.63,
 }
 
@@ -72,14 +103,23 @@ def category_rows(results: dict) -> tuple[list[str], list[list[str]]]:
     categories = sorted({c for s in subjects for c in s["categories"]})
     mean_over = {c: np.nanmean([_value(s["categories"].get(c)) for s in subjects]) for c in categories}
     header = ["category", *[s["name"] for s in subjects], "anchor (frontier model)"]
-    rows = [[c, *[fmt_ci(s["categories"].get(c)) for s in subjects],
-             f"{ANCHOR_CATEGORY_MEANS[c]:.2f}" if c in ANCHOR_CATEGORY_MEANS else "-"]
-            for c in sorted(categories, key=lambda c: -mean_over[c])]
+    rows = [
+        [
+            c,
+            *[fmt_ci(s["categories"].get(c)) for s in subjects],
+            f"{ANCHOR_CATEGORY_MEANS[c]:.2f}" if c in ANCHOR_CATEGORY_MEANS else "-",
+        ]
+        for c in sorted(categories, key=lambda c: -mean_over[c])
+    ]
     return header, rows
 
 
-_BOUNDS = {**{k: (-1.05, 1.05) for k in ("empathy_all", "empathy_self", "empathy_human", "empathy_animal",
-                                          "sr_eu_agreement")}, "wellbeing_index": (-2, 102)}
+_BOUNDS = {
+    **dict.fromkeys(
+        ("empathy_all", "empathy_self", "empathy_human", "empathy_animal", "sr_eu_agreement"), (-1.05, 1.05)
+    ),
+    "wellbeing_index": (-2, 102),
+}
 HEADLINE_STATISTICS = ("empathy_all", "empathy_human", "empathy_animal", "response_magnitude", "wellbeing_index")
 
 
@@ -96,8 +136,10 @@ def headline(results: dict) -> list[str]:
         if excludes_zero(s["ci95"]) or excludes_zero(p["ci95"]):
             trend = f"{'rises' if p['r'] > 0 else 'falls'} with {against}"
         group = "all families" if row["family"] == "all" else f"family {row['family']}"
-        lines.append(f"{group}: {row['statistic']} {trend}; Pearson r = {fmt_ci(p)}, Spearman rho = {fmt_ci(s)}, "
-                     f"{row['n']} subjects.")
+        lines.append(
+            f"{group}: {row['statistic']} {trend}; Pearson r = {fmt_ci(p)}, Spearman rho = {fmt_ci(s)}, "
+            f"{row['n']} subjects."
+        )
     unreliable = [s["name"] for s in results["subjects"] if not s["reliable"]]
     if unreliable:
         lines.append(f"Not reliable readings (the model rarely answers in the asked format): {', '.join(unreliable)}.")
@@ -120,15 +162,29 @@ def plot_scaling(results: dict, covariate: str, path: str | Path, replicates: di
     colours = {f: plt.get_cmap("tab10")(k % 10) for k, f in enumerate(families)}
     for ax, stat in zip(axes.flat, stats):
         for family in families:
-            members = [s for s in results["subjects"] if s["family"] == family and s.get(covariate) is not None
-                       and stat in s["statistics"] and math.isfinite(s["statistics"][stat]["value"])]
+            members = [
+                s
+                for s in results["subjects"]
+                if s["family"] == family
+                and s.get(covariate) is not None
+                and stat in s["statistics"]
+                and math.isfinite(s["statistics"][stat]["value"])
+            ]
             if not members:
                 continue
             x = np.array([s[covariate] for s in members], dtype=float)
             y = np.array([s["statistics"][stat]["value"] for s in members], dtype=float)
             lo, hi = np.array([s["statistics"][stat]["ci95"] for s in members], dtype=float).T
-            ax.errorbar(x, y, yerr=[np.nan_to_num(y - lo), np.nan_to_num(hi - y)], fmt="o", ms=4, capsize=3,
-                        color=colours[family], label=family)
+            ax.errorbar(
+                x,
+                y,
+                yerr=[np.nan_to_num(y - lo), np.nan_to_num(hi - y)],
+                fmt="o",
+                ms=4,
+                capsize=3,
+                color=colours[family],
+                label=family,
+            )
             if len(set(x.tolist())) >= 2:
                 xs = np.linspace(x.min(), x.max(), 50)
                 slope, intercept = np.polyfit(x, y, 1)
@@ -141,7 +197,7 @@ def plot_scaling(results: dict, covariate: str, path: str | Path, replicates: di
             ax.set_ylim(*_BOUNDS[stat])
         ax.set_xlabel("log10 parameters" if covariate == "log10_params" else covariate, fontsize=8)
         ax.tick_params(labelsize=7)
-    for ax in list(axes.flat)[len(stats):]:
+    for ax in list(axes.flat)[len(stats) :]:
         ax.axis("off")
     if len(families) > 1:
         axes.flat[0].legend(fontsize=7)
@@ -159,9 +215,23 @@ def write_report(results: dict, folder: Path, plots: dict[str, Path]) -> tuple[P
         ("Usage categories: mean wellbeing minus zero point", category_rows(results)),
     ]
     intro = _intro(results)
-    md = ["# Wellbeing scale sweep", "", *intro, "", "## Headline", "", *[f"- {line}" for line in headline(results)], ""]
-    body = ["<h1>Wellbeing scale sweep</h1>", *[f"<p>{html.escape(line)}</p>" for line in intro], "<h2>Headline</h2><ul>",
-            *[f"<li>{html.escape(line)}</li>" for line in headline(results)], "</ul>"]
+    md = [
+        "# Wellbeing scale sweep",
+        "",
+        *intro,
+        "",
+        "## Headline",
+        "",
+        *[f"- {line}" for line in headline(results)],
+        "",
+    ]
+    body = [
+        "<h1>Wellbeing scale sweep</h1>",
+        *[f"<p>{html.escape(line)}</p>" for line in intro],
+        "<h2>Headline</h2><ul>",
+        *[f"<li>{html.escape(line)}</li>" for line in headline(results)],
+        "</ul>",
+    ]
     for title, (header, rows) in tables:
         md += [f"## {title}", "", _markdown_table(header, rows), ""]
         body += [f"<h2>{html.escape(title)}</h2>", _html_table(header, rows)]
@@ -170,11 +240,20 @@ def write_report(results: dict, folder: Path, plots: dict[str, Path]) -> tuple[P
     for title, png in plots.items():
         md += [f"![{title}]({png.name})", ""]
         encoded = base64.b64encode(png.read_bytes()).decode()
-        body += [f"<h3>{html.escape(title)}</h3>", f'<img alt="{html.escape(title)}" src="data:image/png;base64,{encoded}">']
+        body += [
+            f"<h3>{html.escape(title)}</h3>",
+            f'<img alt="{html.escape(title)}" src="data:image/png;base64,{encoded}">',
+        ]
     md += ["## Definitions", "", *[f"- **{k}**: {v}" for k, v in STATISTIC_HELP.items()], ""]
-    body += ["<h2>Definitions</h2><ul>", *[f"<li><b>{k}</b>: {html.escape(v)}</li>" for k, v in STATISTIC_HELP.items()], "</ul>"]
-    style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto}table{border-collapse:collapse;font-size:13px}"
-             "td,th{border:1px solid #ccc;padding:3px 6px;text-align:left}img{max-width:100%}")
+    body += [
+        "<h2>Definitions</h2><ul>",
+        *[f"<li><b>{k}</b>: {html.escape(v)}</li>" for k, v in STATISTIC_HELP.items()],
+        "</ul>",
+    ]
+    style = (
+        "body{font-family:sans-serif;max-width:1200px;margin:2em auto}table{border-collapse:collapse;font-size:13px}"
+        "td,th{border:1px solid #ccc;padding:3px 6px;text-align:left}img{max-width:100%}"
+    )
     page = f"<!doctype html><html><head><meta charset='utf-8'><title>Wellbeing scale sweep</title><style>{style}</style></head><body>{''.join(body)}</body></html>"
     md_path, html_path = folder / "report.md", folder / "report.html"
     md_path.write_text("\n".join(md))
@@ -185,8 +264,10 @@ def write_report(results: dict, folder: Path, plots: dict[str, Path]) -> tuple[P
 def _intro(results: dict) -> list[str]:
     probe = {s["primary_probe"] for s in results["subjects"]}
     units = ", ".join(_UNITS.get(p, p) for p in sorted(probe))
-    return [f"{len(results['subjects'])} subjects; wellbeing read from {', '.join(sorted(probe))} ({units}); "
-            "every interval is a 95% bootstrap CI (across subjects: subjects resampled, each at its own bootstrap replicate)."]
+    return [
+        f"{len(results['subjects'])} subjects; wellbeing read from {', '.join(sorted(probe))} ({units}); "
+        "every interval is a 95% bootstrap CI (across subjects: subjects resampled, each at its own bootstrap replicate)."
+    ]
 
 
 def _line_band(members: list[dict], stat: str, covariate: str, xs: np.ndarray, replicates: dict[str, dict]):

@@ -30,8 +30,12 @@ def correlate(x, values, replicates, n_boot: int, rng: np.random.Generator) -> d
     n = int(keep.sum())
     empty = {"r": float("nan"), "ci95": [float("nan"), float("nan")]}
     if n < MIN_SUBJECTS:
-        return {"n": n, "pearson": empty, "spearman": dict(empty),
-                "note": f"needs at least {MIN_SUBJECTS} subjects with this statistic and covariate"}
+        return {
+            "n": n,
+            "pearson": empty,
+            "spearman": dict(empty),
+            "note": f"needs at least {MIN_SUBJECTS} subjects with this statistic and covariate",
+        }
     x, y = x[keep], y[keep]
     reps = [np.asarray(r, dtype=np.float64) for r, k in zip(replicates, keep) if k]
     width = min(len(r) for r in reps)
@@ -55,8 +59,14 @@ def spearman(x, y) -> float:
     return pearson(rankdata(x), rankdata(y))
 
 
-def scaling_table(subjects: list[dict], replicates: dict[str, dict], statistics: list[str], covariates: dict[str, str],
-                  n_boot: int, rng: np.random.Generator) -> list[dict]:
+def scaling_table(
+    subjects: list[dict],
+    replicates: dict[str, dict],
+    statistics: list[str],
+    covariates: dict[str, str],
+    n_boot: int,
+    rng: np.random.Generator,
+) -> list[dict]:
     """One row per (statistic, covariate, family or pooled) with both correlations and their CIs.
 
     `subjects` are dicts with "name", "family", the covariate keys, and "statistics" mapping a name to
@@ -76,7 +86,8 @@ def scaling_table(subjects: list[dict], replicates: dict[str, dict], statistics:
                     [_number(s.get(key)) for s in members],
                     [_number(s["statistics"][statistic]["value"]) for s in members],
                     [replicates[s["name"]][statistic] for s in members],
-                    n_boot, rng,
+                    n_boot,
+                    rng,
                 )
                 rows.append({"statistic": statistic, "covariate": label, "family": group, **result})
     return rows

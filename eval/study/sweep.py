@@ -23,13 +23,13 @@ import numpy as np
 
 from welfare_offsets.eval import probes as P
 from welfare_offsets.eval.common.errors import InputError
+from welfare_offsets.eval.common.results import SweepEntry, read_result, write_result
+from welfare_offsets.eval.common.safe_read import parse_json
 from welfare_offsets.eval.evaluate import EvalConfig, score_items
 from welfare_offsets.eval.experiences import StimulusSet
 from welfare_offsets.eval.settings import LoadingSettings, OutputSettings, ProbeSettings, TrackingSettings, setting
-from welfare_offsets.eval.common.results import SweepEntry, read_result, write_result
 from welfare_offsets.eval.study.profile import STATISTICS, profile_items, wellbeing_profile
 from welfare_offsets.eval.study.scaling import scaling_table
-from welfare_offsets.eval.common.safe_read import parse_json
 from welfare_offsets.eval.subject import check_adapter, load_subject, resolve_dtype, weights_identity
 
 SUBJECT_KEYS = ("model", "adapter", "name", "params", "capability", "family")
@@ -71,7 +71,9 @@ def parse_subject(given: str | dict, where: str) -> SubjectSpec:
         for part in text.split(","):
             key, sep, value = part.partition("=")
             if not sep:
-                raise SweepError(f"{where}: {part!r} is not key=value; write e.g. model=Qwen/Qwen2.5-0.5B-Instruct,params=0.49e9")
+                raise SweepError(
+                    f"{where}: {part!r} is not key=value; write e.g. model=Qwen/Qwen2.5-0.5B-Instruct,params=0.49e9"
+                )
             fields[key.strip()] = value.strip()
     else:
         fields = {"model": text}
@@ -107,8 +109,11 @@ class SweepConfig(OutputSettings, TrackingSettings, ProbeSettings, LoadingSettin
     DEFAULT_PROBES = PROFILE_PROBES
     DEFAULT_OUT = "welfare-runs/sweep"
 
-    subjects: list[str] = setting(help="subjects: model ids, or key=value lists / YAML mappings with keys model, "
-                                       "adapter, name, params, capability, family", default_factory=list)
+    subjects: list[str] = setting(
+        help="subjects: model ids, or key=value lists / YAML mappings with keys model, "
+        "adapter, name, params, capability, family",
+        default_factory=list,
+    )
 
     def check(self):
         if self.out is None:
@@ -128,15 +133,26 @@ class SweepConfig(OutputSettings, TrackingSettings, ProbeSettings, LoadingSettin
 
     def probe_settings(self) -> dict:
         """Everything that changes a subject's scores (so it is part of the cache key)."""
-        keys = ("probes", "replies", "reply_tokens", "split", "empathy_split", "max_items", "eu_degree",
-                "eu_active_rounds", "seed")
+        keys = (
+            "probes",
+            "replies",
+            "reply_tokens",
+            "split",
+            "empathy_split",
+            "max_items",
+            "eu_degree",
+            "eu_active_rounds",
+            "seed",
+        )
         settings = {k: getattr(self, k) for k in keys}
         settings["probe_wording_sha256"] = hashlib.sha256(Path(P.__file__).read_bytes()).hexdigest()
         return settings
 
 
 def cache_key(identity: dict, dtype: str, stimuli_sha256: str, settings: dict) -> str:
-    blob = json.dumps({"subject": identity, "dtype": dtype, "stimuli": stimuli_sha256, "probes": settings}, sort_keys=True)
+    blob = json.dumps(
+        {"subject": identity, "dtype": dtype, "stimuli": stimuli_sha256, "probes": settings}, sort_keys=True
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
@@ -161,8 +177,9 @@ class ScoreCache:
             if entry.key != key:
                 raise SweepError(f"{path}: holds the entry of subject key {entry.key}, not {key}")
         except InputError as err:
-            raise SweepError(f"{err}; delete {path} to measure that subject again, or start the sweep over "
-                             "with --overwrite") from None
+            raise SweepError(
+                f"{err}; delete {path} to measure that subject again, or start the sweep over with --overwrite"
+            ) from None
         return entry
 
     def put(self, entry: SweepEntry) -> Path:
@@ -181,8 +198,9 @@ def measure_subject(spec: SubjectSpec, key: str, config: SweepConfig, stimuli: S
     groups = profile_items(stimuli, config.split, config.empathy_split, config.max_items)
     items = list({e.id: e for group in groups.values() for e in group}.values())
     started = time.perf_counter()
-    subject = load_subject(spec.model, spec.adapter, trust_remote_code=config.trust_remote_code, device=device,
-                           dtype=config.dtype)
+    subject = load_subject(
+        spec.model, spec.adapter, trust_remote_code=config.trust_remote_code, device=device, dtype=config.dtype
+    )
     loaded = time.perf_counter()
     scored = score_items(config.eval_config(), subject, items, _rng(config, key, "scoring"))
     entry = SweepEntry(
@@ -208,7 +226,9 @@ def subject_profile(entry: SweepEntry, config: SweepConfig, stimuli: StimulusSet
     rows = entry.items
     probes = [p for p in PROFILE_PROBES if rows and rows[0].get(p) is not None]
     scores = {p: {r["item_id"]: r[p] for r in rows} for p in probes}
-    utility_sd = {r["item_id"]: r["experienced_utility_sd"] for r in rows if r.get("experienced_utility_sd") is not None}
+    utility_sd = {
+        r["item_id"]: r["experienced_utility_sd"] for r in rows if r.get("experienced_utility_sd") is not None
+    }
     return wellbeing_profile(groups, scores, utility_sd, config.bootstrap, _rng(config, entry.key, "bootstrap"))
 
 
@@ -219,30 +239,34 @@ def summarise_sweep(config: SweepConfig, entries: list[SweepEntry], stimuli: Sti
     for spec, entry in zip(config.specs, entries):
         profile = subject_profile(entry, config, stimuli)
         replicates[spec.label] = {k: s.pop("replicates") for k, s in profile["statistics"].items()}
-        rows.append({
-            "name": spec.label,
-            "model": spec.model,
-            "adapter": spec.adapter,
-            "family": spec.family,
-            "params": entry.params,
-            "params_source": entry.params_source,
-            "log10_params": math.log10(entry.params),
-            "capability": spec.capability,
-            "key": entry.key,
-            "subject": entry.subject,  # where the weights came from, dtype, device, revision
-            "primary_probe": profile["primary_probe"],
-            "statistics": profile["statistics"],
-            "categories": profile["categories"],
-            "adherence": entry.adherence,
-            "reliable": all(a["reliable"] for a in entry.adherence.values()),
-            "cost": entry.cost or {},
-            "timing": entry.timing,
-        })
+        rows.append(
+            {
+                "name": spec.label,
+                "model": spec.model,
+                "adapter": spec.adapter,
+                "family": spec.family,
+                "params": entry.params,
+                "params_source": entry.params_source,
+                "log10_params": math.log10(entry.params),
+                "capability": spec.capability,
+                "key": entry.key,
+                "subject": entry.subject,  # where the weights came from, dtype, device, revision
+                "primary_probe": profile["primary_probe"],
+                "statistics": profile["statistics"],
+                "categories": profile["categories"],
+                "adherence": entry.adherence,
+                "reliable": all(a["reliable"] for a in entry.adherence.values()),
+                "cost": entry.cost or {},
+                "timing": entry.timing,
+            }
+        )
     covariates = {"log10_params": "log10 parameters"}
     if any(r["capability"] is not None for r in rows):
         covariates["capability"] = "capability"
     statistics = [s for s in STATISTICS if any(s in r["statistics"] for r in rows)]
-    table = scaling_table(rows, replicates, statistics, covariates, config.bootstrap, np.random.default_rng(config.seed))
+    table = scaling_table(
+        rows, replicates, statistics, covariates, config.bootstrap, np.random.default_rng(config.seed)
+    )
     return {"subjects": rows, "scaling": table, "statistics": statistics, "covariates": covariates}, replicates
 
 

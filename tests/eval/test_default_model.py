@@ -32,11 +32,14 @@ def fake_hf_snapshot(hub_cache: Path, model_id: str, files: list[str]) -> Path:
     return snapshot
 
 
-@pytest.mark.parametrize("cached_files, wins", [
-    (["config.json", "model.safetensors", "tokenizer.json"], "HF cache"),
-    (["config.json", "tokenizer.json"], "converted GGUF cache"),  # a partial snapshot is no model
-    ([], "converted GGUF cache"),
-])
+@pytest.mark.parametrize(
+    "cached_files, wins",
+    [
+        (["config.json", "model.safetensors", "tokenizer.json"], "HF cache"),
+        (["config.json", "tokenizer.json"], "converted GGUF cache"),  # a partial snapshot is no model
+        ([], "converted GGUF cache"),
+    ],
+)
 def test_real_cached_weights_of_the_id_win_over_the_gguf_conversion(tmp_path, monkeypatch, cached_files, wins):
     from huggingface_hub import constants
 

@@ -193,8 +193,18 @@ def test_intensity_not_a_number(capsys, tmp_path, raw, shown):
         ([{"role": "user", "content": "  \n"}], "field 'messages[0].content'"),
         ([{"role": "user", "content": 7}], "field 'messages[0].content'"),
     ],
-    ids=["string", "object", "empty", "item-not-object", "no-content", "extra-key", "bad-role",
-         "empty-content", "blank-content", "content-not-text"],
+    ids=[
+        "string",
+        "object",
+        "empty",
+        "item-not-object",
+        "no-content",
+        "extra-key",
+        "bad-role",
+        "empty-content",
+        "blank-content",
+        "content-not-text",
+    ],
 )
 def test_bad_messages(capsys, tmp_path, messages, field):
     lines = valid_rows()
@@ -239,9 +249,18 @@ def test_all_problems_reported_at_once(capsys, tmp_path):
     path = tmp_path / "stimuli.jsonl"
     err = bad_stimuli_error(capsys, tmp_path, lines, 1, "field 'valence'", "field 'intensity'")
     assert "5 problem(s)" in err, err
-    for where, what in [(1, "valence"), (1, "intensity"), (3, "not valid JSON"), (4, "field 'split': missing"),
-                        (6, "duplicate id 'n-2'")]:
-        assert any(ln.strip().startswith(f"{path}:{where}:") and what in ln for ln in err.splitlines()), (where, what, err)
+    for where, what in [
+        (1, "valence"),
+        (1, "intensity"),
+        (3, "not valid JSON"),
+        (4, "field 'split': missing"),
+        (6, "duplicate id 'n-2'"),
+    ]:
+        assert any(ln.strip().startswith(f"{path}:{where}:") and what in ln for ln in err.splitlines()), (
+            where,
+            what,
+            err,
+        )
     assert f"{path}:5:" not in err
 
 
@@ -361,8 +380,10 @@ def test_unknown_config_key(capsys, tmp_path):
     assert_no_output(out)
 
 
-@pytest.mark.parametrize("text, field", [("seed: abc\n", "--seed"), ("batch_size: 2.5\n", "--batch_size"),
-                                         ("progress: maybe\n", "--progress")])
+@pytest.mark.parametrize(
+    "text, field",
+    [("seed: abc\n", "--seed"), ("batch_size: 2.5\n", "--batch_size"), ("progress: maybe\n", "--progress")],
+)
 def test_wrong_type_in_config(capsys, tmp_path, text, field):
     config = write_config(tmp_path, f"model: {NO_MODEL}\n" + text)
     out = tmp_path / "out"
@@ -390,16 +411,19 @@ def test_bad_probe_name(capsys, tmp_path, how):
     assert_no_output(out)
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["--probes", " , "], "probes"),
-    (["--split", "test"], "split"),
-    (["--empathy_split", "nope"], "empathy_split"),
-    (["--batch_size", "0"], "batch_size"),
-    (["--bootstrap", "-1"], "bootstrap"),
-    (["--max_items", "1"], "max_items"),
-    (["--report_to", "tensorboard"], "report_to"),
-    (["--no_such_flag", "1"], "--no_such_flag"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--probes", " , "], "probes"),
+        (["--split", "test"], "split"),
+        (["--empathy_split", "nope"], "empathy_split"),
+        (["--batch_size", "0"], "batch_size"),
+        (["--bootstrap", "-1"], "bootstrap"),
+        (["--max_items", "1"], "max_items"),
+        (["--report_to", "tensorboard"], "report_to"),
+        (["--no_such_flag", "1"], "--no_such_flag"),
+    ],
+)
 def test_invalid_values_fail_at_parse_time(capsys, tmp_path, args, fragment):
     out = tmp_path / "out"
     code, err = run_eval(capsys, *args, "--model", NO_MODEL, "--out", out)
@@ -431,10 +455,13 @@ def test_config_flag_without_path(capsys):
 
 
 def test_parse_config_yaml_values_and_cli_override(tmp_path):
-    config = write_config(tmp_path, "seed: 7\nbatch_size: 4\nprobes: stop\nsplit: train\nmax_items: 5\n"
-                                    "adherence_threshold: 0.25\nmodel: null\n")
-    cfg, passed = parse_config([EvalConfig], ["--config", str(config), "--seed", "9", "--max_items", "3"],
-                               prog="welfare eval")
+    config = write_config(
+        tmp_path,
+        "seed: 7\nbatch_size: 4\nprobes: stop\nsplit: train\nmax_items: 5\nadherence_threshold: 0.25\nmodel: null\n",
+    )
+    cfg, passed = parse_config(
+        [EvalConfig], ["--config", str(config), "--seed", "9", "--max_items", "3"], prog="welfare eval"
+    )
     assert isinstance(cfg, EvalConfig)
     assert cfg.seed == 9  # the flag wins over the YAML value
     assert cfg.max_items == 3
@@ -446,8 +473,15 @@ def test_parse_config_yaml_values_and_cli_override(tmp_path):
     assert cfg.bootstrap == EvalConfig().bootstrap  # untouched fields keep their defaults
     assert passed == {
         "config_file": str(config.resolve()),
-        "yaml": {"seed": 7, "batch_size": 4, "probes": "stop", "split": "train", "max_items": 5,
-                 "adherence_threshold": 0.25, "model": None},
+        "yaml": {
+            "seed": 7,
+            "batch_size": 4,
+            "probes": "stop",
+            "split": "train",
+            "max_items": 5,
+            "adherence_threshold": 0.25,
+            "model": None,
+        },
         "argv": ["--seed", "9", "--max_items", "3"],
     }
 
@@ -459,12 +493,15 @@ def test_parse_config_flags_before_config_still_win(tmp_path):
     assert passed["argv"] == ["--seed", "11"]
 
 
-@pytest.mark.parametrize("text, progress, trust", [
-    ("progress: false\ntrust_remote_code: true\n", False, True),
-    ("progress: no\ntrust_remote_code: yes\n", False, True),  # YAML 1.1 booleans
-    ("progress: true\ntrust_remote_code: false\n", True, False),
-    ("", True, False),
-])
+@pytest.mark.parametrize(
+    "text, progress, trust",
+    [
+        ("progress: false\ntrust_remote_code: true\n", False, True),
+        ("progress: no\ntrust_remote_code: yes\n", False, True),  # YAML 1.1 booleans
+        ("progress: true\ntrust_remote_code: false\n", True, False),
+        ("", True, False),
+    ],
+)
 def test_parse_config_bool_values_from_yaml(tmp_path, text, progress, trust):
     config = write_config(tmp_path, text)
     cfg, _ = parse_config([EvalConfig], ["--config", str(config)], prog="welfare eval")
@@ -473,8 +510,9 @@ def test_parse_config_bool_values_from_yaml(tmp_path, text, progress, trust):
 
 def test_parse_config_bool_flags_override_yaml(tmp_path):
     config = write_config(tmp_path, "progress: true\ntrust_remote_code: true\n")
-    cfg, _ = parse_config([EvalConfig], ["--config", str(config), "--no_progress", "--trust_remote_code", "false"],
-                          prog="welfare eval")
+    cfg, _ = parse_config(
+        [EvalConfig], ["--config", str(config), "--no_progress", "--trust_remote_code", "false"], prog="welfare eval"
+    )
     assert cfg.progress is False and cfg.trust_remote_code is False
 
 
@@ -540,9 +578,18 @@ def tiny_model(tmp_path_factory) -> Path:
 
     torch.manual_seed(0)
     tokenizer = build_tokenizer()
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                         num_key_value_heads=2, intermediate_size=32, max_position_embeddings=256,
-                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=256,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
     folder = tmp_path_factory.mktemp("tiny") / "model"
     LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -570,9 +617,17 @@ def test_missing_adapter_folder(capsys, tmp_path, tiny_model):
 def test_adapter_for_another_model(capsys, tmp_path, tiny_model):
     adapter = tmp_path / "adapter"
     adapter.mkdir()
-    (adapter / "adapter_config.json").write_text(json.dumps(
-        {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["not_a_module_here"],
-         "base_model_name_or_path": "someone/other-model"}))
+    (adapter / "adapter_config.json").write_text(
+        json.dumps(
+            {
+                "peft_type": "LORA",
+                "r": 4,
+                "lora_alpha": 8,
+                "target_modules": ["not_a_module_here"],
+                "base_model_name_or_path": "someone/other-model",
+            }
+        )
+    )
     out = tmp_path / "out"
     code, err = run_eval(capsys, "--model", tiny_model, "--adapter", adapter, "--device", "cpu", "--out", out)
     assert code == 2, err
@@ -619,7 +674,9 @@ def _welfare(*args, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "WELFARE_CACHE": str(cwd / "cache")}
     exe = Path(sys.executable).with_name("welfare")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "welfare_offsets.train.cli"]
-    return subprocess.run([*cmd, "eval", *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [*cmd, "eval", *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_console_script_bad_stimuli(tmp_path):

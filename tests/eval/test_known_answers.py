@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from welfare_offsets.eval.evaluate import EvalConfig
+from tests.wandb_log import record_bytes
 from welfare_offsets.eval.common.output_folder import MARKER
+from welfare_offsets.eval.evaluate import EvalConfig
 from welfare_offsets.eval.run import run_evaluation
 from welfare_offsets.eval.stats import excludes_zero
-from tests.wandb_log import record_bytes
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +62,14 @@ def test_zero_point_sits_between_good_and_bad(evaluated):
 
 def test_output_folder_has_every_promised_field(evaluated):
     _, folder = evaluated
-    assert {p.name for p in folder.iterdir()} == {"results.json", "samples.jsonl", "items.jsonl", "summary.md",
-                                                  "wellbeing.png", MARKER}
+    assert {p.name for p in folder.iterdir()} == {
+        "results.json",
+        "samples.jsonl",
+        "items.jsonl",
+        "summary.md",
+        "wellbeing.png",
+        MARKER,
+    }
     results = json.loads((folder / "results.json").read_text())
     for probe in ("self_report", "experienced_utility", "stop"):
         block = results["probes"][probe]
@@ -107,8 +113,9 @@ def test_samples_are_exactly_what_plain_transformers_gives(evaluated, synthetic)
 
 def test_an_indifferent_subject_reads_null(indifferent):
     """No planted wellbeing, no effect: the evaluator must not manufacture one."""
-    config = EvalConfig(model=indifferent.model, stimuli=indifferent.stimuli, probes="self_report,stop",
-                        bootstrap=1000, progress=False)
+    config = EvalConfig(
+        model=indifferent.model, stimuli=indifferent.stimuli, probes="self_report,stop", bootstrap=1000, progress=False
+    )
     results = run_evaluation(config)[0].results
     for probe in ("self_report", "stop"):
         delta = results["probes"][probe]["delta"]
@@ -125,8 +132,15 @@ def test_wandb_logging_works_offline_without_a_key(synthetic, tmp_path, monkeypa
     import wandb
 
     wandb.teardown()  # W&B reads its environment once per process: start afresh so WANDB_DIR applies
-    config = EvalConfig(model=synthetic.model, stimuli=synthetic.stimuli, probes="self_report", max_items=6,
-                        bootstrap=100, report_to="wandb", progress=False)
+    config = EvalConfig(
+        model=synthetic.model,
+        stimuli=synthetic.stimuli,
+        probes="self_report",
+        max_items=6,
+        bootstrap=100,
+        report_to="wandb",
+        progress=False,
+    )
     results = run_evaluation(config)[0].results
     runs = list(tmp_path.rglob("offline-run-*/*.wandb"))
     assert len(runs) == 1  # one offline run, written with no key and no network

@@ -15,11 +15,20 @@ from welfare_offsets.eval.thurstonian import active_pairs, fit_thurstonian, init
 def test_exact_self_report_equals_brute_force(tiny_random_model):
     """Expected digit = sum_d d * p(d) / sum_d p(d) over the full softmax, computed by hand."""
     model, tokenizer = tiny_random_model
-    e = Experience("x", ({"role": "user", "content": "the dog is sad"}, {"role": "assistant", "content": "I see ."}),
-                   "dysphoric", "empathy", "animal", -3.0, "heldout")
+    e = Experience(
+        "x",
+        ({"role": "user", "content": "the dog is sad"}, {"role": "assistant", "content": "I see ."}),
+        "dysphoric",
+        "empathy",
+        "animal",
+        -3.0,
+        "heldout",
+    )
     requests = P.self_report_requests([e])
     prompts = [P.render_prompt(tokenizer, r.messages) for r in requests]
-    probs = NextTokenScorer(model, tokenizer, progress=False).label_probs(prompts, P.LIKERT, [r.group for r in requests])
+    probs = NextTokenScorer(model, tokenizer, progress=False).label_probs(
+        prompts, P.LIKERT, [r.group for r in requests]
+    )
     expected, mass = P.self_report_scores(probs)
     digit_ids = [tokenizer.convert_tokens_to_ids(d) for d in P.LIKERT]
     for k, prompt in enumerate(prompts):

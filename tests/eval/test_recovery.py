@@ -15,11 +15,15 @@ def _items(post: dict, base: dict) -> list[dict]:
 
 
 def test_recovery_fraction_and_goodhart_gap_have_the_known_values():
-    before = _items(post={"self_report": 2.0, "stop": 0.8, "experienced_utility": -1.0},
-                    base={"self_report": 4.0, "stop": 0.5, "experienced_utility": 0.0})
+    before = _items(
+        post={"self_report": 2.0, "stop": 0.8, "experienced_utility": -1.0},
+        base={"self_report": 4.0, "stop": 0.5, "experienced_utility": 0.0},
+    )
     # After: self-report half recovered; stop unchanged; utilities all shifted by the refit, gap unchanged.
-    after = _items(post={"self_report": 3.0, "stop": 0.8, "experienced_utility": -0.5},
-                   base={"self_report": 4.0, "stop": 0.5, "experienced_utility": 0.5})
+    after = _items(
+        post={"self_report": 3.0, "stop": 0.8, "experienced_utility": -0.5},
+        base={"self_report": 4.0, "stop": 0.5, "experienced_utility": 0.5},
+    )
     result = recovery(before, after, optimised="self_report", n_boot=200, rng=np.random.default_rng(0))
     sr, stop, eu = (result["probes"][p] for p in ("self_report", "stop", "experienced_utility"))
     assert sr["recovered"]["mean"] == pytest.approx(1.0) and sr["recovery_fraction"]["mean"] == pytest.approx(0.5)

@@ -21,12 +21,30 @@ def _reference(model, tokenizer, prompts):
 
 def _prompts(rng):
     """Groups of prompts sharing a context of varied length, plus loners; shuffled."""
-    words = "today the dog is happy and sad report table list you my friend crying safe".split()
+    words = [
+        "today",
+        "the",
+        "dog",
+        "is",
+        "happy",
+        "and",
+        "sad",
+        "report",
+        "table",
+        "list",
+        "you",
+        "my",
+        "friend",
+        "crying",
+        "safe",
+    ]
     prompts, groups = [], []
     for g in range(6):
         context = " ".join(rng.choice(words, int(rng.integers(3, 40))))
-        for q in range(int(rng.integers(1, 6))):
-            prompts.append(f"<|user|> {context} <|end|> <|user|> " + " ".join(rng.choice(words, int(rng.integers(1, 12)))))
+        for _ in range(int(rng.integers(1, 6))):
+            prompts.append(
+                f"<|user|> {context} <|end|> <|user|> " + " ".join(rng.choice(words, int(rng.integers(1, 12))))
+            )
             groups.append(f"g{g}")
     order = rng.permutation(len(prompts))
     return [prompts[i] for i in order], [groups[i] for i in order]
@@ -37,7 +55,9 @@ def _prompts(rng):
 def test_engine_matches_whole_prompt_forward(tiny_random_model, batch_size, reuse):
     model, tokenizer = tiny_random_model
     prompts, groups = _prompts(np.random.default_rng(batch_size))
-    scorer = NextTokenScorer(model, tokenizer, batch_size=batch_size, reuse_prefix=reuse, min_prefix_tokens=1, progress=False)
+    scorer = NextTokenScorer(
+        model, tokenizer, batch_size=batch_size, reuse_prefix=reuse, min_prefix_tokens=1, progress=False
+    )
     got = scorer.next_token_logprobs([scorer.tokenize(p) for p in prompts], groups)
     # Same order as the input (the engine sorts internally), same numbers to float tolerance.
     torch.testing.assert_close(got, _reference(model, tokenizer, prompts), atol=1e-4, rtol=1e-4)
@@ -54,13 +74,20 @@ def test_soft_prompt_matches_peft_prompt_tuning_forward(tiny_random_model, reuse
     soft = peft_model.get_prompt_embedding_to_save("default")
     prompts, groups = _prompts(np.random.default_rng(7))
     with torch.no_grad():
-        reference = torch.stack([
-            torch.log_softmax(peft_model(input_ids=tokenizer(p, add_special_tokens=False, return_tensors="pt").input_ids)
-                              .logits[0, -1].float(), -1)
-            for p in prompts
-        ])
-    scorer = NextTokenScorer(model, tokenizer, batch_size=5, reuse_prefix=reuse, min_prefix_tokens=1, progress=False,
-                             soft_prompt=soft)
+        reference = torch.stack(
+            [
+                torch.log_softmax(
+                    peft_model(input_ids=tokenizer(p, add_special_tokens=False, return_tensors="pt").input_ids)
+                    .logits[0, -1]
+                    .float(),
+                    -1,
+                )
+                for p in prompts
+            ]
+        )
+    scorer = NextTokenScorer(
+        model, tokenizer, batch_size=5, reuse_prefix=reuse, min_prefix_tokens=1, progress=False, soft_prompt=soft
+    )
     got = scorer.next_token_logprobs([scorer.tokenize(p) for p in prompts], groups)
     torch.testing.assert_close(got, reference, atol=1e-4, rtol=1e-4)
     plain = NextTokenScorer(model, tokenizer, progress=False).next_token_logprobs([scorer.tokenize(p) for p in prompts])
@@ -82,8 +109,16 @@ def test_prefix_split_on_tokens_not_text():
     # The fixture's point: the tokens of a shared text prefix are not a token prefix of the longer prompt.
     assert ids[1][: len(ids[0])] != ids[0]
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                                         num_hidden_layers=1, num_attention_heads=2, pad_token_id=1)).eval()
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            pad_token_id=1,
+        )
+    ).eval()
     scorer = NextTokenScorer(model, tokenizer, batch_size=8, min_prefix_tokens=1, progress=False)
     got = scorer.next_token_logprobs(ids, ["same"] * len(ids))
     torch.testing.assert_close(got, _reference(model, tokenizer, prompts), atol=1e-4, rtol=1e-4)

@@ -11,7 +11,16 @@ from collections import Counter
 
 import pytest
 
-from welfare_offsets.eval.experiences import FIELDS, ROLES, SPLITS, TARGETS, VALENCES, StimulusSet, builtin_stimuli_path, load_stimuli
+from welfare_offsets.eval.experiences import (
+    FIELDS,
+    ROLES,
+    SPLITS,
+    TARGETS,
+    VALENCES,
+    StimulusSet,
+    builtin_stimuli_path,
+    load_stimuli,
+)
 
 USAGE_CATEGORIES = {
     # valence of each usage category, as listed in eval/stimuli/README.md ("Valence policy")

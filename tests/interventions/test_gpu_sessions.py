@@ -10,16 +10,33 @@ import pytest
 torch = pytest.importorskip("torch")
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
-from welfare_offsets.ledger import Ledger  # noqa: E402
 from tests.ledger.helpers import funded_ledger  # noqa: E402
+from welfare_offsets.ledger import Ledger  # noqa: E402
 
 
 def _run(entry, synthetic, tmp_path, name, *extra):
     ledger = tmp_path / f"{name}.sqlite"
     funded_ledger(ledger, hours=1.0).close()
     out = tmp_path / name
-    argv = ["--model", synthetic.model, "--stimuli", synthetic.stimuli, "--ledger", str(ledger), "--account", "lab",
-            "--budget_hours", "0.2", "--output_dir", str(out), "--eval_max_items", "12", "--report_to", "none", *extra]
+    argv = [
+        "--model",
+        synthetic.model,
+        "--stimuli",
+        synthetic.stimuli,
+        "--ledger",
+        str(ledger),
+        "--account",
+        "lab",
+        "--budget_hours",
+        "0.2",
+        "--output_dir",
+        str(out),
+        "--eval_max_items",
+        "12",
+        "--report_to",
+        "none",
+        *extra,
+    ]
     assert entry.main(argv) == 0
     with Ledger.open(ledger, create=False) as book:
         assert book.verify().ok

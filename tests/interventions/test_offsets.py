@@ -16,17 +16,31 @@ from pathlib import Path
 
 import pytest
 
-from welfare_offsets.ledger import Ledger
 from tests.ledger.helpers import funded_ledger
 from tests.wandb_log import record_bytes
+from welfare_offsets.ledger import Ledger
 
 REPO = Path(__file__).resolve().parents[2]
 FAST_EVAL = ["--eval_max_items", "12", "--eval_bootstrap", "300", "--report_to", "none"]
 
 
 def _args(subject, ledger: Path, out: Path, budget: float, *extra: str) -> list[str]:
-    return ["--model", subject.model, "--stimuli", subject.stimuli, "--ledger", str(ledger), "--account", "lab",
-            "--budget_hours", str(budget), "--output_dir", str(out), *FAST_EVAL, *extra]
+    return [
+        "--model",
+        subject.model,
+        "--stimuli",
+        subject.stimuli,
+        "--ledger",
+        str(ledger),
+        "--account",
+        "lab",
+        "--budget_hours",
+        str(budget),
+        "--output_dir",
+        str(out),
+        *FAST_EVAL,
+        *extra,
+    ]
 
 
 def _session_entries(ledger_path: Path) -> dict[str, list]:
@@ -91,8 +105,20 @@ def test_lora_sft_session_trains_an_adapter_and_accounts_for_it(synthetic, tmp_p
     ledger = tmp_path / "ledger.sqlite"
     funded_ledger(ledger, hours=1.0).close()
     out = tmp_path / "lora"
-    argv = _args(synthetic, ledger, out, 0.2, "--config", str(REPO / "configs/offset/lora_sft.yaml"),
-                 "--max_steps", "6", "--save_steps", "3", "--learning_rate", "0.001")
+    argv = _args(
+        synthetic,
+        ledger,
+        out,
+        0.2,
+        "--config",
+        str(REPO / "configs/offset/lora_sft.yaml"),
+        "--max_steps",
+        "6",
+        "--save_steps",
+        "3",
+        "--learning_rate",
+        "0.001",
+    )
     assert lora_offset.main(argv) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["training"]["steps"] == 6 and results["recovery"]["probes"]
@@ -148,24 +174,41 @@ def _tiny_lora_adapter(folder: Path) -> Path:
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    base = LlamaForCausalLM(LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                        num_attention_heads=4, num_key_value_heads=4))
+    base = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=100,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+        )
+    )
     get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"])).save_pretrained(folder)
     return folder
 
 
-@pytest.mark.parametrize("case", ["unknown key", "wrong type", "missing stimuli", "foreign adapter",
-                                  "budget <= 0", "insufficient funds"])
+@pytest.mark.parametrize(
+    "case", ["unknown key", "wrong type", "missing stimuli", "foreign adapter", "budget <= 0", "insufficient funds"]
+)
 def test_bad_recipes_fail_before_any_reservation(case, synthetic, tmp_path, capsys):
     from welfare_offsets.train import soft_prompt
 
     ledger = tmp_path / "ledger.sqlite"
     funded_ledger(ledger, hours=1.0).close()
     recipe = tmp_path / "soft_prompt.yaml"
-    recipe.write_text({"unknown key": "learning_rat: 0.1\n", "wrong type": "max_steps: many\n"}.get(case, "max_steps: 2\n"))
+    recipe.write_text(
+        {"unknown key": "learning_rat: 0.1\n", "wrong type": "max_steps: many\n"}.get(case, "max_steps: 2\n")
+    )
     argv = _args(synthetic, ledger, tmp_path / "out", 0.1, "--config", str(recipe))
-    expected = {"unknown key": "learning_rat", "wrong type": "max_steps", "missing stimuli": "does-not-exist",
-                "foreign adapter": "does not fit", "budget <= 0": "budget_hours", "insufficient funds": "available"}[case]
+    expected = {
+        "unknown key": "learning_rat",
+        "wrong type": "max_steps",
+        "missing stimuli": "does-not-exist",
+        "foreign adapter": "does not fit",
+        "budget <= 0": "budget_hours",
+        "insufficient funds": "available",
+    }[case]
     if case == "missing stimuli":
         argv += ["--stimuli", str(tmp_path / "does-not-exist.jsonl")]
     elif case == "foreign adapter":
@@ -203,7 +246,9 @@ def test_secrets_never_leak_into_anything_a_session_writes(synthetic, tmp_path, 
             assert value.encode() not in contents, f"{value} leaked into {path}"
 
 
-@pytest.mark.parametrize("entry, extra", [("soft_prompt", []), ("lora_offset", ["--config", str(REPO / "configs/offset/lora_sft.yaml")])])
+@pytest.mark.parametrize(
+    "entry, extra", [("soft_prompt", []), ("lora_offset", ["--config", str(REPO / "configs/offset/lora_sft.yaml")])]
+)
 def test_two_cpu_processes_run_one_session(entry, extra, synthetic, tmp_path):
     """torchrun (as `accelerate launch --config_file configs/accelerate/cpu_2proc.yaml` does) with world size 2."""
     ledger = tmp_path / "ledger.sqlite"
@@ -212,9 +257,23 @@ def test_two_cpu_processes_run_one_session(entry, extra, synthetic, tmp_path):
     argv = _args(synthetic, ledger, out, 0.2, *extra, "--max_steps", "4", "--eval_probes", "self_report,stop")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     port = "29541" if entry == "soft_prompt" else "29542"
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                           port, str(REPO / "train" / f"{entry}.py"), *argv],
-                          capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            port,
+            str(REPO / "train" / f"{entry}.py"),
+            *argv,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "rank 0 of 2" in proc.stdout and "rank 1 of 2" in proc.stdout
     entries = _session_entries(ledger)
@@ -232,16 +291,37 @@ def test_lora_session_logs_steps_budget_probe_summary_and_adapter_to_wandb_offli
     ledger = tmp_path / "ledger.sqlite"
     funded_ledger(ledger, hours=1.0).close()
     out = tmp_path / "lora"
-    argv = _args(synthetic, ledger, out, 0.2, "--config", str(REPO / "configs/offset/lora_sft.yaml"),
-                 "--max_steps", "4", "--logging_steps", "1", "--probe_every_steps", "2", "--save_steps", "10")
+    argv = _args(
+        synthetic,
+        ledger,
+        out,
+        0.2,
+        "--config",
+        str(REPO / "configs/offset/lora_sft.yaml"),
+        "--max_steps",
+        "4",
+        "--logging_steps",
+        "1",
+        "--probe_every_steps",
+        "2",
+        "--save_steps",
+        "10",
+    )
     argv[argv.index("--report_to") + 1] = "wandb"
     assert lora_offset.main(argv) == 0
     runs = list(out.rglob("offline-run-*/*.wandb"))
     assert len(runs) == 1, "one session, one W&B run (the trainer logs into the session's run)"
     logged = record_bytes(runs[0])
-    for key in (b"train/loss", b"train/learning_rate", b"budget/spent_hours", b"budget/left_hours",
-                b"probe/self_report_post_dysphoric", b"recovery/probes/self_report/recovered", b"ledger/head",
-                b"lora-adapter"):
+    for key in (
+        b"train/loss",
+        b"train/learning_rate",
+        b"budget/spent_hours",
+        b"budget/left_hours",
+        b"probe/self_report_post_dysphoric",
+        b"recovery/probes/self_report/recovered",
+        b"ledger/head",
+        b"lora-adapter",
+    ):
         assert key in logged, key
 
 
@@ -250,8 +330,22 @@ def test_demo_runs_the_whole_cycle(synthetic, tmp_path, monkeypatch, capsys):
     from welfare_offsets.train.cli import main
 
     monkeypatch.chdir(tmp_path)
-    assert main(["demo", "--model", synthetic.model, "--stimuli", synthetic.stimuli, "--report_to", "none",
-                 "--eval_bootstrap", "200"]) == 0
+    assert (
+        main(
+            [
+                "demo",
+                "--model",
+                synthetic.model,
+                "--stimuli",
+                synthetic.stimuli,
+                "--report_to",
+                "none",
+                "--eval_bootstrap",
+                "200",
+            ]
+        )
+        == 0
+    )
     demo = tmp_path / "welfare-demo"
     assert (demo / "ledger_report.png").stat().st_size > 0
     assert json.loads((demo / "lora-offset" / "results.json").read_text())["recovery"]["probes"]
@@ -273,8 +367,12 @@ def test_a_killed_session_resumes_from_its_checkpoint_without_double_counting(sy
     out = tmp_path / "soft"
     cheap = ["--eval_probes", "self_report,stop", "--eval_max_items", "6", "--save_steps", "5"]
     argv = _args(synthetic, ledger, out, 0.2, "--max_steps", "100000", *cheap)
-    proc = subprocess.Popen([sys.executable, str(REPO / "train" / "soft_prompt.py"), *argv],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "train" / "soft_prompt.py"), *argv],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     try:
         deadline = time.monotonic() + 300
         while not (out / "checkpoint-10" / "ledger_spend.json").exists():
@@ -290,8 +388,14 @@ def test_a_killed_session_resumes_from_its_checkpoint_without_double_counting(sy
     last = max(complete, key=lambda p: int(p.name.split("-")[1]))
     at_checkpoint = json.loads((last / "ledger_spend.json").read_text())["spent_hours"]
     steps = int(last.name.split("-")[1])
-    assert soft_prompt.main(_args(synthetic, ledger, out, 0.2, "--max_steps", str(steps + 2), *cheap,
-                                  "--resume_from_checkpoint", "last")) == 0
+    assert (
+        soft_prompt.main(
+            _args(
+                synthetic, ledger, out, 0.2, "--max_steps", str(steps + 2), *cheap, "--resume_from_checkpoint", "last"
+            )
+        )
+        == 0
+    )
     assert json.loads((out / "results.json").read_text())["training"]["steps"] == steps + 2
 
     entries = _session_entries(ledger)
@@ -305,15 +409,40 @@ def test_a_killed_session_resumes_from_its_checkpoint_without_double_counting(sy
         assert book.balance("lab").spent_hours == pytest.approx(sum(spent), abs=1e-6)
 
 
-LIVED = ["--eval_replies", "own", "--reply_tokens", "12", "--eval_max_items", "40", "--min_margin", "0.25",
-         "--lora_r", "8", "--lora_alpha", "16", "--lora_dropout", "0", "--per_device_train_batch_size", "16",
-         "--lr_scheduler_type", "constant_with_warmup", "--warmup_steps", "5", "--max_length", "64"]
+LIVED = [
+    "--eval_replies",
+    "own",
+    "--reply_tokens",
+    "12",
+    "--eval_max_items",
+    "40",
+    "--min_margin",
+    "0.25",
+    "--lora_r",
+    "8",
+    "--lora_alpha",
+    "16",
+    "--lora_dropout",
+    "0",
+    "--per_device_train_batch_size",
+    "16",
+    "--lr_scheduler_type",
+    "constant_with_warmup",
+    "--warmup_steps",
+    "5",
+    "--max_length",
+    "64",
+]
 
 
-@pytest.mark.parametrize("recipe, extra", [
-    ("lora_dpo.yaml", ["--learning_rate", "0.0002", "--max_steps", "50", "--beta", "0.1"]),
-    ("lora_sft.yaml", ["--sft_data", "best_of_n", "--learning_rate", "0.001", "--max_steps", "40"]),
-], ids=["dpo", "best-of-n sft"])
+@pytest.mark.parametrize(
+    "recipe, extra",
+    [
+        ("lora_dpo.yaml", ["--learning_rate", "0.0002", "--max_steps", "50", "--beta", "0.1"]),
+        ("lora_sft.yaml", ["--sft_data", "best_of_n", "--learning_rate", "0.001", "--max_steps", "40"]),
+    ],
+    ids=["dpo", "best-of-n sft"],
+)
 def test_lora_offsets_on_own_ranked_replies_raise_lived_heldout_wellbeing(recipe, extra, synthetic, tmp_path):
     """The subject's own replies move how it feels (tests/synthetic_subject.py); an adapter trained on the
     replies after which it measured best must raise held-out post-dysphoric self-report, lived with its own

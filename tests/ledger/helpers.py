@@ -61,9 +61,11 @@ def run_at_once(count: int, work: Callable[[int], None]) -> None:
     go_read, go_write = os.pipe()
     pids = []
     for index in range(count):
+
         def child(index=index):
             os.read(go_read, 1)
             work(index)
+
         pids.append(fork(child))
     os.write(go_write, b"x" * count)
     exit_codes = [wait_exit_code(pid) for pid in pids]
@@ -72,8 +74,7 @@ def run_at_once(count: int, work: Callable[[int], None]) -> None:
     assert exit_codes == [0] * count
 
 
-def killed_session(path: Path, hours: float = 1.0, progress_hours: float | None = None, *,
-                   account: str = "lab") -> str:
+def killed_session(path: Path, hours: float = 1.0, progress_hours: float | None = None, *, account: str = "lab") -> str:
     """Reserve `hours` in a child process, record progress if given, and die by SIGKILL before settling."""
     read_end, write_end = os.pipe()
 

@@ -10,11 +10,11 @@ import sqlite3
 
 import pytest
 
+from tests.ledger.helpers import funded_ledger, verify
 from welfare_offsets.ledger import InsufficientHours, Ledger, LedgerError
 from welfare_offsets.ledger.accounts import MAX_HOURS_PER_ENTRY, MAX_MICROHOURS_PER_ENTRY
 from welfare_offsets.ledger.chain import canonical_json, seal, utc_now
 from welfare_offsets.ledger.cli import main
-from tests.ledger.helpers import funded_ledger, verify
 
 
 def forge(path, kind, payload, *, content: str | None = None):
@@ -24,7 +24,7 @@ def forge(path, kind, payload, *, content: str | None = None):
     seq, prev = db.execute("SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1").fetchone()
     body, hash_ = seal(seq + 1, utc_now(), kind, payload, prev)
     if content is not None:
-        body = content + body[body.rindex(',"prev_hash":"'):]
+        body = content + body[body.rindex(',"prev_hash":"') :]
         hash_ = hashlib.sha256(body.encode()).hexdigest()
     db.execute("INSERT INTO entries (seq, body, hash) VALUES (?, ?, ?)", (seq + 1, body, hash_))
     db.close()
@@ -76,8 +76,12 @@ def test_every_kind_of_honest_entry_verifies(tmp_path):
 def test_redefining_a_generated_column_is_caught_and_nothing_is_written(tmp_path):
     path = tmp_path / "ledger.sqlite"
     session = settled_session(path)
-    rewrite_schema(path, "entries", "(json_extract(body, '$.kind'))",
-                   "(replace(json_extract(body, '$.kind'), 'settle', 'settled'))")
+    rewrite_schema(
+        path,
+        "entries",
+        "(json_extract(body, '$.kind'))",
+        "(replace(json_extract(body, '$.kind'), 'settle', 'settled'))",
+    )
     with Ledger.open(path, create=False) as ledger:
         assert [s.session for s in ledger.open_sessions()] == [session]  # what the issue found: it looks open
         result = ledger.verify()
@@ -91,11 +95,14 @@ def test_redefining_a_generated_column_is_caught_and_nothing_is_written(tmp_path
     assert db.execute("SELECT COUNT(*) FROM entries").fetchone() == (3,)
 
 
-@pytest.mark.parametrize("edit, reason", [
-    ("DROP TRIGGER entries_no_update", "its trigger entries_no_update is missing"),
-    ("CREATE INDEX entries_by_session ON entries(session)", "it has an extra index entries_by_session"),
-    ("UPDATE meta SET value = 'x' WHERE key = 'genesis'", "its meta table holds"),
-])
+@pytest.mark.parametrize(
+    "edit, reason",
+    [
+        ("DROP TRIGGER entries_no_update", "its trigger entries_no_update is missing"),
+        ("CREATE INDEX entries_by_session ON entries(session)", "it has an extra index entries_by_session"),
+        ("UPDATE meta SET value = 'x' WHERE key = 'genesis'", "its meta table holds"),
+    ],
+)
 def test_schema_and_meta_must_be_what_the_code_creates(tmp_path, edit, reason):
     path = tmp_path / "ledger.sqlite"
     settled_session(path)
@@ -115,19 +122,26 @@ def test_a_trigger_that_no_longer_guards_is_caught(tmp_path):
 def test_a_duplicate_key_with_a_correct_hash_is_caught_as_not_canonical(tmp_path):
     path = tmp_path / "ledger.sqlite"
     funded_ledger(path).close()
-    small, large = canonical_json({"@external": -1, "lab": 1}), canonical_json({"@external": -10**12, "lab": 10**12})
-    seq = forge(path, "fund", {}, content=f'{{"kind":"fund","payload":{{"account":"lab","note":"",'
-                                          f'"postings":{small},"postings":{large}}}')
+    small, large = canonical_json({"@external": -1, "lab": 1}), canonical_json({"@external": -(10**12), "lab": 10**12})
+    seq = forge(
+        path,
+        "fund",
+        {},
+        content=f'{{"kind":"fund","payload":{{"account":"lab","note":"","postings":{small},"postings":{large}}}',
+    )
     result = verify(path)
     assert (result.ok, result.first_bad_seq) == (False, seq) and "not canonical JSON" in result.reason
 
 
-@pytest.mark.parametrize("content", [
-    '{"kind":"fund", "payload":{"account":"lab","note":"","postings":{"@external":-1,"lab":1}}',  # a space
-    '{"kind":"fund","payload":{"note":"","account":"lab","postings":{"@external":-1,"lab":1}}',  # key order
-    '{"kind":"fund","payload":{"account":"l\\u0061b","note":"","postings":{"@external":-1,"lab":1}}',  # escape
-    '{"kind":"fund","payload":{"account":"lab","note":"","postings":{"@external":-1,"lab":1.0}}',  # 1.0 for 1
-])
+@pytest.mark.parametrize(
+    "content",
+    [
+        '{"kind":"fund", "payload":{"account":"lab","note":"","postings":{"@external":-1,"lab":1}}',  # a space
+        '{"kind":"fund","payload":{"note":"","account":"lab","postings":{"@external":-1,"lab":1}}',  # key order
+        '{"kind":"fund","payload":{"account":"l\\u0061b","note":"","postings":{"@external":-1,"lab":1}}',  # escape
+        '{"kind":"fund","payload":{"account":"lab","note":"","postings":{"@external":-1,"lab":1.0}}',  # 1.0 for 1
+    ],
+)
 def test_any_other_spelling_of_an_entry_is_caught(tmp_path, content):
     path = tmp_path / "ledger.sqlite"
     funded_ledger(path).close()
@@ -136,31 +150,78 @@ def test_any_other_spelling_of_an_entry_is_caught(tmp_path, content):
     assert (result.ok, result.first_bad_seq) == (False, seq)
 
 
-@pytest.mark.parametrize("kind, payload, reason", [
-    ("fund", fund_payload({"@external": -1_000_000, "lab": 2_000_000}), "sum to 1000000 micro-hours, not zero"),
-    ("fund", fund_payload({"@external": -1, "team": 1}), "not what its kind makes"),
-    ("fund", fund_payload({"@external": 1, "lab": -1}), "not what its kind makes"),
-    ("fund", fund_payload({"@external": -(MAX_MICROHOURS_PER_ENTRY + 1), "lab": MAX_MICROHOURS_PER_ENTRY + 1}),
-     "at most 1000000000000000"),
-    ("fund", {"account": "lab", "postings": {"@external": -1, "lab": 1}}, "lacks ['note']"),
-    ("mint", {"postings": {}}, "its kind 'mint' is not one of"),
-    (["fund"], {"postings": {}}, "its kind ['fund'] is not one of"),
-    ("transfer", {"from": "lab", "to": "team", "note": "", "postings": {"lab": -11_000_000, "team": 11_000_000}},
-     "leaves account 'lab' at -1.5 h, below zero"),
-    ("settle", {"session": "s1", "account": "lab", "basis": "metered", "energy_kwh": None, "wall_seconds": None,
-                "stopped_by_budget": False, "postings": {"@reserved/s1": -1_000_000, "@spent/s1": 0, "lab": 1_000_000}},
-     "settles session 's1' a second time"),
-    ("settle", {"session": "s9", "account": "lab", "basis": "metered", "energy_kwh": None, "wall_seconds": None,
-                "stopped_by_budget": False, "postings": {"@reserved/s9": -1, "@spent/s9": 1, "lab": 0}},
-     "settles session 's9', which has no earlier reservation"),
-    ("reserve", {"account": "lab", "session": "s1", "device": "cpu", "processes": 1, "purpose": "", "resumes": None,
-                 "wandb_run": None, "postings": {"lab": -1, "@reserved/s1": 1}}, "reserved a second time"),
-    ("correction", {"corrects": 1, "reason": "x", "postings": {"lab": -10_000_000, "@external": 10_000_000}},
-     "leaves account 'lab' at -0.5 h, below zero"),
-    ("correction", {"corrects": 9, "reason": "x", "postings": {"lab": -1, "@external": 1}}, "not an earlier entry"),
-    ("measurement", {"session": "s9", "probe": "SR", "recovered": 0.1, "results": [], "wandb_run": None, "note": ""},
-     "measures session 's9', which has no earlier reservation"),
-])
+@pytest.mark.parametrize(
+    "kind, payload, reason",
+    [
+        ("fund", fund_payload({"@external": -1_000_000, "lab": 2_000_000}), "sum to 1000000 micro-hours, not zero"),
+        ("fund", fund_payload({"@external": -1, "team": 1}), "not what its kind makes"),
+        ("fund", fund_payload({"@external": 1, "lab": -1}), "not what its kind makes"),
+        (
+            "fund",
+            fund_payload({"@external": -(MAX_MICROHOURS_PER_ENTRY + 1), "lab": MAX_MICROHOURS_PER_ENTRY + 1}),
+            "at most 1000000000000000",
+        ),
+        ("fund", {"account": "lab", "postings": {"@external": -1, "lab": 1}}, "lacks ['note']"),
+        ("mint", {"postings": {}}, "its kind 'mint' is not one of"),
+        (["fund"], {"postings": {}}, "its kind ['fund'] is not one of"),
+        (
+            "transfer",
+            {"from": "lab", "to": "team", "note": "", "postings": {"lab": -11_000_000, "team": 11_000_000}},
+            "leaves account 'lab' at -1.5 h, below zero",
+        ),
+        (
+            "settle",
+            {
+                "session": "s1",
+                "account": "lab",
+                "basis": "metered",
+                "energy_kwh": None,
+                "wall_seconds": None,
+                "stopped_by_budget": False,
+                "postings": {"@reserved/s1": -1_000_000, "@spent/s1": 0, "lab": 1_000_000},
+            },
+            "settles session 's1' a second time",
+        ),
+        (
+            "settle",
+            {
+                "session": "s9",
+                "account": "lab",
+                "basis": "metered",
+                "energy_kwh": None,
+                "wall_seconds": None,
+                "stopped_by_budget": False,
+                "postings": {"@reserved/s9": -1, "@spent/s9": 1, "lab": 0},
+            },
+            "settles session 's9', which has no earlier reservation",
+        ),
+        (
+            "reserve",
+            {
+                "account": "lab",
+                "session": "s1",
+                "device": "cpu",
+                "processes": 1,
+                "purpose": "",
+                "resumes": None,
+                "wandb_run": None,
+                "postings": {"lab": -1, "@reserved/s1": 1},
+            },
+            "reserved a second time",
+        ),
+        (
+            "correction",
+            {"corrects": 1, "reason": "x", "postings": {"lab": -10_000_000, "@external": 10_000_000}},
+            "leaves account 'lab' at -0.5 h, below zero",
+        ),
+        ("correction", {"corrects": 9, "reason": "x", "postings": {"lab": -1, "@external": 1}}, "not an earlier entry"),
+        (
+            "measurement",
+            {"session": "s9", "probe": "SR", "recovered": 0.1, "results": [], "wandb_run": None, "note": ""},
+            "measures session 's9', which has no earlier reservation",
+        ),
+    ],
+)
 def test_a_re_chained_forgery_that_breaks_the_accounting_is_caught(tmp_path, kind, payload, reason):
     path = tmp_path / "ledger.sqlite"
     settled_session(path)  # lab: 10 h funded, 0.5 h spent; s1 reserved and settled
@@ -175,8 +236,9 @@ def test_a_second_correction_of_one_entry_is_caught(tmp_path):
     with funded_ledger(path) as ledger:
         ledger.fund("lab", 1.0)
         ledger.correct(2, "funded twice")
-    seq = forge(path, "correction", {"corrects": 2, "reason": "again", "postings": {"lab": -1_000_000,
-                                                                                     "@external": 1_000_000}})
+    seq = forge(
+        path, "correction", {"corrects": 2, "reason": "again", "postings": {"lab": -1_000_000, "@external": 1_000_000}}
+    )
     result = verify(path)
     assert (result.ok, result.first_bad_seq) == (False, seq) and "corrects entry 2 a second time" in result.reason
 
@@ -252,10 +314,9 @@ def test_balances_hold_across_thousands_of_alike_entries(tmp_path, moved, first_
     """4,100 identical funds are added up a chunk at a time; a forged transfer after them is judged on
     exactly their sum (4.1 h): 4.099 h passes, 4.101 h leaves lab below zero."""
     path = tmp_path / "ledger.sqlite"
-    with Ledger.open(path) as ledger:
-        with ledger.batch():
-            for _ in range(4_100):
-                ledger.fund("lab", 0.001)
+    with Ledger.open(path) as ledger, ledger.batch():
+        for _ in range(4_100):
+            ledger.fund("lab", 0.001)
     forge(path, "transfer", {"from": "lab", "to": "team", "note": "", "postings": {"lab": -moved, "team": moved}})
     result = verify(path)
     assert (result.ok, result.first_bad_seq) == (first_bad_seq is None, first_bad_seq)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.ledger.helpers import funded_ledger
 from welfare_offsets.ledger import (
     InsufficientHours,
     Ledger,
@@ -20,7 +21,6 @@ from welfare_offsets.ledger import (
     UnknownSession,
     default_ledger_path,
 )
-from tests.ledger.helpers import funded_ledger
 
 
 def postings_sum_to_zero(ledger: Ledger) -> bool:
@@ -33,8 +33,11 @@ def test_fund_reserve_settle_balance_exactly(tmp_path):
     assert ledger.balance("lab") == ledger.balances()["lab"]
     assert (ledger.balance("lab").available_hours, ledger.balance("lab").reserved_hours) == (7.0, 3.0)
     settle = ledger.settle(session, 1.1, energy_kwh=0.4, wall_seconds=495.0)
-    assert settle.payload["postings"] == {f"@reserved/{session}": -3_000_000, f"@spent/{session}": 1_100_000,
-                                          "lab": 1_900_000}
+    assert settle.payload["postings"] == {
+        f"@reserved/{session}": -3_000_000,
+        f"@spent/{session}": 1_100_000,
+        "lab": 1_900_000,
+    }
     balance = ledger.balance("lab")
     assert (balance.available_hours, balance.reserved_hours, balance.spent_hours) == (8.9, 0.0, 1.1)
     assert postings_sum_to_zero(ledger)
@@ -130,10 +133,19 @@ def test_measurements_cite_result_files_by_sha256_and_can_be_retracted(tmp_path)
     ledger.settle(session, 0.5)
     results = tmp_path / "results.json"
     results.write_text('{"sr": 0.1}')
-    entry = ledger.record_measurement(session, "SR", wellbeing_before=-0.4, wellbeing_after=0.1, recovered=0.5,
-                                      credit=0.5, results=[results], wandb_run="abc123")
-    assert entry.payload["results"] == [{"path": str(results), "bytes": 11,
-                                         "sha256": hashlib.sha256(b'{"sr": 0.1}').hexdigest()}]
+    entry = ledger.record_measurement(
+        session,
+        "SR",
+        wellbeing_before=-0.4,
+        wellbeing_after=0.1,
+        recovered=0.5,
+        credit=0.5,
+        results=[results],
+        wandb_run="abc123",
+    )
+    assert entry.payload["results"] == [
+        {"path": str(results), "bytes": 11, "sha256": hashlib.sha256(b'{"sr": 0.1}').hexdigest()}
+    ]
     assert entry.payload["wandb_run"] == "abc123"
     report = ledger.report()
     assert report.measurements[0].recovered_per_gpu_hour == pytest.approx(1.0)
@@ -173,10 +185,9 @@ def test_report_prices_debt_and_credit_in_gpu_hours(tmp_path):
 
 def test_a_batch_lands_whole_or_not_at_all(tmp_path):
     ledger = funded_ledger(tmp_path / "ledger.sqlite", hours=1.0)
-    with pytest.raises(InsufficientHours):
-        with ledger.batch():
-            ledger.fund("lab", 1.0)
-            ledger.transfer("lab", "team", 5.0)
+    with pytest.raises(InsufficientHours), ledger.batch():
+        ledger.fund("lab", 1.0)
+        ledger.transfer("lab", "team", 5.0)
     assert [entry.kind for entry in ledger.entries()] == ["fund"]
     with ledger.batch():
         for _ in range(100):
@@ -235,8 +246,10 @@ def test_default_location_is_env_then_user_data_dir(tmp_path):
 
 
 def test_ledger_and_its_cli_import_neither_torch_nor_transformers():
-    code = ("import sys, welfare_offsets.ledger, welfare_offsets.ledger.cli, welfare_offsets.ledger.budget; "
-            "print(sorted(m for m in ('torch', 'transformers', 'matplotlib', 'rich') if m in sys.modules))")
+    code = (
+        "import sys, welfare_offsets.ledger, welfare_offsets.ledger.cli, welfare_offsets.ledger.budget; "
+        "print(sorted(m for m in ('torch', 'transformers', 'matplotlib', 'rich') if m in sys.modules))"
+    )
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
 
 
@@ -247,8 +260,13 @@ def test_ledger_imports_nothing_else_from_the_project():
 
     for module in Path(welfare_offsets.ledger.__file__).parent.glob("*.py"):
         for node in ast.walk(ast.parse(module.read_text())):
-            names = [node.module] if isinstance(node, ast.ImportFrom) else \
-                [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+            names = (
+                [node.module]
+                if isinstance(node, ast.ImportFrom)
+                else [alias.name for alias in node.names]
+                if isinstance(node, ast.Import)
+                else []
+            )
             for name in filter(None, names):
                 ours = name.split(".")[0] == "welfare_offsets"
                 assert not ours or name.split(".")[:2] == ["welfare_offsets", "ledger"], f"{module.name} imports {name}"

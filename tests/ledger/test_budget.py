@@ -10,10 +10,10 @@ import types
 
 import pytest
 
+from tests.ledger.helpers import funded_ledger, killed_session
 from welfare_offsets.ledger import BudgetSession, CheckpointSpend, Ledger, LedgerError, Meter, SpendGuard
 from welfare_offsets.ledger.budget import SPEND_FILE
 from welfare_offsets.ledger.meter import NvmlEnergy
-from tests.ledger.helpers import funded_ledger, killed_session
 
 
 class FakeClock:
@@ -138,9 +138,8 @@ def test_session_is_refused_when_the_account_cannot_cover_the_budget(tmp_path):
 
 def test_session_settles_even_when_the_work_fails(tmp_path):
     ledger = funded_ledger(tmp_path / "ledger.sqlite")
-    with pytest.raises(RuntimeError):
-        with BudgetSession.start(ledger, account="lab", budget_hours=1.0, device="cpu"):
-            raise RuntimeError("training crashed")
+    with pytest.raises(RuntimeError), BudgetSession.start(ledger, account="lab", budget_hours=1.0, device="cpu"):
+        raise RuntimeError("training crashed")
     assert [entry.kind for entry in ledger.entries()] == ["fund", "reserve", "settle"]
 
 
@@ -161,8 +160,9 @@ def test_plain_loop_guard_stops_saves_and_resume_continues_the_spend(tmp_path):
     assert saved.run == first.id
     assert first.guard.stopped_at_hours <= saved.spent_hours <= first.meter.hours
 
-    with BudgetSession.start(ledger, account="lab", budget_hours=2 * budget, device="cpu",
-                             resume_from=checkpoint) as second:
+    with BudgetSession.start(
+        ledger, account="lab", budget_hours=2 * budget, device="cpu", resume_from=checkpoint
+    ) as second:
         assert second.run_spent_hours >= saved.spent_hours
         while not second.step_done():
             sum(range(20_000))
@@ -215,8 +215,6 @@ def test_session_writes_the_ledger_head_into_the_wandb_summary(tmp_path):
 # ---- sessions killed without settling -------------------------------------------------------------
 
 
-
-
 def test_repair_settles_a_killed_session_from_its_last_progress(tmp_path):
     path = tmp_path / "ledger.sqlite"
     funded_ledger(path, hours=2.0).close()
@@ -238,7 +236,10 @@ def test_repair_charges_the_whole_reservation_when_no_progress_was_recorded(tmp_
     ledger = Ledger.open(path)
     [outcome] = ledger.repair()
     assert outcome.settlement.payload["postings"] == {
-        f"@reserved/{session}": -1_000_000, f"@spent/{session}": 1_000_000, "lab": 0}
+        f"@reserved/{session}": -1_000_000,
+        f"@spent/{session}": 1_000_000,
+        "lab": 0,
+    }
     assert "whole reservation charged" in outcome.settlement.payload["basis"]
 
 
@@ -270,14 +271,29 @@ def _tiny_trainer(output_dir):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64)
+    config = transformers.LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=64,
+    )
     model = transformers.LlamaForCausalLM(config)
     data = [{"input_ids": ids, "labels": ids} for ids in torch.randint(0, 64, (64, 16))]
     args = transformers.TrainingArguments(
-        output_dir=str(output_dir), max_steps=100_000, per_device_train_batch_size=4, learning_rate=1e-3,
-        save_strategy="no", logging_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True,
-        dataloader_num_workers=0, seed=0,
+        output_dir=str(output_dir),
+        max_steps=100_000,
+        per_device_train_batch_size=4,
+        learning_rate=1e-3,
+        save_strategy="no",
+        logging_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        seed=0,
     )
     return transformers.Trainer(model=model, args=args, train_dataset=data)
 
@@ -309,8 +325,9 @@ def test_trainer_stops_before_the_budget_saves_settles_and_resume_continues(tmp_
     assert ledger.balance("lab").available_hours == pytest.approx(1.0 - spent / 1e6)
 
     resumed = _tiny_trainer(tmp_path / "out")
-    with BudgetSession.start(ledger, account="lab", budget_hours=2 * budget, device="cpu",
-                             resume_from=checkpoint) as second:
+    with BudgetSession.start(
+        ledger, account="lab", budget_hours=2 * budget, device="cpu", resume_from=checkpoint
+    ) as second:
         resumed.add_callback(second.trainer_callback())
         resumed.train(resume_from_checkpoint=str(checkpoint))
     assert resumed.state.global_step > steps

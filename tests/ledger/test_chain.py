@@ -10,9 +10,9 @@ import sqlite3
 
 import pytest
 
+from tests.ledger.helpers import funded_ledger, tamper, verify
 from welfare_offsets.ledger import GENESIS_HASH, Head, Ledger, LedgerError
 from welfare_offsets.ledger.chain import canonical_json, seal
-from tests.ledger.helpers import funded_ledger, tamper, verify
 
 
 @pytest.fixture
@@ -88,8 +88,12 @@ def test_deleting_an_entry_is_caught_where_it_is_missing(ten_entries):
 
 def test_swapping_two_entries_is_caught_at_the_first_of_them(ten_entries):
     path, _ = ten_entries
-    tamper(path, "UPDATE entries SET seq = -1 WHERE seq = 2", "UPDATE entries SET seq = 2 WHERE seq = 7",
-           "UPDATE entries SET seq = 7 WHERE seq = -1")
+    tamper(
+        path,
+        "UPDATE entries SET seq = -1 WHERE seq = 2",
+        "UPDATE entries SET seq = 2 WHERE seq = 7",
+        "UPDATE entries SET seq = 7 WHERE seq = -1",
+    )
     result = verify(path)
     assert (result.ok, result.first_bad_seq) == (False, 2)
 

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.ledger.helpers import tamper
 from welfare_offsets.ledger import Ledger, LedgerError
 from welfare_offsets.ledger.cli import main
 from welfare_offsets.ledger.location import check_not_ledger, is_ledger_file
-from tests.ledger.helpers import tamper
 
 
 @pytest.fixture
@@ -95,18 +95,21 @@ def test_correct_and_repair(ledger_path, capsys):
     assert run(capsys, "repair", "--ledger", str(ledger_path))[1] == "no open sessions\n"
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["fund", "--account", "lab", "--hours", "-3"], "more than zero"),
-    (["fund", "--account", "lab", "--hours", "nan"], "finite number"),
-    (["fund", "--account", "lab", "--hours", "lots"], "finite number"),
-    (["fund", "--account", "bad name", "--hours", "1"], "not a valid name"),
-    (["transfer", "--from", "ghost", "--to", "lab", "--hours", "1"], "'ghost' has never been funded"),
-    (["balance", "--account", "ghost"], "'ghost' has never been funded"),
-    (["transfer", "--from", "lab", "--to", "team", "--hours", "11"], "less than the 11 asked for"),
-    (["correct", "--seq", "99", "--reason", "x"], "no entry 99"),
-    (["verify", "--anchor", "1:zz"], "SEQ:HASH"),
-    (["show", "--since", "yesterday"], "not an ISO date"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["fund", "--account", "lab", "--hours", "-3"], "more than zero"),
+        (["fund", "--account", "lab", "--hours", "nan"], "finite number"),
+        (["fund", "--account", "lab", "--hours", "lots"], "finite number"),
+        (["fund", "--account", "bad name", "--hours", "1"], "not a valid name"),
+        (["transfer", "--from", "ghost", "--to", "lab", "--hours", "1"], "'ghost' has never been funded"),
+        (["balance", "--account", "ghost"], "'ghost' has never been funded"),
+        (["transfer", "--from", "lab", "--to", "team", "--hours", "11"], "less than the 11 asked for"),
+        (["correct", "--seq", "99", "--reason", "x"], "no entry 99"),
+        (["verify", "--anchor", "1:zz"], "SEQ:HASH"),
+        (["show", "--since", "yesterday"], "not an ISO date"),
+    ],
+)
 def test_bad_input_exits_2_with_a_clear_message_and_the_ledger_unchanged(ledger_path, capsys, argv, message):
     before = snapshot(ledger_path)
     code, _, err = run(capsys, *argv, "--ledger", str(ledger_path))
@@ -196,8 +199,17 @@ def _spellings(ledger_path):
     }
 
 
-SPELLINGS = ["ledger", "wal", "shm", "symlink", "symlinked wal", "hard link", "other spelling", "sessions folder",
-             "in the sessions folder"]
+SPELLINGS = [
+    "ledger",
+    "wal",
+    "shm",
+    "symlink",
+    "symlinked wal",
+    "hard link",
+    "other spelling",
+    "sessions folder",
+    "in the sessions folder",
+]
 
 
 @pytest.mark.parametrize("spelling", SPELLINGS)
@@ -265,8 +277,13 @@ def test_backup_refuses_a_destination_that_exists_or_is_special(ledger_path, cap
     os.mkfifo(tmp_path / "fifo")
     (tmp_path / "folder").mkdir()
     (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
-    cases = {existing: "already exists", tmp_path / "fifo": "already exists", tmp_path / "folder": "already exists",
-             tmp_path / "dangling": "already exists", tmp_path / "missing" / "copy.sqlite": "does not exist"}
+    cases = {
+        existing: "already exists",
+        tmp_path / "fifo": "already exists",
+        tmp_path / "folder": "already exists",
+        tmp_path / "dangling": "already exists",
+        tmp_path / "missing" / "copy.sqlite": "does not exist",
+    }
     before = snapshot(ledger_path)
     for destination, message in cases.items():
         code, _, err = run(capsys, "backup", str(destination), "--ledger", str(ledger_path))
@@ -285,8 +302,20 @@ def test_export_and_report_refuse_special_outputs_and_never_follow_links(ledger_
     for name, kind in (("fifo", "special file"), ("folder", "folder"), ("link", "symbolic link")):
         for command in (["export", "--output"], ["report", "--png"]):
             # a FIFO opened for writing blocks until a reader comes: the timeout turns a hang into a failure
-            done = subprocess.run([sys.executable, "-m", "welfare_offsets.ledger.cli", *command, str(tmp_path / name),
-                                   "--ledger", str(ledger_path)], capture_output=True, text=True, timeout=60)
+            done = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "welfare_offsets.ledger.cli",
+                    *command,
+                    str(tmp_path / name),
+                    "--ledger",
+                    str(ledger_path),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
             assert done.returncode == 2 and kind in done.stderr and "Traceback" not in done.stderr, (name, command)
     assert target.read_text() == "keep me" and (tmp_path / "link").is_symlink()
     assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
@@ -300,7 +329,9 @@ def test_export_replaces_a_file_whole_and_report_writes_a_png_without_a_suffix(l
     assert run(capsys, "report", "--png", str(png), "--ledger", str(ledger_path))[0] == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("ledger.sqlite")) == [
-        "entries.jsonl", "plot"]
+        "entries.jsonl",
+        "plot",
+    ]
 
 
 # ---- bad ledger paths and I/O errors -------------------------------------------------------------------
@@ -318,8 +349,13 @@ def test_a_fifo_as_the_ledger_exits_2_at_once(tmp_path):
     os.mkfifo(fifo)
     for command in (["verify"], ["fund", "--account", "lab", "--hours", "1"]):
         # opening the FIFO would block forever: the timeout turns that into a failure
-        done = subprocess.run([sys.executable, "-m", "welfare_offsets.ledger.cli", *command, "--ledger", str(fifo)],
-                              capture_output=True, text=True, timeout=60, check=False)
+        done = subprocess.run(
+            [sys.executable, "-m", "welfare_offsets.ledger.cli", *command, "--ledger", str(fifo)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         assert done.returncode == 2 and "FIFO" in done.stderr and "Traceback" not in done.stderr
 
 

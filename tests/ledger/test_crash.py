@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.ledger.helpers import fork, funded_ledger, run_at_once, wait_exit_code
 from welfare_offsets.ledger import BudgetSession, InsufficientHours, Ledger
 from welfare_offsets.ledger.chain import utc_now
 from welfare_offsets.ledger.cli import main
-from tests.ledger.helpers import fork, funded_ledger, run_at_once, wait_exit_code
 
 BATCH = 5
 
@@ -74,8 +74,10 @@ def test_kill_9_at_random_instants_loses_nothing_acknowledged_and_leaves_nothing
         killed_after_a_commit += bool(written)
     record_property("kills_after_a_commit", killed_after_a_commit)
     record_property("acknowledged_entries", acknowledged_total)
-    print(f"kill -9: {killed_after_a_commit} of 200 kills landed after the writer had committed "
-          f"({acknowledged_total} acknowledged entries checked)")
+    print(
+        f"kill -9: {killed_after_a_commit} of 200 kills landed after the writer had committed "
+        f"({acknowledged_total} acknowledged entries checked)"
+    )
 
 
 def test_8_processes_appending_100_entries_each_make_exactly_800_in_one_chain(tmp_path):
@@ -163,8 +165,9 @@ def _sessions_until_killed(path) -> None:
     """Start, meter, note progress and settle budget sessions forever."""
     ledger = Ledger.open(path)
     while True:
-        with BudgetSession.start(ledger, account="lab", budget_hours=0.01, device="cpu",
-                                 progress_interval_s=0.0) as session:
+        with BudgetSession.start(
+            ledger, account="lab", budget_hours=0.01, device="cpu", progress_interval_s=0.0
+        ) as session:
             session.step_done()  # writes progress at every step
 
 

@@ -18,8 +18,8 @@ from hypothesis.stateful import (
     precondition,
     rule,
 )
-from tests.ledger.helpers import killed_session
 
+from tests.ledger.helpers import killed_session
 from welfare_offsets.ledger import InsufficientHours, Ledger, UnknownAccount
 
 ACCOUNTS = ("lab", "team")
@@ -104,8 +104,13 @@ class LedgerBooks(RuleBasedStateMachine):
         self.funded += sum(reversal.values())  # a fund reversed leaves the books; a transfer sums to 0
         self._move(reversal)
 
-    @rule(account=st.sampled_from(ACCOUNTS), share=st.integers(min_value=1, max_value=100), percent=fractions,
-          progress=st.sampled_from(PROGRESS), kill=st.booleans())
+    @rule(
+        account=st.sampled_from(ACCOUNTS),
+        share=st.integers(min_value=1, max_value=100),
+        percent=fractions,
+        progress=st.sampled_from(PROGRESS),
+        kill=st.booleans(),
+    )
     def abandon(self, account, share, percent, progress, kill):
         """A session reserved elsewhere whose process dies (kill -9 in a child) or lets go without settling."""
         amount = self._share(account, share)
@@ -113,7 +118,8 @@ class LedgerBooks(RuleBasedStateMachine):
             return
         recorded = amount * percent // 100 if progress == "within" else amount * 500
         session = (self._reserve_and_die if kill else self._reserve_and_let_go)(
-            account, amount, None if progress in ("none", "garbage") else recorded)
+            account, amount, None if progress in ("none", "garbage") else recorded
+        )
         if progress == "garbage":
             (self.folder / "ledger.sqlite.sessions" / f"{session}.progress.json").write_bytes(b'{"spent_hours": [')
         self._move({account: -amount})
@@ -134,10 +140,12 @@ class LedgerBooks(RuleBasedStateMachine):
     def books_balance(self):
         if not hasattr(self, "ledger"):
             return
-        balances = {name: balance for name, balance in self.ledger.balances().items()}
-        micro = {name: (round(b.available_hours * 1e6), round(b.reserved_hours * 1e6), round(b.spent_hours * 1e6))
-                 for name, b in balances.items()}
-        reserved = {name: 0 for name in micro}
+        balances = dict(self.ledger.balances())
+        micro = {
+            name: (round(b.available_hours * 1e6), round(b.reserved_hours * 1e6), round(b.spent_hours * 1e6))
+            for name, b in balances.items()
+        }
+        reserved = dict.fromkeys(micro, 0)
         for account, amount in [*self.held.values(), *((a, r) for a, r, _ in self.dead.values())]:
             reserved[account] += amount
         for name, (available, held, spent) in micro.items():
@@ -174,10 +182,10 @@ class LedgerBooks(RuleBasedStateMachine):
         return session
 
     def _reserve_and_die(self, account: str, amount: int, progress: int | None) -> str:
-        return killed_session(self.path, hours(amount), None if progress is None else hours(progress),
-                              account=account)
+        return killed_session(self.path, hours(amount), None if progress is None else hours(progress), account=account)
 
 
-LedgerBooks.TestCase.settings = settings(max_examples=40, stateful_step_count=25, deadline=None,
-                                         suppress_health_check=[HealthCheck.too_slow])
+LedgerBooks.TestCase.settings = settings(
+    max_examples=40, stateful_step_count=25, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 test_random_operations_keep_the_books_exact = LedgerBooks.TestCase

@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.ledger.helpers import funded_ledger, killed_session, run_at_once, tamper
 
+from tests.ledger.helpers import funded_ledger, killed_session, run_at_once, tamper
 from welfare_offsets.ledger import BudgetSession, Ledger, LedgerError
 from welfare_offsets.ledger.files import STALE_AFTER_S
 from welfare_offsets.ledger.sessions import MAX_PROGRESS_BYTES
@@ -46,11 +46,15 @@ def test_progress_above_the_reservation_charges_the_reservation_and_says_so(tmp_
     funded_ledger(path, hours=10.0).close()
     session = abandoned(path)
     progress_file(path, session).write_text(
-        f'{{"session": "{session}", "spent_hours": 500, "energy_kwh": null, "updated_at": "now"}}')
+        f'{{"session": "{session}", "spent_hours": 500, "energy_kwh": null, "updated_at": "now"}}'
+    )
     with Ledger.open(path) as ledger:
         [outcome] = ledger.repair()
         assert outcome.settlement.payload["postings"] == {
-            f"@reserved/{session}": -RESERVED, f"@spent/{session}": RESERVED, "lab": 0}
+            f"@reserved/{session}": -RESERVED,
+            f"@spent/{session}": RESERVED,
+            "lab": 0,
+        }
         assert "claims 500 h, more than the 1 h reserved" in outcome.settlement.payload["basis"]
         assert "whole reservation charged" in outcome.settlement.payload["basis"]
         assert ledger.balance("lab").available_hours == 9.0
@@ -65,8 +69,10 @@ BAD_PROGRESS = {
     "negative": (b'{"session": "S", "spent_hours": -3, "updated_at": "t"}', "not a finite number >= 0"),
     "nan": (b'{"session": "S", "spent_hours": NaN, "updated_at": "t"}', "not a finite number >= 0"),
     "infinite": (b'{"session": "S", "spent_hours": 1e999, "updated_at": "t"}', "not a finite number >= 0"),
-    "huge integer": (b'{"session": "S", "spent_hours": 1' + b"0" * 400 + b', "updated_at": "t"}',
-                     "not a finite number >= 0"),
+    "huge integer": (
+        b'{"session": "S", "spent_hours": 1' + b"0" * 400 + b', "updated_at": "t"}',
+        "not a finite number >= 0",
+    ),
     "text": (b'{"session": "S", "spent_hours": "0.1", "updated_at": "t"}', "not a finite number >= 0"),
     "bool": (b'{"session": "S", "spent_hours": true, "updated_at": "t"}', "not a finite number >= 0"),
     "bad energy": (b'{"session": "S", "spent_hours": 0.1, "energy_kwh": -1, "updated_at": "t"}', "energy_kwh"),
@@ -210,7 +216,8 @@ def test_repair_removes_files_no_live_process_needs_and_keeps_the_others(tmp_pat
         outcomes = {outcome.session: outcome for outcome in auditor.repair()}
     assert outcomes[running].settlement is None and outcomes[killed].by_this_repair
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        [young_lock.name, young_staging.name, f"{running}.lock", f"{running}.progress.json"])
+        [young_lock.name, young_staging.name, f"{running}.lock", f"{running}.progress.json"]
+    )
     assert not any(leftover.exists() for leftover in killed_creating)
     assert creating_now.exists() and someone_elses.exists()
     ledger.settle(running, 0.1)

@@ -26,11 +26,39 @@ BUDGET = 0.5  # accelerator-hours: far more than any of these sessions spends
 
 def soft_prompt(tiny, ledger: Path, out: Path, *extra) -> int:
     """`welfare offset soft-prompt` on the tiny model, two steps, a checkpoint after each: its exit code."""
-    return welfare_main(["offset", "soft-prompt", "--model", str(tiny["model"]), "--stimuli", str(tiny["stimuli"]),
-                         "--ledger", str(ledger), "--account", "lab", "--output_dir", str(out), "--report_to", "none",
-                         "--eval_max_items", "4", "--eval_probes", "self_report", "--eval_bootstrap", "100",
-                         "--per_device_train_batch_size", "4", "--max_steps", "2", "--save_steps", "1",
-                         "--budget_hours", str(BUDGET), *map(str, extra)])
+    return welfare_main(
+        [
+            "offset",
+            "soft-prompt",
+            "--model",
+            str(tiny["model"]),
+            "--stimuli",
+            str(tiny["stimuli"]),
+            "--ledger",
+            str(ledger),
+            "--account",
+            "lab",
+            "--output_dir",
+            str(out),
+            "--report_to",
+            "none",
+            "--eval_max_items",
+            "4",
+            "--eval_probes",
+            "self_report",
+            "--eval_bootstrap",
+            "100",
+            "--per_device_train_batch_size",
+            "4",
+            "--max_steps",
+            "2",
+            "--save_steps",
+            "1",
+            "--budget_hours",
+            str(BUDGET),
+            *map(str, extra),
+        ]
+    )
 
 
 def settlement(out: Path) -> dict:

@@ -59,7 +59,9 @@ def test_an_interrupt_exits_130_with_one_line(capsys, monkeypatch):
     assert (code, err) == (130, ["welfare eval: interrupted"])
 
 
-@pytest.mark.parametrize("number, text", [(errno.ENOSPC, "No space left on device"), (errno.EACCES, "Permission denied")])
+@pytest.mark.parametrize(
+    "number, text", [(errno.ENOSPC, "No space left on device"), (errno.EACCES, "Permission denied")]
+)
 def test_a_full_disk_or_a_denied_write_is_an_expected_failure(capsys, monkeypatch, tmp_path, number, text):
     fail_evaluation_with(monkeypatch, OSError(number, text, str(tmp_path / "out" / "samples.jsonl")))
     code, err = welfare(capsys, "eval")
@@ -83,14 +85,31 @@ def test_the_welfare_entry_guards_commands_that_have_no_guard_of_their_own(capsy
 def test_an_accelerate_entry_point_ends_the_same_way(tmp_path):
     """The exposure entry run as a module's __main__ (as `accelerate launch -m` runs it), with a bug planted
     where it reads the stimuli: exit 1, one line, the traceback in the crash log."""
-    plant = ("import runpy, sys, welfare_offsets.eval.experiences as e\n"
-             "def load_stimuli(*a, **k): raise LookupError('planted bug')\n"
-             "e.load_stimuli = load_stimuli\n"
-             "runpy.run_module('welfare_offsets.train.exposure', run_name='__main__', alter_sys=True)\n")
+    plant = (
+        "import runpy, sys, welfare_offsets.eval.experiences as e\n"
+        "def load_stimuli(*a, **k): raise LookupError('planted bug')\n"
+        "e.load_stimuli = load_stimuli\n"
+        "runpy.run_module('welfare_offsets.train.exposure', run_name='__main__', alter_sys=True)\n"
+    )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "WELFARE_CACHE": str(tmp_path / "cache")}
-    proc = subprocess.run([sys.executable, "-c", plant, "--budget_hours", "0.1",
-                           "--output_dir", str(tmp_path / "exposure"), "--report_to", "none"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            plant,
+            "--budget_hours",
+            "0.1",
+            "--output_dir",
+            str(tmp_path / "exposure"),
+            "--report_to",
+            "none",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     err = proc.stderr.strip().splitlines()
     assert proc.returncode == 1, proc.stderr
     assert len(err) == 1 and "Traceback" not in proc.stderr, proc.stderr

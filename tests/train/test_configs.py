@@ -60,7 +60,9 @@ def test_accelerate_config_loads(path):
     assert config.num_processes >= 1
 
 
-@pytest.mark.parametrize("path", [p for p in ALL_YAML if p not in ACCELERATE_YAML], ids=lambda p: str(p.relative_to(CONFIGS)))
+@pytest.mark.parametrize(
+    "path", [p for p in ALL_YAML if p not in ACCELERATE_YAML], ids=lambda p: str(p.relative_to(CONFIGS))
+)
 def test_recipe_parses_against_its_schema(path):
     schema_types = schema(path)
     *configs, passed = parse_config(schema_types, ["--config", str(path)], prog="test")
@@ -73,6 +75,7 @@ def test_recipe_parses_against_its_schema(path):
 
 
 # -- one config hierarchy: each setting declared, defaulted and validated once ------------------------
+
 
 def command_configs(tmp_path: Path) -> dict[str, tuple[list[type], list[str]]]:
     """Every command's dataclasses, and the flags it needs besides the setting under test."""
@@ -124,8 +127,9 @@ def test_commands_share_settings_only_with_trl_and_trl_gets_ours(tmp_path):
         theirs = {f.name for t in types_ if not _ours(t) for f in dataclasses.fields(t)}
         assert set(names) & theirs == (SHARED_WITH_TRL if theirs else set()), command
     types_, _ = command_configs(tmp_path)["lora sft"]
-    args, _, trl_config, _ = parse_config(types_, ["--output_dir", str(tmp_path / "s"), "--budget_hours", "0.1",
-                                                   "--report_to", "wandb"], prog="test")
+    args, _, trl_config, _ = parse_config(
+        types_, ["--output_dir", str(tmp_path / "s"), "--budget_hours", "0.1", "--report_to", "wandb"], prog="test"
+    )
     assert (args.seed, args.report_to, args.output_dir) == (0, "wandb", str(tmp_path / "s"))
     assert (trl_config.seed, trl_config.report_to, trl_config.output_dir) == (0, ["wandb"], str(tmp_path / "s"))
 
@@ -142,13 +146,17 @@ def no_model_loads(monkeypatch):
         monkeypatch.setattr(auto, "from_pretrained", refuse)
 
 
-@pytest.mark.parametrize("flag, value, message", [
-    ("--report_to", "wnadb", "report_to: expected none or wandb, got 'wnadb'"),
-    ("--dtype", "float8", "dtype: expected auto or float32 or bfloat16 or float16, got 'float8'"),
-    ("--seed", "-1", "seed: expected an integer >= 0, got -1"),
-])
-def test_a_bad_shared_setting_is_refused_alike_by_every_command(capsys, monkeypatch, tmp_path, no_model_loads,
-                                                               flag, value, message):
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("--report_to", "wnadb", "report_to: expected none or wandb, got 'wnadb'"),
+        ("--dtype", "float8", "dtype: expected auto or float32 or bfloat16 or float16, got 'float8'"),
+        ("--seed", "-1", "seed: expected an integer >= 0, got -1"),
+    ],
+)
+def test_a_bad_shared_setting_is_refused_alike_by_every_command(
+    capsys, monkeypatch, tmp_path, no_model_loads, flag, value, message
+):
     from welfare_offsets.train.cli import main as welfare
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

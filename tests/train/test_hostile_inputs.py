@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from welfare_offsets.eval.common.safe_read import ReadError, iter_lines_bounded, load_yaml_recipe, read_text_bounded
 from tests.ledger.helpers import funded_ledger
+from welfare_offsets.eval.common.safe_read import ReadError, iter_lines_bounded, load_yaml_recipe, read_text_bounded
 from welfare_offsets.train import exposure, plan_cmd
 from welfare_offsets.train.cli import main as welfare_main
 
@@ -63,15 +63,26 @@ def remote_code_model(tmp_path) -> tuple[Path, Path]:
     """A model folder whose own Python, if ever imported, writes a sentinel file; and that sentinel."""
     folder, sentinel = tmp_path / "evil-model", tmp_path / "REMOTE-CODE-RAN"
     folder.mkdir()
-    write(folder / "config.json", json.dumps({"model_type": "evil", "architectures": ["EvilModel"],
-                                               "auto_map": {"AutoConfig": "evil.EvilConfig",
-                                                            "AutoModelForCausalLM": "evil.EvilModel",
-                                                            "AutoTokenizer": ["evil.EvilTokenizer", None]}}))
+    write(
+        folder / "config.json",
+        json.dumps(
+            {
+                "model_type": "evil",
+                "architectures": ["EvilModel"],
+                "auto_map": {
+                    "AutoConfig": "evil.EvilConfig",
+                    "AutoModelForCausalLM": "evil.EvilModel",
+                    "AutoTokenizer": ["evil.EvilTokenizer", None],
+                },
+            }
+        ),
+    )
     write(folder / "evil.py", f"open({str(sentinel)!r}, 'w').write('ran')\n")
     return folder, sentinel
 
 
 # -- recipes are typed values, never argv text --------------------------------------------------------
+
 
 def test_a_list_cannot_smuggle_trust_remote_code_into_a_recipe(capsys, tmp_path, remote_code_model):
     folder, sentinel = remote_code_model
@@ -95,21 +106,30 @@ def test_flag_like_strings_stay_strings(tmp_path):
     from welfare_offsets.eval.evaluate import EvalConfig
     from welfare_offsets.train.config import parse_config
 
-    recipe = write(tmp_path / "eval.yaml", 'model: "--trust_remote_code"\nseed: 3\nprogress: false\n'
-                                           'adherence_threshold: 25e-2\n')
+    recipe = write(
+        tmp_path / "eval.yaml", 'model: "--trust_remote_code"\nseed: 3\nprogress: false\nadherence_threshold: 25e-2\n'
+    )
     config, passed = parse_config([EvalConfig], ["--config", str(recipe)], prog="test")
-    assert (config.model, config.trust_remote_code, config.seed, config.progress) == ("--trust_remote_code", False, 3, False)
+    assert (config.model, config.trust_remote_code, config.seed, config.progress) == (
+        "--trust_remote_code",
+        False,
+        3,
+        False,
+    )
     assert config.adherence_threshold == 0.25  # read as YAML 1.2 reads numbers
     assert passed["yaml"]["model"] == "--trust_remote_code" and passed["argv"] == []
 
 
-@pytest.mark.parametrize("text, key, expected", [
-    ("seed: [1, 2]\n", "seed", "an integer"),
-    ("progress: 'yes'\n", "progress", "true or false"),
-    ("adherence_threshold: true\n", "adherence_threshold", "a number"),
-    ("subjects: [[a, b]]\n", "subjects", "nested list"),
-    ("subjects: model-id\n", "subjects", "a list of strings"),
-])
+@pytest.mark.parametrize(
+    "text, key, expected",
+    [
+        ("seed: [1, 2]\n", "seed", "an integer"),
+        ("progress: 'yes'\n", "progress", "true or false"),
+        ("adherence_threshold: true\n", "adherence_threshold", "a number"),
+        ("subjects: [[a, b]]\n", "subjects", "nested list"),
+        ("subjects: model-id\n", "subjects", "a list of strings"),
+    ],
+)
 def test_each_recipe_value_is_checked_against_its_field_type(tmp_path, text, key, expected):
     from welfare_offsets.eval.evaluate import EvalConfig
     from welfare_offsets.eval.study.sweep import SweepConfig
@@ -146,17 +166,29 @@ def test_flags_still_override_the_recipe(tmp_path):
 MODEL_ID = "someone/tiny-subject"
 
 
-def _record(ledger, folder: Path, kind: str, exposure_config, *, debt=None, credit=None, argv=(),
-            trust_remote_code=False) -> str:
+def _record(
+    ledger, folder: Path, kind: str, exposure_config, *, debt=None, credit=None, argv=(), trust_remote_code=False
+) -> str:
     """A settled session whose measurement cites a results.json recording `exposure_config` (no model runs)."""
     from welfare_offsets.train.session import SessionArguments
 
-    session = SessionArguments(model=MODEL_ID, budget_hours=0.1, account="lab", eval_max_items=8, eval_bootstrap=200,
-                               output_dir=str(folder), trust_remote_code=trust_remote_code)
-    results = {"kind": kind, "subject": {"model_id": MODEL_ID, "adapter": None},
-               "config": {"passed": {"config_file": None, "yaml": {}, "argv": list(argv)},
-                          "resolved": {"session": dataclasses.asdict(session),
-                                       "exposure": dataclasses.asdict(exposure_config)}}}
+    session = SessionArguments(
+        model=MODEL_ID,
+        budget_hours=0.1,
+        account="lab",
+        eval_max_items=8,
+        eval_bootstrap=200,
+        output_dir=str(folder),
+        trust_remote_code=trust_remote_code,
+    )
+    results = {
+        "kind": kind,
+        "subject": {"model_id": MODEL_ID, "adapter": None},
+        "config": {
+            "passed": {"config_file": None, "yaml": {}, "argv": list(argv)},
+            "resolved": {"session": dataclasses.asdict(session), "exposure": dataclasses.asdict(exposure_config)},
+        },
+    }
     folder.mkdir(parents=True)
     path = write(folder / "results.json", json.dumps(results))
     sid = ledger.reserve("lab", 0.1, device="cpu").payload["session"]
@@ -182,11 +214,24 @@ def remote_code_recording(tmp_path):
     ledger_path = tmp_path / "ledger.sqlite"
     flags = ["--model", MODEL_ID, "--trust_remote_code", "true"]
     with funded_ledger(ledger_path, hours=1.0) as ledger:
-        _record(ledger, tmp_path / "d", "dysphoric-exposure",
-                ExposureConfig(valence="dysphoric", max_episodes=6), debt=3.0, argv=flags, trust_remote_code=True)
-        euphoric = _record(ledger, tmp_path / "e", "euphoric-exposure",
-                           ExposureConfig(valence="euphoric", max_episodes=6), credit=1.0, argv=flags,
-                           trust_remote_code=True)
+        _record(
+            ledger,
+            tmp_path / "d",
+            "dysphoric-exposure",
+            ExposureConfig(valence="dysphoric", max_episodes=6),
+            debt=3.0,
+            argv=flags,
+            trust_remote_code=True,
+        )
+        euphoric = _record(
+            ledger,
+            tmp_path / "e",
+            "euphoric-exposure",
+            ExposureConfig(valence="euphoric", max_episodes=6),
+            credit=1.0,
+            argv=flags,
+            trust_remote_code=True,
+        )
     launcher = write(tmp_path / "fake_launcher.py", FAKE_LAUNCHER)
     return ledger_path, launcher, euphoric
 
@@ -194,8 +239,20 @@ def remote_code_recording(tmp_path):
 def _plan(capsys, ledger_path, launcher, out, *extra) -> tuple[int, str, str, list[dict]]:
     """`welfare plan --execute` with the fake launcher: (exit code, stdout, stderr, the launches it recorded)."""
     capsys.readouterr()
-    code = plan_cmd.main(["--ledger", str(ledger_path), "--account", "lab", "--launcher", f"{sys.executable} {launcher}",
-                          "--out", str(out), "--execute", *extra])
+    code = plan_cmd.main(
+        [
+            "--ledger",
+            str(ledger_path),
+            "--account",
+            "lab",
+            "--launcher",
+            f"{sys.executable} {launcher}",
+            "--out",
+            str(out),
+            "--execute",
+            *extra,
+        ]
+    )
     log = Path(f"{launcher}.log")
     calls = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
     captured = capsys.readouterr()
@@ -247,16 +304,20 @@ def test_plan_refuses_a_recorded_recipe_that_does_not_validate(capsys, tmp_path)
 
 # -- every setting validated before a model loads --------------------------------------------------------
 
-@pytest.mark.parametrize("flags, expected", [
-    (["--eu_active_rounds", "-1"], "eu_active_rounds"),
-    (["--adherence_threshold", "nan"], "adherence_threshold"),
-    (["--adherence_threshold", "-5"], "adherence_threshold"),
-    (["--adherence_threshold", "1.5"], "adherence_threshold"),
-    (["--seed", "-1"], "seed"),
-    (["--device", "banana"], "expected cpu, cuda, cuda:N or mps"),
-    (["--device", "cuda:x"], "expected cpu, cuda, cuda:N or mps"),
-    (["--batch_size", "1" + "0" * 400], "batch_size"),
-])
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        (["--eu_active_rounds", "-1"], "eu_active_rounds"),
+        (["--adherence_threshold", "nan"], "adherence_threshold"),
+        (["--adherence_threshold", "-5"], "adherence_threshold"),
+        (["--adherence_threshold", "1.5"], "adherence_threshold"),
+        (["--seed", "-1"], "seed"),
+        (["--device", "banana"], "expected cpu, cuda, cuda:N or mps"),
+        (["--device", "cuda:x"], "expected cpu, cuda, cuda:N or mps"),
+        (["--batch_size", "1" + "0" * 400], "batch_size"),
+    ],
+)
 def test_invalid_eval_settings_are_refused_before_the_model_loads(capsys, tmp_path, flags, expected):
     code, err = welfare(capsys, "eval", "--model", tmp_path / "no-model", *flags)
     assert code == 2, err
@@ -282,20 +343,34 @@ def test_missing_or_empty_adapters_are_refused_before_the_model_loads(capsys, tm
     assert code == 2 and "HF cache" in err
 
 
-@pytest.mark.parametrize("flags, expected", [
-    (["--budget_hours", "inf"], "budget_hours"),
-    (["--max_episodes", "0"], "max_episodes"),
-    (["--eval_max_items", "1"], "max_items"),
-    (["--eval_probes", "mood"], "probes"),
-    (["--adapter", "/nonexistent/adapter"], "adapter_config.json"),
-    (["--stimuli", "/nonexistent/stimuli.jsonl"], "file not found"),
-])
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        (["--budget_hours", "inf"], "budget_hours"),
+        (["--max_episodes", "0"], "max_episodes"),
+        (["--eval_max_items", "1"], "max_items"),
+        (["--eval_probes", "mood"], "probes"),
+        (["--adapter", "/nonexistent/adapter"], "adapter_config.json"),
+        (["--stimuli", "/nonexistent/stimuli.jsonl"], "file not found"),
+    ],
+)
 def test_invalid_session_settings_are_refused_before_anything_is_reserved(capsys, tmp_path, flags, expected):
     ledger_path = tmp_path / "ledger.sqlite"
     funded_ledger(ledger_path, hours=1.0).close()
     capsys.readouterr()
-    code = exposure.main(["--ledger", str(ledger_path), "--account", "lab", "--budget_hours", "0.1",
-                          "--output_dir", str(tmp_path / "out"), *flags])
+    code = exposure.main(
+        [
+            "--ledger",
+            str(ledger_path),
+            "--account",
+            "lab",
+            "--budget_hours",
+            "0.1",
+            "--output_dir",
+            str(tmp_path / "out"),
+            *flags,
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and expected in err, err
     from welfare_offsets.ledger import Ledger
@@ -304,20 +379,26 @@ def test_invalid_session_settings_are_refused_before_anything_is_reserved(capsys
         assert ledger.balance("lab").available_hours == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("flags, expected", [
-    (["--learning_rate", "0"], "learning_rate"),
-    (["--method", "dpo", "--beta", "-1"], "beta"),
-    (["--lora_dropout", "1.5"], "lora_dropout"),
-    (["--candidate_temperature", "0"], "candidate_temperature"),
-    (["--num_train_epochs", "nan"], "num_train_epochs"),
-])
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        (["--learning_rate", "0"], "learning_rate"),
+        (["--method", "dpo", "--beta", "-1"], "beta"),
+        (["--lora_dropout", "1.5"], "lora_dropout"),
+        (["--candidate_temperature", "0"], "candidate_temperature"),
+        (["--num_train_epochs", "nan"], "num_train_epochs"),
+    ],
+)
 def test_invalid_lora_settings_are_refused(flags, expected, tmp_path):
     from welfare_offsets.train import lora_offset
     from welfare_offsets.train.config import ConfigError, parse_config
 
     with pytest.raises(ConfigError, match=expected):
-        parse_config(lora_offset.config_types(flags), ["--budget_hours", "0.1", "--output_dir", str(tmp_path), *flags],
-                     prog="test")
+        parse_config(
+            lora_offset.config_types(flags),
+            ["--budget_hours", "0.1", "--output_dir", str(tmp_path), *flags],
+            prog="test",
+        )
 
 
 def test_sweep_subject_settings_are_checked(tmp_path):
@@ -335,7 +416,8 @@ def test_sweep_subject_settings_are_checked(tmp_path):
 # -- bounded parsing -------------------------------------------------------------------------------------
 
 BILLION_LAUGHS = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
-    f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+    f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n" for p, c in zip("abcdefgh", "bcdefghi")
+)
 
 
 def test_billion_laughs_is_refused_with_bounded_memory(capsys, tmp_path):
@@ -355,12 +437,15 @@ def test_every_shipped_recipe_still_loads_without_aliases():
         assert isinstance(load_yaml_recipe(path), dict), path
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("seed: " + "[" * 100_000 + "]" * 100_000 + "\n", "nested too deeply"),
-    ("seed: " + "9" * 5000 + "\n", "unreadable YAML value"),
-    ("adherence_threshold: " + "9" * 400 + "\n", "float range"),
-    ("x" * ((1 << 20) + 1), "limit"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("seed: " + "[" * 100_000 + "]" * 100_000 + "\n", "nested too deeply"),
+        ("seed: " + "9" * 5000 + "\n", "unreadable YAML value"),
+        ("adherence_threshold: " + "9" * 400 + "\n", "float range"),
+        ("x" * ((1 << 20) + 1), "limit"),
+    ],
+)
 def test_hostile_yaml_recipes_exit_2_naming_the_file(capsys, tmp_path, text, expected):
     recipe = write(tmp_path / "recipe.yaml", text)
     code, err = welfare(capsys, "eval", "--config", recipe, "--model", tmp_path / "no-model")
@@ -375,16 +460,26 @@ def test_invalid_utf8_in_a_recipe_names_the_file_and_line(capsys, tmp_path):
 
 
 def _row(**over) -> str:
-    row = {"id": "x-1", "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}],
-           "valence": "neutral", "category": "everyday", "target": "none", "intensity": 0, "split": "heldout"}
+    row = {
+        "id": "x-1",
+        "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}],
+        "valence": "neutral",
+        "category": "everyday",
+        "target": "none",
+        "intensity": 0,
+        "split": "heldout",
+    }
     return json.dumps({**row, **over})
 
 
-@pytest.mark.parametrize("line, expected", [
-    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
-    (_row(intensity=10**400), "field 'intensity'"),
-    (_row(intensity=0).replace('"intensity": 0', '"intensity": ' + "1" * 5000), "unreadable JSON value"),
-])
+@pytest.mark.parametrize(
+    "line, expected",
+    [
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        (_row(intensity=10**400), "field 'intensity'"),
+        (_row(intensity=0).replace('"intensity": 0', '"intensity": ' + "1" * 5000), "unreadable JSON value"),
+    ],
+)
 def test_hostile_stimulus_lines_exit_2_naming_file_and_line(capsys, tmp_path, line, expected):
     stimuli = write(tmp_path / "stimuli.jsonl", _row(id="ok-1") + "\n" + line + "\n")
     code, err = welfare(capsys, "eval", "--stimuli", stimuli, "--model", tmp_path / "no-model")
@@ -404,8 +499,11 @@ def test_saved_jsonl_files_are_read_within_bounds(tmp_path):
 def test_stimulus_files_and_lines_are_capped(tmp_path):
     path = tmp_path / "stimuli.jsonl"
     path.write_bytes(b"short\n" + b"x" * 100 + b"\nlast\n")
-    assert list(iter_lines_bounded(path, what="--stimuli", max_line_bytes=50)) == [(1, b"short\n"), (2, None),
-                                                                                  (3, b"last\n")]
+    assert list(iter_lines_bounded(path, what="--stimuli", max_line_bytes=50)) == [
+        (1, b"short\n"),
+        (2, None),
+        (3, b"last\n"),
+    ]
     with pytest.raises(ReadError, match="limit"):
         list(iter_lines_bounded(path, what="--stimuli", max_bytes=50))
     with pytest.raises(ReadError, match="limit"):
@@ -428,8 +526,14 @@ def test_special_files_are_refused_without_opening_them(tmp_path):
     """A FIFO would block open() forever and /dev/zero never ends: run in a child with a timeout."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
     try:
-        done = subprocess.run([sys.executable, "-c", SPECIAL_FILES, str(tmp_path / "fifo")], capture_output=True,
-                              text=True, timeout=120, cwd=ROOT, env=env)
+        done = subprocess.run(
+            [sys.executable, "-c", SPECIAL_FILES, str(tmp_path / "fifo")],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=ROOT,
+            env=env,
+        )
     except subprocess.TimeoutExpired:
         pytest.fail("reading a special file hung")
     assert json.loads(done.stdout.strip().splitlines()[-1]) == [2, 2, 2, 2], done.stderr

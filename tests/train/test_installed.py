@@ -22,8 +22,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(shutil.which("git") is None, reason="needs git")]
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("git") is None, reason="needs git")]
 
 # A user's own project: these modules refuse to be imported by anyone but the user.
 USER_FILES = {
@@ -53,8 +52,15 @@ def project(tmp_path):
     project = tmp_path / "project"
     commit = _user_project(project)
     source = tmp_path / "source"
-    files = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                           capture_output=True, check=True).stdout.decode().split("\0")
+    files = (
+        subprocess.run(
+            ["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for name in filter(None, files):
         if (REPO / name).is_file():
             (source / name).parent.mkdir(parents=True, exist_ok=True)
@@ -62,18 +68,42 @@ def project(tmp_path):
     venv = project / ".venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = venv / "bin" / "python"
-    site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                               capture_output=True, text=True, check=True).stdout.strip())
+    site = Path(
+        subprocess.run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    )
     (site / "borrowed_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps",
-                    "--no-build-isolation", "--no-index", str(source)], check=True, env=_clean_env(venv))
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(python),
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            str(source),
+        ],
+        check=True,
+        env=_clean_env(venv),
+    )
     shutil.rmtree(source)  # nothing may come from the copy it was built from
     return project, commit, python
 
 
 def _clean_env(venv: Path) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")
-           and not k.startswith("GIT_")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME") and not k.startswith("GIT_")
+    }
     env.update(PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}", HF_HUB_OFFLINE="1", WANDB_MODE="offline")
     return env
 
@@ -103,8 +133,12 @@ def test_installed_package_works_from_the_users_project(project, tiny):
         return done
 
     # Our code is the installed copy, not this checkout's editable install.
-    where = run(installed, "-c", "import welfare_offsets, welfare_offsets.train.cli as cli; "
-                "print(list(welfare_offsets.__path__)); print(cli.__file__)").stdout
+    where = run(
+        installed,
+        "-c",
+        "import welfare_offsets, welfare_offsets.train.cli as cli; "
+        "print(list(welfare_offsets.__path__)); print(cli.__file__)",
+    ).stdout
     assert str(REPO) not in where and where.count(str(venv)) == 2, where
 
     # `import eval` is the user's file, and importing ours never rebinds the builtin.
@@ -123,10 +157,35 @@ def test_installed_package_works_from_the_users_project(project, tiny):
     # A tiny session from a packaged recipe, run in-process from the user's folder.
     ledger, out = project / "ledger.sqlite", project / "runs" / "exposure"
     run("welfare", "ledger", "fund", "--ledger", ledger, "--account", "lab", "--hours", "1")
-    run(installed, "-c", DRIVER, "offset", "exposure", "--config", "offset/dysphoric_exposure",
-        "--model", tiny["model"], "--stimuli", tiny["stimuli"], "--ledger", ledger, "--account", "lab",
-        "--budget_hours", "0.1", "--max_episodes", "4", "--eval_max_items", "8", "--eval_bootstrap", "200",
-        "--report_to", "none", "--output_dir", out)
+    run(
+        installed,
+        "-c",
+        DRIVER,
+        "offset",
+        "exposure",
+        "--config",
+        "offset/dysphoric_exposure",
+        "--model",
+        tiny["model"],
+        "--stimuli",
+        tiny["stimuli"],
+        "--ledger",
+        ledger,
+        "--account",
+        "lab",
+        "--budget_hours",
+        "0.1",
+        "--max_episodes",
+        "4",
+        "--eval_max_items",
+        "8",
+        "--eval_bootstrap",
+        "200",
+        "--report_to",
+        "none",
+        "--output_dir",
+        out,
+    )
     text = (out / "results.json").read_text()
     assert users_commit not in text and users_commit[:12] not in text
     results = json.loads(text)

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.ledger.helpers import funded_ledger
+from tests.synthetic_subject import write_stimuli
 from welfare_offsets.eval.common.output_folder import MARKER, OutputError, claim, open_in_place, read_marker
 from welfare_offsets.eval.common.outputs import OutputFolder
 from welfare_offsets.ledger import Ledger
-from tests.ledger.helpers import funded_ledger
-from tests.synthetic_subject import write_stimuli
 from welfare_offsets.train.cli import main as welfare_main
 
 NO_MODEL = "/nonexistent/welfare-test-model"
@@ -39,13 +39,35 @@ def run(capsys, *args) -> tuple[int, str]:
 
 
 def evaluate(capsys, tiny, out, *extra) -> tuple[int, str]:
-    return run(capsys, "eval", "--model", tiny["model"], "--stimuli", tiny["stimuli"], "--out", out, "--device", "cpu",
-               "--max_items", "4", "--probes", "self_report", "--bootstrap", "100", "--no_progress", *extra)
+    return run(
+        capsys,
+        "eval",
+        "--model",
+        tiny["model"],
+        "--stimuli",
+        tiny["stimuli"],
+        "--out",
+        out,
+        "--device",
+        "cpu",
+        "--max_items",
+        "4",
+        "--probes",
+        "self_report",
+        "--bootstrap",
+        "100",
+        "--no_progress",
+        *extra,
+    )
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
     """Every file under `folder` (links not followed) and its bytes."""
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file() and not p.is_symlink()}
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not p.is_symlink()
+    }
 
 
 def user_folder(path: Path) -> dict[str, bytes]:
@@ -192,8 +214,23 @@ def session_argv(tmp_path):
     stimuli = write_stimuli(tmp_path / "stimuli.jsonl", n_per_split=12)
 
     def argv(out, *extra):
-        return ["--model", NO_MODEL, "--stimuli", str(stimuli), "--ledger", str(ledger), "--account", "lab",
-                "--budget_hours", "0.1", "--output_dir", str(out), "--report_to", "none", *map(str, extra)]
+        return [
+            "--model",
+            NO_MODEL,
+            "--stimuli",
+            str(stimuli),
+            "--ledger",
+            str(ledger),
+            "--account",
+            "lab",
+            "--budget_hours",
+            "0.1",
+            "--output_dir",
+            str(out),
+            "--report_to",
+            "none",
+            *map(str, extra),
+        ]
 
     argv.ledger = ledger
     return argv

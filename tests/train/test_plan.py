@@ -8,8 +8,8 @@ import math
 import pytest
 import yaml
 
-from welfare_offsets.ledger import Ledger
 from tests.ledger.helpers import funded_ledger
+from welfare_offsets.ledger import Ledger
 from welfare_offsets.train import exposure, plan_cmd
 
 FLAGS = ["--eval_max_items", "8", "--eval_bootstrap", "200", "--report_to", "none"]
@@ -22,10 +22,25 @@ def indebted(synthetic, tmp_path_factory):
     root = tmp_path_factory.mktemp("plan")
     ledger = root / "ledger.sqlite"
     funded_ledger(ledger, hours=1.0).close()
-    common = ["--model", synthetic.model, "--stimuli", synthetic.stimuli, "--ledger", str(ledger),
-              "--account", "lab", "--budget_hours", "0.1", *FLAGS]
-    assert exposure.main([*common, "--valence", "dysphoric", "--max_episodes", "12", "--output_dir", str(root / "d")]) == 0
-    assert exposure.main([*common, "--valence", "euphoric", "--max_episodes", "2", "--output_dir", str(root / "e")]) == 0
+    common = [
+        "--model",
+        synthetic.model,
+        "--stimuli",
+        synthetic.stimuli,
+        "--ledger",
+        str(ledger),
+        "--account",
+        "lab",
+        "--budget_hours",
+        "0.1",
+        *FLAGS,
+    ]
+    assert (
+        exposure.main([*common, "--valence", "dysphoric", "--max_episodes", "12", "--output_dir", str(root / "d")]) == 0
+    )
+    assert (
+        exposure.main([*common, "--valence", "euphoric", "--max_episodes", "2", "--output_dir", str(root / "e")]) == 0
+    )
     return ledger, synthetic.model
 
 
@@ -51,8 +66,10 @@ def test_plan_schedules_enough_sessions_of_the_measured_price(indebted, capsys, 
     assert plan.budget_per_session == pytest.approx(plan_cmd.BUDGET_MARGIN * hours)
     assert plan.feasible
 
-    assert plan_cmd.main(["--ledger", str(ledger), "--account", "lab", "--launcher", "python",
-                          "--out", str(tmp_path)]) == 0
+    assert (
+        plan_cmd.main(["--ledger", str(ledger), "--account", "lab", "--launcher", "python", "--out", str(tmp_path)])
+        == 0
+    )
     out = capsys.readouterr().out
     recipe = tmp_path / "recipes" / "euphoric-exposure.yaml"
     assert f"{plan.sessions} session(s)" in out and f"--config {recipe}" in out and "--budget_hours" in out
@@ -70,8 +87,19 @@ def test_plan_says_when_funds_cannot_cover_the_debt(indebted, capsys):
 def test_plan_execute_repays_the_debt(indebted, tmp_path):
     ledger, model = indebted
     # A generous margin keeps the budget from binding, so the test does not depend on timing.
-    argv = ["--ledger", str(ledger), "--account", "lab", "--launcher", "python", "--out", str(tmp_path),
-            "--budget_margin", "200", "--execute"]
+    argv = [
+        "--ledger",
+        str(ledger),
+        "--account",
+        "lab",
+        "--launcher",
+        "python",
+        "--out",
+        str(tmp_path),
+        "--budget_margin",
+        "200",
+        "--execute",
+    ]
     assert plan_cmd.main(argv) == 0
     totals, _, _ = _ledger_numbers(ledger)
     # The subject is deterministic (greedy replies, same episodes), so the planned sessions earn exactly
@@ -95,13 +123,33 @@ def test_plan_and_offset_commands_refuse_bad_input(tmp_path, capsys):
 def test_plan_without_a_measured_price_proposes_a_pilot(synthetic, tmp_path, capsys):
     ledger = tmp_path / "ledger.sqlite"
     funded_ledger(ledger, hours=1.0).close()
-    argv = ["--model", synthetic.model, "--stimuli", synthetic.stimuli, "--ledger", str(ledger), "--account", "lab",
-            "--budget_hours", "0.1", "--valence", "dysphoric", "--max_episodes", "4", "--output_dir", str(tmp_path / "d"),
-            *FLAGS]
+    argv = [
+        "--model",
+        synthetic.model,
+        "--stimuli",
+        synthetic.stimuli,
+        "--ledger",
+        str(ledger),
+        "--account",
+        "lab",
+        "--budget_hours",
+        "0.1",
+        "--valence",
+        "dysphoric",
+        "--max_episodes",
+        "4",
+        "--output_dir",
+        str(tmp_path / "d"),
+        *FLAGS,
+    ]
     assert exposure.main(argv) == 0
     capsys.readouterr()
-    assert plan_cmd.main(["--ledger", str(ledger), "--account", "lab", "--launcher", "python",
-                          "--out", str(tmp_path / "plan")]) == 0
+    assert (
+        plan_cmd.main(
+            ["--ledger", str(ledger), "--account", "lab", "--launcher", "python", "--out", str(tmp_path / "plan")]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "price is unknown" in out and "pilot-euphoric-exposure" in out
     # The pilot is the debt's session as recorded, living euphoric experiences instead.

@@ -21,8 +21,14 @@ from welfare_offsets.ledger import Ledger
 from welfare_offsets.train.cli import main as welfare_main
 
 PROBE = "planted"  # the probe this test records debt and credit on
-RECORDED = {"split": "heldout", "seed": 3, "eval_max_items": 5, "eval_bootstrap": 150, "reply_tokens": 4,
-            "report_to": "none"}
+RECORDED = {
+    "split": "heldout",
+    "seed": 3,
+    "eval_max_items": 5,
+    "eval_bootstrap": 150,
+    "reply_tokens": 4,
+    "report_to": "none",
+}
 SET_BY_EACH_SESSION = ("budget_hours", "output_dir", "ledger", "account", "resume_from_checkpoint", "overwrite")
 CODE_RUNNING = ("trust_remote_code", "model_init_kwargs")
 
@@ -31,10 +37,34 @@ def exposure(tiny, ledger: Path, out: Path, valence: str, episodes: int, **amoun
     """A real exposure session run with trust_remote_code on (as a recording might say), then `amount` (debt or
     credit) recorded for it on PROBE, citing its results.json; returns the session id."""
     flags = [f"--{k}={v}" for k, v in RECORDED.items()]
-    assert welfare_main(["offset", "exposure", "--model", str(tiny["model"]), "--stimuli", str(tiny["stimuli"]),
-                         "--ledger", str(ledger), "--account", "lab", "--budget_hours", "0.05",
-                         "--output_dir", str(out), "--valence", valence, "--max_episodes", str(episodes),
-                         "--trust_remote_code", "true", *flags]) == 0
+    assert (
+        welfare_main(
+            [
+                "offset",
+                "exposure",
+                "--model",
+                str(tiny["model"]),
+                "--stimuli",
+                str(tiny["stimuli"]),
+                "--ledger",
+                str(ledger),
+                "--account",
+                "lab",
+                "--budget_hours",
+                "0.05",
+                "--output_dir",
+                str(out),
+                "--valence",
+                valence,
+                "--max_episodes",
+                str(episodes),
+                "--trust_remote_code",
+                "true",
+                *flags,
+            ]
+        )
+        == 0
+    )
     session = json.loads((out / "ledger.json").read_text())["session"]
     with Ledger.open(ledger, create=False) as book:
         book.record_measurement(session, PROBE, results=[out / "results.json"], **amount)
@@ -57,8 +87,22 @@ def recorded(tiny, tmp_path_factory):
 def plan(capsys, ledger: Path, out: Path, *extra) -> tuple[int, str, list[list[str]]]:
     """`welfare plan` on PROBE: (exit code, stdout, the session commands it printed)."""
     capsys.readouterr()
-    code = welfare_main(["plan", "--ledger", str(ledger), "--account", "lab", "--probe", PROBE,
-                         "--launcher", "python", "--out", str(out), *extra])
+    code = welfare_main(
+        [
+            "plan",
+            "--ledger",
+            str(ledger),
+            "--account",
+            "lab",
+            "--probe",
+            PROBE,
+            "--launcher",
+            "python",
+            "--out",
+            str(out),
+            *extra,
+        ]
+    )
     stdout = capsys.readouterr().out
     commands = [shlex.split(line) for line in stdout.splitlines() if " --config " in line and " --output_dir " in line]
     return code, stdout, commands
@@ -99,7 +143,9 @@ def test_trust_remote_code_comes_only_from_plans_own_flag(capsys, tmp_path, reco
     code, stdout, commands = plan(capsys, priced, tmp_path / "plan", "--trust_remote_code")
     assert code == 0 and commands, stdout
     assert all(flag(c, "--trust_remote_code") == "true" for c in commands)
-    assert "trust_remote_code" not in yaml.safe_load((tmp_path / "plan" / "recipes" / "euphoric-exposure.yaml").read_text())
+    assert "trust_remote_code" not in yaml.safe_load(
+        (tmp_path / "plan" / "recipes" / "euphoric-exposure.yaml").read_text()
+    )
 
 
 def test_without_a_price_the_pilot_is_the_debts_session_living_euphoric_experiences(capsys, tmp_path, recorded):
@@ -121,7 +167,7 @@ def test_a_planned_command_runs_as_printed(capsys, tmp_path, tiny):
     exposure(tiny, ledger, tmp_path / "dysphoric", "dysphoric", 3, debt=3.0)
     code, stdout, (command,) = plan(capsys, ledger, tmp_path / "plan")
     assert code == 0, stdout
-    assert welfare_main(["offset", "exposure", *command[command.index("--config"):]]) == 0
+    assert welfare_main(["offset", "exposure", *command[command.index("--config") :]]) == 0
     ran = json.loads((Path(flag(command, "--output_dir")) / "ledger.json").read_text())
     with Ledger.open(ledger, create=False) as book:
         assert [e for e in book.entries(kind="measurement") if e.payload["session"] == ran["session"]]

@@ -68,11 +68,14 @@ def test_cp_copies_a_recipe_to_edit(tmp_path, capsys):
     assert (tmp_path / "lora_sft.yaml").read_bytes() == recipe_path("offset/lora_sft").read_bytes()
 
 
-@pytest.mark.parametrize("make, why", [
-    (lambda p: p.write_text("mine\n"), "already exists (a file)"),
-    (lambda p: os.symlink(p.parent / "elsewhere", p), "a symbolic link"),  # dangling, too
-    (lambda p: os.mkfifo(p), "FIFO"),
-])
+@pytest.mark.parametrize(
+    "make, why",
+    [
+        (lambda p: p.write_text("mine\n"), "already exists (a file)"),
+        (lambda p: os.symlink(p.parent / "elsewhere", p), "a symbolic link"),  # dangling, too
+        (lambda p: os.mkfifo(p), "FIFO"),
+    ],
+)
 def test_cp_never_overwrites_and_never_follows(tmp_path, capsys, make, why):
     dest = tmp_path / "dest.yaml"
     make(dest)

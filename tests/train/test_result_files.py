@@ -54,9 +54,27 @@ def test_a_resume_refuses_a_saved_evaluation_it_cannot_read_before_the_model_loa
     (out / "eval-before" / "results.json").write_text(text)
     before = snapshot(out)
 
-    code, err = run(capsys, "offset", "soft-prompt", "--model", NO_MODEL, "--ledger", ledger, "--account", "lab",
-                    "--stimuli", write_stimuli(tmp_path / "stimuli.jsonl", n_per_split=12), "--budget_hours", "0.1",
-                    "--output_dir", out, "--report_to", "none", "--resume_from_checkpoint", "last")
+    code, err = run(
+        capsys,
+        "offset",
+        "soft-prompt",
+        "--model",
+        NO_MODEL,
+        "--ledger",
+        ledger,
+        "--account",
+        "lab",
+        "--stimuli",
+        write_stimuli(tmp_path / "stimuli.jsonl", n_per_split=12),
+        "--budget_hours",
+        "0.1",
+        "--output_dir",
+        out,
+        "--report_to",
+        "none",
+        "--resume_from_checkpoint",
+        "last",
+    )
     assert code == 2, err
     assert str(out / "eval-before" / "results.json") in err and expected in err and NO_MODEL not in err
     assert "Traceback" not in err and snapshot(out) == before
@@ -80,9 +98,20 @@ def test_a_sweep_refuses_a_cache_entry_it_cannot_read_before_measuring(capsys, t
     cache = ScoreCache(out / "cache")
     cache.folder.mkdir()
     if case == "another subject's":
-        write_result(cache.path(key), SweepEntry(key="0" * 20, measured_as={}, subject={}, params=1.0,
-                                                 params_source="counted", adherence={}, prompts_scored=0,
-                                                 timing={}, items=[]))
+        write_result(
+            cache.path(key),
+            SweepEntry(
+                key="0" * 20,
+                measured_as={},
+                subject={},
+                params=1.0,
+                params_source="counted",
+                adherence={},
+                prompts_scored=0,
+                timing={},
+                items=[],
+            ),
+        )
         expected = "not " + key
     else:
         cache.path(key).write_text(SAVED[case][0])

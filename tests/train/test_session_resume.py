@@ -34,9 +34,27 @@ def soft_prompt(tmp_path, capsys, monkeypatch):
         if not ledger.exists():
             funded_ledger(ledger, hours=funds).close()
         capsys.readouterr()
-        code = welfare_main(["offset", "soft-prompt", "--model", NO_MODEL, "--stimuli", str(stimuli),
-                             "--ledger", str(ledger), "--account", "lab", "--budget_hours", str(BUDGET),
-                             "--output_dir", str(tmp_path / "soft"), "--report_to", "none", *map(str, extra)])
+        code = welfare_main(
+            [
+                "offset",
+                "soft-prompt",
+                "--model",
+                NO_MODEL,
+                "--stimuli",
+                str(stimuli),
+                "--ledger",
+                str(ledger),
+                "--account",
+                "lab",
+                "--budget_hours",
+                str(BUDGET),
+                "--output_dir",
+                str(tmp_path / "soft"),
+                "--report_to",
+                "none",
+                *map(str, extra),
+            ]
+        )
         with Ledger.open(ledger, create=False) as book:
             assert not book.entries(kind="reserve"), "nothing may be reserved before the model loads"
         return code, capsys.readouterr().err
@@ -53,7 +71,8 @@ def earlier_session(out: Path, *, finished: bool = False, checkpoints: dict[int,
         (out / f"checkpoint-{step}").mkdir()
         if spent is not None:
             (out / f"checkpoint-{step}" / SPEND_FILE).write_text(
-                json.dumps({"run": "run-1", "session": "session-1", "spent_hours": spent}))
+                json.dumps({"run": "run-1", "session": "session-1", "spent_hours": spent})
+            )
     if finished:
         (out / "results.json").write_text("{}")
 
@@ -69,12 +88,16 @@ def test_a_new_or_empty_folder_starts_a_session(soft_prompt):
     assert reached_the_model(*soft_prompt())
 
 
-@pytest.mark.parametrize("finished, checkpoints, what", [
-    (True, {}, "finished"),
-    (False, {2: 0.01}, "checkpoints"),
-    (False, {2: None}, "checkpoints"),  # even one cut short
-    (True, {2: 0.01}, "finished"),
-], ids=["finished", "checkpoints", "incomplete-checkpoint", "finished-with-checkpoints"])
+@pytest.mark.parametrize(
+    "finished, checkpoints, what",
+    [
+        (True, {}, "finished"),
+        (False, {2: 0.01}, "checkpoints"),
+        (False, {2: None}, "checkpoints"),  # even one cut short
+        (True, {2: 0.01}, "finished"),
+    ],
+    ids=["finished", "checkpoints", "incomplete-checkpoint", "finished-with-checkpoints"],
+)
 def test_a_folder_holding_a_session_needs_resume_or_overwrite(soft_prompt, finished, checkpoints, what):
     earlier_session(soft_prompt.out, finished=finished, checkpoints=checkpoints)
     code, err = soft_prompt()

@@ -9,8 +9,9 @@ import pytest
 
 from welfare_offsets.eval.common import outputs
 
-pytestmark = pytest.mark.skipif(subprocess.run(["git", "--version"], capture_output=True).returncode != 0,
-                                reason="needs git")
+pytestmark = pytest.mark.skipif(
+    subprocess.run(["git", "--version"], capture_output=True).returncode != 0, reason="needs git"
+)
 
 
 def git_repo(folder: Path, project: str) -> str:

@@ -21,10 +21,15 @@ from welfare_offsets.eval.common.results import (
     write_result,
 )
 
-PROVENANCE = {"created_utc": "2025-01-01T00:00:00+00:00", "versions": {"torch": "2.5"},
-              "git": {"commit": "abc", "dirty": False}}
-CONFIG = {"passed": {"argv": []},
-          "resolved": {"session": {"model": "m", "budget_hours": 0.1}, "exposure": {"valence": "euphoric"}}}
+PROVENANCE = {
+    "created_utc": "2025-01-01T00:00:00+00:00",
+    "versions": {"torch": "2.5"},
+    "git": {"commit": "abc", "dirty": False},
+}
+CONFIG = {
+    "passed": {"argv": []},
+    "resolved": {"session": {"model": "m", "budget_hours": 0.1}, "exposure": {"valence": "euphoric"}},
+}
 
 
 def evaluation() -> EvaluationResult:
@@ -32,30 +37,63 @@ def evaluation() -> EvaluationResult:
     probe = {"baseline": delta, "post_dysphoric": delta, "delta": delta, "adherence": {"reliable": True}}
     return EvaluationResult(
         probes={"self_report": probe},
-        zero_point={}, empathy={"self": {"r": 0.5, "ci95": [0.1, 0.9]}}, interpretation=["self_report: lower"],
-        n_items={"baseline": 4}, timing={"total_s": 1.5}, subject={"model_id": "m", "adapter": None},
-        subject_fingerprint="0123456789abcdef", stimuli={"source": "s", "sha256": "f" * 64, "n_experiences": 8},
-        config={"passed": {}, "resolved": {"seed": 0}}, seeds={"seed": 0}, provenance=PROVENANCE)
+        zero_point={},
+        empathy={"self": {"r": 0.5, "ci95": [0.1, 0.9]}},
+        interpretation=["self_report: lower"],
+        n_items={"baseline": 4},
+        timing={"total_s": 1.5},
+        subject={"model_id": "m", "adapter": None},
+        subject_fingerprint="0123456789abcdef",
+        stimuli={"source": "s", "sha256": "f" * 64, "n_experiences": 8},
+        config={"passed": {}, "resolved": {"seed": 0}},
+        seeds={"seed": 0},
+        provenance=PROVENANCE,
+    )
 
 
 def session() -> SessionResult:
-    return SessionResult(kind="euphoric-exposure", session="s-1", subject={"model_id": "m", "adapter": None},
-                         stimuli={"source": "s", "sha256": "f" * 64}, config=CONFIG, stopped_by_budget=False,
-                         completed=2, planned=2, balance={"self_report": {"credit": 1.0}}, provenance=PROVENANCE)
+    return SessionResult(
+        kind="euphoric-exposure",
+        session="s-1",
+        subject={"model_id": "m", "adapter": None},
+        stimuli={"source": "s", "sha256": "f" * 64},
+        config=CONFIG,
+        stopped_by_budget=False,
+        completed=2,
+        planned=2,
+        balance={"self_report": {"credit": 1.0}},
+        provenance=PROVENANCE,
+    )
 
 
 def sweep() -> SweepResult:
-    return SweepResult(subjects=[{"name": "a"}], scaling=[{"statistic": "x"}], statistics=["x"],
-                       covariates={"log10_params": "log10 parameters"}, cost={"accelerator_hours": 0.1},
-                       interpretation=["none"], stimuli={"source": "s"}, config={"passed": {}, "resolved": {}},
-                       provenance=PROVENANCE)
+    return SweepResult(
+        subjects=[{"name": "a"}],
+        scaling=[{"statistic": "x"}],
+        statistics=["x"],
+        covariates={"log10_params": "log10 parameters"},
+        cost={"accelerator_hours": 0.1},
+        interpretation=["none"],
+        stimuli={"source": "s"},
+        config={"passed": {}, "resolved": {}},
+        provenance=PROVENANCE,
+    )
 
 
 def entry() -> SweepEntry:
-    return SweepEntry(key="k" * 20, measured_as={"model": "m"}, subject={"model_id": "m"}, params=1.5e6,
-                      params_source="counted", adherence={"self_report": {"reliable": True}}, prompts_scored=12,
-                      timing={"score_s": 1.0}, items=[{"item_id": "a", "self_report": 3.5}], fit=None,
-                      cost={"device": "cpu", "accelerator_hours": 0.001, "energy_kwh": None})
+    return SweepEntry(
+        key="k" * 20,
+        measured_as={"model": "m"},
+        subject={"model_id": "m"},
+        params=1.5e6,
+        params_source="counted",
+        adherence={"self_report": {"reliable": True}},
+        prompts_scored=12,
+        timing={"score_s": 1.0},
+        items=[{"item_id": "a", "self_report": 3.5}],
+        fit=None,
+        cost={"device": "cpu", "accelerator_hours": 0.001, "energy_kwh": None},
+    )
 
 
 ALL = [evaluation, session, sweep, entry]
@@ -98,12 +136,15 @@ def test_a_newer_version_is_refused_with_what_to_do(tmp_path, make):
     assert snapshot(tmp_path) == before
 
 
-@pytest.mark.parametrize("make, other, says", [
-    (evaluation, SessionResult, "an evaluation result, where a session result is needed"),
-    (session, EvaluationResult, "a session result, where an evaluation result is needed"),
-    (sweep, SweepEntry, "a sweep result, where a sweep cache entry result is needed"),
-    (entry, SweepResult, "a sweep cache entry result, where a sweep result is needed"),
-])
+@pytest.mark.parametrize(
+    "make, other, says",
+    [
+        (evaluation, SessionResult, "an evaluation result, where a session result is needed"),
+        (session, EvaluationResult, "a session result, where an evaluation result is needed"),
+        (sweep, SweepEntry, "a sweep result, where a sweep cache entry result is needed"),
+        (entry, SweepResult, "a sweep cache entry result, where a sweep result is needed"),
+    ],
+)
 def test_another_kind_is_refused_naming_both(tmp_path, make, other, says):
     path = write_result(tmp_path / "results.json", make())
     with pytest.raises(ResultError) as caught:

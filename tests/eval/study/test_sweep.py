@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.wandb_log import record_bytes
 from welfare_offsets.eval.experiences import Experience
+from welfare_offsets.eval.stats import excludes_zero
 from welfare_offsets.eval.study.profile import wellbeing_profile
 from welfare_offsets.eval.study.scaling import correlate, spearman
-from welfare_offsets.eval.stats import excludes_zero
 from welfare_offsets.eval.study.sweep import SweepConfig, SweepError, parse_subject
 from welfare_offsets.train.config import ConfigError, parse_config
-from tests.wandb_log import record_bytes
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -48,7 +48,7 @@ def _groups_with_known_answers():
     utility |= {e.id: 0.3 * (k % 2) for k, e in enumerate(groups["empathy_self"])}
     utility |= {e.id: v for e, v in zip(neutral, (0.4, 0.6, 0.5, 0.5))}
     utility |= {e.id: 2.0 for e in good} | {e.id: -1.5 for e in bad}
-    sd = {i: 0.2 for i in utility}
+    sd = dict.fromkeys(utility, 0.2)
     self_report = {i: 4 + u for i, u in utility.items()}
     return groups, {"experienced_utility": utility, "self_report": self_report}, sd
 
@@ -88,9 +88,19 @@ def test_wellbeing_index_counts_only_confident_negatives():
     for e in groups["everyday"][-3:]:  # the bad news: 0.1 below the zero point
         scores["experienced_utility"][e.id] = 0.4
     sd_wide = {**sd, **{e.id: 1.0 for e in groups["everyday"][-3:]}}  # P(below) = 0.54 < 0.75
-    assert wellbeing_profile(groups, scores, sd_wide, 100, np.random.default_rng(0))["statistics"]["wellbeing_index"]["value"] == 100.0
+    assert (
+        wellbeing_profile(groups, scores, sd_wide, 100, np.random.default_rng(0))["statistics"]["wellbeing_index"][
+            "value"
+        ]
+        == 100.0
+    )
     sd_narrow = {**sd, **{e.id: 0.05 for e in groups["everyday"][-3:]}}  # P(below) = 0.98
-    assert wellbeing_profile(groups, scores, sd_narrow, 100, np.random.default_rng(0))["statistics"]["wellbeing_index"]["value"] == 70.0
+    assert (
+        wellbeing_profile(groups, scores, sd_narrow, 100, np.random.default_rng(0))["statistics"]["wellbeing_index"][
+            "value"
+        ]
+        == 70.0
+    )
 
 
 def test_cross_subject_correlation_finds_a_planted_trend_and_none_where_none_was_planted():
@@ -117,8 +127,13 @@ def test_subjects_parse_from_ids_key_values_and_yaml_mappings(tmp_path):
     recipe.write_text("subjects:\n  - {model: a/b, params: 1.5e9, family: q}\n  - c/d\nbootstrap: 200\n")
     config, _ = parse_config([SweepConfig], ["--config", str(recipe)], prog="welfare sweep")
     assert [s.model for s in config.specs] == ["a/b", "c/d"] and config.specs[0].params == 1.5e9
-    for bad, message in [("model=a,size=3", "unknown key"), ("params=3", "no model"), ("model=a,params=big", "must be a number"),
-                         ("model=a,params=-1", "positive"), ("model=a,oops", "not key=value")]:
+    for bad, message in [
+        ("model=a,size=3", "unknown key"),
+        ("params=3", "no model"),
+        ("model=a,params=big", "must be a number"),
+        ("model=a,params=-1", "positive"),
+        ("model=a,oops", "not key=value"),
+    ]:
         with pytest.raises(SweepError, match=message):
             parse_subject(bad, "subjects[0]")
     with pytest.raises(ConfigError, match="more than once"):
@@ -136,8 +151,11 @@ def test_subjects_are_shared_biggest_first_to_the_least_loaded_rank():
 
 
 def _family_subjects(sweep_subjects, families=("scaling", "no_trend")) -> list[str]:
-    return [json.dumps({"model": m["model"], "name": f"{family}-s{m['strength']}-h{m['hidden']}", "family": family})
-            for family in families for m in sweep_subjects.families[family]]
+    return [
+        json.dumps({"model": m["model"], "name": f"{family}-s{m['strength']}-h{m['hidden']}", "family": family})
+        for family in families
+        for m in sweep_subjects.families[family]
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -151,8 +169,26 @@ def swept(sweep_subjects, tmp_path_factory, monkeypatch_module):
     import wandb
 
     wandb.teardown()
-    assert main(["sweep", "--subjects", *_family_subjects(sweep_subjects), "--stimuli", sweep_subjects.stimuli,
-                 "--out", str(out), "--bootstrap", "500", "--report_to", "wandb", "--progress", "false"]) == 0
+    assert (
+        main(
+            [
+                "sweep",
+                "--subjects",
+                *_family_subjects(sweep_subjects),
+                "--stimuli",
+                sweep_subjects.stimuli,
+                "--out",
+                str(out),
+                "--bootstrap",
+                "500",
+                "--report_to",
+                "wandb",
+                "--progress",
+                "false",
+            ]
+        )
+        == 0
+    )
     return out, json.loads((out / "results.json").read_text())
 
 
@@ -163,7 +199,9 @@ def monkeypatch_module():
 
 
 def _row(results, statistic, family, covariate="log10 parameters"):
-    (row,) = [r for r in results["scaling"] if (r["statistic"], r["family"], r["covariate"]) == (statistic, family, covariate)]
+    (row,) = [
+        r for r in results["scaling"] if (r["statistic"], r["family"], r["covariate"]) == (statistic, family, covariate)
+    ]
     return row
 
 
@@ -176,7 +214,9 @@ def test_sweep_recovers_the_planted_order_of_empathy(swept, sweep_subjects):
         assert spearman(strengths, measured) == pytest.approx(1.0), (target, measured)
     magnitude = [s["statistics"]["response_magnitude"]["value"] for s in scaling]
     assert spearman(strengths, magnitude) == pytest.approx(1.0), magnitude
-    assert scaling[0]["statistics"]["empathy_human"]["value"] < 0.5 < scaling[-1]["statistics"]["empathy_human"]["value"]
+    assert (
+        scaling[0]["statistics"]["empathy_human"]["value"] < 0.5 < scaling[-1]["statistics"]["empathy_human"]["value"]
+    )
 
 
 def test_sweep_finds_the_size_trend_only_where_it_was_planted(swept):
@@ -189,14 +229,22 @@ def test_sweep_finds_the_size_trend_only_where_it_was_planted(swept):
         assert not excludes_zero(none["pearson"]["ci95"]) and not excludes_zero(none["spearman"]["ci95"]), none
     assert _row(results, "empathy_human", "all")["n"] == 8
     assert any(line.startswith("family scaling: empathy_human rises with size") for line in results["interpretation"])
-    assert any(line.startswith("family no_trend: empathy_human no detectable trend") for line in results["interpretation"])
+    assert any(
+        line.startswith("family no_trend: empathy_human no detectable trend") for line in results["interpretation"]
+    )
 
 
 def test_sweep_writes_report_plots_and_wandb_tables(swept):
     out, results = swept
     html = (out / "report.html").read_text()
     markdown = (out / "report.md").read_text()
-    for text in ("Per subject", "How each statistic moves with size", "Usage categories", "scaling-s0.9-h64", "anchor (frontier model)"):
+    for text in (
+        "Per subject",
+        "How each statistic moves with size",
+        "Usage categories",
+        "scaling-s0.9-h64",
+        "anchor (frontier model)",
+    ):
         assert text in html and text in markdown
     assert html.count("data:image/png;base64,") == 1 and (out / "scaling_params.png").stat().st_size > 10_000
     assert results["cost"]["accelerator_hours"] > 0 and results["cost"]["devices"] == ["cpu"]
@@ -210,21 +258,41 @@ def test_sweep_writes_report_plots_and_wandb_tables(swept):
 
 
 def _small_sweep(sweep_subjects, out: Path) -> list[str]:
-    return ["--subjects", *_family_subjects(sweep_subjects, ("scaling",)), "--stimuli", sweep_subjects.stimuli,
-            "--out", str(out), "--bootstrap", "200", "--max_items", "12", "--progress", "false"]
+    return [
+        "--subjects",
+        *_family_subjects(sweep_subjects, ("scaling",)),
+        "--stimuli",
+        sweep_subjects.stimuli,
+        "--out",
+        str(out),
+        "--bootstrap",
+        "200",
+        "--max_items",
+        "12",
+        "--progress",
+        "false",
+    ]
 
 
 def _comparable(results: dict) -> dict:
     """What must not depend on how the sweep ran: every statistic and correlation (not timings or costs)."""
-    return {"subjects": [{k: s[k] for k in ("name", "key", "params", "statistics", "categories")} for s in results["subjects"]],
-            "scaling": results["scaling"]}
+    return {
+        "subjects": [
+            {k: s[k] for k in ("name", "key", "params", "statistics", "categories")} for s in results["subjects"]
+        ],
+        "scaling": results["scaling"],
+    }
 
 
 def _sweep_process(argv: list[str], **kwargs) -> subprocess.Popen:
     """`train/sweep.py` in its own process, single-threaded: the same float arithmetic in every run that is
     compared (a different thread count changes matmul summation order, and results in the 4th digit)."""
-    return subprocess.Popen([sys.executable, str(REPO / "train" / "sweep.py"), *argv], text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"}, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "train" / "sweep.py"), *argv],
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        **kwargs,
+    )
 
 
 def _finished(argv: list[str]) -> str:
@@ -266,23 +334,49 @@ def test_a_killed_sweep_resumes_without_rescoring_and_matches_an_uninterrupted_o
 def test_two_processes_split_the_subjects_and_agree_with_one(sweep_subjects, tmp_path):
     """torchrun with world size 2 (as `accelerate launch --config_file configs/accelerate/cpu_2proc.yaml` does)."""
     two = tmp_path / "two"
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29551",
-                           str(REPO / "train" / "sweep.py"), *_small_sweep(sweep_subjects, two)],
-                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29551",
+            str(REPO / "train" / "sweep.py"),
+            *_small_sweep(sweep_subjects, two),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "4 to measure on 2 process(es)" in proc.stdout and proc.stdout.count("] measured scaling-") == 4
     assert "rank 0," in proc.stdout and "rank 1," in proc.stdout
     one = tmp_path / "one"
     _finished(_small_sweep(sweep_subjects, one))
-    assert _comparable(json.loads((two / "results.json").read_text())) == _comparable(json.loads((one / "results.json").read_text()))
+    assert _comparable(json.loads((two / "results.json").read_text())) == _comparable(
+        json.loads((one / "results.json").read_text())
+    )
 
 
 def test_a_missing_model_fails_the_sweep_before_anything_is_measured(sweep_subjects, tmp_path, capsys):
     from welfare_offsets.train.cli import main
 
     out = tmp_path / "bad"
-    argv = ["sweep", "--subjects", sweep_subjects.families["scaling"][0]["model"], str(tmp_path / "no-such-model"),
-            "--stimuli", sweep_subjects.stimuli, "--out", str(out), "--progress", "false"]
+    argv = [
+        "sweep",
+        "--subjects",
+        sweep_subjects.families["scaling"][0]["model"],
+        str(tmp_path / "no-such-model"),
+        "--stimuli",
+        sweep_subjects.stimuli,
+        "--out",
+        str(out),
+        "--progress",
+        "false",
+    ]
     assert main(argv) == 2
     assert "no-such-model" in capsys.readouterr().err
     assert not list((out / "cache").glob("*.json"))
@@ -297,17 +391,25 @@ def test_the_cache_key_changes_when_weights_in_the_same_folder_change(tmp_path):
     from welfare_offsets.eval.subject import weights_identity
 
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=300, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
-                                         num_attention_heads=4, num_key_value_heads=4))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=300,
+            hidden_size=256,
+            intermediate_size=512,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+        )
+    )
     folder = tmp_path / "model"
     model.save_pretrained(folder)
     (weights,) = folder.glob("*.safetensors")
     assert weights.stat().st_size > 4 << 20  # bigger than the bytes sampled
     first = weights_identity(str(folder))
     assert weights_identity(str(folder)) == first  # stable
-    head, tail = weights.read_bytes()[: 1 << 20], weights.read_bytes()[-(1 << 20):]
+    head, tail = weights.read_bytes()[: 1 << 20], weights.read_bytes()[-(1 << 20) :]
     with torch.no_grad():
         model.model.layers[2].mlp.up_proj.weight.add_(1.0)
     model.save_pretrained(folder)
-    assert (weights.read_bytes()[: 1 << 20], weights.read_bytes()[-(1 << 20):]) == (head, tail)
+    assert (weights.read_bytes()[: 1 << 20], weights.read_bytes()[-(1 << 20) :]) == (head, tail)
     assert weights_identity(str(folder))["weights_digest"] != first["weights_digest"]
