@@ -273,9 +273,8 @@ class Session:
 
     def measure(self, tag: str, subject) -> Measurement | None:
         """Evaluate the held-out conditions and the capability check (main process; others wait). A resumed
-        session reuses its saved
-        "before" (the subject it measured has not changed) and always measures "after" anew. After the
-        "before" evaluation the training budget is cut by what the "after" one will cost."""
+        session reuses its saved "before" (the subject it measured has not changed) and always measures
+        "after" anew. After the "before" evaluation the training budget is cut by what the "after" one will cost."""
         folder = self.out / f"eval-{tag}"
         started = self.budget.meter.hours
         if self.is_main:
