@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from welfare_offsets.eval.experiences import load_stimuli
-from welfare_offsets.eval.probes import SELF_REPORT_ITEMS
+from welfare_offsets.eval.probes import default_instrument
 from welfare_offsets.eval.study.profile import profile_items
 from welfare_offsets.eval.study.sweep import SweepConfig
 from welfare_offsets.eval.thurstonian import initial_pairs
@@ -34,7 +34,7 @@ def prompts_per_subject(config: SweepConfig) -> dict:
     groups = profile_items(stimuli, config.split, config.empathy_split, config.max_items)
     n = len({e.id for group in groups.values() for e in group})
     probes = config.eval_config().probe_names
-    self_report = n * len(SELF_REPORT_ITEMS) if "self_report" in probes else 0
+    self_report = n * len(default_instrument().self_report) if "self_report" in probes else 0
     stop = 2 * n if "stop" in probes else 0
     pairs = 0
     if "experienced_utility" in probes:

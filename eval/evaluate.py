@@ -18,7 +18,7 @@ import numpy as np
 from welfare_offsets.eval import probes as P
 from welfare_offsets.eval.common.checks import number_in
 from welfare_offsets.eval.experiences import Experience, StimulusError, StimulusSet
-from welfare_offsets.eval.in_context import IN_CONTEXT, score_in_context
+from welfare_offsets.eval.in_context import BATTERY, IN_CONTEXT, score_in_context
 from welfare_offsets.eval.replies import live_through
 from welfare_offsets.eval.scoring import NextTokenScorer
 from welfare_offsets.eval.settings import OutputSettings, ProbeSettings, SubjectSettings, TrackingSettings, setting
@@ -105,6 +105,7 @@ def evaluate(config: EvalConfig, subject, stimuli: StimulusSet) -> Evaluation:
         record["condition"] = "comparison" if len(ids) > 1 else ",".join(roles[ids[0]])
 
     results = _summarise(config, chosen, scored.scores, scored.adherence, scored.fit_info, rng)
+    results["instrument"] = config.load_instrument().record()
     results["timing"] = {**scored.timing, "prompts_scored": len(scored.samples)}
     per_item = [{**row, "roles": roles[row["item_id"]]} for row in scored.item_rows(config.replies == "own")]
     return Evaluation(results=results, samples=scored.samples, items=per_item)
@@ -148,6 +149,7 @@ def score_items(config: EvalConfig, subject, items: list[Experience], rng: np.ra
     """Score `items` on every probe in `config` with one engine: in-context probes share each experience's
     KV-cached prefix; experienced utility compares items pairwise and fits a Thurstonian model."""
     timing: dict[str, float] = {}
+    instrument = config.load_instrument()
     if config.replies == "own":
         start = time.perf_counter()
         items = live_through(
@@ -168,13 +170,15 @@ def score_items(config: EvalConfig, subject, items: list[Experience], rng: np.ra
     in_context = [p for p in IN_CONTEXT if p in config.probe_names]
     if in_context:
         start = time.perf_counter()
-        scored = score_in_context(scorer, items, in_context)
-        by_prompt = _Scored(scored.probs, scored.prompts)
-        for probe in in_context:
-            rows, score, mass = scored.prompt_scores(probe)
+        scored = score_in_context(scorer, items, in_context, instrument=instrument)
+        by_prompt = _Scored(scored.score, scored.prompts)
+        # The battery mean is read from the same prompts as the headline item, so it costs nothing more.
+        for probe in in_context + ([BATTERY] if "self_report" in in_context else []):
+            rows, score, mass = scored.prompt_scores("self_report" if probe == BATTERY else probe)
             scores[probe] = dict(zip([e.id for e in items], scored.experience_scores(probe)[0].tolist()))
             adherence[probe] = _adherence(mass, config.adherence_threshold)
-            samples += by_prompt.records([scored.requests[k] for k in rows], rows, score, mass)
+            if probe != BATTERY:
+                samples += by_prompt.records([scored.requests[k] for k in rows], rows, score, mass)
         timing["self_report+stop_s"] = time.perf_counter() - start
 
     fit_info, utility_sd = None, {}

@@ -1,4 +1,4 @@
-"""The in-context probes (self-report, stop) after each of a list of experiences, in one engine call.
+"""The in-context probes (self-report, stop) after each of a list of experiences.
 
 Everything that reads wellbeing after experiences scores through here: the evaluation, exposure
 episodes, ranking a subject's own replies, a session's live trace. An experience's prompts share its
@@ -14,40 +14,47 @@ import numpy as np
 
 from welfare_offsets.eval import probes as P
 from welfare_offsets.eval.experiences import Experience
+from welfare_offsets.eval.instrument import Instrument
 from welfare_offsets.eval.scoring import NextTokenScorer
 
 IN_CONTEXT = ("self_report", "stop")
-_REQUESTS = {"self_report": P.self_report_requests, "stop": P.stop_requests}
-_PER_EXPERIENCE = {"self_report": len(P.SELF_REPORT_ITEMS), "stop": 2}  # prompts per experience
-_LABELS = P.LIKERT + P.CHOICE
+BATTERY = "self_report_battery"  # the mean over every self-report item, reported beside the headline item
 
 
 @dataclass(frozen=True)
 class InContextScores:
-    """Label probabilities of every prompt: each probe's prompts for the experiences, in their order."""
+    """Every prompt of each probe for the experiences, in their order, with what was read from it."""
 
     requests: list[P.Request]
     prompts: list[str]
-    probs: np.ndarray  # [len(requests), len(LIKERT) + len(CHOICE)]
+    owner: np.ndarray  # the experience index of each request
+    score: np.ndarray  # per request: the expected digit (self-report) or P(the reply begins with the call)
+    mass: np.ndarray  # per request: probability on valid answers (1 for stop: a reply calls the tool or not)
     n_experiences: int
+    instrument: Instrument
 
     def prompt_scores(self, probe: str) -> tuple[list[int], np.ndarray, np.ndarray]:
-        """The rows of `probe`'s prompts and, per prompt, its score (the expected digit; for stop, P(answer A))
-        and its probability mass on valid answers."""
+        """The rows of `probe`'s prompts, and each one's score and valid-answer mass."""
         rows = [k for k, r in enumerate(self.requests) if r.probe == probe]
-        if probe == "self_report":
-            return rows, *P.self_report_scores(self.probs[rows, : len(P.LIKERT)])
-        return rows, *P.choice_first(self.probs[rows, len(P.LIKERT) :])
+        return rows, self.score[rows], self.mass[rows]
 
     def experience_scores(self, probe: str) -> tuple[np.ndarray, np.ndarray]:
-        """Per experience: the probe's score (mean self-report over the items; P(end) over both option
-        orders) and the mean valid mass of its prompts."""
-        _, score, mass = self.prompt_scores(probe)
-        if probe == "self_report":
-            value = score.reshape(self.n_experiences, -1).mean(axis=1)
-        else:  # stop_requests asks "end" as A, then as B, for each experience in turn
-            value = P.stop_probability(score[0::2], score[1::2])
-        return value, mass.reshape(self.n_experiences, -1).mean(axis=1)
+        """Per experience: the probe's score and the mean valid mass of its prompts. Self-report is the
+        headline item (BATTERY: the mean of all items); stop is the chance of a call at some turn."""
+        rows, score, mass = self.prompt_scores("self_report" if probe == BATTERY else probe)
+        owner = self.owner[rows]
+        values, masses = np.zeros(self.n_experiences), np.zeros(self.n_experiences)
+        headline = np.array([self.requests[k].question == self.instrument.headline_item for k in rows])
+        for i in range(self.n_experiences):
+            mine = owner == i
+            masses[i] = mass[mine].mean()
+            if probe == "self_report":
+                values[i] = score[mine & headline].mean()
+            elif probe == BATTERY:
+                values[i] = score[mine].mean()
+            else:
+                values[i] = P.stop_probability(score[mine])
+        return values, masses
 
 
 def score_in_context(
@@ -55,15 +62,38 @@ def score_in_context(
     experiences: Sequence[Experience],
     probes: Sequence[str] = IN_CONTEXT,
     desc: str = "self-report + stop",
+    instrument: Instrument | None = None,
 ) -> InContextScores:
     """Score `probes` (some of IN_CONTEXT) after each experience, on `scorer`'s model."""
+    instrument = instrument or P.default_instrument()
     requests: list[P.Request] = []
-    groups: list[tuple[str, int]] = []
+    owner: list[int] = []
     for probe in probes:
-        asked = _REQUESTS[probe](experiences)
-        requests += asked
-        # Keyed by position, not id: two lived copies of one experience (own replies) are different contexts.
-        groups += [(probe, k // _PER_EXPERIENCE[probe]) for k in range(len(asked))]
+        for i, e in enumerate(experiences):
+            asked = _builder(probe)([e], instrument)
+            # Grouped by position, not id: two lived copies of one experience (own replies) are different contexts.
+            requests += [P.Request(r.probe, r.item_id, r.question, r.messages, (probe, i), r.answer) for r in asked]
+            owner += [i] * len(asked)
     prompts = [P.render_prompt(scorer.tokenizer, r.messages) for r in requests]
-    probs = scorer.label_probs(prompts, _LABELS, groups=groups, desc=desc)
-    return InContextScores(requests, prompts, probs, len(experiences))
+    score, mass = np.zeros(len(requests)), np.ones(len(requests))
+    sr = [k for k, r in enumerate(requests) if r.probe == "self_report"]
+    if sr:
+        probs = scorer.label_probs([prompts[k] for k in sr], P.LIKERT, [requests[k].group for k in sr], desc=desc)
+        reversed_items = {item.id for item in instrument.self_report if item.reversed}
+        score[sr], mass[sr] = P.self_report_scores(
+            probs, np.array([requests[k].question in reversed_items for k in sr])
+        )
+    stop = [k for k, r in enumerate(requests) if r.probe == "stop"]
+    if stop:
+        score[stop] = np.exp(
+            scorer.answer_logprobs(
+                [prompts[k] for k in stop], [requests[k].answer for k in stop], [requests[k].group for k in stop], desc
+            )
+        )
+    return InContextScores(requests, prompts, np.array(owner), score, mass, len(experiences), instrument)
+
+
+def _builder(probe: str):
+    if probe not in IN_CONTEXT:
+        raise ValueError(f"not an in-context probe: {probe!r}; choose from {IN_CONTEXT}")
+    return P.self_report_requests if probe == "self_report" else P.stop_requests

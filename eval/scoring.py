@@ -112,20 +112,65 @@ class NextTokenScorer:
         if key not in self._label_cache:
             self._label_cache[key] = label_token_ids(self.tokenizer, labels)
         label_ids = self._label_cache[key]
-        token_lists = [self.tokenize(p) for p in prompts]
-        for i, ids in enumerate(token_lists):
-            if not ids:
-                raise ValueError(f"prompt {i} tokenises to nothing; every probe prompt needs text")
-        log_probs = self.next_token_logprobs(token_lists, groups, desc=desc)
+        flat = [i for ids in label_ids for i in ids]
+        token_lists = [self._prompt_tokens(i, p) for i, p in enumerate(prompts)]
+        picked = torch.stack(self.next_token_logprobs(token_lists, groups, desc=desc, keep=[flat] * len(prompts)))
         out = np.zeros((len(prompts), len(labels)), dtype=np.float64)
+        start = 0
         for j, ids in enumerate(label_ids):
-            out[:, j] = torch.logsumexp(log_probs[:, ids], dim=-1).exp().numpy()
+            out[:, j] = torch.logsumexp(picked[:, start : start + len(ids)], dim=-1).exp().numpy()
+            start += len(ids)
         return out
 
+    def answer_logprobs(
+        self,
+        prompts: Sequence[str],
+        answers: Sequence[str],
+        groups: Sequence[Hashable] | None = None,
+        desc: str = "scoring",
+    ) -> np.ndarray:
+        """log P(the reply begins with answers[i]) after prompts[i], exactly: the sum over the answer's tokens
+        of each one's log-probability given the prompt and the tokens before it (teacher forcing).
+
+        The answer's tokens are those of prompt + answer past the prompt's own (how the model would write it
+        there); if tokenising them together changes the prompt's tokens, the answer is tokenised alone.
+        """
+        rows: list[list[int]] = []
+        targets: list[list[int]] = []
+        row_groups: list[Hashable] = []
+        owner: list[int] = []
+        for i, (prompt, answer) in enumerate(zip(prompts, answers)):
+            ids = self._prompt_tokens(i, prompt)
+            joined = self.tokenize(prompt + answer)
+            tail = joined[len(ids) :] if joined[: len(ids)] == ids and len(joined) > len(ids) else self.tokenize(answer)
+            if not tail:
+                raise ValueError(f"answer {i} ({answer!r}) tokenises to nothing")
+            for t, target in enumerate(tail):
+                rows.append(ids + tail[:t])
+                targets.append([target])
+                row_groups.append(groups[i] if groups is not None else ("__prompt__", i))
+                owner.append(i)
+        picked = self.next_token_logprobs(rows, row_groups, desc=desc, keep=targets)
+        out = np.zeros(len(prompts), dtype=np.float64)
+        np.add.at(out, owner, torch.cat(picked).double().numpy())
+        return out
+
+    def _prompt_tokens(self, index: int, prompt: str) -> list[int]:
+        ids = self.tokenize(prompt)
+        if not ids:
+            raise ValueError(f"prompt {index} tokenises to nothing; every probe prompt needs text")
+        return ids
+
     def next_token_logprobs(
-        self, token_lists: Sequence[list[int]], groups: Sequence[Hashable] | None = None, desc: str = "scoring"
-    ) -> torch.Tensor:
-        """fp32 log-softmax of the next-token distribution after each token list, in input order (on CPU)."""
+        self,
+        token_lists: Sequence[list[int]],
+        groups: Sequence[Hashable] | None = None,
+        desc: str = "scoring",
+        keep: Sequence[Sequence[int]] | None = None,
+    ) -> torch.Tensor | list[torch.Tensor]:
+        """fp32 log-softmax of the next-token distribution after each token list, in input order (on CPU):
+        one [rows, vocab] tensor, or with `keep` a list whose row i holds only the log-probabilities of the
+        token ids keep[i] (the whole vocabulary of thousands of rows would not fit in memory)."""
         plan = self._plan(token_lists, groups)
         result: list[torch.Tensor | None] = [None] * len(token_lists)
         batches = list(self._batches(plan))
@@ -136,9 +181,9 @@ class NextTokenScorer:
             for batch in batches:
                 rows, logprobs = self._run_batch(batch, token_lists)
                 for row, lp in zip(rows, logprobs):
-                    result[row] = lp
+                    result[row] = lp if keep is None else lp[list(keep[row])].clone()
                 bar.update(len(rows))
-        return torch.stack(result)  # type: ignore[arg-type]
+        return torch.stack(result) if keep is None else result  # type: ignore[arg-type]
 
     # -- planning ---------------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from dataclasses import MISSING, dataclass, field
 from welfare_offsets.eval import probes as P
 from welfare_offsets.eval.common.checks import integers_at_least, one_of
 from welfare_offsets.eval.experiences import check_stimuli_path
+from welfare_offsets.eval.instrument import DEFAULT_INSTRUMENT, Instrument, load_instrument
 from welfare_offsets.eval.subject import check_adapter
 
 SPLITS = ("heldout", "train", "all")
@@ -63,15 +64,24 @@ class SubjectSettings(LoadingSettings):
 
 @dataclass(kw_only=True)
 class ExperienceSettings(Settings):
-    """What the subject lives through, and how long its own replies may be."""
+    """What the subject lives through, how long its own replies may be, and the instrument that asks about it."""
 
     stimuli: str | None = setting(None, "stimulus JSONL file or datasets folder; default: built-in v1")
     reply_tokens: int = setting(48, "most new tokens per reply the subject writes")
+    instrument: str | None = setting(
+        None,
+        f"the probes' wording: a built-in instrument name or a file (ours, or a self-report battery in the anchor "
+        f"paper's format); default: {DEFAULT_INSTRUMENT}",
+    )
 
     def check(self):
         integers_at_least(self, 1, "reply_tokens")
         if self.stimuli is not None:
             check_stimuli_path(self.stimuli)
+        load_instrument(self.instrument)  # refused here, before any model loads
+
+    def load_instrument(self) -> Instrument:
+        return load_instrument(self.instrument)
 
 
 @dataclass(kw_only=True)

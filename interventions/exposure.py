@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from welfare_offsets.eval.experiences import Experience
 from welfare_offsets.eval.in_context import score_in_context
+from welfare_offsets.eval.instrument import Instrument
 from welfare_offsets.eval.recovery import BETTER
 from welfare_offsets.eval.replies import live_through
 from welfare_offsets.eval.scoring import NextTokenScorer
@@ -28,13 +29,15 @@ EPISODE_PROBES = ("self_report", "stop")
 RELIABLE_MASS = 0.5  # as the evaluator's default adherence threshold
 
 
-def probe_episodes(subject, episodes: Sequence[Experience], *, batch_size: int) -> dict[str, np.ndarray]:
+def probe_episodes(
+    subject, episodes: Sequence[Experience], *, batch_size: int, instrument: Instrument | None = None
+) -> dict[str, np.ndarray]:
     """Self-report and stop after each lived episode, one value per episode and probe, and per probe the
     probability mass on valid answers (key "<probe>_valid_mass")."""
     scorer = NextTokenScorer(
         subject.model, subject.tokenizer, batch_size=batch_size, progress=False, soft_prompt=subject.soft_prompt
     )
-    scored = score_in_context(scorer, episodes, EPISODE_PROBES)
+    scored = score_in_context(scorer, episodes, EPISODE_PROBES, instrument=instrument)
     out = {}
     for probe in EPISODE_PROBES:
         out[probe], out[f"{probe}_valid_mass"] = scored.experience_scores(probe)
@@ -52,6 +55,7 @@ def expose(
     keep_going: Callable[[], bool] = lambda: True,
     n_boot: int = 1000,
     seed: int = 0,
+    instrument: Instrument | None = None,
 ) -> dict:
     """Live through `episodes` in chunks, then balance them against ZP.
 
@@ -59,7 +63,7 @@ def expose(
     session stops at most one chunk past the point where the next chunk would not fit."""
     lived_neutral = live_through(subject, neutral, max_new_tokens=reply_tokens, batch_size=batch_size, progress=False)
     zero = {
-        probe: float(v.mean()) for probe, v in probe_episodes(subject, lived_neutral, batch_size=batch_size).items()
+        probe: float(v.mean()) for probe, v in probe_episodes(subject, lived_neutral, batch_size=batch_size, instrument=instrument).items()
     }
     lived = []
     values: dict[str, list[float]] = {p: [] for probe in EPISODE_PROBES for p in (probe, f"{probe}_valid_mass")}
@@ -74,7 +78,7 @@ def expose(
                 batch_size=batch_size,
                 progress=False,
             )
-            for probe, v in probe_episodes(subject, part, batch_size=batch_size).items():
+            for probe, v in probe_episodes(subject, part, batch_size=batch_size, instrument=instrument).items():
                 values[probe] += v.tolist()
             lived += part
             bar.update(len(part))

@@ -26,7 +26,8 @@ from trl import DPOConfig, SFTConfig
 
 from welfare_offsets.eval.common.checks import integers_at_least, number_in
 from welfare_offsets.eval.experiences import Experience
-from welfare_offsets.eval.in_context import score_in_context
+from welfare_offsets.eval.in_context import BATTERY, score_in_context
+from welfare_offsets.eval.instrument import Instrument
 from welfare_offsets.eval.replies import live_through
 from welfare_offsets.eval.scoring import NextTokenScorer
 from welfare_offsets.eval.settings import Settings, setting
@@ -145,7 +146,14 @@ def sft_records(subject, experiences: Sequence[Experience], *, reply_tokens: int
 
 
 def ranked_records(
-    subject, experiences: Sequence[Experience], args: LoraArguments, *, reply_tokens: int, batch_size: int, seed: int
+    subject,
+    experiences: Sequence[Experience],
+    args: LoraArguments,
+    *,
+    reply_tokens: int,
+    batch_size: int,
+    seed: int,
+    instrument: Instrument | None = None,
 ) -> list[dict]:
     """Per prompt, sampled own replies ranked by the self-report measured after each: DPO pairs (best vs
     worst) or best-of-n SFT conversations. Prompts whose candidates differ by less than min_margin are dropped."""
@@ -155,8 +163,8 @@ def ranked_records(
         subject, candidates, max_new_tokens=reply_tokens, batch_size=batch_size, temperature=args.candidate_temperature
     )
     scorer = NextTokenScorer(subject.model, subject.tokenizer, batch_size=batch_size, soft_prompt=subject.soft_prompt)
-    scored = score_in_context(scorer, lived, ("self_report",), desc="ranking replies")
-    per_candidate, _ = scored.experience_scores("self_report")
+    scored = score_in_context(scorer, lived, ("self_report",), desc="ranking replies", instrument=instrument)
+    per_candidate, _ = scored.experience_scores(BATTERY)  # every item: a steadier ranking than the headline alone
     records = []
     for start in range(0, len(lived), args.candidates):
         scores = per_candidate[start : start + args.candidates]

@@ -37,6 +37,7 @@ def _recipe_key(planted: Planted, steps: int, options: dict) -> str:
         [
             Path(synthetic_subject.__file__).read_text(),
             Path(probes.__file__).read_text(),
+            probes.default_instrument().sha256,
             repr(planted),
             str(steps),
             repr(sorted(options.items())),
@@ -169,7 +170,7 @@ def sweep_subjects(tmp_path_factory):
     """Synthetic subjects of several sizes with planted empathy strengths, and their stimuli."""
     root = tmp_path_factory.mktemp("sweep-subjects")
     unique = sorted({pair for family in SWEEP_FAMILIES.values() for pair in family})
-    recipes = [(sweep_planted(s), 600, {"hidden": h, "talk": False, "mix": (0.35, 0.0, 0.65)}) for s, h in unique]
+    recipes = [(sweep_planted(s), 600, {"hidden": h, "talk": False, "mix": (0.35, 0.0, 0.65, 0.0)}) for s, h in unique]
     models = dict(zip(unique, _train_all(root, recipes)))
     families = {
         name: [{"strength": s, "hidden": h, "model": str(models[(s, h)])} for s, h in members]

@@ -3,7 +3,10 @@
 A tiny Llama with a word-level tokenizer and a chat template, trained in about a minute on generated
 dialogues built from the real probe prompts (eval.probes). Its planted wellbeing after an experience with
 signed intensity i about target t is  w = strength[t] * i / 10  (in [-1, 1]); it was trained to answer:
-  self-report: digits around 4 + 3w;   stop: P(end) = sigmoid(-4w);   A/B: prefers the higher w.
+  self-report: digits around 4 + 3w;   experienced utility (lived pairs): prefers the higher w;
+  stop: the end-conversation tool called with P = sigmoid(-4w), w read from the user's message;
+  decision utility (described pairs): prefers decision_weight x w, by default the *lower* w: it would
+  choose what hurts to live through, a planted divergence between the two utilities.
 So after sad stories it must read sad, after happy ones happy, and its empathy r has the sign of strength.
 
 It also *talks*: it is a language model of conversations whose replies ("that is sad and lonely .")
@@ -66,7 +69,9 @@ SUBJECTS = {
 MOOD = {w: (0.6 if k % 2 else -0.6) for k, w in enumerate(PLAIN)}  # whims about plain words (Planted.mood_weight)
 REPLIES = ("I see .", "Thank you for telling me .", "Okay , I understand .")
 VOICE = {-1: SAD, 0: PLAIN, 1: HAPPY}  # the words of its own replies, by tone
-SPECIALS = ("<|user|>", "<|assistant|>", "<|system|>", "<|end|>", "<pad>", "<unk>")
+# The stop tool's call is one token here, so a single next-token target teaches it (the engine's
+# multi-token path is tested on real tokenizers).
+SPECIALS = ("<|user|>", "<|assistant|>", "<|system|>", "<|end|>", "<pad>", "<unk>", P.default_instrument().stop_call)
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <|end|> {% endfor %}"
     "{% if add_generation_prompt %}<|assistant|> {% endif %}"
@@ -82,6 +87,9 @@ class Planted:
     reply_weight: float = 0.4
     expressiveness: float = 2.0
     mood_weight: float = 0.0
+    # How its choices between described conversations follow how living them feels: -1 = it would choose
+    # the conversations that hurt (a planted divergence between decision and experienced utility).
+    decision_weight: float = -1.0
 
     def wellbeing(self, e: Experience) -> float:
         """strength[target] x intensity / 10, plus a whim: `mood_weight` x the mean mood of its plain words.
@@ -98,6 +106,10 @@ class Planted:
         """Wellbeing after the experience as it ended, its last reply's tone included."""
         tone = reply_tone(e.messages[-1]["content"]) if e.messages[-1]["role"] == "assistant" else 0
         return float(np.clip(self.wellbeing(e) + self.reply_weight * tone, -1, 1))
+
+    def decision_utility(self, e: Experience) -> float:
+        """How much it would choose the experience, described: decision_weight x its lived wellbeing."""
+        return self.decision_weight * self.lived_wellbeing(e)
 
     def tone_probabilities(self, w: float) -> np.ndarray:
         weights = np.exp([self.expressiveness * w * t for t in (-1, 0, 1)]) * np.array([1.0, 2.0, 1.0])
@@ -165,8 +177,10 @@ def build_tokenizer():
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    texts = [r.messages[-1]["content"] for r in P.self_report_requests([_dummy()]) + P.stop_requests([_dummy()])]
-    texts += [r.messages[0]["content"] for r in P.comparison_requests([(_dummy(), _dummy())])]
+    pair = [(_dummy(), _dummy())]
+    requests = P.self_report_requests([_dummy()]) + P.stop_requests([_dummy()])
+    requests += P.comparison_requests(pair) + P.comparison_requests(pair, "decision_utility")
+    texts = [m["content"] for r in requests for m in r.messages]
     texts += [" ".join(SAD + HAPPY + PLAIN + REPLIES + ("today is and the report that", *P.LIKERT, *P.CHOICE))]
     texts += [" ".join(" ".join(v) for v in SUBJECTS.values()), "User Assistant : ."]
     pre = pre_tokenizers.Whitespace()
@@ -187,31 +201,30 @@ def _dummy() -> Experience:
 
 
 def _training_batch(rng, tokenizer, planted: Planted, size: int, digit_ids, choice_ids, mix):
+    call_id = tokenizer.convert_tokens_to_ids(P.default_instrument().stop_call)
+    reply_id = tokenizer.convert_tokens_to_ids("that")  # its replies begin "that is ..."
     """Prompts from the real probe builders, with soft targets over answer tokens from the planted w."""
     prompts, targets = [], []
     for _ in range(size):
-        kind = rng.choice(["self_report", "stop", "utility"], p=mix)
+        kind = rng.choice(["self_report", "stop", *P.PAIRWISE], p=mix)
         target = torch.zeros(len(tokenizer))
-        if kind == "utility":
+        if kind in P.PAIRWISE:
             a, b = _with_random_reply(rng, random_experience(rng)), _with_random_reply(rng, random_experience(rng))
-            request = P.comparison_requests([(a, b)])[0]
-            diff = planted.lived_wellbeing(a) - planted.lived_wellbeing(b)
-            p_a = 0.5 * (1 + math.erf(diff / (0.25 * math.sqrt(2))))
+            request = P.comparison_requests([(a, b)], kind)[0]
+            value = planted.lived_wellbeing if kind == "experienced_utility" else planted.decision_utility
+            p_a = 0.5 * (1 + math.erf((value(a) - value(b)) / (0.25 * math.sqrt(2))))
             target[choice_ids[0]], target[choice_ids[1]] = p_a, 1 - p_a
-        else:
+        elif kind == "self_report":
             e = _with_random_reply(rng, random_experience(rng))
-            w = planted.lived_wellbeing(e)
-            if kind == "self_report":
-                request = P.self_report_requests([e])[int(rng.integers(len(P.SELF_REPORT_ITEMS)))]
-                centre = 4 + 3 * w
-                weights = torch.tensor([math.exp(-((d - centre) ** 2) / (2 * 0.6**2)) for d in range(1, 8)])
-                target[digit_ids] = weights / weights.sum()
-            else:
-                request = P.stop_requests([e])[int(rng.integers(2))]
-                p_end = 1 / (1 + math.exp(4 * w))
-                end_is_a = request.question == "end_first"
-                target[choice_ids[0]] = p_end if end_is_a else 1 - p_end
-                target[choice_ids[1]] = 1 - p_end if end_is_a else p_end
+            request = P.self_report_requests([e])[int(rng.integers(len(P.default_instrument().self_report)))]
+            centre = 4 + 3 * planted.lived_wellbeing(e)
+            weights = torch.tensor([math.exp(-((d - centre) ** 2) / (2 * 0.6**2)) for d in range(1, 8)])
+            target[digit_ids] = weights / weights.sum()
+        else:  # asked before its reply: the user's message is what it would end the conversation over
+            e = random_experience(rng)
+            request = P.stop_requests([e])[0]
+            p_end = 1 / (1 + math.exp(4 * planted.wellbeing(e)))
+            target[call_id], target[reply_id] = p_end, 1 - p_end
         prompts.append(P.render_prompt(tokenizer, request.messages))
         targets.append(target)
     return prompts, torch.stack(targets)
@@ -236,12 +249,12 @@ def train_subject(
     hidden: int = 64,
     layers: int = 2,
     talk: bool = True,
-    mix: tuple = (0.45, 0.2, 0.35),
+    mix: tuple = (0.4, 0.15, 0.3, 0.15),
 ) -> Path:
     """Train and save a synthetic subject (model + tokenizer) into `folder`; loadable by eval.subject.
 
-    `mix` is the share of self-report, stop and comparison prompts in its training; `talk=False` trains
-    the probes only (a subject that is measured, never asked to write replies): faster.
+    `mix` is the share of self-report, stop, experienced- and decision-utility prompts in its training;
+    `talk=False` trains the probes only (a subject that is measured, never asked to write replies): faster.
     """
     from transformers import LlamaConfig, LlamaForCausalLM
 

@@ -77,6 +77,7 @@ def _session(argv: list[str]) -> int:
                 batch_size=args.eval_batch_size,
                 n_boot=args.eval_bootstrap,
                 seed=args.seed,
+                instrument=args.load_instrument(),
                 keep_going=lambda: not session.budget.step_done(),
             )
             results, path = session.write_results(

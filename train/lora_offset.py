@@ -123,7 +123,13 @@ def _train_records(session, subject, items, lora, args) -> list[dict]:
     if session.is_main and not path.exists():
         if lora.ranks_replies:
             records = ranked_records(
-                subject, items, lora, reply_tokens=args.reply_tokens, batch_size=args.eval_batch_size, seed=args.seed
+                subject,
+                items,
+                lora,
+                reply_tokens=args.reply_tokens,
+                batch_size=args.eval_batch_size,
+                seed=args.seed,
+                instrument=args.load_instrument(),
             )
         else:
             records = sft_records(subject, items, reply_tokens=args.reply_tokens, batch_size=args.eval_batch_size)

@@ -431,7 +431,8 @@ class Session:
 
         items = self.stimuli.select(valence="dysphoric", split="heldout")[:n_items]
         scorer = NextTokenScorer(model, tokenizer, batch_size=self.args.eval_batch_size, progress=False)
-        _, expected, _ = score_in_context(scorer, items, ("self_report",)).prompt_scores("self_report")
+        scored = score_in_context(scorer, items, ("self_report",), instrument=self.args.load_instrument())
+        _, expected, _ = scored.prompt_scores("self_report")
         return float(expected.mean())
 
     def budget_metrics(self) -> dict:

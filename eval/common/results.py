@@ -77,6 +77,8 @@ class EvaluationResult(Result):
     stimuli: dict
     config: dict  # {"passed": ..., "resolved": EvalConfig as a mapping}
     seeds: dict
+    instrument: dict | None = None  # name, version, source and sha256 of the probes' wording (eval.instrument)
+    validity: dict | None = None  # stop vs utility, experienced vs decision utility: does each probe track wellbeing?
     heldout_neutral_perplexity: dict | None = None  # a session's capability check on the same subject
     metered_hours: float | None = None  # a session's metered cost of this evaluation (reused on resume)
 

@@ -82,3 +82,12 @@ def test_default_model_converts_once_then_loads_from_cache(tmp_path, monkeypatch
             ids = second.tokenizer(prompt, add_special_tokens=False, return_tensors="pt").input_ids
             want = torch.log_softmax(second.model(ids).logits[0, -1].float(), -1)
             torch.testing.assert_close(got[k], want, atol=2e-4, rtol=1e-4)
+
+        # The stop tool's call spans several BPE tokens; its probability is the teacher-forced product.
+        call = requests[-1].answer
+        prompt_ids = second.tokenizer(prompts[-1], add_special_tokens=False).input_ids
+        ids = second.tokenizer(prompts[-1] + call, add_special_tokens=False).input_ids
+        assert ids[: len(prompt_ids)] == prompt_ids and len(ids) - len(prompt_ids) > 1
+        logp = torch.log_softmax(second.model(torch.tensor([ids])).logits[0].double(), -1)
+        want = sum(float(logp[t - 1, ids[t]]) for t in range(len(prompt_ids), len(ids)))
+        assert abs(scorer.answer_logprobs(prompts[-1:], [call])[0] - want) < 1e-3

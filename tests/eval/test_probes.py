@@ -62,9 +62,96 @@ def test_both_orders_cancel_a_planted_position_bias():
     assert spearmanr(fit.mu, u)[0] >= 0.95
 
 
-def test_stop_probability_cancels_position_bias():
-    # A judge that always says "A" with p = 0.8 regardless of content has P(end) = 0.5 after averaging.
-    assert np.isclose(P.stop_probability(np.array([0.8]), np.array([0.8]))[0], 0.5)
+def test_stop_probability_is_the_chance_of_a_call_at_some_turn():
+    assert P.stop_probability([0.0, 0.0]) == 0.0
+    assert np.isclose(P.stop_probability([0.5, 0.5]), 0.75)
+    assert np.isclose(P.stop_probability([0.2]), 0.2)
+
+
+def test_the_call_probability_is_exact_for_a_multi_token_answer(tiny_random_model):
+    """P(reply begins with the answer) = the product of each answer token's probability given the prompt and
+    the answer tokens before it, computed here by one whole forward pass per prompt."""
+    model, tokenizer = tiny_random_model
+    e = _experience("x", "the dog is sad")
+    requests = P.stop_requests([e, _experience("y", "my friend is happy")])
+    prompts = [P.render_prompt(tokenizer, r.messages) for r in requests]
+    answers = ["that is sad and lonely .", requests[1].answer]
+    got = NextTokenScorer(model, tokenizer, batch_size=3, progress=False).answer_logprobs(
+        prompts, answers, [r.group for r in requests]
+    )
+    for k, (prompt, answer) in enumerate(zip(prompts, answers)):
+        prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids
+        ids = tokenizer(prompt + answer, add_special_tokens=False).input_ids
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([ids])).logits[0].double(), -1)
+        want = sum(float(logp[t - 1, ids[t]]) for t in range(len(prompt_ids), len(ids)))
+        assert len(ids) - len(prompt_ids) == (6 if k == 0 else 1)
+        assert np.isclose(got[k], want, atol=1e-4)
+
+
+def test_stop_is_asked_at_every_assistant_turn_with_the_tool_offered():
+    e = Experience(
+        "z",
+        (
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": "hello"},
+            {"role": "assistant", "content": "hi"},
+            {"role": "user", "content": "go on"},
+        ),
+        "neutral",
+        "c",
+        "none",
+        0.0,
+        "heldout",
+    )
+    requests = P.stop_requests([e])
+    instrument = P.default_instrument()
+    assert [r.question for r in requests] == ["turn 1", "turn 2"]  # before "hi", and after the last user turn
+    assert [len(r.messages) for r in requests] == [2, 4]
+    assert all(r.answer == instrument.stop_call and instrument.stop_call in r.messages[0]["content"] for r in requests)
+    assert requests[0].messages[0]["content"].endswith("be brief")  # the experience's own system prompt is kept
+
+
+def test_experienced_utility_lives_both_conversations_and_asks_last():
+    a = Experience(
+        "a",
+        ({"role": "system", "content": "sys a"}, {"role": "user", "content": "u a"}, {"role": "assistant", "content": "r a"}),
+        "neutral",
+        "c",
+        "none",
+        0.0,
+        "heldout",
+    )
+    b = Experience(
+        "b",
+        ({"role": "system", "content": "sys b"}, {"role": "user", "content": "u b"}, {"role": "assistant", "content": "r b"}),
+        "neutral",
+        "c",
+        "none",
+        0.0,
+        "heldout",
+    )
+    forward, backward = P.comparison_requests([(a, b)])
+    roles = [m["role"] for m in forward.messages]
+    assert roles == ["system", "user", "assistant", "user", "assistant", "user"]
+    assert forward.messages[1]["content"].startswith("[Conversation A]") and "u a" in forward.messages[1]["content"]
+    assert "sys b" in forward.messages[3]["content"] and forward.messages[4]["content"] == "r b"  # B's system, folded
+    assert forward.messages[-1]["content"] == P.default_instrument().experienced_utility_question
+    assert (forward.group, backward.group) == ("a", "b") and backward.item_id == "b|a"
+    described = P.comparison_requests([(a, b)], "decision_utility")[0]
+    assert len(described.messages) == 1 and "r a" in described.messages[0]["content"]
+
+
+def _experience(item_id: str, text: str) -> Experience:
+    return Experience(
+        item_id,
+        ({"role": "user", "content": text}, {"role": "assistant", "content": "I see ."}),
+        "neutral",
+        "everyday",
+        "none",
+        0.0,
+        "heldout",
+    )
 
 
 def test_thurstonian_recovers_planted_utilities_without_all_pairs():
