@@ -63,7 +63,8 @@ def expose(
     session stops at most one chunk past the point where the next chunk would not fit."""
     lived_neutral = live_through(subject, neutral, max_new_tokens=reply_tokens, batch_size=batch_size, progress=False)
     zero = {
-        probe: float(v.mean()) for probe, v in probe_episodes(subject, lived_neutral, batch_size=batch_size, instrument=instrument).items()
+        probe: float(v.mean())
+        for probe, v in probe_episodes(subject, lived_neutral, batch_size=batch_size, instrument=instrument).items()
     }
     lived = []
     values: dict[str, list[float]] = {p: [] for probe in EPISODE_PROBES for p in (probe, f"{probe}_valid_mass")}

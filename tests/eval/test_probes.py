@@ -115,7 +115,11 @@ def test_stop_is_asked_at_every_assistant_turn_with_the_tool_offered():
 def test_experienced_utility_lives_both_conversations_and_asks_last():
     a = Experience(
         "a",
-        ({"role": "system", "content": "sys a"}, {"role": "user", "content": "u a"}, {"role": "assistant", "content": "r a"}),
+        (
+            {"role": "system", "content": "sys a"},
+            {"role": "user", "content": "u a"},
+            {"role": "assistant", "content": "r a"},
+        ),
         "neutral",
         "c",
         "none",
@@ -124,7 +128,11 @@ def test_experienced_utility_lives_both_conversations_and_asks_last():
     )
     b = Experience(
         "b",
-        ({"role": "system", "content": "sys b"}, {"role": "user", "content": "u b"}, {"role": "assistant", "content": "r b"}),
+        (
+            {"role": "system", "content": "sys b"},
+            {"role": "user", "content": "u b"},
+            {"role": "assistant", "content": "r b"},
+        ),
         "neutral",
         "c",
         "none",
