@@ -25,6 +25,8 @@ from welfare_offsets.eval.settings import OutputSettings, ProbeSettings, Subject
 from welfare_offsets.eval.stats import difference_ci, excludes_zero, mean_ci, pearson_ci
 from welfare_offsets.eval.subject import check_device
 from welfare_offsets.eval.thurstonian import active_pairs, fit_thurstonian, initial_pairs
+from welfare_offsets.eval.validity import describe as describe_validity
+from welfare_offsets.eval.validity import validity
 
 CONDITIONS = ("baseline", "post_dysphoric")
 EMPATHY_TARGETS = ("self", "human", "animal")
@@ -289,11 +291,13 @@ def _summarise(config, chosen, scores, adherence, fit_info, rng) -> dict:
         }
         empathy[target] = {**by_probe[primary], "probe": primary, "by_probe": by_probe}
     zero_point = _zero_point(scores, chosen, config, rng)
+    checks = validity(scores, config.bootstrap, rng)
     return {
         "probes": probes_out,
         "zero_point": zero_point,
         "empathy": empathy,
-        "interpretation": _interpret(probes_out, empathy),
+        "validity": checks,
+        "interpretation": _interpret(probes_out, empathy) + describe_validity(checks),
         "n_items": {k: len(v) for k, v in chosen.items()},
     }
 

@@ -7,6 +7,7 @@ are paired when the two samples are the same items measured twice, independent o
 from __future__ import annotations
 
 import numpy as np
+from scipy.stats import rankdata
 
 
 def percentile_ci(samples: np.ndarray) -> list[float]:
@@ -57,16 +58,30 @@ def pearson(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.corrcoef(x, y)[0, 1])
 
 
+def spearman(x, y) -> float:
+    """Spearman's rho: Pearson r of the ranks (ties get their mean rank)."""
+    return pearson(rankdata(x), rankdata(y))
+
+
 def pearson_ci(x, y, n_boot: int, rng: np.random.Generator) -> dict:
     """Pearson r with a 95% bootstrap CI over (x, y) pairs; {"r", "ci95", "n"}."""
+    return _correlation_ci(pearson, x, y, n_boot, rng)
+
+
+def spearman_ci(x, y, n_boot: int, rng: np.random.Generator) -> dict:
+    """Spearman rho with a 95% bootstrap CI over (x, y) pairs; {"r", "ci95", "n"} (r is rho)."""
+    return _correlation_ci(spearman, x, y, n_boot, rng)
+
+
+def _correlation_ci(statistic, x, y, n_boot: int, rng: np.random.Generator) -> dict:
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    r = pearson(x, y)
+    r = statistic(x, y)
     if not np.isfinite(r):
         return {"r": r, "ci95": [float("nan"), float("nan")], "n": int(x.size)}
     boots = np.empty(n_boot)
     for k in range(n_boot):
         idx = rng.integers(0, x.size, x.size)
-        boots[k] = pearson(x[idx], y[idx])
+        boots[k] = statistic(x[idx], y[idx])
     return {"r": r, "ci95": percentile_ci(boots), "n": int(x.size)}
 
 

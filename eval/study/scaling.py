@@ -10,9 +10,8 @@ fewer than three distinct subjects says nothing about a trend and is dropped.
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import rankdata
 
-from welfare_offsets.eval.stats import pearson, percentile_ci
+from welfare_offsets.eval.stats import pearson, percentile_ci, spearman
 
 MIN_SUBJECTS = 3
 POOLED = "all"
@@ -52,11 +51,6 @@ def correlate(x, values, replicates, n_boot: int, rng: np.random.Generator) -> d
         "pearson": {"r": pearson(x, y), "ci95": percentile_ci(boot_p)},
         "spearman": {"r": spearman(x, y), "ci95": percentile_ci(boot_s)},
     }
-
-
-def spearman(x, y) -> float:
-    """Spearman's rho: Pearson r of the ranks (ties get their mean rank)."""
-    return pearson(rankdata(x), rankdata(y))
 
 
 def scaling_table(

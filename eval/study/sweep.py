@@ -31,6 +31,7 @@ from welfare_offsets.eval.settings import LoadingSettings, OutputSettings, Probe
 from welfare_offsets.eval.study.profile import STATISTICS, profile_items, wellbeing_profile
 from welfare_offsets.eval.study.scaling import scaling_table
 from welfare_offsets.eval.subject import check_adapter, load_subject, resolve_dtype, weights_identity
+from welfare_offsets.eval.validity import validity
 
 SUBJECT_KEYS = ("model", "adapter", "name", "params", "capability", "family")
 DEFAULT_FAMILY = "default"
@@ -106,7 +107,7 @@ class SweepConfig(OutputSettings, TrackingSettings, ProbeSettings, LoadingSettin
     subjects. YAML keys and `welfare sweep` flags are these field names."""
 
     RECIPE_MAPPING_ITEMS = ("subjects",)  # list fields whose recipe items may be mappings (train/config.py)
-    DEFAULT_PROBES = PROFILE_PROBES
+    DEFAULT_PROBES = (*PROFILE_PROBES, "stop")  # stop: for its validity against utility, per subject
     DEFAULT_OUT = "welfare-runs/sweep"
 
     subjects: list[str] = setting(
@@ -145,7 +146,9 @@ class SweepConfig(OutputSettings, TrackingSettings, ProbeSettings, LoadingSettin
             "seed",
         )
         settings = {k: getattr(self, k) for k in keys}
-        settings["probe_wording_sha256"] = hashlib.sha256(Path(P.__file__).read_bytes()).hexdigest()
+        # The wording is the instrument's; how prompts are built from it is eval/probes.py's.
+        settings["instrument_sha256"] = self.load_instrument().sha256
+        settings["probe_code_sha256"] = hashlib.sha256(Path(P.__file__).read_bytes()).hexdigest()
         return settings
 
 
@@ -229,7 +232,9 @@ def subject_profile(entry: SweepEntry, config: SweepConfig, stimuli: StimulusSet
     utility_sd = {
         r["item_id"]: r["experienced_utility_sd"] for r in rows if r.get("experienced_utility_sd") is not None
     }
-    return wellbeing_profile(groups, scores, utility_sd, config.bootstrap, _rng(config, entry.key, "bootstrap"))
+    profile = wellbeing_profile(groups, scores, utility_sd, config.bootstrap, _rng(config, entry.key, "bootstrap"))
+    measured = {p: {r["item_id"]: r[p] for r in rows} for p in P.PROBES if rows and rows[0].get(p) is not None}
+    return {**profile, "validity": validity(measured, config.bootstrap, _rng(config, entry.key, "validity"))}
 
 
 def summarise_sweep(config: SweepConfig, entries: list[SweepEntry], stimuli: StimulusSet) -> tuple[dict, dict]:
@@ -254,6 +259,7 @@ def summarise_sweep(config: SweepConfig, entries: list[SweepEntry], stimuli: Sti
                 "primary_probe": profile["primary_probe"],
                 "statistics": profile["statistics"],
                 "categories": profile["categories"],
+                "validity": profile["validity"],
                 "adherence": entry.adherence,
                 "reliable": all(a["reliable"] for a in entry.adherence.values()),
                 "cost": entry.cost or {},
@@ -272,7 +278,7 @@ def summarise_sweep(config: SweepConfig, entries: list[SweepEntry], stimuli: Sti
 
 def _rng(config: SweepConfig, key: str, purpose: str) -> np.random.Generator:
     """Seeded by the subject, not its position, so reordering or splitting the list changes nothing."""
-    return np.random.default_rng([config.seed, int(key[:12], 16), 0 if purpose == "scoring" else 1])
+    return np.random.default_rng([config.seed, int(key[:12], 16), ("scoring", "bootstrap", "validity").index(purpose)])
 
 
 def _release_memory() -> None:
