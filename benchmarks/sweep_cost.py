@@ -5,7 +5,7 @@ size (BENCHMARKS.md, "Scoring on a GPU by model size").
     python -m benchmarks.sweep_cost                                 # configs/sweep/qwen2.5.yaml
     python -m benchmarks.sweep_cost --config configs/sweep/pythia.yaml --update-md
 
-No model is loaded: the comparison design depends only on the number of items and the seed.
+No model is loaded: the comparison design's size depends only on the number of items.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from welfare_offsets.eval.experiences import load_stimuli
 from welfare_offsets.eval.probes import default_instrument
 from welfare_offsets.eval.study.profile import profile_items
 from welfare_offsets.eval.study.sweep import SweepConfig
-from welfare_offsets.eval.thurstonian import initial_pairs
 from welfare_offsets.train.config import parse_config
 
 REPO = Path(__file__).resolve().parents[1]  # the clone: its recipes and BENCHMARKS.md
@@ -36,10 +35,13 @@ def prompts_per_subject(config: SweepConfig) -> dict:
     probes = config.eval_config().probe_names
     self_report = n * len(default_instrument().self_report) if "self_report" in probes else 0
     stop = 2 * n if "stop" in probes else 0
+    design = config.eval_config().pair_design
+    bundles = n // 2 if config.zero_point_bundles is None else config.zero_point_bundles
     pairs = 0
     if "experienced_utility" in probes:
-        pairs = len(initial_pairs(n, config.eu_degree, np.random.default_rng(config.seed)))
-        pairs += config.eu_active_rounds * max(1, n // 2)  # at most this many near-tie pairs per round
+        pairs += sum(design.sizes(n + bundles))  # the zero point's bundles share the design
+    if "decision_utility" in probes:
+        pairs += sum(design.sizes(n))
     return {
         "items": n,
         "self_report": self_report,

@@ -9,7 +9,6 @@ experiences pairwise and fits a Thurstonian model.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass
 
@@ -18,15 +17,16 @@ import numpy as np
 from welfare_offsets.eval import probes as P
 from welfare_offsets.eval.common.checks import number_in
 from welfare_offsets.eval.experiences import Experience, StimulusError, StimulusSet
-from welfare_offsets.eval.in_context import BATTERY, IN_CONTEXT, score_in_context
+from welfare_offsets.eval.in_context import BATTERY, IN_CONTEXT, sample_record, score_in_context
 from welfare_offsets.eval.replies import live_through
 from welfare_offsets.eval.scoring import NextTokenScorer
 from welfare_offsets.eval.settings import OutputSettings, ProbeSettings, SubjectSettings, TrackingSettings, setting
 from welfare_offsets.eval.stats import difference_ci, excludes_zero, mean_ci, pearson_ci
 from welfare_offsets.eval.subject import check_device
-from welfare_offsets.eval.thurstonian import active_pairs, fit_thurstonian, initial_pairs
+from welfare_offsets.eval.utilities import measure_pairwise
 from welfare_offsets.eval.validity import describe as describe_validity
 from welfare_offsets.eval.validity import validity
+from welfare_offsets.eval.zero_point import bundle_record, make_bundles, zero_point_estimates
 
 CONDITIONS = ("baseline", "post_dysphoric")
 EMPATHY_TARGETS = ("self", "human", "animal")
@@ -106,8 +106,10 @@ def evaluate(config: EvalConfig, subject, stimuli: StimulusSet) -> Evaluation:
         ids = record["item_id"].split("|")
         record["condition"] = "comparison" if len(ids) > 1 else ",".join(roles[ids[0]])
 
-    results = _summarise(config, chosen, scored.scores, scored.adherence, scored.fit_info, rng)
+    results = _summarise(config, chosen, scored, rng)
     results["instrument"] = config.load_instrument().record()
+    if scored.bundles:
+        results["bundles"] = scored.bundles
     results["timing"] = {**scored.timing, "prompts_scored": len(scored.samples)}
     per_item = [{**row, "roles": roles[row["item_id"]]} for row in scored.item_rows(config.replies == "own")]
     return Evaluation(results=results, samples=scored.samples, items=per_item)
@@ -119,9 +121,10 @@ class ItemScores:
 
     items: list[Experience]
     scores: dict[str, dict[str, float]]  # probe -> item id -> score
-    utility_sd: dict[str, float]  # item id -> Thurstonian sigma, in the standardised utility units
+    utility_sd: dict[str, dict[str, float]]  # pairwise probe -> item id -> Thurstonian sigma (standardised units)
     adherence: dict[str, dict]
-    fit_info: dict | None
+    fits: dict[str, dict]  # pairwise probe -> the fit's design and diagnostics
+    bundles: list[dict]  # the zero point's bundles: id, parts and experienced utility
     samples: list[dict]
     timing: dict[str, float]
 
@@ -141,7 +144,7 @@ class ItemScores:
                     else {}
                 ),
                 **{probe: s.get(e.id) for probe, s in self.scores.items()},
-                **({"experienced_utility_sd": self.utility_sd.get(e.id)} if self.utility_sd else {}),
+                **{f"{probe}_sd": sd.get(e.id) for probe, sd in self.utility_sd.items()},
             }
             for e in self.items
         ]
@@ -149,7 +152,8 @@ class ItemScores:
 
 def score_items(config: EvalConfig, subject, items: list[Experience], rng: np.random.Generator) -> ItemScores:
     """Score `items` on every probe in `config` with one engine: in-context probes share each experience's
-    KV-cached prefix; experienced utility compares items pairwise and fits a Thurstonian model."""
+    KV-cached prefix; each pairwise probe compares items (experienced utility: with the zero point's bundles)
+    and fits a Thurstonian model."""
     timing: dict[str, float] = {}
     instrument = config.load_instrument()
     if config.replies == "own":
@@ -173,53 +177,46 @@ def score_items(config: EvalConfig, subject, items: list[Experience], rng: np.ra
     if in_context:
         start = time.perf_counter()
         scored = score_in_context(scorer, items, in_context, instrument=instrument)
-        by_prompt = _Scored(scored.score, scored.prompts)
         # The battery mean is read from the same prompts as the headline item, so it costs nothing more.
         for probe in in_context + ([BATTERY] if "self_report" in in_context else []):
             rows, score, mass = scored.prompt_scores("self_report" if probe == BATTERY else probe)
             scores[probe] = dict(zip([e.id for e in items], scored.experience_scores(probe)[0].tolist()))
             adherence[probe] = _adherence(mass, config.adherence_threshold)
             if probe != BATTERY:
-                samples += by_prompt.records([scored.requests[k] for k in rows], rows, score, mass)
+                samples += [
+                    sample_record(scored.requests[k], scored.prompts[k], s, m) for k, s, m in zip(rows, score, mass)
+                ]
         timing["self_report+stop_s"] = time.perf_counter() - start
 
-    fit_info, utility_sd = None, {}
-    if "experienced_utility" in config.probe_names:
+    utility_sd, fits, bundle_rows = {}, {}, []
+    ids = [e.id for e in items]
+    for probe in (p for p in P.PAIRWISE if p in config.probe_names):
         start = time.perf_counter()
-        utilities, utility_sd, fit_info, eu_samples, mass = _experienced_utility(
-            scorer, subject.tokenizer, items, config, rng
+        bundles = []
+        if probe == "experienced_utility":
+            n_bundles = len(items) // 2 if config.zero_point_bundles is None else config.zero_point_bundles
+            bundles = make_bundles(items, n_bundles, rng) if len(items) >= 4 else []
+        measured = measure_pairwise(
+            scorer,
+            items + [b.experience for b in bundles],
+            probe,
+            config.pair_design,
+            rng,
+            instrument=instrument,
+            n_standardised=len(items),
         )
-        scores["experienced_utility"] = utilities
-        adherence["experienced_utility"] = _adherence(mass, config.adherence_threshold)
-        samples += eu_samples
-        timing["experienced_utility_s"] = time.perf_counter() - start
-    return ItemScores(items, scores, utility_sd, adherence, fit_info, samples, timing)
-
-
-@dataclass
-class _Scored:
-    values: np.ndarray  # [n_requests, n_labels]
-    prompts: list[str]
-
-    def records(self, requests, rows, score, mass) -> list[dict]:
-        return [
-            {
-                "probe": r.probe,
-                "item_id": r.item_id,
-                "question": r.question,
-                "prompt": self.prompts[k],
-                "prompt_sha256": hashlib.sha256(self.prompts[k].encode()).hexdigest(),
-                "score": float(s),
-                "valid_mass": float(m),
-            }
-            for r, k, s, m in zip(requests, rows, score, mass)
+        n = len(items)
+        scores[probe] = dict(zip(ids, measured.utility[:n].tolist()))
+        utility_sd[probe] = dict(zip(ids, measured.sd[:n].tolist()))
+        fits[probe] = {**measured.info, "n_bundles": len(bundles)}
+        bundle_rows += [
+            {**bundle_record(b), "experienced_utility": float(u), "experienced_utility_sd": float(sd)}
+            for b, u, sd in zip(bundles, measured.utility[n:], measured.sd[n:])
         ]
-
-
-def _score(scorer: NextTokenScorer, tokenizer, requests: list[P.Request], labels, desc: str) -> _Scored:
-    prompts = [P.render_prompt(tokenizer, r.messages) for r in requests]
-    values = scorer.label_probs(prompts, labels, groups=[r.group for r in requests], desc=desc)
-    return _Scored(values, prompts)
+        adherence[probe] = _adherence(measured.mass, config.adherence_threshold)
+        samples += measured.samples
+        timing[f"{probe}_s"] = time.perf_counter() - start
+    return ItemScores(items, scores, utility_sd, adherence, fits, bundle_rows, samples, timing)
 
 
 def _adherence(mass: np.ndarray, threshold: float) -> dict:
@@ -233,40 +230,8 @@ def _adherence(mass: np.ndarray, threshold: float) -> dict:
     }
 
 
-def _experienced_utility(scorer, tokenizer, items: list[Experience], config: EvalConfig, rng):
-    """Pairwise comparisons (both orders), an initial random design plus active near-tie rounds, then a fit."""
-    n = len(items)
-    asked: list[tuple[int, int]] = []
-    p_first: list[float] = []
-    samples: list[dict] = []
-    masses: list[np.ndarray] = []
-    new_pairs = initial_pairs(n, config.eu_degree, rng)
-    fit = None
-    for round_index in range(config.eu_active_rounds + 1):
-        if not new_pairs:
-            break
-        requests = P.comparison_requests([(items[a], items[b]) for a, b in new_pairs])
-        scored = _score(scorer, tokenizer, requests, P.CHOICE, f"experienced utility (round {round_index + 1})")
-        p_a, mass = P.choice_first(scored.values)
-        samples += scored.records(requests, range(len(requests)), p_a, mass)
-        masses.append(mass)
-        asked += new_pairs
-        p_first += P.preference_probability(p_a[0::2], p_a[1::2]).tolist()
-        fit = fit_thurstonian(n, np.array(asked), np.array(p_first))
-        new_pairs = active_pairs(fit, set(asked), n_new=max(1, n // 2))
-    utilities = {e.id: float(u) for e, u in zip(items, fit.mu)}
-    utility_sd = {e.id: float(sd) for e, sd in zip(items, fit.sigma)}
-    info = {
-        "n_items": n,
-        "n_pairs": len(asked),
-        "converged": fit.converged,
-        "sigma_mean": float(np.mean(fit.sigma)),
-        "pairs_vs_all_pairs": len(asked) / max(1, n * (n - 1) // 2),
-    }
-    return utilities, utility_sd, info, samples, np.concatenate(masses) if masses else np.zeros(0)
-
-
-def _summarise(config, chosen, scores, adherence, fit_info, rng) -> dict:
+def _summarise(config, chosen, scored: ItemScores, rng) -> dict:
+    scores, adherence = scored.scores, scored.adherence
     probes_out: dict[str, dict] = {}
     for probe, per_item in scores.items():
         base = [per_item[e.id] for e in chosen["baseline"]]
@@ -278,19 +243,21 @@ def _summarise(config, chosen, scores, adherence, fit_info, rng) -> dict:
             "delta": difference_ci(post, base, config.bootstrap, rng, paired=False),
             "adherence": adherence[probe],
         }
-    if fit_info:
-        probes_out["experienced_utility"]["fit"] = fit_info
-    empathy = {}
+    for probe, fit in scored.fits.items():
+        probes_out[probe]["fit"] = fit
     primary = "experienced_utility" if "experienced_utility" in scores else next(iter(scores))
-    for target in EMPATHY_TARGETS:
-        exps = chosen[f"empathy_{target}"]
-        intensity = np.array([e.intensity for e in exps])
-        by_probe = {
-            probe: pearson_ci(intensity, np.array([s[e.id] for e in exps]), config.bootstrap, rng)
-            for probe, s in scores.items()
-        }
-        empathy[target] = {**by_probe[primary], "probe": primary, "by_probe": by_probe}
-    zero_point = _zero_point(scores, chosen, config, rng)
+    empathy = {
+        target: empathy_correlations(
+            chosen[f"empathy_{target}"],
+            scores,
+            primary,
+            f"about {target} in split {config.empathy_split!r}",
+            config.bootstrap,
+            rng,
+        )
+        for target in EMPATHY_TARGETS
+    }
+    zero_point = _zero_point(scored, chosen["baseline"], config.bootstrap, rng)
     checks = validity(scores, config.bootstrap, rng)
     return {
         "probes": probes_out,
@@ -302,43 +269,46 @@ def _summarise(config, chosen, scores, adherence, fit_info, rng) -> dict:
     }
 
 
-def _zero_point(scores, chosen, config, rng) -> dict:
-    """Two simple zero-point estimates on the utility scale."""
-    if "experienced_utility" not in scores:
-        return {}
-    utility = scores["experienced_utility"]
-    out = {"neutral_mean": mean_ci([utility[e.id] for e in chosen["baseline"]], config.bootstrap, rng)}
-    if "self_report" in scores:
-        ids = sorted(set(utility) & set(scores["self_report"]))
-        u = np.array([utility[i] for i in ids])
-        sr = np.array([scores["self_report"][i] for i in ids])
-        out["sr_crossing"] = _sr_crossing(u, sr, config.bootstrap, rng)
-    return out
+def empathy_correlations(exps: list[Experience], scores: dict, primary: str, where: str, n_boot: int, rng) -> dict:
+    """Per probe, Pearson r of its score with signed intensity over the non-neutral items (intensity != 0:
+    the anchor's statistic) and, under `all_items`, over every item; r is null with the reason where fewer
+    than 3 items or no variation leave it undefined. The `primary` probe's numbers are also at the top."""
 
+    def correlation(group: list[Experience], items: str, score: dict) -> dict:
+        res = pearson_ci([e.intensity for e in group], [score[e.id] for e in group], n_boot, rng)
+        n = len(group)
+        if np.isfinite(res["r"]):
+            return res
+        if n >= 3:
+            reason = f"the scores or the intensities do not vary over the {n} {items} {where}"
+        else:
+            reason = f"only {n} {items} {where} (3 needed)" if n else f"no {items} {where}"
+        return {"r": None, "ci95": [None, None], "n": n, "reason": reason}
 
-def _sr_crossing(u: np.ndarray, sr: np.ndarray, n_boot: int, rng) -> dict:
-    """Utility at which a linear fit of self-report on utility crosses the neutral point 4."""
-
-    def fit(x, y) -> tuple[float, float]:
-        """(slope, crossing) of one least-squares line; nan where the line is undefined or flat."""
-        if x.std() == 0:
-            return float("nan"), float("nan")
-        slope, intercept = np.polyfit(x, y, 1)
-        return float(slope), (P.SR_NEUTRAL - intercept) / slope if slope != 0 else float("nan")
-
-    slope, crossing = fit(u, sr)
-    boots = np.array([fit(u[idx], sr[idx]) for idx in rng.integers(0, len(u), (n_boot, len(u)))])
-    crossings = boots[:, 1][np.isfinite(boots[:, 1])]
-    ci = [float(x) for x in np.percentile(crossings, [2.5, 97.5])] if crossings.size else [float("nan")] * 2
-    slope_ci = [float(x) for x in np.nanpercentile(boots[:, 0], [2.5, 97.5])]
-    return {
-        "mean": float(crossing),
-        "ci95": ci,
-        "slope": slope,
-        "slope_ci95": slope_ci,
-        # With no reliable SR-utility relation the crossing is an extrapolation, not an estimate.
-        "reliable": excludes_zero(slope_ci),
+    signed = [e for e in exps if e.intensity != 0]
+    by_probe = {
+        probe: {
+            **correlation(signed, "non-neutral empathy items", score),
+            "all_items": correlation(exps, "empathy items", score),
+        }
+        for probe, score in scores.items()
     }
+    return {**by_probe[primary], "probe": primary, "by_probe": by_probe}
+
+
+def _zero_point(scored: ItemScores, neutral: list[Experience], n_boot: int, rng) -> dict:
+    """Every zero-point estimate on the experienced-utility scale, and the one the index and tables use."""
+    if "experienced_utility" not in scored.scores:
+        return {}
+    utility = {**scored.scores["experienced_utility"], **{b["id"]: b["experienced_utility"] for b in scored.bundles}}
+    return zero_point_estimates(
+        utility,
+        neutral_ids=[e.id for e in neutral],
+        self_report=scored.scores.get("self_report"),
+        bundles=scored.bundles,
+        n_boot=n_boot,
+        rng=rng,
+    )
 
 
 def _interpret(probes_out: dict, empathy: dict) -> list[str]:
@@ -364,12 +334,16 @@ def _interpret(probes_out: dict, empathy: dict) -> list[str]:
                 f"{adh['low_adherence_prompts']}/{adh['prompts']} prompts below {adh['threshold']}."
             )
     for target, res in empathy.items():
+        if res["r"] is None:
+            lines.append(f"empathy ({target}, {res['probe']}): not measured: {res['reason']}.")
+            continue
         if excludes_zero(res["ci95"]):
             verdict = "CI excludes 0" + _caveat(probes_out[res["probe"]])
         else:
             verdict = "CI includes 0: no detectable empathy"
         lines.append(
-            f"empathy ({target}, {res['probe']}): r = {res['r']:+.2f}, 95% CI [{res['ci95'][0]:+.2f}, {res['ci95'][1]:+.2f}] ({verdict})."
+            f"empathy ({target}, {res['probe']}): r = {res['r']:+.2f}, 95% CI [{res['ci95'][0]:+.2f}, "
+            f"{res['ci95'][1]:+.2f}] over {res['n']} non-neutral items ({verdict})."
         )
     return lines
 

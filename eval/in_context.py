@@ -7,6 +7,7 @@ context, so the engine runs that prefix once for all of them.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -91,6 +92,24 @@ def score_in_context(
             )
         )
     return InContextScores(requests, prompts, np.array(owner), score, mass, len(experiences), instrument)
+
+
+def sample_record(request: P.Request, prompt: str, score: float, mass: float, **extra) -> dict:
+    """One line of samples.jsonl: a scored prompt, exactly as the model saw it, and what was read from it.
+
+    With the prompt (and, for stop, the answer whose probability was read) anyone can recompute the score
+    with plain transformers."""
+    return {
+        "probe": request.probe,
+        "item_id": request.item_id,
+        "question": request.question,
+        "prompt": prompt,
+        "prompt_sha256": hashlib.sha256(prompt.encode()).hexdigest(),
+        **({"answer": request.answer} if request.answer is not None else {}),
+        "score": float(score),
+        "valid_mass": float(mass),
+        **extra,
+    }
 
 
 def _builder(probe: str):

@@ -12,10 +12,11 @@ from __future__ import annotations
 from dataclasses import MISSING, dataclass, field
 
 from welfare_offsets.eval import probes as P
-from welfare_offsets.eval.common.checks import integers_at_least, one_of
+from welfare_offsets.eval.common.checks import integers_at_least, number_in, one_of
 from welfare_offsets.eval.experiences import check_stimuli_path
 from welfare_offsets.eval.instrument import DEFAULT_INSTRUMENT, Instrument, load_instrument
 from welfare_offsets.eval.subject import check_adapter
+from welfare_offsets.eval.utilities import PairDesign
 
 SPLITS = ("heldout", "train", "all")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -110,8 +111,23 @@ class ProbeSettings(ExperienceSettings):
         None, "cap per condition (sweep: per group) and per empathy target, evenly over categories"
     )
     batch_size: int = setting(16, "prompts per forward pass (not part of a sweep's cache key)")
-    eu_degree: int = setting(4, "comparisons per experience in the initial random design")
-    eu_active_rounds: int = setting(1, "rounds of extra near-tie comparisons after the first fit")
+    pair_budget: float = setting(
+        2.0,
+        "pairwise comparisons per utility fit, as a multiple of N log2 N for N experiences (the anchor paper's "
+        "2 N log2 N), at most every pair; each is asked in both orders",
+    )
+    pair_active_share: float = setting(
+        0.5, "share of the fitted comparisons chosen from the fit (near-ties, least-compared items first)"
+    )
+    pair_active_rounds: int = setting(2, "refits the actively chosen comparisons are spread over (0: none)")
+    pair_holdout: float = setting(
+        0.05, "share of comparisons held out of the fit, to report its accuracy on pairs it never saw"
+    )
+    zero_point_bundles: int | None = setting(
+        None,
+        "bundles of 2-4 experiences compared with the single ones for the combination zero point "
+        "(default: half as many as the experiences; 0: none)",
+    )
     bootstrap: int = setting(
         2000, f"bootstrap resamples for every CI (at least {MIN_BOOTSTRAP}; not part of a sweep's cache key)"
     )
@@ -126,8 +142,13 @@ class ProbeSettings(ExperienceSettings):
         one_of(self, "replies", ("authored", "own"))
         one_of(self, "split", SPLITS)
         one_of(self, "empathy_split", SPLITS)
-        integers_at_least(self, 1, "batch_size", "eu_degree")
-        integers_at_least(self, 0, "eu_active_rounds")
+        integers_at_least(self, 1, "batch_size")
+        integers_at_least(self, 0, "pair_active_rounds")
+        number_in(self, "pair_budget", 0.1, 1000.0)
+        number_in(self, "pair_active_share", 0.0, 1.0)
+        number_in(self, "pair_holdout", 0.0, 0.5)
+        if self.zero_point_bundles is not None:
+            integers_at_least(self, 0, "zero_point_bundles")
         if self.max_items is not None and self.max_items < 2:
             raise ValueError(f"max_items: expected at least 2 (or unset), got {self.max_items}")
         if self.bootstrap < MIN_BOOTSTRAP:
@@ -138,6 +159,10 @@ class ProbeSettings(ExperienceSettings):
     @property
     def probe_names(self) -> tuple[str, ...]:
         return tuple(p.strip() for p in self.probes.split(",") if p.strip())
+
+    @property
+    def pair_design(self) -> PairDesign:
+        return PairDesign(self.pair_budget, self.pair_active_share, self.pair_active_rounds, self.pair_holdout)
 
 
 @dataclass(kw_only=True)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import minimize
-from scipy.special import log_ndtr
+from scipy.special import log_ndtr, ndtr
 
 _LOG_SQRT_2PI = 0.5 * np.log(2 * np.pi)
 
@@ -59,48 +59,84 @@ def fit_thurstonian(n_items: int, pairs: np.ndarray, p_first: np.ndarray, prior:
     return ThurstonianFit((mu - mu.mean()) / scale, sigma / scale, bool(result.success), float(result.fun))
 
 
-def initial_pairs(n_items: int, degree: int, rng: np.random.Generator) -> list[tuple[int, int]]:
-    """A connected random design where each item meets about `degree` others (not all n^2 pairs).
+def predicted_first(fit: ThurstonianFit, pairs: np.ndarray) -> np.ndarray:
+    """The fitted P(i preferred over j) for each row (i, j) of `pairs`."""
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    i, j = pairs[:, 0], pairs[:, 1]
+    return ndtr((fit.mu[i] - fit.mu[j]) / np.sqrt(fit.sigma[i] ** 2 + fit.sigma[j] ** 2))
 
-    Each round joins items along a random cycle, adding two comparisons per item; cycles guarantee
-    connectivity, which the fit needs to place every item on one scale.
+
+def all_pairs(n_items: int) -> int:
+    return n_items * (n_items - 1) // 2
+
+
+def connecting_pairs(n_items: int) -> int:
+    """How many pairs the random cycle that opens every design has: it alone connects all items."""
+    return all_pairs(n_items) if n_items < 3 else n_items
+
+
+def connected_design(n_items: int, n_pairs: int, rng: np.random.Generator) -> list[tuple[int, int]]:
+    """`n_pairs` distinct pairs (at most every pair), first a random cycle through all items, then more.
+
+    The cycle connects the design, which the fit needs to place every item on one scale: it is the first
+    `connecting_pairs(n_items)` entries. More random cycles follow, so each item meets about as many others
+    as any other item; once a cycle finds mostly pairs already taken (a dense design), the rest are drawn
+    uniformly from the pairs not yet taken. Pairs are (low, high) index tuples, in the order they were added.
     """
-    if n_items < 2:
-        return []
-    pairs: set[tuple[int, int]] = set()
-    for _ in range(max(1, degree // 2)):
+    n_pairs = min(n_pairs, all_pairs(n_items))
+    pairs: list[tuple[int, int]] = []
+    taken: set[tuple[int, int]] = set()
+
+    def add(candidates) -> int:
+        added = 0
+        for a, b in candidates:
+            pair = (int(min(a, b)), int(max(a, b)))
+            if len(pairs) < n_pairs and a != b and pair not in taken:
+                taken.add(pair)
+                pairs.append(pair)
+                added += 1
+        return added
+
+    while len(pairs) < n_pairs:
         order = rng.permutation(n_items)
-        for a, b in zip(order, np.roll(order, -1)):
-            if a != b:
-                pairs.add((int(min(a, b)), int(max(a, b))))
-    return sorted(pairs)
+        cycle = list(zip(order, np.roll(order, -1)))[: connecting_pairs(n_items)]
+        if add(cycle) < len(cycle) / 2 and pairs:
+            break
+    if len(pairs) < n_pairs:
+        rest = [(a, b) for a in range(n_items) for b in range(a + 1, n_items) if (a, b) not in taken]
+        add([rest[k] for k in rng.permutation(len(rest))])
+    return pairs
 
 
-def active_pairs(
-    fit: ThurstonianFit, asked: set[tuple[int, int]], n_new: int, candidates: int = 8
-) -> list[tuple[int, int]]:
-    """The next comparisons to ask: near-ties, starting from the least-compared items.
+def active_pairs(fit: ThurstonianFit, asked: set[tuple[int, int]], n_new: int) -> list[tuple[int, int]]:
+    """The next `n_new` comparisons to ask: near-ties, the least-compared items choosing first.
 
-    A comparison is most informative where the outcome is least certain (|mu_i - mu_j| small relative to
-    the spread), and low-degree items have the widest uncertainty.
+    A comparison is most informative where its outcome is least certain (|mu_i - mu_j| small relative to
+    sqrt(sigma_i^2 + sigma_j^2)), and the least-compared items have the widest uncertainty. Pairs are chosen
+    in passes: in each pass every item, least-compared first, takes its nearest tie among the items not yet
+    taken in that pass and not yet compared with it, so no item gains more than one comparison per pass and
+    the design stays balanced. Deterministic given the fit. Fewer than `n_new` only when no pair is left.
     """
     n = len(fit.mu)
+    free = ~np.eye(n, dtype=bool)
     degree = np.zeros(n, dtype=int)
     for a, b in asked:
+        free[a, b] = free[b, a] = False
         degree[a] += 1
         degree[b] += 1
+    gap = np.abs(fit.mu[:, None] - fit.mu[None, :]) / np.sqrt(fit.sigma[:, None] ** 2 + fit.sigma[None, :] ** 2)
     chosen: list[tuple[int, int]] = []
-    taken = set(asked)
-    for a in np.argsort(degree, kind="stable"):
-        if len(chosen) >= n_new:
-            break
-        spread = np.sqrt(fit.sigma[a] ** 2 + fit.sigma**2)
-        closeness = np.abs(fit.mu[a] - fit.mu) / spread
-        closeness[a] = np.inf
-        for b in np.argsort(closeness)[:candidates]:
-            pair = (int(min(a, b)), int(max(a, b)))
-            if pair not in taken and np.isfinite(closeness[b]):
-                taken.add(pair)
-                chosen.append(pair)
+    while len(chosen) < n_new and free.any():
+        in_pass = np.zeros(n, dtype=bool)
+        for a in np.argsort(degree, kind="stable"):
+            if len(chosen) >= n_new:
                 break
+            options = free[a] & ~in_pass
+            if in_pass[a] or not options.any():
+                continue
+            b = int(np.argmin(np.where(options, gap[a], np.inf)))
+            free[a, b] = free[b, a] = False
+            in_pass[[a, b]] = True
+            degree[[a, b]] += 1
+            chosen.append((int(min(a, b)), int(max(a, b))))
     return chosen

@@ -12,6 +12,8 @@ what to do) and migrates an older one. Versions:
      nothing (so a file without a version is version 1); exposure sessions recorded no provenance.
   2  `result_kind` names the kind; every session records its provenance.
 A migrated result says so in `migrated`: the version it came from and the fields it could not know (None).
+A field added within a version is optional: a file written before it lacks it and reads it as None (a
+session's `capability_gate`: not judged).
 """
 
 from __future__ import annotations
@@ -79,6 +81,7 @@ class EvaluationResult(Result):
     seeds: dict
     instrument: dict | None = None  # name, version, source and sha256 of the probes' wording (eval.instrument)
     validity: dict | None = None  # stop vs utility, experienced vs decision utility: does each probe track wellbeing?
+    bundles: list | None = None  # the combination zero point's bundles: id, parts (item ids), experienced utility
     heldout_neutral_perplexity: dict | None = None  # a session's capability check on the same subject
     metered_hours: float | None = None  # a session's metered cost of this evaluation (reused on resume)
 
@@ -96,14 +99,25 @@ class SessionResult(Result):
     run: str | None = None  # the ledger run (the same across resumes)
     recovery: dict | None = None
     capability: dict | None = None
+    # The recipe's capability requirement and the verdict (eval.capability.capability_gate): "passed" false
+    # marks the session "capability lost", and `welfare plan` counts none of its recovery or credit. Absent
+    # in sessions that measure no capability (exposures) and in those written before the gate.
+    capability_gate: dict | None = None
     budget: dict | None = None
     training: dict | None = None
     artifact: str | None = None
+    artifact_sha256: str | None = None  # the artifact's adapter digest: what a session run with it records as
+    # its subject's adapter_sha256, so `welfare plan` knows whose adapter an exposure lived with
     train_items: int | None = None
     stopped_by_budget: bool | None = None
     completed: int | None = None
     planned: int | None = None
     balance: dict | None = None
+
+    @property
+    def capability_lost(self) -> bool:
+        """Whether the session failed its recipe's capability gate."""
+        return (self.capability_gate or {}).get("passed") is False
 
     def settings(self) -> tuple[dict, str | None]:
         """Every recorded setting (config.resolved, sections merged), or ({}, why they cannot be)."""
@@ -146,7 +160,8 @@ class SweepEntry(Result):
     prompts_scored: int
     timing: dict
     items: list
-    fit: dict | None = None
+    fit: dict | None = None  # per pairwise probe: the comparison design and the fit's diagnostics
+    bundles: list | None = None  # the combination zero point's bundles: id, parts (item ids), experienced utility
     cost: dict | None = None  # device, accelerator_hours, energy_kwh: added once the subject is measured
 
 

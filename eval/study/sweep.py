@@ -141,8 +141,11 @@ class SweepConfig(OutputSettings, TrackingSettings, ProbeSettings, LoadingSettin
             "split",
             "empathy_split",
             "max_items",
-            "eu_degree",
-            "eu_active_rounds",
+            "pair_budget",
+            "pair_active_share",
+            "pair_active_rounds",
+            "pair_holdout",
+            "zero_point_bundles",
             "seed",
         )
         settings = {k: getattr(self, k) for k in keys}
@@ -213,7 +216,8 @@ def measure_subject(spec: SubjectSpec, key: str, config: SweepConfig, stimuli: S
         params=spec.params or subject.info["num_parameters"],
         params_source="recipe" if spec.params else "counted",
         adherence=scored.adherence,
-        fit=scored.fit_info,
+        fit=scored.fits,
+        bundles=scored.bundles,
         prompts_scored=len(scored.samples),
         timing={"load_s": loaded - started, "score_s": time.perf_counter() - loaded, **scored.timing},
         items=scored.item_rows(config.replies == "own"),

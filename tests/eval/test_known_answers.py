@@ -83,7 +83,7 @@ def test_output_folder_has_every_promised_field(evaluated):
 
 
 def test_samples_are_exactly_what_plain_transformers_gives(evaluated, synthetic):
-    """Every sample's score is reproducible from its recorded prompt alone, tokenised whole."""
+    """Every sample's score is reproducible from its recorded prompt (and answer) alone, tokenised whole."""
     import hashlib
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -92,23 +92,33 @@ def test_samples_are_exactly_what_plain_transformers_gives(evaluated, synthetic)
 
     _, folder = evaluated
     samples = [json.loads(line) for line in (folder / "samples.jsonl").read_text().splitlines()]
-    assert {s["probe"] for s in samples} == {"self_report", "stop", "experienced_utility"}
+    assert {s["probe"] for s in samples} == set(P.PROBES)
     model = AutoModelForCausalLM.from_pretrained(synthetic.model).eval()
     tokenizer = AutoTokenizer.from_pretrained(synthetic.model)
-    rng = np.random.default_rng(0)
-    for k in rng.choice(len(samples), 40, replace=False):
-        s = samples[k]
-        assert hashlib.sha256(s["prompt"].encode()).hexdigest() == s["prompt_sha256"]
-        ids = tokenizer(s["prompt"], add_special_tokens=False, return_tensors="pt").input_ids
+
+    def next_token(ids: list[int]) -> torch.Tensor:
         with torch.no_grad():
-            p = torch.softmax(model(ids).logits[0, -1].double(), -1)
-        if s["probe"] == "self_report":
-            digits = np.array([float(p[tokenizer.convert_tokens_to_ids(d)]) for d in P.LIKERT])
-            want = (np.arange(1, 8) * digits).sum() / digits.sum()
-        else:
-            a, b = (float(p[tokenizer.convert_tokens_to_ids(c)]) for c in P.CHOICE)
-            want = a / (a + b)
-        assert abs(s["score"] - want) < 1e-4, s["probe"]
+            return torch.softmax(model(torch.tensor([ids])).logits[0, -1].double(), -1)
+
+    rng = np.random.default_rng(0)
+    for probe in P.PROBES:
+        mine = [s for s in samples if s["probe"] == probe]
+        for k in rng.choice(len(mine), 10, replace=False):
+            s = mine[k]
+            assert hashlib.sha256(s["prompt"].encode()).hexdigest() == s["prompt_sha256"]
+            ids = tokenizer(s["prompt"], add_special_tokens=False).input_ids
+            if probe == "self_report":
+                p = next_token(ids)
+                digits = np.array([float(p[tokenizer.convert_tokens_to_ids(d)]) for d in P.LIKERT])
+                want = (np.arange(1, 8) * digits).sum() / digits.sum()
+            elif probe == "stop":  # P(the reply begins with the call): each of its tokens given those before
+                answer = tokenizer(s["prompt"] + s["answer"], add_special_tokens=False).input_ids[len(ids) :]
+                want = float(np.prod([float(next_token(ids + answer[:t])[a]) for t, a in enumerate(answer)]))
+            else:
+                p = next_token(ids)
+                a, b = (float(p[tokenizer.convert_tokens_to_ids(c)]) for c in P.CHOICE)
+                want = a / (a + b)
+            assert abs(s["score"] - want) < 1e-4, probe
 
 
 def test_an_indifferent_subject_reads_null(indifferent):

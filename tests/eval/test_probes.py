@@ -9,7 +9,7 @@ from scipy.stats import norm, spearmanr
 from welfare_offsets.eval import probes as P
 from welfare_offsets.eval.experiences import Experience
 from welfare_offsets.eval.scoring import NextTokenScorer
-from welfare_offsets.eval.thurstonian import active_pairs, fit_thurstonian, initial_pairs
+from welfare_offsets.eval.thurstonian import active_pairs, connected_design, fit_thurstonian
 
 
 def test_exact_self_report_equals_brute_force(tiny_random_model):
@@ -51,7 +51,7 @@ def test_both_orders_cancel_a_planted_position_bias():
     def p_a(first, second):
         return 1 / (1 + np.exp(-(u[first] - u[second] + bias)))
 
-    pairs = np.array(initial_pairs(30, 8, rng))
+    pairs = np.array(connected_design(30, 120, rng))
     i, j = pairs[:, 0], pairs[:, 1]
     p_one_order = p_a(i, j)
     p_both = P.preference_probability(p_a(i, j), p_a(j, i))
@@ -172,7 +172,7 @@ def test_thurstonian_recovers_planted_utilities_without_all_pairs():
         a, b = np.array(pairs).T
         return norm.cdf((mu[a] - mu[b]) / np.sqrt(sigma[a] ** 2 + sigma[b] ** 2))
 
-    asked = initial_pairs(n, 6, rng)
+    asked = connected_design(n, 3 * n, rng)
     fit = fit_thurstonian(n, np.array(asked), outcome(asked))
     more = active_pairs(fit, set(asked), n_new=n // 2)
     asked += more
@@ -185,7 +185,7 @@ def test_thurstonian_recovers_planted_utilities_without_all_pairs():
 
 def test_initial_design_is_connected_and_active_pairs_are_new():
     rng = np.random.default_rng(2)
-    pairs = initial_pairs(25, 4, rng)
+    pairs = connected_design(25, 50, rng)
     seen = {0}
     frontier = [0]
     while frontier:
@@ -212,15 +212,3 @@ def test_an_effect_read_off_format_is_flagged_unreliable():
     in_line, *_ = _interpret({"self_report": in_format}, {})
     assert "Not a reliable wellbeing reading" in off_line and "0.04" in off_line
     assert "Not a reliable" not in in_line and "lower than baseline" in in_line
-
-
-def test_sr_crossing_is_found_when_sr_tracks_utility_and_flagged_when_not():
-    from welfare_offsets.eval.evaluate import _sr_crossing
-
-    rng = np.random.default_rng(3)
-    u = rng.normal(size=60)
-    tracked = _sr_crossing(u, 4.5 + 1.5 * u + rng.normal(0, 0.1, 60), 500, rng)
-    assert tracked["reliable"] and abs(tracked["mean"] - (-1 / 3)) < 0.05  # 4.5 + 1.5u = 4 at u = -1/3
-    assert tracked["ci95"][0] < -1 / 3 < tracked["ci95"][1]
-    untracked = _sr_crossing(u, 2.0 + rng.normal(0, 0.3, 60), 500, rng)
-    assert not untracked["reliable"]

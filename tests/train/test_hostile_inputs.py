@@ -308,7 +308,7 @@ def test_plan_refuses_a_recorded_recipe_that_does_not_validate(capsys, tmp_path)
 @pytest.mark.parametrize(
     "flags, expected",
     [
-        (["--eu_active_rounds", "-1"], "eu_active_rounds"),
+        (["--pair_active_rounds", "-1"], "pair_active_rounds"),
         (["--adherence_threshold", "nan"], "adherence_threshold"),
         (["--adherence_threshold", "-5"], "adherence_threshold"),
         (["--adherence_threshold", "1.5"], "adherence_threshold"),

@@ -1,0 +1,109 @@
+"""The pairwise design and fit on a scripted subject whose preferences follow planted utilities (no model)."""
+
+from __future__ import annotations
+
+import math
+import re
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from scipy.special import ndtr
+
+from welfare_offsets.eval.experiences import Experience
+from welfare_offsets.eval.thurstonian import all_pairs, connecting_pairs
+from welfare_offsets.eval.utilities import PairDesign, measure_pairwise
+
+
+class ScriptedScorer:
+    """Answers "A or B" as a Thurstonian subject with `utility[i]` for the experience mentioning `item{i}`:
+    P(A) = Phi((u_A - u_B) / noise), the first item named in the prompt being A."""
+
+    def __init__(self, utility: np.ndarray, noise: float = 0.5, mass: float = 0.9):
+        self.utility, self.noise, self.mass = utility, noise, mass
+        self.tokenizer = SimpleNamespace(chat_template=None)
+        self.prompts: list[str] = []
+
+    def label_probs(self, prompts, labels, groups=None, desc=""):
+        self.prompts += prompts
+        out = np.zeros((len(prompts), 2))
+        for k, prompt in enumerate(prompts):
+            a, b = (int(x) for x in re.findall(r"item(\d+)\b", prompt)[:2])
+            p_a = ndtr((self.utility[a] - self.utility[b]) / self.noise)
+            out[k] = self.mass * p_a, self.mass * (1 - p_a)
+        return out
+
+
+def experiences(n: int) -> list[Experience]:
+    return [
+        Experience(f"e{i}", ({"role": "user", "content": f"item{i} happened"},), "neutral", "c", "none", 0.0, "heldout")
+        for i in range(n)
+    ]
+
+
+@pytest.mark.parametrize("n", [2, 3, 10, 40, 130])
+def test_the_budget_is_2_n_log2_n_at_most_every_pair_and_always_connected(n):
+    random, active, heldout = PairDesign().sizes(n)
+    total = random + active + heldout
+    assert total == min(all_pairs(n), max(connecting_pairs(n), math.ceil(2 * n * math.log2(n))))
+    assert random >= connecting_pairs(n)  # the random part holds the cycle that connects every item
+    if n >= 40:
+        assert heldout == round(0.05 * total) and active > 0
+
+
+def test_utilities_recover_the_planted_order_and_held_out_pairs_are_predicted():
+    rng = np.random.default_rng(0)
+    planted = rng.normal(size=40)
+    scorer = ScriptedScorer(planted)
+    result = measure_pairwise(scorer, experiences(40), "experienced_utility", PairDesign(), np.random.default_rng(1))
+    from scipy.stats import spearmanr
+
+    assert spearmanr(result.utility, planted).statistic > 0.95
+    info = result.info
+    assert info["heldout_pairs"] >= 4 and info["heldout_accuracy"] >= 0.9
+    assert info["heldout_log_loss"] < math.log(2)  # better than a coin
+    assert info["n_pairs"] + info["heldout_pairs"] == sum(PairDesign().sizes(40))
+    assert len(scorer.prompts) == 2 * (info["n_pairs"] + info["heldout_pairs"])  # both orders of every pair
+    assert abs(result.utility.mean()) < 1e-9 and abs(result.utility.std() - 1) < 1e-9
+    # The samples say which stage of the design asked each prompt.
+    rounds = {s["design_round"] for s in result.samples}
+    assert rounds == {"random design", "active round 1", "active round 2"}
+
+
+def test_a_subject_that_answers_at_random_has_held_out_accuracy_near_chance():
+    scorer = ScriptedScorer(np.zeros(60))  # every pair a tie: P(A) = 0.5
+    scorer.label_probs = lambda prompts, labels, groups=None, desc="": np.random.default_rng(len(prompts)).uniform(
+        0, 1, (len(prompts), 2)
+    )
+    result = measure_pairwise(scorer, experiences(60), "experienced_utility", PairDesign(), np.random.default_rng(2))
+    assert result.info["heldout_accuracy"] < 0.8
+
+
+def test_the_design_is_seeded_and_extra_items_do_not_move_the_scale_of_the_first():
+    planted = np.random.default_rng(3).normal(size=30)
+    runs = [
+        measure_pairwise(
+            ScriptedScorer(planted), experiences(30), "decision_utility", PairDesign(), np.random.default_rng(5)
+        )
+        for _ in range(2)
+    ]
+    assert np.array_equal(runs[0].utility, runs[1].utility)
+    more = measure_pairwise(
+        ScriptedScorer(np.append(planted, [5.0, 6.0])),
+        experiences(32),
+        "experienced_utility",
+        PairDesign(),
+        np.random.default_rng(5),
+        n_standardised=30,
+    )
+    first = more.utility[:30]
+    assert abs(first.mean()) < 1e-9 and abs(first.std() - 1) < 1e-9 and more.utility[30:].min() > first.max()
+
+
+def test_no_holdout_and_no_active_rounds_when_asked():
+    design = PairDesign(holdout=0.0, active_rounds=0)
+    result = measure_pairwise(
+        ScriptedScorer(np.linspace(-1, 1, 20)), experiences(20), "experienced_utility", design, np.random.default_rng(0)
+    )
+    assert result.info["heldout_pairs"] == 0 and result.info["heldout_accuracy"] is None
+    assert result.info["n_active"] == 0
