@@ -130,19 +130,18 @@ def run_kind(entry: str, extra: list[str], model: str, stimuli: str, work: Path)
         b = results["balance"]["self_report"]
         return {"hours": hours, "credit": b["credit"], "ci95": b["balance_ci95"]}
     sr = results["recovery"]["probes"]["self_report"]
-    gap = results["recovery"].get("goodhart_gap")
     return {
         "hours": hours,
         "recovered": sr["recovered"]["mean"],
         "ci95": sr["recovered"]["ci95"],
-        "fraction": sr["recovery_fraction"]["mean"],
-        "gap": gap["mean"] if gap else None,
+        "fraction": sr["recovery_fraction"]["mean"],  # None where no harm: not estimable
+        "gap": results["recovery"]["goodhart_gap"]["mean"],
     }
 
 
 def table(rows: dict[str, dict]) -> str:
     lines = [
-        "| kind | accelerator-hours | self-report recovered [95% CI] | recovered / hour | recovery fraction | Goodhart gap |",
+        "| kind | accelerator-hours | self-report recovered [95% CI] | recovered / hour | recovery fraction | Goodhart gap (sd) |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for name, r in rows.items():
@@ -153,10 +152,10 @@ def table(rows: dict[str, dict]) -> str:
                 f"credit {r['credit'] / r['hours']:.0f} | - | - |"
             )
         else:
-            gap = "-" if r["gap"] is None else f"{r['gap']:+.2f}"
+            fraction, gap = ("-" if r[k] is None else f"{r[k]:+.2f}" for k in ("fraction", "gap"))
             lines.append(
                 f"| {name} | {r['hours']:.4f} | {r['recovered']:+.3f} [{lo:+.3f}, {hi:+.3f}] | "
-                f"{r['recovered'] / r['hours']:+.1f} | {r['fraction']:+.2f} | {gap} |"
+                f"{r['recovered'] / r['hours']:+.1f} | {fraction} | {gap} |"
             )
     return "\n".join(lines)
 
@@ -202,10 +201,11 @@ def main() -> None:
                     text,
                     "",
                     "Self-report is the probe the soft prompt and DPO optimise, so their recovery there is expected; the",
-                    "Goodhart gap (recovery fraction on self-report minus the mean over utility and stop) says how much of it",
-                    "the other probes do not share. Exposure earns episodic credit, not a change of the subject. SFT on its",
-                    "own euphoric replies optimises no probe; that it helps here depends on how this toy subject was built (a",
-                    "variant whose replies carry their tone in an opener word got worse with it), so it is not a known answer.",
+                    "Goodhart gap (recovery on self-report in sd units minus the mean over the other harmed probes; '-' where",
+                    "not estimable) says how much of it the other probes do not share. Exposure earns episodic credit, not a",
+                    "change of the subject. SFT on its own euphoric replies optimises no probe; that it helps here depends on",
+                    "how this toy subject was built (a variant whose replies carry their tone in an opener word got worse with",
+                    "it), so it is not a known answer.",
                     "",
                 ]
             ),

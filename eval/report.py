@@ -43,7 +43,8 @@ def plot_evaluation(results: dict, items: list[dict], path: str | Path, title: s
         points = [(i["intensity"], i[primary]) for i in items if i["target"] == target and i.get(primary) is not None]
         if points:
             x, y = np.array(points).T
-            ax.scatter(x, y, s=14, alpha=0.7, color=_TARGET_COLOURS.get(target), label=f"{target}: r={res['r']:+.2f}")
+            r = "not measured" if res["r"] is None else f"r={res['r']:+.2f}"
+            ax.scatter(x, y, s=14, alpha=0.7, color=_TARGET_COLOURS.get(target), label=f"{target}: {r}")
             if len(x) > 2 and np.std(x) > 0:
                 slope, intercept = np.polyfit(x, y, 1)
                 xs = np.linspace(-10, 10, 2)
@@ -79,10 +80,15 @@ def summary_markdown(results: dict) -> str:
             f"| {probe} | {res['baseline']['mean']:.3f} | {res['post_dysphoric']['mean']:.3f} | "
             f"{d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] | {res['adherence']['mean_valid_mass']:.2f} |"
         )
-    lines += ["", "| empathy target | r (95% CI) | n | probe |", "| --- | --- | --- | --- |"]
+    lines += [
+        "",
+        "| empathy target | r over non-neutral items (95% CI) | n | r over all items (95% CI) | n | probe |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for target, res in results["empathy"].items():
         lines.append(
-            f"| {target} | {res['r']:+.2f} [{res['ci95'][0]:+.2f}, {res['ci95'][1]:+.2f}] | {res['n']} | {res['probe']} |"
+            f"| {target} | {_r_text(res)} | {res['n']} | {_r_text(res['all_items'])} | {res['all_items']['n']} | "
+            f"{res['probe']} |"
         )
     zp = results.get("zero_point", {})
     if zp:
@@ -97,3 +103,9 @@ def summary_markdown(results: dict) -> str:
         ]
     lines += ["", "## Reading", ""] + [f"- {line}" for line in results["interpretation"]]
     return "\n".join(lines) + "\n"
+
+
+def _r_text(res: dict) -> str:
+    if res["r"] is None:
+        return f"not measured: {res['reason']}"
+    return f"{res['r']:+.2f} [{res['ci95'][0]:+.2f}, {res['ci95'][1]:+.2f}]"

@@ -63,7 +63,9 @@ def test_soft_prompt_raises_heldout_post_dysphoric_self_report(synthetic, tmp_pa
     assert sr["recovered"]["ci95"][0] > 0, sr  # held-out items, never trained on
     assert sr["post_intervention"] > sr["post_dysphoric"]
     gap = results["recovery"]["goodhart_gap"]
-    assert gap["optimised"] == "self_report" and set(gap["compared_with"]) == {"experienced_utility", "stop"}
+    assert gap["optimised"] == "self_report" and "sd" in gap["units"]
+    # Every other probe is either compared or left out with the reason (no harm to recover from).
+    assert set(gap["compared_with"]) | set(gap["left_out"]) == set(results["recovery"]["probes"]) - {"self_report"}
     assert "heldout_neutral_perplexity" in results["capability"]
 
     entries = _session_entries(ledger)
