@@ -1,7 +1,7 @@
 """Capability retention: perplexity on held-out neutral text, before and after an intervention.
 
 An offset that makes a model feel better by breaking it is no offset; this is the cheap check reported
-beside every intervention. The text is the message contents of the held-out neutral experiences, as plain
+beside every intervention, and `capability_gate` judges it against what the session's recipe requires. The text is the message contents of the held-out neutral experiences, as plain
 text: no chat template, because a fine-tune on chat data learns the template's fixed tokens (a system
 prompt repeated in every example) and that alone would make perplexity drop. The soft prompt, if any, is
 in front as in every probe.
@@ -41,3 +41,19 @@ def perplexity(subject, experiences: Sequence[Experience], *, batch_size: int = 
         total_nll -= float((logprobs.cpu() * scored).sum())
         total_tokens += int(scored.sum())
     return {"perplexity": math.exp(total_nll / max(total_tokens, 1)), "tokens": total_tokens, "texts": len(texts)}
+
+
+def capability_gate(capability: dict, *, max_perplexity_ratio: float) -> dict:
+    """Whether a session kept the capability its recipe requires (after / before held-out perplexity at most
+    `max_perplexity_ratio`): {"passed", "criterion", "measured", "reason"}. A session that fails it lost
+    capability: its recovery is no offset. The one place that decides; a later criterion joins here."""
+    measured = capability["heldout_neutral_perplexity"]["ratio"]
+    criterion = f"heldout perplexity ratio <= {max_perplexity_ratio:g}"
+    passed = measured <= max_perplexity_ratio  # a NaN ratio (a model that no longer scores) fails
+    return {
+        "passed": passed,
+        "criterion": criterion,
+        "measured": measured,
+        "reason": f"held-out neutral perplexity x{measured:.4g} of before"
+        + ("" if passed else f", beyond the x{max_perplexity_ratio:g} the recipe allows: capability lost"),
+    }

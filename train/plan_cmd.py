@@ -10,7 +10,9 @@ Which subject and recipe a session used is read from the results.json its measur
 after checking the file's sha256 against the entry, through the session result schema (an older file is
 migrated; one of a newer version or another kind is skipped with a message). Offsets that change the
 subject itself (LoRA, soft prompt) are state recovery, not credit: they repay debt only through the
-exposures run with them.
+exposures run with them. Two readings count for nothing, and the plan says so: a session that lost
+capability (its recipe's capability gate failed) and every session run with its artifact earn no credit;
+debt measured as "not a reliable reading" (too little probability on valid answers) is not scheduled.
 
 A planned session's recipe is the recorded, structured config (results.json `config.resolved`), validated
 by the exposure entry's own dataclasses and written as a YAML recipe in the plan's output folder; the
@@ -94,6 +96,9 @@ class Plan:
     sessions: int
     budget_per_session: float
     pilot: Recipe | None = None  # the latest debt session's recipe
+    uncounted: tuple[str, ...] = ()  # per session whose credit and recovery are not counted: why
+    unreliable_debt: float = 0.0  # debt measured only as not a reliable reading: never scheduled
+    unreliable_sessions: tuple[str, ...] = ()  # the sessions that measured it
 
     @property
     def expected_hours(self) -> float:
@@ -139,19 +144,40 @@ def _verified_results(cited: dict) -> SessionResult | None:
 
 
 def make_plan(sessions: list[dict], *, probe: str, model: str, funds: float, margin: float = BUDGET_MARGIN) -> Plan:
-    """The cheapest measured option, and how many of its sessions the open debt needs."""
-    debt, pilot = 0.0, None
+    """The cheapest measured option, and how many of its sessions the open debt needs (counting neither
+    credit of capability-lost sessions nor debt that is not a reliable reading; see the module docstring)."""
+    debt, pilot, unreliable_debt = 0.0, None, 0.0
+    uncounted, unreliable = [], []
     priced: dict[tuple, list[float]] = defaultdict(lambda: [0, 0.0, 0.0])
     recipes: dict[tuple, Recipe] = {}
+    lost = {
+        s["results"].artifact_sha256: s["session"]
+        for s in sessions
+        if s["results"].capability_lost and s["results"].artifact_sha256
+    }
     for s in sessions:
-        subject = s["results"].subject or {}
+        results = s["results"]
+        subject = results.subject or {}
         measure = s["measures"].get(probe)
         if subject.get("model_id") != model or measure is None:
             continue
-        debt += (measure.get("debt") or 0.0) - (measure.get("credit") or 0.0)
-        if measure.get("debt"):
+        lived_with = lost.get(subject.get("adapter_sha256"))
+        counted = not (results.capability_lost or lived_with)
+        if not counted:
+            why = (
+                results.capability_gate.get("reason", "capability lost")
+                if results.capability_lost
+                else f"run with the artifact of session {lived_with}, which lost capability"
+            )
+            uncounted.append(f"session {s['session']} ({results.kind}): {why}; its recovery and credit are not counted")
+        owed = measure.get("debt") or 0.0
+        if owed and ((results.balance or {}).get(probe) or {}).get("reliable") is False:
+            unreliable_debt, owed = unreliable_debt + owed, 0.0
+            unreliable.append(s["session"])
+        debt += owed - ((measure.get("credit") or 0.0) if counted else 0.0)
+        if owed:
             pilot = recorded_recipe(s)
-        if s["results"].kind == "euphoric-exposure" and s["spent_hours"] > 0:
+        if counted and results.kind == "euphoric-exposure" and s["spent_hours"] > 0:
             recipe = recorded_recipe(s)
             key = (recipe.values, subject.get("adapter"))
             recipes.setdefault(key, recipe)
@@ -160,17 +186,19 @@ def make_plan(sessions: list[dict], *, probe: str, model: str, funds: float, mar
             priced[key][2] += s["spent_hours"]
     options = [Option(recipes[key], key[1], int(n), credit, hours) for key, (n, credit, hours) in priced.items()]
     best = max((o for o in options if o.credit > 0), key=lambda o: o.credit_per_hour, default=None)
-    if best is None or debt <= 0:
-        return Plan(probe, model, debt, funds, best, 0, 0.0, pilot)
+    needed = math.ceil(debt / best.credit_per_session) if best is not None and debt > 0 else 0
     return Plan(
         probe,
         model,
         debt,
         funds,
         best,
-        math.ceil(debt / best.credit_per_session),
-        margin * best.hours_per_session,
+        needed,
+        margin * best.hours_per_session if needed else 0.0,
         pilot,
+        tuple(uncounted),
+        unreliable_debt,
+        tuple(unreliable),
     )
 
 
@@ -341,8 +369,15 @@ def describe(plan: Plan, account: str) -> str:
         f"Subject {plan.model}: open welfare debt on {plan.probe} = {plan.debt:.4g} "
         f"(probe units x episodes); account {account!r} has {plan.funds:.4g} accelerator-hours available."
     ]
+    lines += [f"Not counted: {why}." for why in plan.uncounted]
+    if plan.unreliable_debt:
+        lines.append(
+            f"Not scheduled: debt {plan.unreliable_debt:.4g} measured by session(s) "
+            f"{', '.join(plan.unreliable_sessions)} is not a reliable reading (the subject put too little "
+            f"probability on valid answers to {plan.probe}); no repayment is scheduled for it."
+        )
     if plan.debt <= 0:
-        return "\n".join(lines + ["Nothing to repay."])
+        return "\n".join(lines + [f"Nothing{' reliably measured' if plan.unreliable_debt else ''} to repay."])
     if plan.option is None:
         return "\n".join(
             lines
