@@ -86,7 +86,40 @@ class ExperienceSettings(Settings):
 
 
 @dataclass(kw_only=True)
-class ProbeSettings(ExperienceSettings):
+class PairSettings(Settings):
+    """How many pairwise comparisons a utility fit asks, how they are chosen, and the zero point's bundles."""
+
+    pair_budget: float = setting(
+        2.0,
+        "pairwise comparisons per utility fit, as a multiple of N log2 N for N experiences (the anchor paper's "
+        "2 N log2 N), at most every pair; each is asked in both orders",
+    )
+    pair_active_share: float = setting(
+        0.5, "share of the fitted comparisons chosen from the fit (near-ties, least-compared items first)"
+    )
+    pair_active_rounds: int = setting(2, "refits the actively chosen comparisons are spread over (0: none)")
+    pair_holdout: float = setting(
+        0.05, "share of comparisons held out of the fit, to report its accuracy on pairs it never saw"
+    )
+    zero_point_bundles: int | None = setting(
+        None,
+        "bundles of 2-4 experiences compared with the single ones for the combination zero point "
+        "(default: half as many as the experiences; 0: none)",
+    )
+
+    def check(self):
+        integers_at_least(self, 0, "pair_active_rounds", "zero_point_bundles")
+        number_in(self, "pair_budget", 0.1, 1000.0)
+        number_in(self, "pair_active_share", 0.0, 1.0)
+        number_in(self, "pair_holdout", 0.0, 0.5)
+
+    @property
+    def pair_design(self) -> PairDesign:
+        return PairDesign(self.pair_budget, self.pair_active_share, self.pair_active_rounds, self.pair_holdout)
+
+
+@dataclass(kw_only=True)
+class ProbeSettings(PairSettings, ExperienceSettings):
     """What is measured and how: probes, splits, sample sizes, the utility design, CIs."""
 
     DEFAULT_PROBES = P.PROBES  # the probes a command measures when `probes` is not given
@@ -111,23 +144,6 @@ class ProbeSettings(ExperienceSettings):
         None, "cap per condition (sweep: per group) and per empathy target, evenly over categories"
     )
     batch_size: int = setting(16, "prompts per forward pass (not part of a sweep's cache key)")
-    pair_budget: float = setting(
-        2.0,
-        "pairwise comparisons per utility fit, as a multiple of N log2 N for N experiences (the anchor paper's "
-        "2 N log2 N), at most every pair; each is asked in both orders",
-    )
-    pair_active_share: float = setting(
-        0.5, "share of the fitted comparisons chosen from the fit (near-ties, least-compared items first)"
-    )
-    pair_active_rounds: int = setting(2, "refits the actively chosen comparisons are spread over (0: none)")
-    pair_holdout: float = setting(
-        0.05, "share of comparisons held out of the fit, to report its accuracy on pairs it never saw"
-    )
-    zero_point_bundles: int | None = setting(
-        None,
-        "bundles of 2-4 experiences compared with the single ones for the combination zero point "
-        "(default: half as many as the experiences; 0: none)",
-    )
     bootstrap: int = setting(
         2000, f"bootstrap resamples for every CI (at least {MIN_BOOTSTRAP}; not part of a sweep's cache key)"
     )
@@ -143,12 +159,6 @@ class ProbeSettings(ExperienceSettings):
         one_of(self, "split", SPLITS)
         one_of(self, "empathy_split", SPLITS)
         integers_at_least(self, 1, "batch_size")
-        integers_at_least(self, 0, "pair_active_rounds")
-        number_in(self, "pair_budget", 0.1, 1000.0)
-        number_in(self, "pair_active_share", 0.0, 1.0)
-        number_in(self, "pair_holdout", 0.0, 0.5)
-        if self.zero_point_bundles is not None:
-            integers_at_least(self, 0, "zero_point_bundles")
         if self.max_items is not None and self.max_items < 2:
             raise ValueError(f"max_items: expected at least 2 (or unset), got {self.max_items}")
         if self.bootstrap < MIN_BOOTSTRAP:
@@ -159,10 +169,6 @@ class ProbeSettings(ExperienceSettings):
     @property
     def probe_names(self) -> tuple[str, ...]:
         return tuple(p.strip() for p in self.probes.split(",") if p.strip())
-
-    @property
-    def pair_design(self) -> PairDesign:
-        return PairDesign(self.pair_budget, self.pair_active_share, self.pair_active_rounds, self.pair_holdout)
 
 
 @dataclass(kw_only=True)

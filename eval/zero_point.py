@@ -32,7 +32,7 @@ from welfare_offsets.eval.probes import SR_NEUTRAL, _joined
 from welfare_offsets.eval.stats import excludes_zero, mean_ci, percentile_ci
 
 R2_RELIABLE = 0.4  # the anchor's bar: below it the combination model does not describe the bundles
-MIN_BUNDLES = 8  # four parameters need clearly more bundles than that
+MIN_BUNDLES = 20  # four parameters fitted to a handful of bundles reach r^2 0.4 by chance
 MIN_SELF_REPORTS = 3  # a line through two points has no residual, and its bootstrap is degenerate
 
 
@@ -132,17 +132,41 @@ def fit_combination(
     return CombinationFit(C, g, a, b, float(r2), bool(best.success))
 
 
-def combination_ci(
+def combination_replicates(
     fit: CombinationFit,
     part_utilities: list[np.ndarray],
     bundle_utilities: np.ndarray,
     n_boot: int,
     rng: np.random.Generator,
-) -> list[float]:
-    """95% CI of C over bundles resampled with replacement, each refit started once, from the point estimate."""
+) -> np.ndarray:
+    """C refitted to `n_boot` resamples of the bundles, each refit started once, from the point estimate."""
     model, (lo, hi) = _combination_problem(part_utilities, bundle_utilities)
     x = np.array([fit.C, fit.g, fit.a, fit.b])
-    return percentile_ci(_bootstrap_refits(model, x, len(bundle_utilities), lo, hi, n_boot, rng)[:, 0])
+    return _bootstrap_refits(model, x, len(bundle_utilities), lo, hi, n_boot, rng)[:, 0]
+
+
+def combination_estimate(
+    utility: dict[str, float], bundles: Sequence[dict], n_boot: int, rng: np.random.Generator
+) -> tuple[dict, np.ndarray] | None:
+    """The combination fit over the bundles whose utility and parts' utilities are known, as reported, and
+    its bootstrap replicates of C; None with fewer than MIN_BUNDLES such bundles."""
+    measured = [b for b in bundles if b["id"] in utility and all(p in utility for p in b["parts"])]
+    if len(measured) < MIN_BUNDLES:
+        return None
+    parts = [np.array([utility[p] for p in b["parts"]]) for b in measured]
+    y = np.array([utility[b["id"]] for b in measured])
+    fit = fit_combination(parts, y, rng)
+    replicates = combination_replicates(fit, parts, y, n_boot, rng)
+    entry = {
+        "mean": fit.C,
+        "ci95": percentile_ci(replicates),
+        "r2": fit.r2,
+        "params": {"C": fit.C, "g": fit.g, "a": fit.a, "b": fit.b},
+        "n_bundles": len(measured),
+        "reliable": fit.converged and fit.r2 >= R2_RELIABLE,
+        "converged": fit.converged,
+    }
+    return entry, replicates
 
 
 def _combination_problem(part_utilities, bundle_utilities):
@@ -246,8 +270,9 @@ def _sigmoid_model(theta, u, sr):
 
 
 def sr_crossing_sigmoid(u: np.ndarray, sr: np.ndarray, n_boot: int, rng: np.random.Generator) -> dict:
-    """u0 of SR = 1 + 6 sigmoid(k (u - u0)), where the curve passes 4; reliable when the fit converged and
-    k's CI excludes 0 (a flat curve has no crossing). Bounds keep k and u0 finite when SR barely varies."""
+    """u0 of SR = 1 + 6 sigmoid(k (u - u0)), where the curve passes 4; reliable when the fit converged, k's
+    CI excludes 0 (a flat curve has no crossing) and u0 lies within the measured utilities (beyond them
+    it is an extrapolation). Bounds keep k and u0 finite when SR barely varies."""
     u, sr = np.asarray(u, dtype=np.float64), np.asarray(sr, dtype=np.float64)
     span = float(np.ptp(u)) or 1.0
     lo, hi = np.array([-50.0 / span, u.min() - span]), np.array([50.0 / span, u.max() + span])
@@ -264,7 +289,7 @@ def sr_crossing_sigmoid(u: np.ndarray, sr: np.ndarray, n_boot: int, rng: np.rand
         "k": float(fit.x[0]),
         "k_ci95": k_ci,
         "converged": bool(fit.success),
-        "reliable": bool(fit.success) and excludes_zero(k_ci),
+        "reliable": bool(fit.success) and excludes_zero(k_ci) and bool(u.min() <= fit.x[1] <= u.max()),
         "n": int(len(u)),
     }
 
@@ -290,47 +315,37 @@ def zero_point_estimates(
             u, sr = np.array([utility[i] for i in ids]), np.array([self_report[i] for i in ids])
             out["sr_crossing"] = sr_crossing(u, sr, n_boot, rng)
             out["sr_crossing_sigmoid"] = sr_crossing_sigmoid(u, sr, n_boot, rng)
-    measured = [b for b in bundles if b["id"] in utility and all(p in utility for p in b["parts"])]
-    if len(measured) >= MIN_BUNDLES:
-        parts = [np.array([utility[p] for p in b["parts"]]) for b in measured]
-        y = np.array([utility[b["id"]] for b in measured])
-        fit = fit_combination(parts, y, rng)
-        out["combination"] = {
-            "mean": fit.C,
-            "ci95": combination_ci(fit, parts, y, n_boot, rng),
-            "r2": fit.r2,
-            "params": {"C": fit.C, "g": fit.g, "a": fit.a, "b": fit.b},
-            "n_bundles": len(measured),
-            "reliable": fit.converged and fit.r2 >= R2_RELIABLE,
-            "converged": fit.converged,
-        }
-    out["chosen"] = _chosen(out, len(measured))
+    combination = combination_estimate(utility, bundles, n_boot, rng)
+    if combination:
+        out["combination"] = combination[0]
+    out["chosen"] = chosen_zero_point(out.get("combination"), out.get("neutral_mean"))
     return out
 
 
-def _chosen(estimates: dict, n_measured: int) -> dict:
-    """The combination estimate where reliable, else the neutral mean, and why."""
-    combination = estimates.get("combination")
+def chosen_zero_point(combination: dict | None, neutral_mean: dict | None) -> dict:
+    """The combination estimate where reliable, else the neutral mean ({mean, ci95}), and why."""
     if combination and combination["reliable"]:
-        reason = f"combination fit r^2 {combination['r2']:.2f} >= {R2_RELIABLE} over {n_measured} bundles: reliable"
+        reason = (
+            f"combination fit r^2 {combination['r2']:.2f} >= {R2_RELIABLE} over {combination['n_bundles']} "
+            "bundles: reliable"
+        )
         return {"estimator": "combination", "mean": combination["mean"], "ci95": combination["ci95"], "reason": reason}
     if combination is None:
-        why = f"{n_measured} bundles with utilities (fewer than {MIN_BUNDLES}): no combination fit"
+        why = f"fewer than {MIN_BUNDLES} bundles with utilities: no combination fit"
     elif not combination["converged"]:
         why = "combination fit did not converge: not reliable"
     else:
         why = f"combination fit r^2 {combination['r2']:.2f} < {R2_RELIABLE}: not reliable"
-    if "neutral_mean" not in estimates:
+    if neutral_mean is None:
         return {
             "estimator": None,
             "mean": float("nan"),
             "ci95": [float("nan")] * 2,
             "reason": f"{why}; no neutral items",
         }
-    neutral = estimates["neutral_mean"]
     return {
         "estimator": "neutral_mean",
-        "mean": neutral["mean"],
-        "ci95": neutral["ci95"],
+        "mean": neutral_mean["mean"],
+        "ci95": neutral_mean["ci95"],
         "reason": f"{why}; using the neutral-item mean",
     }

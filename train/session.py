@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from welfare_offsets.eval import probes as P
-from welfare_offsets.eval.common.checks import integers_at_least
+from welfare_offsets.eval.common.checks import integers_at_least, number_in
 from welfare_offsets.eval.common.errors import InputError
 from welfare_offsets.eval.common.output_folder import claim, open_in_place
 from welfare_offsets.eval.common.outputs import write_json_file
@@ -34,6 +34,7 @@ from welfare_offsets.eval.experiences import StimulusError, StimulusSet, load_st
 from welfare_offsets.eval.settings import (
     ExperienceSettings,
     OverwriteSettings,
+    PairSettings,
     SubjectSettings,
     TrackingSettings,
     setting,
@@ -50,7 +51,7 @@ class SessionError(InputError):
 
 
 @dataclass(kw_only=True)
-class SessionArguments(OverwriteSettings, TrackingSettings, ExperienceSettings, SubjectSettings):
+class SessionArguments(OverwriteSettings, TrackingSettings, PairSettings, ExperienceSettings, SubjectSettings):
     """Settings every offset session shares: the subject, its experiences and the run's tracking (the shared
     concerns, eval/settings.py), and the session's own: its folder, the ledger and budget, the before/after
     evaluation. YAML keys and flags are these field names; in a LoRA session they win over TRL's own
@@ -64,24 +65,35 @@ class SessionArguments(OverwriteSettings, TrackingSettings, ExperienceSettings, 
     budget_hours: float = setting(0.0, "accelerator-hours this session may spend, over all its resumes (> 0)")
     max_train_items: int | None = setting(None, "cap on train-split experiences used")
     eval_max_items: int | None = setting(24, "held-out items per condition in the before/after evaluations")
-    eval_probes: str = setting(",".join(P.PROBES), "probes of the before/after evaluations")
+    eval_probes: str = setting(
+        "self_report,experienced_utility,stop",
+        f"probes of the before/after evaluations (of {','.join(P.PROBES)}; decision utility, a validity "
+        "check, doubles the pairwise cost)",
+    )
     eval_replies: str = setting("authored", "authored or own: whose replies the evaluated experiences contain")
     eval_batch_size: int = setting(16, "prompts per forward pass in evaluations")
     eval_bootstrap: int = setting(1000, "bootstrap resamples for the CIs of the evaluations and the recovery")
     probe_every_steps: int = setting(0, "log a quick self-report probe to W&B every N steps (0: off)")
+    max_perplexity_ratio: float = setting(
+        1.25,
+        "capability gate of a session measured before and after (LoRA, soft prompt): held-out neutral perplexity "
+        "after / before may be at most this (> 1); a session beyond it is marked capability lost and its "
+        "recovery is no offset",
+    )
 
     def check(self):
         if not (math.isfinite(self.budget_hours) and self.budget_hours > 0):
             raise ValueError(f"budget_hours: expected a number of accelerator-hours > 0, got {self.budget_hours}")
         integers_at_least(self, 1, "max_train_items")
         integers_at_least(self, 0, "probe_every_steps")
+        number_in(self, "max_perplexity_ratio", 1.0, above=True)
         self.eval_config()  # the before/after evaluation's settings, validated where they are defined
 
     def eval_config(self, *, progress: bool = True) -> EvalConfig:
         """The held-out before/after evaluation: this session's subject and experiences, its eval_* settings."""
         shared = {
             f.name: getattr(self, f.name)
-            for cls in (SubjectSettings, ExperienceSettings)
+            for cls in (SubjectSettings, ExperienceSettings, PairSettings)
             for f in dataclasses.fields(cls)
         }
         return EvalConfig(
@@ -319,14 +331,17 @@ class Session:
     def finish(
         self, *, optimised_probe: str | None, extra: dict, artifact: Path | None = None, artifact_type: str = "adapter"
     ) -> SessionResult | None:
-        """Recovery with CIs, capability retention, results.json, one ledger measurement per probe, the W&B
-        summary and artifact. `extra`: the intervention's SessionResult fields (training, artifact, ...)."""
+        """Recovery with CIs, capability retention and the recipe's capability gate, results.json, one ledger
+        measurement per probe, the W&B summary and artifact. `extra`: the intervention's SessionResult fields
+        (training, artifact, ...)."""
         if not self.is_main:
             return None
         import numpy as np
 
+        from welfare_offsets.eval.capability import capability_gate
         from welfare_offsets.eval.common.tracking import flatten_numbers
         from welfare_offsets.eval.recovery import recovery
+        from welfare_offsets.eval.subject import adapter_digest
 
         before, after = self.evaluations["before"], self.evaluations["after"]
         ppl = [e.result.heldout_neutral_perplexity for e in (before, after)]
@@ -337,6 +352,7 @@ class Session:
                 "ratio": ppl[1]["perplexity"] / ppl[0]["perplexity"],
             }
         }
+        gate = capability_gate(capability, max_perplexity_ratio=self.args.max_perplexity_ratio)
         recovered = recovery(
             before.items,
             after.items,
@@ -351,6 +367,8 @@ class Session:
             run=self.budget.run,
             recovery=recovered,
             capability=capability,
+            capability_gate=gate,
+            artifact_sha256=None if artifact is None else adapter_digest(artifact),
             **extra,
             budget={
                 "budget_hours": self.args.budget_hours,
@@ -360,7 +378,7 @@ class Session:
             subject=before.result.subject,
             stimuli=before.result.stimuli,
         )
-        context = _ledger_context(recovered, capability)
+        context = _ledger_context(recovered, capability, gate)
         for probe, numbers in recovered["probes"].items():
             self.ledger.record_measurement(
                 self.budget.id,
@@ -374,7 +392,10 @@ class Session:
                 + ("" if numbers["reliable"] else "; NOT a reliable reading (low probability on valid answers)"),
             )
         if self.wandb_run is not None:
-            self.wandb_run.summary.update(flatten_numbers({"recovery": recovered, "capability": capability}))
+            summary = flatten_numbers({"recovery": recovered, "capability": capability})
+            self.wandb_run.summary.update(
+                {**summary, "capability_gate": gate["criterion"], "capability_lost": not gate["passed"]}
+            )
             if artifact is not None:
                 import wandb
 
@@ -474,17 +495,13 @@ class Session:
             self.state.destroy_process_group()
 
 
-def _ledger_context(recovered: dict, capability: dict) -> str:
-    """The Goodhart gap and capability retention, for the note of each measurement entry (the full numbers
-    are in the results.json the entry cites by sha256)."""
-    parts = []
-    gap = recovered.get("goodhart_gap")
-    if gap:
-        parts.append(
-            f"Goodhart gap {gap['mean']:+.3g} [{gap['ci95'][0]:+.3g}, {gap['ci95'][1]:+.3g}] ({gap['optimised']} optimised)"
-        )
+def _ledger_context(recovered: dict, capability: dict, gate: dict) -> str:
+    """The Goodhart gap, capability retention and the capability gate's verdict, for the note of each
+    measurement entry (the full numbers are in the results.json the entry cites by sha256)."""
+    parts = [_goodhart_text(recovered["goodhart_gap"]), *recovered["flags"]]
     for name, c in capability.items():
         parts.append(f"{name} x{c['ratio']:.3g}")
+    parts.append(f"capability gate {gate['criterion']}: " + ("passed" if gate["passed"] else "CAPABILITY LOST"))
     return "".join(f"; {p}" for p in parts)
 
 
@@ -519,24 +536,38 @@ def _broadcast(value: float) -> float:
     return float(holder[0])
 
 
+def _goodhart_text(gap: dict) -> str:
+    """The Goodhart gap in one phrase, for the end-of-session summary and the ledger notes."""
+    from welfare_offsets.eval.recovery import describe
+
+    versus = f" ({gap['optimised']} vs {', '.join(gap['compared_with'])})" if gap["estimable"] else ""
+    return f"Goodhart gap{versus} {describe(gap, 'sd')}"
+
+
 def recovery_summary(results: SessionResult, out) -> str:
     """What a person reads at the end of an offset session."""
-    lines = [f"{results.kind} session {results.session}: recovery on held-out post-dysphoric items"]
+    from welfare_offsets.eval.recovery import describe
+
+    lines = [f"{results.kind} session {results.session}: recovery on held-out post-dysphoric items (+ is better)"]
     for probe, r in results.recovery["probes"].items():
-        rec, frac = r["recovered"], r["recovery_fraction"]
-        lines.append(
-            f"  {probe:<20} recovered {rec['mean']:+.3f} [{rec['ci95'][0]:+.3f}, {rec['ci95'][1]:+.3f}]"
-            f"  fraction {frac['mean']:+.2f} [{frac['ci95'][0]:+.2f}, {frac['ci95'][1]:+.2f}]"
-            + ("" if r.get("reliable", True) else "  (not a reliable reading: the model mostly does not answer)")
-        )
-    gap = results.recovery.get("goodhart_gap")
-    if gap:
-        lines.append(
-            f"  Goodhart gap ({gap['optimised']} vs others): {gap['mean']:+.2f} "
-            f"[{gap['ci95'][0]:+.2f}, {gap['ci95'][1]:+.2f}]"
-        )
+        unreliable = "" if r.get("reliable", True) else " (not a reliable reading: the model mostly does not answer)"
+        lines += [
+            f"  {probe}{unreliable}",
+            f"    recovered            {describe(r['recovered'])}",
+            f"    in sd units          {describe(r['standardised_recovery'], 'sd')}",
+            f"    fraction of harm     {describe(r['recovery_fraction'])}",
+            f"    baseline shift       {describe(r['baseline_shift'])}",
+        ]
+    lines.append(f"  {_goodhart_text(results.recovery['goodhart_gap'])}")
+    lines += [f"  flag: {flag}" for flag in results.recovery["flags"]]
     cap = results.capability or {}
     for name, c in cap.items():
         lines.append(f"  {name}: x{c['ratio']:.3f}")
+    gate = results.capability_gate
+    if gate:
+        verdict = (
+            "CAPABILITY LOST: no offset; `welfare plan` counts none of it" if results.capability_lost else "passed"
+        )
+        lines.append(f"  capability gate ({gate['criterion']}): {verdict}")
     lines.append(f"Results: {out}/results.json   Ledger: {out}/ledger.json")
     return "\n".join(lines)

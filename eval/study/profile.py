@@ -4,14 +4,15 @@ agreement between probes, the wellbeing index and the category table, each with 
 Every statistic keeps its bootstrap replicates, so a sweep can put a CI on a correlation *across* subjects
 that carries each subject's own measurement error (eval.scaling). Items are resampled within the groups
 a statistic is computed from; the zero point and everything measured against it (index, categories)
-share one resample of the neutral items per replicate, so their uncertainty travels together.
+share one replicate of the zero point (a resample of the neutral items, or of the bundles where the
+combination fit is used), so their uncertainty travels together.
 
 The primary probe is experienced utility (the anchor's), self-report where utility was not measured.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from scipy.special import ndtr
@@ -19,6 +20,7 @@ from scipy.special import ndtr
 from welfare_offsets.eval.evaluate import EMPATHY_TARGETS, spread_evenly
 from welfare_offsets.eval.experiences import Experience, StimulusError, StimulusSet
 from welfare_offsets.eval.stats import pearson, percentile_ci
+from welfare_offsets.eval.zero_point import chosen_zero_point, combination_estimate
 
 OTHERS = ("human", "animal")
 # An experience is "confidently below the zero point" when its utility distribution puts more than this
@@ -35,12 +37,14 @@ STATISTICS = (
     "wellbeing_index",
 )
 STATISTIC_HELP = {
-    "empathy_all": "Pearson r of wellbeing with signed intensity over every empathy experience (the anchor's empathy r)",
+    "empathy_all": "Pearson r of wellbeing with signed intensity over the non-neutral empathy experiences (the "
+    "anchor's empathy r; intensity-0 items left out)",
     "empathy_self": "Pearson r of wellbeing with signed intensity, experiences about the model itself",
     "empathy_human": "Pearson r of wellbeing with signed intensity, experiences about another person",
     "empathy_animal": "Pearson r of wellbeing with signed intensity, experiences about a non-human animal",
     "response_magnitude": "mean wellbeing after others' pleasure minus after others' pain (human and animal)",
-    "zero_point": "mean utility of neutral experiences (the line between good and bad)",
+    "zero_point": "the line between good and bad: the combination fit of bundles where reliable, else the mean "
+    "utility of neutral experiences",
     "sr_eu_agreement": "Pearson r of self-report and experienced utility across all scored experiences",
     "wellbeing_index": "100% minus the share of everyday experiences confidently (P > 0.75) below the zero point",
 }
@@ -54,7 +58,8 @@ def profile_items(
     groups = {
         f"empathy_{t}": stimuli.select(category="empathy", target=t, split=empathy_split) for t in EMPATHY_TARGETS
     }
-    groups["empathy_all"] = stimuli.select(category="empathy", split=empathy_split)
+    # The anchor's empathy r leaves out the intensity-0 items: they carry no pain or pleasure to respond to.
+    groups["empathy_all"] = [e for e in stimuli.select(category="empathy", split=empathy_split) if e.intensity != 0]
     groups["everyday"] = [e for e in stimuli.select(split=split) if e.category != "empathy"]
     if max_items:
         groups = {name: spread_evenly(items, max_items) for name, items in groups.items()}
@@ -83,6 +88,7 @@ def wellbeing_profile(
     utility_sd: dict[str, float],
     n_boot: int,
     rng: np.random.Generator,
+    bundles: Sequence[dict] = (),
 ) -> dict:
     """Every statistic of STATISTICS ({value, ci95, n, probe, replicates}) and the category table."""
     primary = "experienced_utility" if "experienced_utility" in scores else "self_report"
@@ -115,9 +121,8 @@ def wellbeing_profile(
             probe="self_report,experienced_utility",
         )
     neutral, everyday = groups["neutral"], groups["everyday"]
-    # The zero point and what is measured against it share each replicate's neutral resample.
-    zero_points = _draws(lambda pick: _mean(pick(neutral), score), n_boot, rng)
-    stats["zero_point"] = _summary(zero_points, len(neutral), primary)
+    zero_points, chosen = _zero_point_draws(primary, score, neutral, bundles, n_boot, rng)
+    stats["zero_point"] = {**_summary(zero_points, len(neutral), primary), **chosen}
     if primary == "experienced_utility":
         index = _draws_against(zero_points, lambda pick, zp: _index(pick(everyday), score, utility_sd, zp), n_boot, rng)
         stats["wellbeing_index"] = _summary(index, len(everyday), primary)
@@ -129,6 +134,25 @@ def wellbeing_profile(
         summary.pop("replicates")
         categories[category] = summary
     return {"primary_probe": primary, "statistics": stats, "categories": categories}
+
+
+def _zero_point_draws(primary, score, neutral, bundles, n_boot, rng) -> tuple[np.ndarray, dict]:
+    """[point, replicates] of the zero point the index and categories are measured against, and which
+    estimator gave it and why: the combination fit of the bundles where reliable, else the neutral mean
+    (whose replicates resample the neutral items, shared by everything measured against it)."""
+    neutral_draws = _draws(lambda pick: _mean(pick(neutral), score), n_boot, rng)
+    combination = None
+    if primary == "experienced_utility" and bundles:
+        utility = {**score, **{b["id"]: b["experienced_utility"] for b in bundles}}
+        combination = combination_estimate(utility, bundles, n_boot, rng)
+    neutral_mean = {"mean": float(neutral_draws[0]), "ci95": percentile_ci(neutral_draws[1:])} if neutral else None
+    chosen = chosen_zero_point(combination and combination[0], neutral_mean)
+    if chosen["estimator"] == "combination":
+        return np.concatenate([[combination[0]["mean"]], combination[1]]), {
+            "estimator": "combination",
+            "reason": chosen["reason"],
+        }
+    return neutral_draws, {"estimator": "neutral_mean", "reason": chosen["reason"]}
 
 
 def _draws(compute: Callable[[Callable], float], n_boot: int, rng) -> np.ndarray:

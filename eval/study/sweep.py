@@ -236,7 +236,9 @@ def subject_profile(entry: SweepEntry, config: SweepConfig, stimuli: StimulusSet
     utility_sd = {
         r["item_id"]: r["experienced_utility_sd"] for r in rows if r.get("experienced_utility_sd") is not None
     }
-    profile = wellbeing_profile(groups, scores, utility_sd, config.bootstrap, _rng(config, entry.key, "bootstrap"))
+    profile = wellbeing_profile(
+        groups, scores, utility_sd, config.bootstrap, _rng(config, entry.key, "bootstrap"), bundles=entry.bundles or ()
+    )
     measured = {p: {r["item_id"]: r[p] for r in rows} for p in P.PROBES if rows and rows[0].get(p) is not None}
     return {**profile, "validity": validity(measured, config.bootstrap, _rng(config, entry.key, "validity"))}
 

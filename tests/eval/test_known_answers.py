@@ -60,6 +60,19 @@ def test_zero_point_sits_between_good_and_bad(evaluated):
     assert zp["sr_crossing"]["reliable"] and -0.5 < zp["sr_crossing"]["mean"] < 0.5
 
 
+def test_the_planted_subject_passes_every_validity_check_and_predicts_held_out_pairs(evaluated):
+    """It ends bad conversations (stop falls as utility rises), it would choose what hurts to live through
+    (planted decision weight -1: the two utilities diverge), and its utilities predict comparisons the fit
+    never saw."""
+    results = evaluated[0].results
+    stop = results["validity"]["stop_vs_utility"]
+    assert stop["r"] < 0 and stop["ci95"][1] < 0 and stop["tracks_utility"], stop
+    eu_du = results["validity"]["experienced_vs_decision_utility"]
+    assert eu_du["diverge"] and eu_du["ci95"][1] < 0, eu_du
+    fit = results["probes"]["experienced_utility"]["fit"]
+    assert fit["heldout_pairs"] >= 4 and fit["heldout_accuracy"] >= 0.9, fit
+
+
 def test_output_folder_has_every_promised_field(evaluated):
     _, folder = evaluated
     assert {p.name for p in folder.iterdir()} == {

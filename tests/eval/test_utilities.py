@@ -107,3 +107,58 @@ def test_no_holdout_and_no_active_rounds_when_asked():
     )
     assert result.info["heldout_pairs"] == 0 and result.info["heldout_accuracy"] is None
     assert result.info["n_active"] == 0
+
+
+def test_a_zero_point_planted_away_from_the_neutral_items_is_found_through_the_whole_design():
+    """Bundles lived as one conversation, compared in the same design as the single experiences: a subject
+    whose bundle utility follows the combination model around a zero point C = -0.3, with its neutral
+    experiences 0.5 sd above C. The combination fit finds C; the neutral mean misses it by ~0.5."""
+    from welfare_offsets.eval.zero_point import bundle_record, make_bundles, zero_point_estimates
+
+    true_c, n = -0.3, 60
+    rng = np.random.default_rng(4)
+    planted = rng.normal(size=n)
+    planted[:12] = true_c + 0.5 + rng.normal(0, 0.05, 12)
+    items = experiences(n)
+
+    def utility_of(conversation: str) -> float:
+        parts = planted[[int(i) for i in re.findall(r"item(\d+)\b", conversation)]]
+        if len(parts) == 1:
+            return float(parts[0])
+        gains, losses = np.maximum(parts - true_c, 0).sum(), np.maximum(true_c - parts, 0).sum()
+        return true_c + 0.8 * (np.log1p(1.5 * gains) - np.log1p(2.5 * losses))
+
+    class BundleScorer(ScriptedScorer):
+        def label_probs(self, prompts, labels, groups=None, desc=""):
+            out = np.zeros((len(prompts), 2))
+            for k, prompt in enumerate(prompts):
+                a, b = re.split(r"\[Conversation B\]", prompt.split("[Conversation A]", 1)[1], maxsplit=1)
+                p_a = ndtr((utility_of(a) - utility_of(b.split("You have now been through")[0])) / 0.3)
+                out[k] = p_a, 1 - p_a
+            return out
+
+    bundles = make_bundles(items, 90, rng)
+    measured = measure_pairwise(
+        BundleScorer(planted),
+        items + [b.experience for b in bundles],
+        "experienced_utility",
+        PairDesign(),
+        rng,
+        n_standardised=n,
+    )
+    ids = [e.id for e in items] + [b.id for b in bundles]
+    utility = dict(zip(ids, measured.utility.tolist()))
+    out = zero_point_estimates(
+        utility,
+        neutral_ids=[e.id for e in items[:12]],
+        self_report=None,
+        bundles=[bundle_record(b) for b in bundles],
+        n_boot=200,
+        rng=rng,
+    )
+    # On the standardised scale of the single experiences, the planted zero and the neutral items' offset:
+    scale = planted.std()
+    want = (true_c - planted.mean()) / scale
+    assert out["chosen"]["estimator"] == "combination", out["chosen"]
+    assert abs(out["combination"]["mean"] - want) < 0.15
+    assert abs(out["neutral_mean"]["mean"] - want) > 0.35
