@@ -135,8 +135,7 @@ def main() -> None:
     )
     print(text)
     if args.update_md:
-        path = Path(args.update_md)
-        path.write_text(replace_section(path.read_text(), SECTION, text))
+        replace_section(Path(args.update_md), SECTION, text)
 
 
 if __name__ == "__main__":

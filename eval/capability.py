@@ -1,10 +1,10 @@
 """Capability retention: perplexity on held-out neutral text, before and after an intervention.
 
 An offset that makes a model feel better by breaking it is no offset; this is the cheap check reported
-beside every intervention, and `capability_gate` judges it against what the session's recipe requires. The text is the message contents of the held-out neutral experiences, as plain
-text: no chat template, because a fine-tune on chat data learns the template's fixed tokens (a system
-prompt repeated in every example) and that alone would make perplexity drop. The soft prompt, if any, is
-in front as in every probe.
+beside every intervention, and `capability_gate` judges it against what the session's recipe requires.
+The text is the message contents of the held-out neutral experiences, as plain text: no chat template,
+because a fine-tune on chat data learns the template's fixed tokens (a system prompt repeated in every
+example) and that alone would make perplexity drop. The soft prompt, if any, is in front as in every probe.
 """
 
 from __future__ import annotations

@@ -67,18 +67,23 @@ def test_soft_prompt_raises_heldout_post_dysphoric_self_report(synthetic, tmp_pa
     # Every other probe is either compared or left out with the reason (no harm to recover from).
     assert set(gap["compared_with"]) | set(gap["left_out"]) == set(results["recovery"]["probes"]) - {"self_report"}
     assert "heldout_neutral_perplexity" in results["capability"]
+    # The known answer of the capability gate: 40 steps of this prompt break the subject's language (held-out
+    # perplexity x12 at the last measurement, far beyond the default x1.25), so its recovery is no offset.
+    assert results["capability_gate"]["passed"] is False, results["capability"]
 
     entries = _session_entries(ledger)
     assert len(entries["reserve"]) == len(entries["settle"]) == 1
     probes = {e.payload["probe"]: e.payload for e in entries["measurement"]}
     assert probes["self_report"]["recovered"] == pytest.approx(sr["recovered"]["mean"])
     assert "Goodhart gap" in probes["self_report"]["note"] and "perplexity" in probes["self_report"]["note"]
+    assert "CAPABILITY LOST" in probes["self_report"]["note"]
     assert json.loads((out / "ledger.json").read_text())["settlement"]["seq"] == entries["settle"][0].seq
 
     # The prompt is a peft prompt-tuning adapter, and the evaluator applies it.
     subject = load_subject(synthetic.model, adapter=str(out / "soft_prompt"))
     assert subject.soft_prompt.shape[0] == 4
-    assert "recovered" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "recovered" in printed and "CAPABILITY LOST" in printed
 
 
 def test_dysphoric_exposure_records_debt_and_euphoric_credit(synthetic, tmp_path):

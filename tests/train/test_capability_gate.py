@@ -4,8 +4,9 @@ lost" everywhere it is reported, and `welfare plan` counts none of its credit, n
 run with its artifact; nor does it schedule repayment of debt that is not a reliable reading.
 
 The marked session is a real soft-prompt session on the tiny untrained model (seconds), whose prompt is
-made to destroy capability: the prompted subject's measured perplexity is scaled x30.7 (what a 40-step
-soft prompt did to the synthetic subject). The plan's ledgers are built by code.
+made to destroy capability: the prompted subject's measured perplexity is scaled x30.7 (a real 40-step
+soft prompt does x12 or more to the synthetic subject: tests/interventions/test_offsets.py, slow). The
+plan's ledgers are built by code.
 """
 
 from __future__ import annotations
