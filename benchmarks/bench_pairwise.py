@@ -120,7 +120,15 @@ def main() -> None:
             f"design: random, two active rounds, 5% held out): **{rates[True]:.2f} prompts/s with prefix reuse, "
             f"{rates[False]:.2f} without ({rates[True] / rates[False]:.2f}x)**. A lived pair holds two whole "
             "conversations, and a bundle two to four, so each prompt is long; the reuse shares the first "
-            "conversation's turns across every pair it opens.",
+            "conversation's turns across every pair it opens."
+            + (
+                " Here reuse loses: the continuations of one group (the second conversation: one experience "
+                "or a bundle of up to four) differ widely in length and are padded to the longest in their "
+                "batch, which costs more than the shared first conversation saves. Choosing reuse per run by "
+                "its measured cost is not built yet."
+                if rates[True] < rates[False]
+                else ""
+            ),
             "",
             "| subject | experiences | prompts before (2.5 N pairs) | experienced utility (2 N log2 N, with "
             "bundles) | decision utility | minutes EU (CPU) | minutes EU + DU (CPU) |",
