@@ -81,7 +81,7 @@ def main() -> None:
         [
             "## Projected cost of a scale sweep (from measured GPU throughput)",
             "",
-            f"Command: `python -m benchmarks.sweep_cost --config {Path(args.config).relative_to(REPO)}`. Prompts per subject are",
+            f"Command: `python -m benchmarks.sweep_cost --config {Path(args.config).resolve().relative_to(REPO)}`. Prompts per subject are",
             f"counted exactly as `welfare sweep` builds them on the built-in stimuli: {counts['items']} experiences (120 empathy items,",
             "everyday held-out items), "
             f"{counts['self_report']:,} self-report + {counts['stop']:,} stop + {counts['comparison']:,} comparison prompts = "
