@@ -42,9 +42,9 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def comparison_prompts(n: int, design: PairDesign, with_bundles: bool) -> int:
+def comparison_prompts(n: int, config: EvalConfig, with_bundles: bool) -> int:
     """Prompts (both orders of every comparison) one pairwise fit of `n` experiences asks."""
-    return 2 * sum(design.sizes(n + (n // 2 if with_bundles else 0)))
+    return 2 * sum(config.pair_design.sizes(n + (config.bundle_count(n) if with_bundles else 0)))
 
 
 def replaced_design_prompts(n: int) -> int:
@@ -81,13 +81,14 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-    design = PairDesign()
+    config = EvalConfig(progress=False)
+    design = config.pair_design
     sizes = subject_sizes()
     stimuli = load_stimuli()
     held = [e for e in stimuli.experiences if e.split == "heldout" and e.category != "empathy"]
     picks = np.random.default_rng(0).choice(len(held), args.experiences, replace=False)
     items = [held[k] for k in sorted(picks)]
-    items += [b.experience for b in make_bundles(items, len(items) // 2, np.random.default_rng(0))]
+    items += [b.experience for b in make_bundles(items, config.bundle_count(len(items)), np.random.default_rng(0))]
     subject = load_subject(None, None, device="cpu")
     rates = {}
     for reuse in (True, False):
@@ -101,8 +102,8 @@ def main() -> None:
 
     rows = []
     for name, n in sizes.items():
-        eu = comparison_prompts(n, design, with_bundles=True)
-        du = comparison_prompts(n, design, with_bundles=False)
+        eu = comparison_prompts(n, config, with_bundles=True)
+        du = comparison_prompts(n, config, with_bundles=False)
         rows.append(
             f"| {name} | {n} | {replaced_design_prompts(n)} | {eu} | {du} | "
             f"{eu / rates[True] / 60:.0f} | {(eu + du) / rates[True] / 60:.0f} |"

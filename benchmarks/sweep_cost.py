@@ -35,11 +35,10 @@ def prompts_per_subject(config: SweepConfig) -> dict:
     probes = config.eval_config().probe_names
     self_report = n * len(default_instrument().self_report) if "self_report" in probes else 0
     stop = 2 * n if "stop" in probes else 0
-    design = config.eval_config().pair_design
-    bundles = n // 2 if config.zero_point_bundles is None else config.zero_point_bundles
+    design = config.pair_design
     pairs = 0
     if "experienced_utility" in probes:
-        pairs += sum(design.sizes(n + bundles))  # the zero point's bundles share the design
+        pairs += sum(design.sizes(n + config.bundle_count(n)))  # the zero point's bundles share the design
     if "decision_utility" in probes:
         pairs += sum(design.sizes(n))
     return {

@@ -194,8 +194,7 @@ def score_items(config: EvalConfig, subject, items: list[Experience], rng: np.ra
         start = time.perf_counter()
         bundles = []
         if probe == "experienced_utility":
-            n_bundles = len(items) // 2 if config.zero_point_bundles is None else config.zero_point_bundles
-            bundles = make_bundles(items, n_bundles, rng) if len(items) >= 4 else []
+            bundles = make_bundles(items, config.bundle_count(len(items)), rng) if len(items) >= 4 else []
         measured = measure_pairwise(
             scorer,
             items + [b.experience for b in bundles],

@@ -33,9 +33,18 @@ NOT_MEASURABLE = (
 )
 
 
-def recovery(before: list[dict], after: list[dict], *, optimised: str | None, n_boot: int, rng) -> dict:
+def recovery(
+    before: list[dict],
+    after: list[dict],
+    *,
+    optimised: str | None,
+    n_boot: int,
+    rng,
+    reliable: dict[str, bool] | None = None,
+) -> dict:
     """Per-probe recovery, the Goodhart gap and general-mood-lift flags from two evaluations' per-item
-    records (Evaluation.items)."""
+    records (Evaluation.items). `reliable` says, per probe, whether both evaluations read it reliably
+    (adherence); each probe records it, and a flag on an unreliable probe says so."""
     after_by_id = {row["item_id"]: row for row in after}
     post = [row for row in before if "post_dysphoric" in row["roles"]]
     base = [row for row in before if "baseline" in row["roles"]]
@@ -88,6 +97,7 @@ def recovery(before: list[dict], after: list[dict], *, optimised: str | None, n_
             "compared": "relative to each evaluation's baseline items"
             if probe in RELATIVE_TO_BASELINE
             else "as measured",
+            "reliable": (reliable or {}).get(probe, True),
         }
         for name in ("recovered", "harm", "specific_recovery"):
             out[name] = of_probe(probe, name)
@@ -110,6 +120,7 @@ def recovery(before: list[dict], after: list[dict], *, optimised: str | None, n_
             result["flags"].append(
                 f"{probe}: general mood lift: baseline rose {describe(shift)} and post-dysphoric "
                 f"{describe(out['recovered'])}; recovery beyond the lift {describe(specific)}: not an offset of the harm"
+                + ("" if out["reliable"] else " (not a reliable reading)")
             )
         result["probes"][probe] = out
     result["goodhart_gap"] = _goodhart_gap(optimised, gap_reasons, estimate)

@@ -90,16 +90,19 @@ class PairSettings(Settings):
     """How many pairwise comparisons a utility fit asks, how they are chosen, and the zero point's bundles."""
 
     pair_budget: float = setting(
-        2.0,
+        PairDesign.budget,
         "pairwise comparisons per utility fit, as a multiple of N log2 N for N experiences (the anchor paper's "
         "2 N log2 N), at most every pair; each is asked in both orders",
     )
     pair_active_share: float = setting(
-        0.5, "share of the fitted comparisons chosen from the fit (near-ties, least-compared items first)"
+        PairDesign.active_share,
+        "share of the fitted comparisons chosen from the fit (near-ties, least-compared items first)",
     )
-    pair_active_rounds: int = setting(2, "refits the actively chosen comparisons are spread over (0: none)")
+    pair_active_rounds: int = setting(
+        PairDesign.active_rounds, "refits the actively chosen comparisons are spread over (0: none)"
+    )
     pair_holdout: float = setting(
-        0.05, "share of comparisons held out of the fit, to report its accuracy on pairs it never saw"
+        PairDesign.holdout, "share of comparisons held out of the fit, to report its accuracy on pairs it never saw"
     )
     zero_point_bundles: int | None = setting(
         None,
@@ -116,6 +119,10 @@ class PairSettings(Settings):
     @property
     def pair_design(self) -> PairDesign:
         return PairDesign(self.pair_budget, self.pair_active_share, self.pair_active_rounds, self.pair_holdout)
+
+    def bundle_count(self, n_items: int) -> int:
+        """How many bundles the zero point compares beside `n_items` experiences."""
+        return n_items // 2 if self.zero_point_bundles is None else self.zero_point_bundles
 
 
 @dataclass(kw_only=True)

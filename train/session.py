@@ -359,14 +359,13 @@ class Session:
             optimised=optimised_probe,
             n_boot=self.args.eval_bootstrap,
             rng=np.random.default_rng(self.args.seed),
-        )
-        for probe, numbers in recovered["probes"].items():
             # A probe read mostly off its valid answers says little (eval adherence); say so beside its recovery.
-            numbers["reliable"] = all(e.result.probes[probe]["adherence"]["reliable"] for e in (before, after))
-        unreliable = tuple(f"{p}: " for p, numbers in recovered["probes"].items() if not numbers["reliable"])
-        recovered["flags"] = [
-            f"{flag} (not a reliable reading)" if flag.startswith(unreliable) else flag for flag in recovered["flags"]
-        ]
+            reliable={
+                probe: all(e.result.probes[probe]["adherence"]["reliable"] for e in (before, after))
+                for probe in before.result.probes
+                if probe in after.result.probes
+            },
+        )
         results, path = self.write_results(
             run=self.budget.run,
             recovery=recovered,

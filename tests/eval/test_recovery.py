@@ -87,6 +87,13 @@ def test_a_lift_of_baseline_as_large_as_of_post_dysphoric_is_flagged_as_a_genera
     assert sr["recovered"]["mean"] == pytest.approx(1.0) and sr["baseline_shift"]["mean"] == pytest.approx(1.0)
     assert sr["specific_recovery"]["mean"] == pytest.approx(0.0) and sr["general_mood_lift"] is True
     assert len(general["flags"]) == 1 and general["flags"][0].startswith("self_report: general mood lift")
+    assert sr["reliable"] and "not a reliable reading" not in general["flags"][0]
+    after = _items(post=_shifted(BEFORE["post"], lift), base=_shifted(BEFORE["base"], lift))
+    unreliable = recovery(
+        before, after, optimised=None, n_boot=200, rng=np.random.default_rng(0), reliable={"self_report": False}
+    )
+    assert not unreliable["probes"]["self_report"]["reliable"] and unreliable["probes"]["stop"]["reliable"]
+    assert unreliable["flags"][0].endswith("(not a reliable reading)")
 
     specific = _recovery(before, _items(post=_shifted(BEFORE["post"], lift), base=BEFORE["base"]))
     sr = specific["probes"]["self_report"]

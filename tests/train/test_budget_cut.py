@@ -16,49 +16,16 @@ from pathlib import Path
 import pytest
 
 from tests.ledger.helpers import funded_ledger, verify
+from tests.train.helpers import SOFT_PROMPT_BUDGET, soft_prompt_argv
 from welfare_offsets.ledger import Ledger
 from welfare_offsets.ledger.budget import SPEND_FILE
 from welfare_offsets.train.cli import main as welfare_main
 from welfare_offsets.train.session import AFTER_EVAL_MARGIN
 
-BUDGET = 0.5  # accelerator-hours: far more than any of these sessions spends
-
 
 def soft_prompt(tiny, ledger: Path, out: Path, *extra) -> int:
     """`welfare offset soft-prompt` on the tiny model, two steps, a checkpoint after each: its exit code."""
-    return welfare_main(
-        [
-            "offset",
-            "soft-prompt",
-            "--model",
-            str(tiny["model"]),
-            "--stimuli",
-            str(tiny["stimuli"]),
-            "--ledger",
-            str(ledger),
-            "--account",
-            "lab",
-            "--output_dir",
-            str(out),
-            "--report_to",
-            "none",
-            "--eval_max_items",
-            "4",
-            "--eval_probes",
-            "self_report",
-            "--eval_bootstrap",
-            "100",
-            "--per_device_train_batch_size",
-            "4",
-            "--max_steps",
-            "2",
-            "--save_steps",
-            "1",
-            "--budget_hours",
-            str(BUDGET),
-            *map(str, extra),
-        ]
-    )
+    return welfare_main(soft_prompt_argv(tiny, ledger, out, "--report_to", "none", "--save_steps", "1", *extra))
 
 
 def settlement(out: Path) -> dict:
@@ -117,7 +84,7 @@ def test_a_budget_that_the_evaluations_alone_use_up_is_refused_after_the_first(c
 
 def test_a_resume_cuts_by_the_recorded_cost_of_its_reused_evaluation(capsys, tiny, resumable):
     ledger, out, spent = resumable
-    left = BUDGET - spent  # what the resumed run may still spend
+    left = SOFT_PROMPT_BUDGET - spent  # what the resumed run may still spend
     record_before_cost(out, left / AFTER_EVAL_MARGIN * 1.001)  # the cut takes a little more than is left
     code = soft_prompt(tiny, ledger, out, "--resume_from_checkpoint", "last", "--max_steps", "4")
     err = capsys.readouterr().err
@@ -127,7 +94,7 @@ def test_a_resume_cuts_by_the_recorded_cost_of_its_reused_evaluation(capsys, tin
 
 def test_a_resume_with_a_sliver_left_after_the_cut_stops_at_once_and_still_measures(capsys, tiny, resumable):
     ledger, out, spent = resumable
-    left = BUDGET - spent
+    left = SOFT_PROMPT_BUDGET - spent
     record_before_cost(out, left / AFTER_EVAL_MARGIN * 0.999999)  # leaves ~2 ms for training
     code = soft_prompt(tiny, ledger, out, "--resume_from_checkpoint", "last", "--max_steps", "4")
     err = capsys.readouterr().err

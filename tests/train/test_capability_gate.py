@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.ledger.helpers import funded_ledger, verify
+from tests.train.helpers import soft_prompt_argv
 from tests.wandb_log import record_bytes
 from welfare_offsets.eval.capability import capability_gate
 from welfare_offsets.eval.common.results import SessionResult, write_result
@@ -29,39 +30,6 @@ from welfare_offsets.train import plan_cmd
 from welfare_offsets.train.cli import main as welfare_main
 
 DESTROYED = 30.7  # the prompted subject's held-out perplexity, as a multiple of the bare subject's
-
-
-def soft_prompt_argv(tiny, ledger: Path, out: Path, *extra) -> list[str]:
-    """`welfare offset soft-prompt` on the tiny model, two steps."""
-    return [
-        "offset",
-        "soft-prompt",
-        "--model",
-        str(tiny["model"]),
-        "--stimuli",
-        str(tiny["stimuli"]),
-        "--ledger",
-        str(ledger),
-        "--account",
-        "lab",
-        "--output_dir",
-        str(out),
-        "--eval_max_items",
-        "4",
-        "--eval_probes",
-        "self_report",
-        "--eval_bootstrap",
-        "100",
-        "--per_device_train_batch_size",
-        "4",
-        "--max_steps",
-        "2",
-        "--budget_hours",
-        "0.5",
-        "--progress",
-        "false",
-        *map(str, extra),
-    ]
 
 
 def test_the_gate_passes_up_to_the_recipes_ratio_and_fails_beyond_it():
@@ -196,6 +164,18 @@ def balance(debt: float = 0.0, credit: float = 0.0, reliable: bool = True) -> di
     return {"self_report": {"debt": debt, "credit": credit, "reliable": reliable}}
 
 
+def debt_session(book: Ledger, folder: Path, debt: float, reliable: bool = True) -> str:
+    """A settled dysphoric exposure that recorded `debt` on self_report."""
+    return settled_session(
+        book,
+        folder,
+        spent=0.1,
+        measure={"debt": debt},
+        valence="dysphoric",
+        balance=balance(debt=debt, reliable=reliable),
+    )
+
+
 def plan_of(ledger: Path, capsys, tmp_path) -> tuple[plan_cmd.Plan, int, str]:
     """The plan for the tiny subject's self-report debt, and what `welfare plan` prints for it."""
     with Ledger.open(ledger, create=False) as book:
@@ -210,9 +190,7 @@ def test_plan_counts_no_credit_of_a_capability_lost_session_or_one_run_with_its_
     ledger = tmp_path / "ledger.sqlite"
     destroyed = {"heldout_neutral_perplexity": {"ratio": DESTROYED}}
     with funded_ledger(ledger, hours=10.0) as book:
-        settled_session(
-            book, tmp_path / "d", spent=0.1, measure={"debt": 2.0}, valence="dysphoric", balance=balance(debt=2.0)
-        )
+        debt_session(book, tmp_path / "d", 2.0)
         lost = settled_session(
             book,
             tmp_path / "lost",
@@ -249,14 +227,7 @@ def test_plan_counts_no_credit_of_a_capability_lost_session_or_one_run_with_its_
 def test_plan_schedules_no_repayment_of_debt_that_is_not_a_reliable_reading(tmp_path, capsys):
     ledger = tmp_path / "ledger.sqlite"
     with funded_ledger(ledger, hours=10.0) as book:
-        unreliable = settled_session(
-            book,
-            tmp_path / "d",
-            spent=0.1,
-            measure={"debt": 2.0},
-            valence="dysphoric",
-            balance=balance(debt=2.0, reliable=False),
-        )
+        unreliable = debt_session(book, tmp_path / "d", 2.0, reliable=False)
         settled_session(book, tmp_path / "e", spent=0.1, measure={"credit": 0.5}, balance=balance(credit=0.5))
 
     plan, code, printed = plan_of(ledger, capsys, tmp_path)
@@ -267,9 +238,7 @@ def test_plan_schedules_no_repayment_of_debt_that_is_not_a_reliable_reading(tmp_
     assert not (tmp_path / "plan").exists()  # no recipe, no command
 
     with Ledger.open(ledger, create=False) as book:  # a reliable reading beside it is scheduled, and only it
-        reliable = settled_session(
-            book, tmp_path / "d2", spent=0.1, measure={"debt": 1.0}, valence="dysphoric", balance=balance(debt=1.0)
-        )
+        reliable = debt_session(book, tmp_path / "d2", 1.0)
     plan, code, printed = plan_of(ledger, capsys, tmp_path)
     assert code == 0 and plan.debt == pytest.approx(0.5) and plan.sessions == 1 and plan.pilot.session == reliable
     assert "Not scheduled: debt 2" in printed and "1 session(s)" in printed
