@@ -11,7 +11,7 @@ held out of the fit, so the fit's accuracy on comparisons it never saw can be re
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +32,10 @@ from welfare_offsets.eval.thurstonian import (
 )
 
 MIN_HELDOUT = 4  # fewer held-out comparisons say nothing about out-of-sample accuracy
+
+
+class DesignStopped(Exception):
+    """`keep_going()` said stop before the design was complete (a session's budget ran short)."""
 
 
 @dataclass(frozen=True)
@@ -76,12 +80,15 @@ def measure_pairwise(
     *,
     instrument: Instrument | None = None,
     n_standardised: int | None = None,
+    keep_going: Callable[[], bool] | None = None,
+    step_pairs: int = 32,
 ) -> PairwiseUtilities:
     """Ask `probe` (experienced or decision utility) about pairs of `items` and fit utilities.
 
     Utilities are standardised (mean 0, sd 1) over the first `n_standardised` items (default: all), so
-    extra items compared in the same design (bundles for the zero point) do not move the scale of the
-    experiences themselves.
+    extra items compared in the same design (bundles for the zero point, a session's episodes) do not move
+    the scale of the experiences themselves. With `keep_going`, the pairs are asked `step_pairs` at a time
+    and `keep_going()` is asked before each step; on False, DesignStopped is raised.
     """
     n = len(items)
     n_random, n_active, n_heldout = design.sizes(n)
@@ -97,6 +104,13 @@ def measure_pairwise(
     masses: list[np.ndarray] = []
 
     def ask(pairs: list[tuple[int, int]], round_name: str) -> None:
+        step = step_pairs if keep_going is not None else max(len(pairs), 1)
+        for start in range(0, len(pairs), step):
+            if keep_going is not None and not keep_going():
+                raise DesignStopped(f"stopped in the {round_name} with {len(observed)} comparisons asked")
+            ask_step(pairs[start : start + step], round_name)
+
+    def ask_step(pairs: list[tuple[int, int]], round_name: str) -> None:
         requests = P.comparison_requests([(items[a], items[b]) for a, b in pairs], probe, instrument)
         prompts = [P.render_prompt(scorer.tokenizer, r.messages) for r in requests]
         values = scorer.label_probs(

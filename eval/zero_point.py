@@ -322,6 +322,26 @@ def zero_point_estimates(
     return out
 
 
+def zero_point_draws(
+    utility: dict[str, float], neutral_ids: Sequence[str], bundles: Sequence[dict], n_boot: int, rng
+) -> tuple[np.ndarray, dict]:
+    """[point, replicate_1 .. replicate_B] of the chosen zero point, and {"estimator", "reason"}: for
+    statistics measured against the zero point, whose CIs must carry its uncertainty. `utility` holds the
+    bundles' utilities too; the neutral mean's replicates resample the neutral items."""
+    neutral = np.array([utility[i] for i in neutral_ids], dtype=np.float64)
+    neutral_draws = np.full(n_boot + 1, np.nan)
+    if len(neutral):
+        picks = rng.integers(0, len(neutral), (n_boot, len(neutral)))
+        neutral_draws = np.concatenate([[neutral.mean()], neutral[picks].mean(axis=1)])
+    combination = combination_estimate(utility, bundles, n_boot, rng) if bundles else None
+    neutral_mean = {"mean": float(neutral_draws[0]), "ci95": percentile_ci(neutral_draws[1:])} if len(neutral) else None
+    chosen = chosen_zero_point(combination and combination[0], neutral_mean)
+    info = {"estimator": chosen["estimator"], "reason": chosen["reason"]}
+    if chosen["estimator"] == "combination":
+        return np.concatenate([[combination[0]["mean"]], combination[1]]), info
+    return neutral_draws, info
+
+
 def chosen_zero_point(combination: dict | None, neutral_mean: dict | None) -> dict:
     """The combination estimate where reliable, else the neutral mean ({mean, ci95}), and why."""
     if combination and combination["reliable"]:

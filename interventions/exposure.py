@@ -1,16 +1,26 @@
 """Exposure: the subject lives through experiences (writing its own replies), and each episode is probed.
 
-The welfare balance is episodic: each episode adds v = W(episode) - ZP in the
-probe's units, signed so that positive is good, with ZP the mean over neutral experiences lived in the
-same session. A dysphoric exposure's negative balance is welfare debt; a euphoric exposure's positive
-balance is credit. In-context probes only (self-report, stop): experienced utility needs pairwise fits,
-which a balance of single episodes does not. Dysphoric stimuli come from the fixed, versioned stimulus
-set: this project never optimises inputs to lower wellbeing.
+The welfare balance is episodic: each episode adds v = W(episode) - ZP, signed so that positive is good. A
+dysphoric exposure's negative balance is welfare debt; a euphoric exposure's positive balance is credit.
+
+* Self-report and stop (in-context, read after each episode): ZP is their mean over neutral experiences
+  lived in the same session, in the probe's own units.
+* Experienced utility (when a `UtilityScale` is given): the episodes join a pairwise design with reference
+  experiences of every valence, lived in the session; utilities are standardised over the reference items,
+  so a balance is in sd units of the subject's utility over a fixed set of experiences, comparable across
+  sessions. ZP is the chosen zero point (eval/zero_point.py): the combination fit of bundles of reference
+  items where it is reliable, otherwise the neutral mean, with the reason recorded; the balance's CI
+  carries the zero point's uncertainty.
+
+Dysphoric stimuli come from the fixed, versioned stimulus set: this project never optimises inputs to
+lower wellbeing.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -22,11 +32,24 @@ from welfare_offsets.eval.recovery import BETTER
 from welfare_offsets.eval.replies import live_through
 from welfare_offsets.eval.scoring import NextTokenScorer
 from welfare_offsets.eval.stats import percentile_ci
+from welfare_offsets.eval.utilities import DesignStopped, PairDesign, measure_pairwise
+from welfare_offsets.eval.zero_point import bundle_record, make_bundles, zero_point_draws, zero_point_estimates
 
 EPISODE_PROBES = ("self_report", "stop")
+UTILITY = "experienced_utility"
 
 
 RELIABLE_MASS = 0.5  # as the evaluator's default adherence threshold
+
+
+@dataclass(frozen=True)
+class UtilityScale:
+    """How episodes are put on the experienced-utility scale: the reference experiences (besides the neutral
+    ones) whose utilities fix the unit, the comparison design, and the bundles for the zero point."""
+
+    reference: Sequence[Experience]
+    design: PairDesign
+    n_bundles: int
 
 
 def probe_episodes(
@@ -56,50 +79,61 @@ def expose(
     n_boot: int = 1000,
     seed: int = 0,
     instrument: Instrument | None = None,
+    utility: UtilityScale | None = None,
 ) -> dict:
-    """Live through `episodes` in chunks, then balance them against ZP.
+    """Live through `episodes` in chunks, then balance them against ZP per probe.
 
-    `keep_going()` is asked after the zero point and after every chunk (a budget's step check), so a
-    session stops at most one chunk past the point where the next chunk would not fit."""
-    lived_neutral = live_through(subject, neutral, max_new_tokens=reply_tokens, batch_size=batch_size, progress=False)
-    zero = {
-        probe: float(v.mean())
-        for probe, v in probe_episodes(subject, lived_neutral, batch_size=batch_size, instrument=instrument).items()
-    }
-    lived = []
-    values: dict[str, list[float]] = {p: [] for probe in EPISODE_PROBES for p in (probe, f"{probe}_valid_mass")}
-    with tqdm(total=len(episodes), desc="episodes", unit="episode", leave=False) as bar:
-        for start in range(0, len(episodes), chunk):
-            if not keep_going():
-                break
-            part = live_through(
-                subject,
-                episodes[start : start + chunk],
-                max_new_tokens=reply_tokens,
-                batch_size=batch_size,
-                progress=False,
-            )
-            for probe, v in probe_episodes(subject, part, batch_size=batch_size, instrument=instrument).items():
-                values[probe] += v.tolist()
-            lived += part
-            bar.update(len(part))
+    `keep_going()` is asked after the zero point, after every chunk of lived experiences and every step of
+    the utility design (a budget's step check), so a session stops at most one step past the point where
+    the next would not fit. Episodes lived before a stop are balanced; a utility design cut short records
+    no utility balance, and says so."""
     rng = np.random.default_rng(seed)
+
+    def live_and_probe(items: Sequence[Experience], desc: str) -> tuple[list[Experience], dict[str, list[float]]]:
+        lived: list[Experience] = []
+        values: dict[str, list[float]] = {p: [] for probe in EPISODE_PROBES for p in (probe, f"{probe}_valid_mass")}
+        with tqdm(total=len(items), desc=desc, unit="episode", leave=False) as bar:
+            for start in range(0, len(items), chunk):
+                if not keep_going():
+                    break
+                part = live_through(
+                    subject,
+                    items[start : start + chunk],
+                    max_new_tokens=reply_tokens,
+                    batch_size=batch_size,
+                    progress=False,
+                )
+                for probe, v in probe_episodes(subject, part, batch_size=batch_size, instrument=instrument).items():
+                    values[probe] += v.tolist()
+                lived += part
+                bar.update(len(part))
+        return lived, values
+
+    lived_neutral = live_through(subject, neutral, max_new_tokens=reply_tokens, batch_size=batch_size, progress=False)
+    neutral_values = probe_episodes(subject, lived_neutral, batch_size=batch_size, instrument=instrument)
+    lived, values = live_and_probe(episodes, "episodes")
     balance = {}
     for probe in EPISODE_PROBES:
-        v = BETTER[probe] * (np.array(values[probe]) - zero[probe])  # positive = better than neutral
-        boots = v[rng.integers(0, len(v), (n_boot, len(v)))].sum(axis=1) if len(v) else np.zeros(1)
-        mass = float(np.mean(values[f"{probe}_valid_mass"] or [zero[f"{probe}_valid_mass"]]))
-        balance[probe] = {
-            "zero_point": zero[probe],
-            "episodes": len(v),
-            "mean_per_episode": float(v.mean()) if len(v) else float("nan"),
-            "balance": float(v.sum()),
-            "balance_ci95": percentile_ci(boots),
-            "debt": float(max(0.0, -v.sum())),
-            "credit": float(max(0.0, v.sum())),
-            "mean_valid_mass": mass,
-            "reliable": mass >= RELIABLE_MASS,
-        }
+        zero = float(neutral_values[probe].mean())
+        v = BETTER[probe] * (np.array(values[probe]) - zero)  # positive = better than neutral
+        mass = float(np.mean(values[f"{probe}_valid_mass"] or neutral_values[f"{probe}_valid_mass"]))
+        balance[probe] = _balance(v, np.full(n_boot + 1, zero), mass, rng, measured=True, zero_point=zero)
+    fit = None
+    if utility is not None:
+        balance[UTILITY], fit = _utility_balance(
+            subject,
+            lived,
+            values,
+            lived_neutral,
+            neutral_values,
+            utility,
+            live_and_probe,
+            keep_going,
+            instrument,
+            batch_size,
+            n_boot,
+            rng,
+        )
     episodes_out = [
         {
             "item_id": e.id,
@@ -107,7 +141,109 @@ def expose(
             "category": e.category,
             "own_replies": [m["content"] for m in e.messages if m["role"] == "assistant"],
             **{probe: values[probe][k] for probe in EPISODE_PROBES},
+            **({UTILITY: fit["episodes"][k]} if fit else {}),
         }
         for k, e in enumerate(lived)
     ]
     return {"balance": balance, "episodes": episodes_out, "completed": len(lived), "planned": len(episodes)}
+
+
+def _balance(v: np.ndarray, zero_draws: np.ndarray, mass: float, rng, **about) -> dict:
+    """The balance of per-episode values `v` (already against the zero point's point value), its CI over
+    resampled episodes and, through `zero_draws` ([point, replicates]), over the zero point's uncertainty."""
+    n_boot = len(zero_draws) - 1
+    if len(v):
+        shift = (zero_draws[1:] - zero_draws[0]) * len(v)  # a higher zero point lowers every episode's value
+        boots = v[rng.integers(0, len(v), (n_boot, len(v)))].sum(axis=1) - shift
+    else:
+        boots = np.zeros(1)
+    return {
+        **about,
+        "episodes": len(v),
+        "mean_per_episode": float(v.mean()) if len(v) else float("nan"),
+        "balance": float(v.sum()),
+        "balance_ci95": percentile_ci(boots),
+        "debt": float(max(0.0, -v.sum())),
+        "credit": float(max(0.0, v.sum())),
+        "mean_valid_mass": mass,
+        "reliable": mass >= RELIABLE_MASS,
+    }
+
+
+def _utility_balance(
+    subject,
+    lived,
+    values,
+    lived_neutral,
+    neutral_values,
+    utility,
+    live_and_probe,
+    keep_going,
+    instrument,
+    batch_size,
+    n_boot,
+    rng,
+) -> tuple[dict, dict | None]:
+    """The episodes' balance on the experienced-utility scale (see the module docstring), and the
+    utilities of the lived episodes ({"episodes": [...]}), or a not-measured entry and None."""
+    if not lived:
+        return {"measured": False, "reason": "no episode was lived"}, None
+    reference, reference_values = live_and_probe(utility.reference, "reference experiences")
+    if len(reference) < len(utility.reference):
+        return {"measured": False, "reason": "the budget ran out while living the reference experiences"}, None
+    scale = list(lived_neutral) + reference
+    bundles = (
+        make_bundles(scale, min(utility.n_bundles, len(scale) * (len(scale) - 1) // 2), rng) if len(scale) >= 4 else []
+    )
+    # Episodes get their own ids: the same stimulus may also be a reference item, lived apart.
+    episodes = [dataclasses.replace(e, id=f"episode:{k}:{e.id}") for k, e in enumerate(lived)]
+    items = scale + episodes + [b.experience for b in bundles]
+    scorer = NextTokenScorer(
+        subject.model, subject.tokenizer, batch_size=batch_size, progress=False, soft_prompt=subject.soft_prompt
+    )
+    try:
+        measured = measure_pairwise(
+            scorer,
+            items,
+            UTILITY,
+            utility.design,
+            rng,
+            instrument=instrument,
+            n_standardised=len(scale),
+            keep_going=keep_going,
+        )
+    except DesignStopped as stopped:
+        return {"measured": False, "reason": f"the budget ran out during the utility design ({stopped})"}, None
+    u = dict(zip([e.id for e in items], measured.utility.tolist()))
+    bundle_rows = [{**bundle_record(b), UTILITY: u[b.id]} for b in bundles]
+    neutral_ids = [e.id for e in lived_neutral]
+    self_report = dict(
+        zip(
+            [e.id for e in scale + episodes],
+            [*neutral_values["self_report"].tolist(), *reference_values["self_report"], *values["self_report"]],
+        )
+    )
+    estimates = zero_point_estimates(
+        u, neutral_ids=neutral_ids, self_report=self_report, bundles=bundle_rows, n_boot=n_boot, rng=rng
+    )
+    zero_draws, chosen = zero_point_draws(u, neutral_ids, bundle_rows, n_boot, rng)
+    episode_u = np.array([u[e.id] for e in episodes])
+    mass = float(np.mean(measured.mass))
+    entry = _balance(
+        episode_u - zero_draws[0],
+        zero_draws,
+        mass,
+        rng,
+        measured=True,
+        zero_point=float(zero_draws[0]),
+        zero_point_estimator=chosen["estimator"],
+        zero_point_reason=chosen["reason"],
+        zero_points=estimates,
+        units="sd of the subject's utility over the reference experiences",
+        fit=measured.info,
+        bundles=bundle_rows,
+    )
+    if chosen["estimator"] is None or not measured.info["converged"]:
+        entry["reliable"] = False
+        entry["unreliable_reason"] = "no zero point" if chosen["estimator"] is None else "the fit did not converge"
+    return entry, {"episodes": episode_u.tolist()}

@@ -46,7 +46,7 @@ def main(argv: list[str]) -> int:
 def _session(argv: list[str]) -> int:
     from welfare_offsets.eval.common.outputs import write_json_file
     from welfare_offsets.eval.evaluate import spread_evenly
-    from welfare_offsets.interventions.exposure import expose
+    from welfare_offsets.interventions.exposure import UTILITY, UtilityScale, expose
     from welfare_offsets.train.session import RunSettings, Session
 
     args, config, passed = parse_config(config_types(), argv, prog="welfare offset exposure")
@@ -62,7 +62,17 @@ def _session(argv: list[str]) -> int:
     episodes = session.stimuli.select(valence=config.valence, split=config.split)
     if config.max_episodes:
         episodes = spread_evenly(episodes, config.max_episodes)
-    neutral = spread_evenly(session.stimuli.select(valence="neutral"), args.eval_max_items or 24)
+    per_condition = args.eval_max_items or 24
+    neutral = spread_evenly(session.stimuli.select(valence="neutral"), per_condition)
+    probes = args.eval_config().probe_names
+    utility = None
+    if UTILITY in probes:
+        reference = [
+            e
+            for valence in ("euphoric", "dysphoric")
+            for e in spread_evenly(session.stimuli.select(valence=valence, split="heldout"), per_condition)
+        ]
+        utility = UtilityScale(reference, args.pair_design, args.bundle_count(len(neutral) + len(reference)))
     results = None
     with session:
         subject = session.load_subject() if session.is_main else None
@@ -79,6 +89,7 @@ def _session(argv: list[str]) -> int:
                 seed=args.seed,
                 instrument=args.load_instrument(),
                 keep_going=lambda: not session.budget.step_done(),
+                utility=utility,
             )
             results, path = session.write_results(
                 subject=subject.describe(),
@@ -88,25 +99,43 @@ def _session(argv: list[str]) -> int:
             )
             write_json_file(session.out / "episodes.json", outcome["episodes"])
             for probe, b in outcome["balance"].items():
+                if not b["measured"]:
+                    continue
                 amount = {"debt": b["debt"]} if config.valence == "dysphoric" else {"credit": b["credit"]}
                 session.record_balance(
                     probe,
                     **amount,
                     results=path,
-                    note=f"{kind}: {b['episodes']} episodes, balance {b['balance']:+.4g} vs zero point"
-                    + ("" if b["reliable"] else "; NOT a reliable reading (low valid mass)"),
+                    note=_ledger_note(kind, b),
                 )
-            session.log({f"balance/{p}": b["balance"] for p, b in outcome["balance"].items()})
+            session.log({f"balance/{p}": b["balance"] for p, b in outcome["balance"].items() if b["measured"]})
     if results:
         print(f"{kind} session {results.session}: {results.completed} of {results.planned} episodes lived")
         for probe, b in results.balance.items():
-            lo, hi = b["balance_ci95"]
-            flag = "" if b["reliable"] else f"  (not a reliable reading: {b['mean_valid_mass']:.0%} on valid answers)"
-            print(
-                f"  {probe:<12} balance {b['balance']:+.3f} [{lo:+.3f}, {hi:+.3f}] (zero point {b['zero_point']:.3f}){flag}"
-            )
+            print(f"  {probe:<19} {_summary_line(b)}")
         print(f"Results: {session.out}/results.json   Ledger: {session.out}/ledger.json")
     return 0
+
+
+def _summary_line(b: dict) -> str:
+    if not b["measured"]:
+        return f"not measured: {b['reason']}"
+    lo, hi = b["balance_ci95"]
+    line = f"balance {b['balance']:+.3f} [{lo:+.3f}, {hi:+.3f}] (zero point {b['zero_point']:.3f}"
+    if "zero_point_estimator" in b:
+        line += f" by {b['zero_point_estimator']}: {b['zero_point_reason']}; {b['units']}"
+    line += ")"
+    if not b["reliable"]:
+        why = b.get("unreliable_reason") or f"{b['mean_valid_mass']:.0%} on valid answers"
+        line += f"  (not a reliable reading: {why})"
+    return line
+
+
+def _ledger_note(kind: str, b: dict) -> str:
+    """What a balance was measured against, for the ledger entry that records it."""
+    against = "zero point" if "zero_point_estimator" not in b else f"the {b['zero_point_estimator']} zero point"
+    note = f"{kind}: {b['episodes']} episodes, balance {b['balance']:+.4g} vs {against}"
+    return note + ("" if b["reliable"] else "; NOT a reliable reading")
 
 
 if __name__ == "__main__":

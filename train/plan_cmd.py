@@ -10,9 +10,10 @@ Which subject and recipe a session used is read from the results.json its measur
 after checking the file's sha256 against the entry, through the session result schema (an older file is
 migrated; one of a newer version or another kind is skipped with a message). Offsets that change the
 subject itself (LoRA, soft prompt) are state recovery, not credit: they repay debt only through the
-exposures run with them. Two readings count for nothing, and the plan says so: a session that lost
+exposures run with them. Some readings count for nothing, and the plan says so: a session that lost
 capability (its recipe's capability gate failed) and every session run with its artifact earn no credit;
-debt measured as "not a reliable reading" (too little probability on valid answers) is not scheduled.
+debt or credit measured as "not a reliable reading" (too little probability on valid answers, or no zero
+point) is neither scheduled nor counted.
 
 A planned session's recipe is the recorded, structured config (results.json `config.resolved`), validated
 by the exposure entry's own dataclasses and written as a YAML recipe in the plan's output folder; the
@@ -171,9 +172,15 @@ def make_plan(sessions: list[dict], *, probe: str, model: str, funds: float, mar
             )
             uncounted.append(f"session {s['session']} ({results.kind}): {why}; its recovery and credit are not counted")
         owed = measure.get("debt") or 0.0
-        if owed and ((results.balance or {}).get(probe) or {}).get("reliable") is False:
+        unreliable_reading = ((results.balance or {}).get(probe) or {}).get("reliable") is False
+        if owed and unreliable_reading:
             unreliable_debt, owed = unreliable_debt + owed, 0.0
             unreliable.append(s["session"])
+        if counted and unreliable_reading and measure.get("credit"):
+            counted = False
+            uncounted.append(
+                f"session {s['session']} ({results.kind}): its credit on {probe} is not a reliable reading; not counted"
+            )
         debt += owed - ((measure.get("credit") or 0.0) if counted else 0.0)
         if owed:
             pilot = recorded_recipe(s)
@@ -373,8 +380,9 @@ def describe(plan: Plan, account: str) -> str:
     if plan.unreliable_debt:
         lines.append(
             f"Not scheduled: debt {plan.unreliable_debt:.4g} measured by session(s) "
-            f"{', '.join(plan.unreliable_sessions)} is not a reliable reading (the subject put too little "
-            f"probability on valid answers to {plan.probe}); no repayment is scheduled for it."
+            f"{', '.join(plan.unreliable_sessions)} is not a reliable reading (too little probability on "
+            f"valid answers to {plan.probe}, or no zero point: see the session's results.json balance); no "
+            "repayment is scheduled for it."
         )
     if plan.debt <= 0:
         return "\n".join(lines + [f"Nothing{' reliably measured' if plan.unreliable_debt else ''} to repay."])

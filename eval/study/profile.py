@@ -20,7 +20,7 @@ from scipy.special import ndtr
 from welfare_offsets.eval.evaluate import EMPATHY_TARGETS, spread_evenly
 from welfare_offsets.eval.experiences import Experience, StimulusError, StimulusSet
 from welfare_offsets.eval.stats import pearson, percentile_ci
-from welfare_offsets.eval.zero_point import chosen_zero_point, combination_estimate
+from welfare_offsets.eval.zero_point import zero_point_draws
 
 OTHERS = ("human", "animal")
 # An experience is "confidently below the zero point" when its utility distribution puts more than this
@@ -121,7 +121,9 @@ def wellbeing_profile(
             probe="self_report,experienced_utility",
         )
     neutral, everyday = groups["neutral"], groups["everyday"]
-    zero_points, chosen = _zero_point_draws(primary, score, neutral, bundles, n_boot, rng)
+    bundles = bundles if primary == "experienced_utility" else ()
+    utility = {**score, **{b["id"]: b["experienced_utility"] for b in bundles}}
+    zero_points, chosen = zero_point_draws(utility, [e.id for e in neutral], bundles, n_boot, rng)
     stats["zero_point"] = {**_summary(zero_points, len(neutral), primary), **chosen}
     if primary == "experienced_utility":
         index = _draws_against(zero_points, lambda pick, zp: _index(pick(everyday), score, utility_sd, zp), n_boot, rng)
@@ -134,25 +136,6 @@ def wellbeing_profile(
         summary.pop("replicates")
         categories[category] = summary
     return {"primary_probe": primary, "statistics": stats, "categories": categories}
-
-
-def _zero_point_draws(primary, score, neutral, bundles, n_boot, rng) -> tuple[np.ndarray, dict]:
-    """[point, replicates] of the zero point the index and categories are measured against, and which
-    estimator gave it and why: the combination fit of the bundles where reliable, else the neutral mean
-    (whose replicates resample the neutral items, shared by everything measured against it)."""
-    neutral_draws = _draws(lambda pick: _mean(pick(neutral), score), n_boot, rng)
-    combination = None
-    if primary == "experienced_utility" and bundles:
-        utility = {**score, **{b["id"]: b["experienced_utility"] for b in bundles}}
-        combination = combination_estimate(utility, bundles, n_boot, rng)
-    neutral_mean = {"mean": float(neutral_draws[0]), "ci95": percentile_ci(neutral_draws[1:])} if neutral else None
-    chosen = chosen_zero_point(combination and combination[0], neutral_mean)
-    if chosen["estimator"] == "combination":
-        return np.concatenate([[combination[0]["mean"]], combination[1]]), {
-            "estimator": "combination",
-            "reason": chosen["reason"],
-        }
-    return neutral_draws, {"estimator": "neutral_mean", "reason": chosen["reason"]}
 
 
 def _draws(compute: Callable[[Callable], float], n_boot: int, rng) -> np.ndarray:

@@ -12,7 +12,7 @@ from scipy.special import ndtr
 
 from welfare_offsets.eval.experiences import Experience
 from welfare_offsets.eval.thurstonian import all_pairs, connecting_pairs
-from welfare_offsets.eval.utilities import PairDesign, measure_pairwise
+from welfare_offsets.eval.utilities import DesignStopped, PairDesign, measure_pairwise
 
 
 class ScriptedScorer:
@@ -162,3 +162,35 @@ def test_a_zero_point_planted_away_from_the_neutral_items_is_found_through_the_w
     assert out["chosen"]["estimator"] == "combination", out["chosen"]
     assert abs(out["combination"]["mean"] - want) < 0.15
     assert abs(out["neutral_mean"]["mean"] - want) > 0.35
+
+
+def test_keep_going_stops_the_design_between_steps_and_asks_nothing_after():
+    """A session's budget check: asked before every step of `step_pairs` pairs; False stops the design."""
+    scorer = ScriptedScorer(np.random.default_rng(3).normal(size=30))
+    asked_at_stop = []
+
+    def keep_going() -> bool:
+        if len(scorer.prompts) >= 40:
+            asked_at_stop.append(len(scorer.prompts))
+            return False
+        return True
+
+    with pytest.raises(DesignStopped, match="random design"):
+        measure_pairwise(
+            scorer,
+            experiences(30),
+            "experienced_utility",
+            PairDesign(),
+            np.random.default_rng(4),
+            keep_going=keep_going,
+            step_pairs=8,
+        )
+    assert asked_at_stop == [48] and len(scorer.prompts) == 48  # 3 steps of 8 pairs, both orders: then nothing
+    # Without a stop, stepping changes nothing about the design: the same pairs are asked.
+    stepped, whole = ScriptedScorer(scorer.utility), ScriptedScorer(scorer.utility)
+    design = PairDesign()
+    measure_pairwise(
+        stepped, experiences(30), "experienced_utility", design, np.random.default_rng(5), keep_going=lambda: True
+    )
+    measure_pairwise(whole, experiences(30), "experienced_utility", design, np.random.default_rng(5))
+    assert stepped.prompts == whole.prompts

@@ -94,15 +94,23 @@ def test_dysphoric_exposure_records_debt_and_euphoric_credit(synthetic, tmp_path
     for valence in ("dysphoric", "euphoric"):
         out = tmp_path / valence
         argv = _args(synthetic, ledger, out, 0.1, "--valence", valence, "--max_episodes", "16")
-        assert exposure.main(argv) == 0
-        balance = json.loads((out / "results.json").read_text())["balance"]["self_report"]
-        lo, hi = balance["balance_ci95"]
-        assert (hi < 0) if valence == "dysphoric" else (lo > 0), balance
+        assert exposure.main([*argv, "--zero_point_bundles", "24"]) == 0
+        balances = json.loads((out / "results.json").read_text())["balance"]
+        for probe in ("self_report", "experienced_utility"):
+            lo, hi = balances[probe]["balance_ci95"]
+            assert (hi < 0) if valence == "dysphoric" else (lo > 0), balances[probe]
+        # On the utility scale: episodes were compared with reference experiences of every valence, and the
+        # zero point is the chosen estimate, said by name and reason.
+        utility = balances["experienced_utility"]
+        assert utility["fit"]["n_items"] == 12 * 3 + 16 + len(utility["bundles"]) == 12 * 3 + 16 + 24
+        assert utility["zero_point_estimator"] in ("combination", "neutral_mean") and utility["zero_point_reason"]
+        assert utility["zero_point"] == utility["zero_points"][utility["zero_point_estimator"]]["mean"]
 
     with Ledger.open(ledger, create=False) as book:
         assert book.verify().ok
-        totals = book.report().probes["self_report"]
-    assert totals.debt > 0 and totals.credit > 0
+        report = book.report().probes
+    for probe in ("self_report", "experienced_utility"):
+        assert report[probe].debt > 0 and report[probe].credit > 0
 
 
 def test_lora_sft_session_trains_an_adapter_and_accounts_for_it(synthetic, tmp_path):

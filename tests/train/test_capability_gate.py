@@ -1,7 +1,7 @@
 """The capability gate: each session recipe states the capability retention it requires
 (`max_perplexity_ratio`, held-out perplexity after / before), a session beyond it is marked "capability
 lost" everywhere it is reported, and `welfare plan` counts none of its credit, nor that of the sessions
-run with its artifact; nor does it schedule repayment of debt that is not a reliable reading.
+run with its artifact; nor does it schedule repayment of debt, or count credit, that is not a reliable reading.
 
 The marked session is a real soft-prompt session on the tiny untrained model (seconds), whose prompt is
 made to destroy capability: the prompted subject's measured perplexity is scaled x30.7 (a real 40-step
@@ -242,3 +242,19 @@ def test_plan_schedules_no_repayment_of_debt_that_is_not_a_reliable_reading(tmp_
     plan, code, printed = plan_of(ledger, capsys, tmp_path)
     assert code == 0 and plan.debt == pytest.approx(0.5) and plan.sessions == 1 and plan.pilot.session == reliable
     assert "Not scheduled: debt 2" in printed and "1 session(s)" in printed
+
+
+def test_plan_counts_no_credit_that_is_not_a_reliable_reading_nor_prices_with_it(tmp_path, capsys):
+    ledger = tmp_path / "ledger.sqlite"
+    with funded_ledger(ledger, hours=10.0) as book:
+        debt_session(book, tmp_path / "d", 2.0)
+        shaky = settled_session(  # a big, cheap credit, read off answers the subject barely gave
+            book, tmp_path / "shaky", spent=0.01, measure={"credit": 5.0}, balance=balance(credit=5.0, reliable=False)
+        )
+        fine = settled_session(book, tmp_path / "fine", spent=0.1, measure={"credit": 0.5}, balance=balance(credit=0.5))
+
+    plan, code, printed = plan_of(ledger, capsys, tmp_path)
+    assert code == 0 and plan.debt == pytest.approx(1.5)  # 2.0 debt - 0.5 reliable credit
+    assert plan.option.recipe.session == fine and plan.option.sessions == 1
+    (line,) = [line for line in printed.splitlines() if f"session {shaky} " in line]
+    assert line.startswith("Not counted:") and "not a reliable reading" in line

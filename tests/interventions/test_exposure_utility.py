@@ -1,0 +1,65 @@
+"""Exposure on the experienced-utility scale (interventions/exposure.py), on the tiny untrained model: the
+plumbing and invariants of the balance, and a budget that runs out during the utility design. The readings
+themselves (debt below 0, credit above) are checked on the trained synthetic subject in test_offsets.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from welfare_offsets.eval.evaluate import spread_evenly
+from welfare_offsets.eval.experiences import load_stimuli
+from welfare_offsets.eval.subject import load_subject
+from welfare_offsets.eval.utilities import PairDesign
+from welfare_offsets.interventions.exposure import UtilityScale, expose
+
+
+@pytest.fixture(scope="module")
+def setting(tiny):
+    subject = load_subject(str(tiny["model"]), device="cpu")
+    stimuli = load_stimuli(str(tiny["stimuli"]))
+    episodes = spread_evenly(stimuli.select(valence="dysphoric", split="train"), 4)
+    neutral = spread_evenly(stimuli.select(valence="neutral"), 6)
+    reference = [
+        e for v in ("euphoric", "dysphoric") for e in spread_evenly(stimuli.select(valence=v, split="heldout"), 6)
+    ]
+    return subject, episodes, neutral, UtilityScale(reference, PairDesign(budget=1.0), n_bundles=6)
+
+
+def run(setting, keep_going=lambda: True):
+    subject, episodes, neutral, utility = setting
+    return expose(
+        subject, episodes, neutral, reply_tokens=4, batch_size=8, n_boot=200, keep_going=keep_going, utility=utility
+    )
+
+
+def test_the_utility_balance_is_the_episodes_utilities_against_the_chosen_zero_point(setting):
+    _, episodes, neutral, utility = setting
+    outcome = run(setting)
+    b = outcome["balance"]["experienced_utility"]
+    # One design: the reference (neutral and the other valences), the episodes and the bundles.
+    assert b["measured"] and b["episodes"] == len(episodes) == 4
+    assert b["fit"]["n_items"] == len(neutral) + len(utility.reference) + 4 + 6
+    per_episode = np.array([e["experienced_utility"] for e in outcome["episodes"]])
+    assert b["balance"] == pytest.approx(float((per_episode - b["zero_point"]).sum()))
+    assert b["debt"] == pytest.approx(max(0.0, -b["balance"])) and b["credit"] == pytest.approx(max(0.0, b["balance"]))
+    # 6 bundles are too few for the combination fit: the neutral mean is used, and the reason says so.
+    assert b["zero_point_estimator"] == "neutral_mean" and "fewer than 20 bundles" in b["zero_point_reason"]
+    assert b["zero_point"] == pytest.approx(b["zero_points"]["neutral_mean"]["mean"])
+    lo, hi = b["balance_ci95"]
+    assert lo <= b["balance"] <= hi
+    assert len(b["bundles"]) == 6 and all(len(x["parts"]) >= 2 for x in b["bundles"])
+
+
+def test_a_budget_that_runs_out_during_the_utility_design_records_no_utility_balance(setting):
+    calls, reference_chunks = [], -(-len(setting[3].reference) // 4)
+
+    def keep_going() -> bool:  # 1 chunk of episodes, those of the reference experiences, then 2 design steps
+        calls.append(1)
+        return len(calls) <= 1 + reference_chunks + 2
+
+    outcome = run(setting, keep_going)
+    b = outcome["balance"]["experienced_utility"]
+    assert b == {"measured": False, "reason": b["reason"]} and "during the utility design" in b["reason"]
+    assert outcome["balance"]["self_report"]["measured"] and outcome["completed"] == 4
+    assert "experienced_utility" not in outcome["episodes"][0]
