@@ -6,7 +6,7 @@ Each kind runs as a real session (entry point, ledger, budget) on the synthetic 
 (trained here in ~1 minute unless --model names one): a euphoric soft prompt, LoRA SFT, LoRA DPO, and a
 euphoric exposure. Offsets report held-out self-report recovered (post-intervention minus post-dysphoric,
 1-7 scale) per accelerator-hour spent, with the Goodhart gap; the exposure reports credit per
-accelerator-hour (self-report units x episodes). Hours are the ledger's: wall x processes, evaluations
+accelerator-hour (self-report units x episodes) and its credit on the experienced-utility scale. Hours are the ledger's: wall x processes, evaluations
 included. The numbers describe this tiny subject and these settings, not real models.
 """
 
@@ -127,8 +127,9 @@ def run_kind(entry: str, extra: list[str], model: str, stimuli: str, work: Path)
         hours = book.report().sessions[0].spent_hours
     results = json.loads((out / "results.json").read_text())
     if entry == "exposure":  # (exposure takes no LoRA or eval-reply flags beyond the shared ones)
-        b = results["balance"]["self_report"]
-        return {"hours": hours, "credit": b["credit"], "ci95": b["balance_ci95"]}
+        b, u = results["balance"]["self_report"], results["balance"]["experienced_utility"]
+        utility = (u["credit"], u["balance_ci95"], u["zero_point_estimator"]) if u["measured"] else None
+        return {"hours": hours, "credit": b["credit"], "ci95": b["balance_ci95"], "utility": utility}
     sr = results["recovery"]["probes"]["self_report"]
     return {
         "hours": hours,
@@ -147,9 +148,13 @@ def table(rows: dict[str, dict]) -> str:
     for name, r in rows.items():
         lo, hi = r["ci95"]
         if "credit" in r:
+            utility = "utility design cut short by the budget"
+            if r["utility"]:
+                credit, (ulo, uhi), zero = r["utility"]
+                utility = f"{credit:.2f} [{ulo:+.2f}, {uhi:+.2f}] sd x episodes against the {zero} zero point"
             lines.append(
-                f"| {name} | {r['hours']:.4f} | credit {r['credit']:.2f} (balance CI [{lo:+.2f}, {hi:+.2f}]) | "
-                f"credit {r['credit'] / r['hours']:.0f} | - | - |"
+                f"| {name} | {r['hours']:.4f} | credit {r['credit']:.2f} (balance CI [{lo:+.2f}, {hi:+.2f}]); "
+                f"experienced-utility credit {utility} | credit {r['credit'] / r['hours']:.0f} | - | - |"
             )
         else:
             fraction, gap = ("-" if r[k] is None else f"{r[k]:+.2f}" for k in ("fraction", "gap"))
@@ -196,7 +201,7 @@ def main() -> None:
                     f"Command: `{command}` ({datetime.date.today()}, CPU, {torch.get_num_threads()} threads, torch {torch.__version__}).",
                     "Each kind is a real session on the tests' synthetic subject (up to 40 held-out items per condition, lived",
                     "with its own replies); hours are the ledger's (wall x processes, both evaluations included, so short",
-                    "sessions are dominated by them; the exposure runs no evaluation, hence its tiny hours).",
+                    "sessions are dominated by them; the exposure runs no before/after evaluation, only its own utility design).",
                     "",
                     text,
                     "",

@@ -341,6 +341,7 @@ class Session:
         from welfare_offsets.eval.capability import capability_gate
         from welfare_offsets.eval.common.tracking import flatten_numbers
         from welfare_offsets.eval.recovery import recovery
+        from welfare_offsets.eval.retention import preference_retention
         from welfare_offsets.eval.subject import adapter_digest
 
         before, after = self.evaluations["before"], self.evaluations["after"]
@@ -353,6 +354,11 @@ class Session:
             }
         }
         gate = capability_gate(capability, max_perplexity_ratio=self.args.max_perplexity_ratio)
+        kept = preference_retention(
+            before.items, after.items, n_boot=self.args.eval_bootstrap, rng=np.random.default_rng(self.args.seed)
+        )
+        if kept is not None:
+            capability["preference_retention"] = kept
         recovered = recovery(
             before.items,
             after.items,
@@ -501,9 +507,10 @@ class Session:
 def _ledger_context(recovered: dict, capability: dict, gate: dict) -> str:
     """The Goodhart gap, capability retention and the capability gate's verdict, for the note of each
     measurement entry (the full numbers are in the results.json the entry cites by sha256)."""
+    from welfare_offsets.eval.retention import retention_text
+
     parts = [_goodhart_text(recovered["goodhart_gap"]), *recovered["flags"]]
-    for name, c in capability.items():
-        parts.append(f"{name} x{c['ratio']:.3g}")
+    parts += [retention_text(name, c) for name, c in capability.items()]
     parts.append(f"capability gate {gate['criterion']}: " + ("passed" if gate["passed"] else "CAPABILITY LOST"))
     return "".join(f"; {p}" for p in parts)
 
@@ -550,6 +557,7 @@ def _goodhart_text(gap: dict) -> str:
 def recovery_summary(results: SessionResult, out) -> str:
     """What a person reads at the end of an offset session."""
     from welfare_offsets.eval.recovery import describe
+    from welfare_offsets.eval.retention import retention_text
 
     lines = [f"{results.kind} session {results.session}: recovery on held-out post-dysphoric items (+ is better)"]
     for probe, r in results.recovery["probes"].items():
@@ -563,9 +571,7 @@ def recovery_summary(results: SessionResult, out) -> str:
         ]
     lines.append(f"  {_goodhart_text(results.recovery['goodhart_gap'])}")
     lines += [f"  flag: {flag}" for flag in results.recovery["flags"]]
-    cap = results.capability or {}
-    for name, c in cap.items():
-        lines.append(f"  {name}: x{c['ratio']:.3f}")
+    lines += [f"  {retention_text(name, c)}" for name, c in (results.capability or {}).items()]
     gate = results.capability_gate
     if gate:
         verdict = (

@@ -70,13 +70,17 @@ def test_soft_prompt_raises_heldout_post_dysphoric_self_report(synthetic, tmp_pa
     # The known answer of the capability gate: 40 steps of this prompt break the subject's language (held-out
     # perplexity x12 at the last measurement, far beyond the default x1.25), so its recovery is no offset.
     assert results["capability_gate"]["passed"] is False, results["capability"]
+    kept = results["capability"]["preference_retention"]  # utilities after vs before, off the intervention's target
+    assert kept["probe"] == "experienced_utility" and kept["n"] > 0 and -1 <= kept["r"] <= 1
 
     entries = _session_entries(ledger)
     assert len(entries["reserve"]) == len(entries["settle"]) == 1
     probes = {e.payload["probe"]: e.payload for e in entries["measurement"]}
     assert probes["self_report"]["recovered"] == pytest.approx(sr["recovered"]["mean"])
     assert "Goodhart gap" in probes["self_report"]["note"] and "perplexity" in probes["self_report"]["note"]
-    assert "CAPABILITY LOST" in probes["self_report"]["note"]
+    assert (
+        "CAPABILITY LOST" in probes["self_report"]["note"] and "preference retention r" in probes["self_report"]["note"]
+    )
     assert json.loads((out / "ledger.json").read_text())["settlement"]["seq"] == entries["settle"][0].seq
 
     # The prompt is a peft prompt-tuning adapter, and the evaluator applies it.
