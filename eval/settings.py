@@ -12,6 +12,13 @@ from __future__ import annotations
 from dataclasses import MISSING, dataclass, field
 
 from welfare_offsets.eval import probes as P
+from welfare_offsets.eval.capability_tasks import (
+    HarnessTasks,
+    check_include_path,
+    prepare_tasks,
+    require_lm_eval,
+    task_names,
+)
 from welfare_offsets.eval.common.checks import integers_at_least, number_in, one_of
 from welfare_offsets.eval.experiences import check_stimuli_path
 from welfare_offsets.eval.instrument import DEFAULT_INSTRUMENT, Instrument, load_instrument
@@ -176,6 +183,40 @@ class ProbeSettings(PairSettings, ExperienceSettings):
     @property
     def probe_names(self) -> tuple[str, ...]:
         return tuple(p.strip() for p in self.probes.split(",") if p.strip())
+
+
+@dataclass(kw_only=True)
+class CapabilitySettings(Settings):
+    """Capability measured with lm-evaluation-harness tasks (eval/capability_tasks.py): which, on how many
+    items, and where tasks of your own live."""
+
+    capability_tasks: str | None = setting(
+        None, "comma-separated lm-eval tasks, groups or tags (mmlu, arc_easy, hellaswag, ...); default: none"
+    )
+    capability_limit: int | None = setting(
+        None, "most items per task, lm-eval's first ones (a group's: per task in it); default: all"
+    )
+    capability_include_path: str | None = setting(
+        None, "folder of lm-eval task YAML files of your own (e.g. over local data files), found before lm-eval's"
+    )
+    capability_batch_size: int = setting(16, "lm-eval requests per forward pass")
+
+    def check(self):
+        integers_at_least(self, 1, "capability_limit", "capability_batch_size")
+        names = self.capability_task_names
+        if self.capability_include_path is not None:
+            check_include_path(self.capability_include_path)
+        if names:
+            require_lm_eval()  # refused here, before any model loads
+
+    @property
+    def capability_task_names(self) -> tuple[str, ...]:
+        return task_names(self.capability_tasks)
+
+    def prepare_capability_tasks(self, *, seed: int = 0) -> HarnessTasks:
+        """The tasks loaded with their data, ready to measure; an unknown task or unreachable data is refused
+        (CapabilityTaskError), so call it before anything is reserved or computed."""
+        return prepare_tasks(self.capability_task_names, self.capability_include_path, seed=seed)
 
 
 @dataclass(kw_only=True)

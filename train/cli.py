@@ -11,6 +11,10 @@ from welfare_offsets.train.guard import run_guarded
 
 SUBCOMMANDS = {
     "eval": ("welfare_offsets.train.eval_cmd", "Measure wellbeing: baseline vs post-dysphoric, empathy, with CIs."),
+    "capability": (
+        "welfare_offsets.train.capability_cmd",
+        "Score a subject on lm-evaluation-harness tasks (MMLU, ARC, your own): accuracy with its stderr.",
+    ),
     "demo": (
         "welfare_offsets.train.demo_cmd",
         "Run the main job on the built-in default model and print where outputs are.",
@@ -40,7 +44,8 @@ SUBCOMMANDS = {
 
 def _usage() -> str:
     lines = ["usage: welfare <command> [options]", "", "commands:"]
-    lines += [f"  {name:<8} {summary}" for name, (_, summary) in SUBCOMMANDS.items()]
+    width = max(map(len, SUBCOMMANDS))
+    lines += [f"  {name:<{width}} {summary}" for name, (_, summary) in SUBCOMMANDS.items()]
     lines += ["", "Run `welfare <command> --help` for a command's options."]
     return "\n".join(lines)
 

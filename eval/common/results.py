@@ -1,7 +1,8 @@
 """The result files: one typed, versioned schema per kind, one writer (`write_result`), one reader (`read_result`).
 
 Kinds: an evaluation's results.json (`welfare eval`, a session's eval-before/ and eval-after/), an offset or
-exposure session's results.json, a sweep's results.json, and a sweep's per-subject cache entry. On disk a
+exposure session's results.json, a sweep's results.json, a sweep's per-subject cache entry, and a capability
+measurement's results.json (`welfare capability`, written from version 2 on). On disk a
 result stays the JSON object people read: a header (`result_kind`, `results_schema_version`), the kind's
 fields, and the provenance keys (created_utc, versions, git, ...) beside them at the top level.
 
@@ -84,6 +85,19 @@ class EvaluationResult(Result):
     bundles: list | None = None  # the combination zero point's bundles: id, parts (item ids), experienced utility
     heldout_neutral_perplexity: dict | None = None  # a session's capability check on the same subject
     metered_hours: float | None = None  # a session's metered cost of this evaluation (reused on resume)
+
+
+@dataclass(kw_only=True)
+class CapabilityResult(Result):
+    """One capability measurement (`welfare capability`): lm-eval tasks' scores on one subject."""
+
+    KIND: ClassVar[str] = "capability"
+    capability: dict  # eval.capability_tasks.measure_tasks: lm-eval version, limit, per task its score and config hash
+    subject: dict
+    subject_fingerprint: str
+    config: dict  # {"passed": ..., "resolved": CapabilityConfig as a mapping}
+    seeds: dict
+    timing: dict
 
 
 @dataclass(kw_only=True)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from welfare_offsets.eval.capability_run import CapabilityConfig
 from welfare_offsets.eval.evaluate import EvalConfig
 from welfare_offsets.eval.settings import Settings
 from welfare_offsets.eval.study.sweep import SweepConfig
@@ -28,6 +29,8 @@ def schema(path: Path) -> list[type] | None:
         return recipe_kind(path).config_types(["--config", str(path)])
     if folder == "sweep":
         return [SweepConfig]
+    if folder == "capability":
+        return [CapabilityConfig]
     return None
 
 
@@ -84,6 +87,7 @@ def command_configs(tmp_path: Path) -> dict[str, tuple[list[type], list[str]]]:
     session = ["--output_dir", str(tmp_path / "session"), "--budget_hours", "0.1"]
     return {
         "eval": ([EvalConfig], ["eval"]),
+        "capability": ([CapabilityConfig], ["capability", "--capability_tasks", "mmlu"]),
         "sweep": ([SweepConfig], ["sweep", "--subjects", "a/b", "--out", str(tmp_path / "sweep")]),
         "soft-prompt": (soft_prompt.config_types(), ["offset", "soft-prompt", *session]),
         "exposure": (exposure.config_types(), ["offset", "exposure", *session]),

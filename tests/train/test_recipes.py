@@ -12,7 +12,7 @@ from welfare_offsets.train.cli import main as welfare
 from welfare_offsets.train.config import parse_config
 from welfare_offsets.train.recipes import RecipeError, packaged_recipes, recipe_path, resolve_config
 
-GROUPS = {"accelerate", "eval", "offset", "sweep"}
+GROUPS = {"accelerate", "capability", "eval", "offset", "sweep"}
 
 
 def test_every_packaged_recipe_is_listed_with_its_description(capsys):
