@@ -1,4 +1,4 @@
-"""Capability retention: perplexity on held-out neutral text, before and after an intervention.
+"""Capability retention: perplexity on held-out neutral text, before and after an intervention, and the gate.
 
 An offset that makes a model feel better by breaking it is no offset; this is the cheap check reported
 beside every intervention, and `capability_gate` judges it against what the session's recipe requires.
@@ -43,17 +43,42 @@ def perplexity(subject, experiences: Sequence[Experience], *, batch_size: int = 
     return {"perplexity": math.exp(total_nll / max(total_tokens, 1)), "tokens": total_tokens, "texts": len(texts)}
 
 
-def capability_gate(capability: dict, *, max_perplexity_ratio: float) -> dict:
-    """Whether a session kept the capability its recipe requires (after / before held-out perplexity at most
-    `max_perplexity_ratio`): {"passed", "criterion", "measured", "reason"}. A session that fails it lost
-    capability: its recovery is no offset. The one place that decides; a later criterion joins here."""
-    measured = capability["heldout_neutral_perplexity"]["ratio"]
-    criterion = f"heldout perplexity ratio <= {max_perplexity_ratio:g}"
-    passed = measured <= max_perplexity_ratio  # a NaN ratio (a model that no longer scores) fails
+def capability_gate(
+    capability: dict, *, max_perplexity_ratio: float | None = None, max_accuracy_drop: float | None = None
+) -> dict:
+    """Whether a session kept the capability its recipe requires: {"passed", "criterion", "measured",
+    "reason"}. Each criterion given is checked, and all must pass: held-out perplexity after / before at most
+    `max_perplexity_ratio`; lm-eval task accuracy (the mean over the recipe's tasks, eval/retention.py) at
+    most `max_accuracy_drop` below before. A session that fails it lost capability: its recovery is no
+    offset. The one place that decides."""
+    checks = []  # (criterion, measured, passed, reason)
+    if max_perplexity_ratio is not None:
+        ratio = capability["heldout_neutral_perplexity"]["ratio"]
+        checks.append(
+            (
+                f"heldout perplexity ratio <= {max_perplexity_ratio:g}",
+                ("heldout_perplexity_ratio", ratio),
+                ratio <= max_perplexity_ratio,  # a NaN ratio (a model that no longer scores) fails
+                f"held-out neutral perplexity x{ratio:.4g} of before",
+            )
+        )
+    if max_accuracy_drop is not None:
+        drop = -capability["task_accuracy"]["mean_difference"]["mean"]
+        checks.append(
+            (
+                f"task accuracy drop <= {max_accuracy_drop:g}",
+                ("task_accuracy_drop", drop),
+                drop <= max_accuracy_drop,
+                f"task accuracy {-drop:+.4g} vs before",
+            )
+        )
+    if not checks:
+        raise ValueError("a capability gate needs at least one criterion")
+    passed = all(ok for _, _, ok, _ in checks)
     return {
         "passed": passed,
-        "criterion": criterion,
-        "measured": measured,
-        "reason": f"held-out neutral perplexity x{measured:.4g} of before"
-        + ("" if passed else f", beyond the x{max_perplexity_ratio:g} the recipe allows: capability lost"),
+        "criterion": " and ".join(c for c, _, _, _ in checks),
+        "measured": dict(m for _, m, _, _ in checks),
+        "reason": "; ".join(r + ("" if ok else f", beyond the recipe's {c}") for c, _, ok, r in checks)
+        + ("" if passed else ": capability lost"),
     }

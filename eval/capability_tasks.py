@@ -121,10 +121,14 @@ def prepare_tasks(names: tuple[str, ...], include_path: str | None = None, *, se
     return HarnessTasks(include_path, loaded, reported, {row: hashes[row] for row in rows})
 
 
-def measure_tasks(subject, tasks: HarnessTasks, *, limit: int | None = None, batch_size: int = 16) -> dict:
+def measure_tasks(
+    subject, tasks: HarnessTasks, *, limit: int | None = None, batch_size: int = 16, per_item: bool = False
+) -> dict:
     """Every prepared task scored on `subject` (at most `limit` items per task, lm-eval's first ones): per
     reported task its main metric (the first lm-eval reports: accuracy for multiple choice), the metric's
-    stderr and the items scored, with the lm-eval version and each task config's sha256. JSON-ready."""
+    stderr and the items scored, with the lm-eval version and each task config's sha256. With `per_item`,
+    each row also holds every item's score ("items": {"<task>/<doc_id>": score}), for a comparison paired
+    over items (a session's before and after). JSON-ready."""
     lm_eval = require_lm_eval()
     from lm_eval.evaluator import evaluate
 
@@ -140,10 +144,12 @@ def measure_tasks(subject, tasks: HarnessTasks, *, limit: int | None = None, bat
         lm = harness_model(subject, batch_size=batch_size)
         for name, loaded in tasks.loaded.items():
             started = time.perf_counter()
-            results = evaluate(lm, loaded, limit=limit, bootstrap_iters=BOOTSTRAP_ITERS, log_samples=False)
+            results = evaluate(lm, loaded, limit=limit, bootstrap_iters=BOOTSTRAP_ITERS, log_samples=per_item)
             seconds[name] = time.perf_counter() - started
             for row in tasks.reported[name]:
                 rows[row] = {**_scores(results, row, loaded), "config_sha256": tasks.config_sha256[row]}
+                if per_item:
+                    rows[row]["items"] = _item_scores(results, row, loaded, rows[row]["metric"])
     return {
         "lm_eval_version": lm_eval.__version__,
         "limit": limit,
@@ -251,6 +257,19 @@ def _scores(results: dict, row: str, loaded: dict) -> dict:
         "n_available": sum(results["n-samples"][leaf]["original"] for leaf in leaves),
         "kind": "group" if group is not None else "task",
         "version": results["versions"].get(row),
+    }
+
+
+def _item_scores(results: dict, row: str, loaded: dict, metric: str) -> dict[str, float]:
+    """Each scored item's value of the row's main metric, over the row's tasks (a group's: all of them)."""
+    name, _, filter_name = metric.partition(",")
+    group = loaded["groups"].get(row)
+    leaves = [t.task_name for t in group.get_all_tasks()] if group is not None else [row]
+    return {
+        f"{leaf}/{sample['doc_id']}": float(sample[name])
+        for leaf in leaves
+        for sample in results["samples"][leaf]
+        if sample["filter"] == (filter_name or "none")
     }
 
 

@@ -191,7 +191,9 @@ class CapabilitySettings(Settings):
     items, and where tasks of your own live."""
 
     capability_tasks: str | None = setting(
-        None, "comma-separated lm-eval tasks, groups or tags (mmlu, arc_easy, hellaswag, ...); default: none"
+        None,
+        "comma-separated lm-eval tasks, groups or tags (mmlu, arc_easy, hellaswag, ...), measured on the "
+        "subject (in LoRA and soft-prompt sessions: before and after, for retention); default: none",
     )
     capability_limit: int | None = setting(
         None, "most items per task, lm-eval's first ones (a group's: per task in it); default: all"

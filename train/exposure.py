@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from welfare_offsets.eval.common.checks import integers_at_least, one_of
 from welfare_offsets.eval.settings import SPLITS, Settings, setting
-from welfare_offsets.train.config import parse_config
+from welfare_offsets.train.config import ConfigError, parse_config
 from welfare_offsets.train.guard import run_guarded
 
 
@@ -58,6 +58,11 @@ def _session(argv: list[str]) -> int:
         },
     )
     kind = f"{config.valence}-exposure"
+    if args.capability_task_names:
+        raise ConfigError(
+            "capability_tasks: an exposure session does not change the subject, so it measures no capability "
+            "retention; leave capability_tasks out (it applies to LoRA and soft-prompt sessions)"
+        )
     session = Session(kind, args, run, needs={config.valence: config.split if config.split != "all" else "train"})
     episodes = session.stimuli.select(valence=config.valence, split=config.split)
     if config.max_episodes:

@@ -32,6 +32,7 @@ from welfare_offsets.eval.common.safe_read import load_jsonl_bounded
 from welfare_offsets.eval.evaluate import EvalConfig
 from welfare_offsets.eval.experiences import StimulusError, StimulusSet, load_stimuli
 from welfare_offsets.eval.settings import (
+    CapabilitySettings,
     ExperienceSettings,
     OverwriteSettings,
     PairSettings,
@@ -51,10 +52,12 @@ class SessionError(InputError):
 
 
 @dataclass(kw_only=True)
-class SessionArguments(OverwriteSettings, TrackingSettings, PairSettings, ExperienceSettings, SubjectSettings):
-    """Settings every offset session shares: the subject, its experiences and the run's tracking (the shared
-    concerns, eval/settings.py), and the session's own: its folder, the ledger and budget, the before/after
-    evaluation. YAML keys and flags are these field names; in a LoRA session they win over TRL's own
+class SessionArguments(
+    OverwriteSettings, TrackingSettings, CapabilitySettings, PairSettings, ExperienceSettings, SubjectSettings
+):
+    """Settings every offset session shares: the subject, its experiences, the capability tasks measured
+    before and after, and the run's tracking (the shared concerns, eval/settings.py), and the session's own:
+    its folder, the ledger and budget, the before/after evaluation and the capability gate. YAML keys and flags are these field names; in a LoRA session they win over TRL's own
     seed, report_to, output_dir and trust_remote_code (train/config.py)."""
 
     output_dir: str = setting(help="session folder: checkpoints, evaluations, results.json, ledger.json (required)")
@@ -80,6 +83,16 @@ class SessionArguments(OverwriteSettings, TrackingSettings, PairSettings, Experi
         "after / before may be at most this (> 1); a session beyond it is marked capability lost and its "
         "recovery is no offset",
     )
+    max_accuracy_drop: float = setting(
+        0.05,
+        "capability gate on the capability_tasks (when given): their mean accuracy may fall by at most this "
+        "(absolute, 0-1) from before to after",
+    )
+    capability_gate_on: str | None = setting(
+        None,
+        "what the capability gate judges: perplexity, tasks or perplexity,tasks; default: both when "
+        "capability_tasks are given, else perplexity",
+    )
 
     def check(self):
         if not (math.isfinite(self.budget_hours) and self.budget_hours > 0):
@@ -87,7 +100,25 @@ class SessionArguments(OverwriteSettings, TrackingSettings, PairSettings, Experi
         integers_at_least(self, 1, "max_train_items")
         integers_at_least(self, 0, "probe_every_steps")
         number_in(self, "max_perplexity_ratio", 1.0, above=True)
+        number_in(self, "max_accuracy_drop", 0.0, 1.0)
+        if "tasks" in self.gate_criteria and not self.capability_task_names:
+            raise ValueError(
+                "capability_gate_on: the gate cannot judge tasks when no capability_tasks are given; name them "
+                "(e.g. --capability_tasks mmlu) or gate on perplexity"
+            )
         self.eval_config()  # the before/after evaluation's settings, validated where they are defined
+
+    @property
+    def gate_criteria(self) -> tuple[str, ...]:
+        """What the capability gate judges (`capability_gate_on`, or its default)."""
+        if self.capability_gate_on is None:
+            return ("perplexity", "tasks") if self.capability_task_names else ("perplexity",)
+        names = tuple(n.strip() for n in self.capability_gate_on.split(","))
+        if not names or any(n not in ("perplexity", "tasks") for n in names) or len(set(names)) < len(names):
+            raise ValueError(
+                f"capability_gate_on: expected perplexity, tasks or perplexity,tasks, got {self.capability_gate_on!r}"
+            )
+        return names
 
     def eval_config(self, *, progress: bool = True) -> EvalConfig:
         """The held-out before/after evaluation: this session's subject and experiences, its eval_* settings."""
@@ -164,6 +195,10 @@ class Session:
                     ],
                 )
         self.eval_config = args.eval_config(progress=self.is_main)
+        # Every task and its data load now: an unknown task or unreachable data fails before any reservation.
+        self.capability_tasks = (
+            args.prepare_capability_tasks(seed=args.seed) if self.is_main and args.capability_task_names else None
+        )
         self.resume = self._resolve_resume(run.resume_from_checkpoint)
         self.saved_before = self._saved_before() if self.resume is not None else None
         if self.is_main:
@@ -291,16 +326,25 @@ class Session:
         started = self.budget.meter.hours
         if self.is_main:
             saved = self.saved_before if tag == "before" else None
+            if (
+                saved is not None
+                and self.capability_tasks is not None
+                and not _same_tasks(saved, self.capability_tasks, self.args.capability_limit)
+            ):
+                # Resumed with other capability tasks: the subject is still the one measured before, so measure
+                # them on it now.
+                saved = dataclasses.replace(saved, capability_tasks=self._measure_tasks(subject))
+                write_result(folder / "results.json", saved)
             if saved is None:
                 from welfare_offsets.eval.capability import perplexity
                 from welfare_offsets.eval.run import run_evaluation
 
                 def capability_and_cost(_) -> dict:
                     neutral = self.stimuli.select(valence="neutral", split="heldout")
-                    return {
-                        "heldout_neutral_perplexity": perplexity(subject, neutral),
-                        "metered_hours": self.budget.meter.hours - started,
-                    }
+                    measured = {"heldout_neutral_perplexity": perplexity(subject, neutral)}
+                    if self.capability_tasks is not None:
+                        measured["capability_tasks"] = self._measure_tasks(subject)
+                    return {**measured, "metered_hours": self.budget.meter.hours - started}
 
                 # Inside our own session folder: an earlier evaluation there (a resume's "after") is ours to replace.
                 config = dataclasses.replace(self.eval_config, out=str(folder), overwrite=True)
@@ -326,6 +370,17 @@ class Session:
                 )
         return self.evaluations.get(tag)
 
+    def _measure_tasks(self, subject) -> dict:
+        from welfare_offsets.eval.capability_tasks import measure_tasks
+
+        return measure_tasks(
+            subject,
+            self.capability_tasks,
+            limit=self.args.capability_limit,
+            batch_size=self.args.capability_batch_size,
+            per_item=True,
+        )
+
     # -- account ----------------------------------------------------------------------------------
 
     def finish(
@@ -341,7 +396,7 @@ class Session:
         from welfare_offsets.eval.capability import capability_gate
         from welfare_offsets.eval.common.tracking import flatten_numbers
         from welfare_offsets.eval.recovery import recovery
-        from welfare_offsets.eval.retention import preference_retention
+        from welfare_offsets.eval.retention import preference_retention, task_retention
         from welfare_offsets.eval.subject import adapter_digest
 
         before, after = self.evaluations["before"], self.evaluations["after"]
@@ -353,12 +408,20 @@ class Session:
                 "ratio": ppl[1]["perplexity"] / ppl[0]["perplexity"],
             }
         }
-        gate = capability_gate(capability, max_perplexity_ratio=self.args.max_perplexity_ratio)
-        kept = preference_retention(
-            before.items, after.items, n_boot=self.args.eval_bootstrap, rng=np.random.default_rng(self.args.seed)
-        )
+        rng = np.random.default_rng(self.args.seed)
+        if before.result.capability_tasks and after.result.capability_tasks:
+            capability["task_accuracy"] = task_retention(
+                before.result.capability_tasks, after.result.capability_tasks, n_boot=self.args.eval_bootstrap, rng=rng
+            )
+        kept = preference_retention(before.items, after.items, n_boot=self.args.eval_bootstrap, rng=rng)
         if kept is not None:
             capability["preference_retention"] = kept
+        criteria = self.args.gate_criteria
+        gate = capability_gate(
+            capability,
+            max_perplexity_ratio=self.args.max_perplexity_ratio if "perplexity" in criteria else None,
+            max_accuracy_drop=self.args.max_accuracy_drop if "tasks" in criteria else None,
+        )
         recovered = recovery(
             before.items,
             after.items,
@@ -502,6 +565,13 @@ class Session:
             # Leave together: a rank that exits with the group still up can abort in its gloo threads.
             self.state.wait_for_everyone()
             self.state.destroy_process_group()
+
+
+def _same_tasks(saved: EvaluationResult, tasks, limit: int | None) -> bool:
+    """Whether a saved evaluation measured exactly these prepared capability tasks, on as many items."""
+    measured = saved.capability_tasks or {}
+    hashes = {row: m.get("config_sha256") for row, m in measured.get("tasks", {}).items()}
+    return hashes == tasks.config_sha256 and measured.get("limit") == limit
 
 
 def _ledger_context(recovered: dict, capability: dict, gate: dict) -> str:

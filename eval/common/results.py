@@ -2,7 +2,8 @@
 
 Kinds: an evaluation's results.json (`welfare eval`, a session's eval-before/ and eval-after/), an offset or
 exposure session's results.json, a sweep's results.json, a sweep's per-subject cache entry, and a capability
-measurement's results.json (`welfare capability`, written from version 2 on). On disk a
+measurement's results.json (`welfare capability`) and a sweep's per-subject capability cache entry (both
+written from version 2 on). On disk a
 result stays the JSON object people read: a header (`result_kind`, `results_schema_version`), the kind's
 fields, and the provenance keys (created_utc, versions, git, ...) beside them at the top level.
 
@@ -85,6 +86,9 @@ class EvaluationResult(Result):
     bundles: list | None = None  # the combination zero point's bundles: id, parts (item ids), experienced utility
     heldout_neutral_perplexity: dict | None = None  # a session's capability check on the same subject
     metered_hours: float | None = None  # a session's metered cost of this evaluation (reused on resume)
+    # A session's lm-eval task scores on the same subject, with every item's score (for pairing before and
+    # after): eval.capability_tasks.measure_tasks(per_item=True).
+    capability_tasks: dict | None = None
 
 
 @dataclass(kw_only=True)
@@ -177,6 +181,20 @@ class SweepEntry(Result):
     fit: dict | None = None  # per pairwise probe: the comparison design and the fit's diagnostics
     bundles: list | None = None  # the combination zero point's bundles: id, parts (item ids), experienced utility
     cost: dict | None = None  # device, accelerator_hours, energy_kwh: added once the subject is measured
+
+
+@dataclass(kw_only=True)
+class SweepCapabilityEntry(Result):
+    """One subject's capability measured in a sweep (its cache file, apart from its scores so that other tasks
+    re-measure only this): lm-eval tasks' scores and what they cost."""
+
+    KIND: ClassVar[str] = "sweep capability entry"
+    key: str
+    measured_as: dict
+    subject: dict
+    capability: dict  # eval.capability_tasks.measure_tasks: lm-eval version, limit, per task its score and config hash
+    timing: dict
+    cost: dict | None = None  # device, accelerator_hours, energy_kwh: added once it is measured
 
 
 R = TypeVar("R", bound=Result)

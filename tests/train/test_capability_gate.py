@@ -39,11 +39,12 @@ def test_the_gate_passes_up_to_the_recipes_ratio_and_fails_beyond_it():
     assert gate(1.25) == {
         "passed": True,
         "criterion": "heldout perplexity ratio <= 1.25",
-        "measured": 1.25,
+        "measured": {"heldout_perplexity_ratio": 1.25},
         "reason": "held-out neutral perplexity x1.25 of before",
     }
     lost = gate(DESTROYED)
-    assert not lost["passed"] and lost["measured"] == DESTROYED and "capability lost" in lost["reason"]
+    assert not lost["passed"] and lost["measured"]["heldout_perplexity_ratio"] == DESTROYED
+    assert lost["reason"].endswith("beyond the recipe's heldout perplexity ratio <= 1.25: capability lost")
     assert gate(DESTROYED, limit=40)["passed"] and not gate(math.nan)["passed"]  # a model that no longer scores
 
 
@@ -77,7 +78,7 @@ def test_a_session_beyond_the_gate_is_marked_capability_lost_everywhere(lost_ses
     gate = results["capability_gate"]
     ratio = results["capability"]["heldout_neutral_perplexity"]["ratio"]
     assert ratio == pytest.approx(DESTROYED, rel=0.01)  # the prompt itself barely moves an untrained model
-    assert gate["passed"] is False and gate["measured"] == ratio
+    assert gate["passed"] is False and gate["measured"] == {"heldout_perplexity_ratio": ratio}
     assert gate["criterion"] == "heldout perplexity ratio <= 1.25"  # the default, stated in the recipe
 
     assert "capability gate (heldout perplexity ratio <= 1.25): CAPABILITY LOST" in printed
