@@ -53,7 +53,7 @@ def build_subject(shape: dict, tokenizer_dir: Path, folder: Path, dtype) -> Path
 
 def main() -> None:
     from welfare_offsets.eval.experiences import load_stimuli
-    from welfare_offsets.eval.study.sweep import SweepConfig, measure_subject, parse_subject
+    from welfare_offsets.eval.study.sweep import SubjectKeys, SweepConfig, measure_subject, parse_subject
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokenizer", required=True, help="a local tokenizer folder with a chat template")
@@ -81,7 +81,7 @@ def main() -> None:
                 torch.cuda.empty_cache()
             spec = parse_subject(f"model={folder},name={size}", "bench")
             started = time.perf_counter()
-            entry = measure_subject(spec, "0" * 20, config, stimuli, device)
+            (entry,) = measure_subject(spec, SubjectKeys("0" * 20), config, stimuli, device)
             wall = time.perf_counter() - started
             results["sizes"][size] = {
                 "params": entry.params,

@@ -193,7 +193,8 @@ class CapabilitySettings(Settings):
     capability_tasks: str | None = setting(
         None,
         "comma-separated lm-eval tasks, groups or tags (mmlu, arc_easy, hellaswag, ...), measured on the "
-        "subject (in LoRA and soft-prompt sessions: before and after, for retention); default: none",
+        "subject (in LoRA and soft-prompt sessions: before and after, for retention; in a sweep: each "
+        "subject's capability, their mean accuracy); default: none",
     )
     capability_limit: int | None = setting(
         None, "most items per task, lm-eval's first ones (a group's: per task in it); default: all"

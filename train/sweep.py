@@ -1,11 +1,11 @@
 """Scale sweep: `welfare sweep --config sweep/qwen2.5`, or on several GPUs `accelerate launch --config_file
 "$(welfare recipes path accelerate/ddp)" --num_processes 4 -m welfare_offsets.train.sweep --config sweep/qwen2.5`.
 
-Validate (recipe, stimuli, output folder) -> find which subjects are already in the cache -> split the
-rest across ranks, biggest first -> each rank measures its subjects one at a time under the meter and
-caches its scores the moment they exist -> all ranks meet -> rank 0 summarises from the cache and
-writes results.json, report.md, report.html, plots and W&B tables. Killed at any point, a rerun
-continues with the unfinished subjects.
+Validate (recipe, stimuli, output folder, capability tasks with their data) -> find which subjects are
+already in the cache -> split the rest across ranks, biggest first -> each rank measures its subjects one
+at a time under the meter (scores, then capability on the same loaded model) and caches each the moment it
+exists -> all ranks meet -> rank 0 summarises from the cache and writes results.json, report.md,
+report.html, plots and W&B tables. Killed at any point, a rerun continues with what is unfinished.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def _sweep(argv: list[str]) -> int:
     from welfare_offsets.eval.common.output_folder import claim, open_in_place
     from welfare_offsets.eval.experiences import load_stimuli
     from welfare_offsets.eval.study.profile import profile_items
-    from welfare_offsets.eval.study.sweep import ScoreCache, SweepConfig, subject_key
+    from welfare_offsets.eval.study.sweep import SweepCache, SweepConfig, prepare_capability, subject_keys
     from welfare_offsets.train.guard import refuse_ledger_paths
 
     config, passed = parse_config([SweepConfig], argv, prog="welfare sweep")
@@ -43,18 +43,19 @@ def _sweep(argv: list[str]) -> int:
     # A rerun into our own sweep folder continues it (the cache); --overwrite starts it over.
     folder = claim(config.out, "sweep", overwrite=config.overwrite, resumable=True)
     refuse_ledger_paths(folder.path, None, "--out")
+    tasks = prepare_capability(config)  # loads every task's data: a bad task fails now, with nothing written
     out = folder.path
     state = PartialState(cpu=not torch.cuda.is_available(), timeout=BARRIER_TIMEOUT)
     if state.is_main_process:
         open_in_place(folder, overwrite=config.overwrite)
     state.wait_for_everyone()
     device = str(state.device)
-    cache = ScoreCache(out / "cache")
-    keys = [subject_key(spec, config, stimuli, device) for spec in config.specs]
-    for key in {key for key in keys if cache.has(key)}:
+    cache = SweepCache(out / "cache")
+    keys = [subject_keys(spec, config, stimuli, device, tasks) for spec in config.specs]
+    for key in set(keys):
         cache.get(key)  # a damaged, foreign or newer entry is refused now, before any subject is measured
     # A subject listed twice (say, in two families) is measured once.
-    todo = [k for k, key in enumerate(keys) if not cache.has(key) and keys.index(key) == k]
+    todo = [k for k, key in enumerate(keys) if any(cache.missing(key)) and keys.index(key) == k]
     if state.is_main_process:
         print(
             f"welfare sweep: {len(set(keys))} subjects, {len(set(keys)) - len(todo)} already measured "
@@ -64,7 +65,7 @@ def _sweep(argv: list[str]) -> int:
         mine = share(todo, config.specs, state.num_processes)[state.process_index]
         where = f"rank {state.process_index}, " if state.num_processes > 1 else ""
         for done, k in enumerate(mine, 1):
-            _measure_one(config, config.specs[k], keys[k], stimuli, device, cache, f"{where}{done}/{len(mine)}")
+            _measure_one(config, config.specs[k], keys[k], tasks, stimuli, device, cache, f"{where}{done}/{len(mine)}")
         state.wait_for_everyone()
         if state.is_main_process:
             results = _write_outputs(config, passed, keys, stimuli, cache, out)
@@ -86,38 +87,49 @@ def share(todo: list[int], specs, ranks: int) -> list[list[int]]:
     return shares
 
 
-def _measure_one(config, spec, key: str, stimuli, device: str, cache, position: str) -> None:
-    """Measure one subject under the meter and cache its scores with what they cost."""
-    from welfare_offsets.eval.study.sweep import measure_subject
+def _measure_one(config, spec, keys, tasks, stimuli, device: str, cache, position: str) -> None:
+    """Measure what the cache lacks of one subject (its scores, its capability) on one load, and cache each
+    with what it cost, under its own meter, the moment it exists."""
+    from welfare_offsets.eval.common.results import SweepEntry
+    from welfare_offsets.eval.study.sweep import capability_value, measure_subject
     from welfare_offsets.ledger.meter import Meter, detect_device_kind
 
-    meter = Meter.for_device(detect_device_kind(), processes=1).start()
-    entry = measure_subject(spec, key, config, stimuli, device)
-    meter.stop()
-    entry.cost = {"device": meter.device, "accelerator_hours": meter.hours, "energy_kwh": meter.energy_kwh()}
-    cache.put(entry)
-    print(
-        f"  [{position}] measured {spec.label}: {entry.prompts_scored} prompts in {meter.seconds:.1f} s "
-        f"({meter.hours:.4f} {meter.device}-hours)"
-    )
+    scores, capability = cache.missing(keys)
+    entries = measure_subject(spec, keys, config, stimuli, device, tasks if capability else None, scores=scores)
+    kind, parts, hours, seconds = detect_device_kind(), [], 0.0, 0.0
+    while True:
+        meter = Meter.for_device(kind, processes=1).start()
+        entry = next(entries, None)
+        meter.stop()
+        if entry is None:
+            break
+        entry.cost = {"device": meter.device, "accelerator_hours": meter.hours, "energy_kwh": meter.energy_kwh()}
+        cache.put(entry)
+        hours, seconds = hours + meter.hours, seconds + meter.seconds
+        if isinstance(entry, SweepEntry):
+            parts.append(f"{entry.prompts_scored} prompts")
+        else:
+            tasks_measured = ", ".join(entry.capability["tasks"])
+            parts.append(f"capability {capability_value(entry.capability):.3f} ({tasks_measured})")
+    print(f"  [{position}] measured {spec.label}: {', '.join(parts)} in {seconds:.1f} s ({hours:.4f} {kind}-hours)")
 
 
-def _write_outputs(config, passed: dict, keys: list[str], stimuli, cache, out: Path):
+def _write_outputs(config, passed: dict, keys: list, stimuli, cache, out: Path):
     from welfare_offsets.eval.common.outputs import provenance
     from welfare_offsets.eval.common.results import SweepResult, write_result
     from welfare_offsets.eval.study.report import headline, plot_scaling, write_report
     from welfare_offsets.eval.study.sweep import summarise_sweep
 
-    entries = [cache.get(key) for key in keys]
-    summary, replicates = summarise_sweep(config, entries, stimuli)
-    costs = [e.cost or {} for e in entries]
+    entries, capabilities = zip(*[cache.get(key) for key in keys])
+    summary, replicates = summarise_sweep(config, list(entries), stimuli, list(capabilities))
+    costs = [e.cost or {} for e in (*entries, *capabilities) if e is not None]
     energies = [c.get("energy_kwh") for c in costs]
     cost = {
         "accelerator_hours": sum(c.get("accelerator_hours", 0.0) for c in costs),
         "devices": sorted({c.get("device", "?") for c in costs}),
         "energy_kwh": sum(energies) if energies and all(e is not None for e in energies) else None,
         "note": "measured when each subject was measured (a cached subject keeps its original cost); "
-        "model loading and scoring, one process per subject",
+        "model loading, scoring and capability tasks, one process per subject",
     }
     result = SweepResult(
         **summary,

@@ -39,15 +39,28 @@ def fmt_ci(stat: dict | None, digits: int = 2) -> str:
     return f"{value:.{digits}f}{ci}"
 
 
+def capability_source(subject: dict) -> str:
+    """Where a subject's capability came from: "measured (tasks; n items; lm-eval version)", with a typed value
+    it replaced, or "as given" in the recipe."""
+    measured = subject["capability_measured"]
+    if measured is None:
+        return "-" if subject["capability"] is None else "as given"
+    items = sum(task["n"] for task in measured["tasks"].values())
+    text = f"measured ({', '.join(measured['tasks'])}; {items} items; lm-eval {measured['lm_eval_version']})"
+    given = subject["capability_given"]
+    return text if given is None else f"{text}; as given {given:g}, not used"
+
+
 def subject_table(results: dict) -> tuple[list[str], list[list[str]]]:
     stats = results["statistics"]
-    header = ["subject", "family", "params", "capability", *stats, "reliable"]
+    header = ["subject", "family", "params", "capability", "capability from", *stats, "reliable"]
     rows = [
         [
             s["name"],
             s["family"],
             f"{s['params'] / 1e9:.3g}B" if s["params"] >= 1e8 else f"{s['params']:.3g}",
-            "-" if s["capability"] is None else f"{s['capability']:g}",
+            _capability(s),
+            capability_source(s),
             *[fmt_ci(s["statistics"].get(k), 1 if k == "wellbeing_index" else 2) for k in stats],
             "yes" if s["reliable"] else "no (low format adherence)",
         ]
@@ -195,7 +208,7 @@ def plot_scaling(results: dict, covariate: str, path: str | Path, replicates: di
         ax.set_title(_PANEL_TITLE.get(stat, stat), fontsize=9)
         if stat in _BOUNDS:  # a band of lines may leave the statistic's range; the axis does not
             ax.set_ylim(*_BOUNDS[stat])
-        ax.set_xlabel("log10 parameters" if covariate == "log10_params" else covariate, fontsize=8)
+        ax.set_xlabel(results["covariates"][covariate], fontsize=8)
         ax.tick_params(labelsize=7)
     for ax in list(axes.flat)[len(stats) :]:
         ax.axis("off")
@@ -303,6 +316,13 @@ def _html_table(header: list[str], rows: list[list[str]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _capability(subject: dict) -> str:
+    """A measured capability as an accuracy (3 decimals), a typed one as it was typed."""
+    if subject["capability"] is None:
+        return "-"
+    return f"{subject['capability']:.3f}" if subject["capability_measured"] else f"{subject['capability']:g}"
 
 
 def _value(stat: dict | None) -> float:

@@ -6,6 +6,14 @@ stimuli's sha256 and the scoring settings, so an interrupted sweep continues whe
 rescores a finished subject. Profiles and correlations are always computed from the cached scores (cheap,
 seeded per subject), so a resumed sweep and an uninterrupted one give the same numbers, and changing the
 bootstrap size re-summarises without touching a GPU.
+
+With `capability_tasks`, each subject's capability (the mean accuracy over the tasks) is measured on the
+subject as it is loaded for scoring and cached beside its scores in an entry of its own, keyed by the
+weights identity, the task names with their config hashes, the item limit, the seed (few-shot examples)
+and the lm-eval version: other tasks or another limit re-measure capability alone, never the scores, and
+other scoring settings rescore without re-measuring capability. A measured capability is the capability
+axis of the scaling correlations; one typed into the recipe is used where none is measured, and each row
+says which it is.
 """
 
 from __future__ import annotations
@@ -16,18 +24,27 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from welfare_offsets.eval import probes as P
+from welfare_offsets.eval.capability_tasks import HarnessTasks, measure_tasks, require_lm_eval
 from welfare_offsets.eval.common.errors import InputError
-from welfare_offsets.eval.common.results import SweepEntry, read_result, write_result
+from welfare_offsets.eval.common.results import SweepCapabilityEntry, SweepEntry, read_result, write_result
 from welfare_offsets.eval.common.safe_read import parse_json
 from welfare_offsets.eval.evaluate import EvalConfig, score_items
 from welfare_offsets.eval.experiences import StimulusSet
-from welfare_offsets.eval.settings import LoadingSettings, OutputSettings, ProbeSettings, TrackingSettings, setting
+from welfare_offsets.eval.settings import (
+    CapabilitySettings,
+    LoadingSettings,
+    OutputSettings,
+    ProbeSettings,
+    TrackingSettings,
+    setting,
+)
 from welfare_offsets.eval.study.profile import STATISTICS, profile_items, wellbeing_profile
 from welfare_offsets.eval.study.scaling import scaling_table
 from welfare_offsets.eval.subject import check_adapter, load_subject, resolve_dtype, weights_identity
@@ -50,7 +67,7 @@ class SubjectSpec:
     adapter: str | None = None
     name: str | None = None  # label in tables and plots; default: the model id's last part
     params: float | None = None  # parameter count; default: counted from the loaded model
-    capability: float | None = None  # e.g. MMLU accuracy; correlations against it use only subjects that have one
+    capability: float | None = None  # typed, "as given" (e.g. MMLU); a measured one (capability_tasks) wins
     family: str = DEFAULT_FAMILY
 
     @property
@@ -102,7 +119,7 @@ def parse_subject(given: str | dict, where: str) -> SubjectSpec:
 
 
 @dataclass(kw_only=True)
-class SweepConfig(OutputSettings, TrackingSettings, ProbeSettings, LoadingSettings):
+class SweepConfig(OutputSettings, TrackingSettings, CapabilitySettings, ProbeSettings, LoadingSettings):
     """What to sweep and how to measure each subject: the shared concerns (eval/settings.py) and the list of
     subjects. YAML keys and `welfare sweep` flags are these field names."""
 
@@ -112,7 +129,7 @@ class SweepConfig(OutputSettings, TrackingSettings, ProbeSettings, LoadingSettin
 
     subjects: list[str] = setting(
         help="subjects: model ids, or key=value lists / YAML mappings with keys model, "
-        "adapter, name, params, capability, family",
+        "adapter, name, params, capability (as given; capability_tasks measure it instead), family",
         default_factory=list,
     )
 
@@ -154,19 +171,62 @@ class SweepConfig(OutputSettings, TrackingSettings, ProbeSettings, LoadingSettin
         settings["probe_code_sha256"] = hashlib.sha256(Path(P.__file__).read_bytes()).hexdigest()
         return settings
 
+    def capability_settings(self, tasks: HarnessTasks) -> dict:
+        """Everything that changes a subject's measured capability (so it is part of its cache key); not the
+        include path (the config hashes cover what the tasks ask) nor the batch size."""
+        return {
+            "tasks": list(tasks.loaded),
+            "config_sha256": tasks.config_sha256,
+            "limit": self.capability_limit,
+            "seed": self.seed,
+            "lm_eval_version": require_lm_eval().__version__,
+        }
+
+
+def prepare_capability(config: SweepConfig) -> HarnessTasks | None:
+    """The capability tasks loaded with their data (None where none are asked for), so that a task that cannot
+    be measured here, or whose score is no accuracy, fails the sweep before any subject is scored."""
+    if not config.capability_task_names:
+        return None
+    tasks = config.prepare_capability_tasks(seed=config.seed)
+    rolling = sorted(name for name, kind in tasks.output_types.items() if kind == "loglikelihood_rolling")
+    if rolling:
+        raise SweepError(
+            f"capability_tasks: {', '.join(rolling)} score perplexity, and a sweep's capability is a mean accuracy; "
+            "give the sweep tasks scored by accuracy (multiple choice), and measure these with `welfare capability`"
+        )
+    return tasks
+
 
 def cache_key(identity: dict, dtype: str, stimuli_sha256: str, settings: dict) -> str:
-    blob = json.dumps(
-        {"subject": identity, "dtype": dtype, "stimuli": stimuli_sha256, "probes": settings}, sort_keys=True
-    )
-    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+    return _digest({"subject": identity, "dtype": dtype, "stimuli": stimuli_sha256, "probes": settings})
 
 
-class ScoreCache:
-    """One SweepEntry file per measured subject, written whole or not at all; a file present means finished."""
+@dataclass(frozen=True)
+class SubjectKeys:
+    """A subject's cache keys: of its scores, and of its capability where tasks are measured (else None)."""
 
-    def __init__(self, folder: str | Path):
-        self.folder = Path(folder)
+    scores: str
+    capability: str | None = None
+
+
+def subject_keys(
+    spec: SubjectSpec, config: SweepConfig, stimuli: StimulusSet, device: str, tasks: HarnessTasks | None = None
+) -> SubjectKeys:
+    identity = weights_identity(spec.model, spec.adapter, trust_remote_code=config.trust_remote_code)
+    dtype = str(resolve_dtype(config.dtype, device)).removeprefix("torch.")
+    capability = None
+    if tasks is not None:
+        capability = _digest({"subject": identity, "dtype": dtype, "capability": config.capability_settings(tasks)})
+    return SubjectKeys(cache_key(identity, dtype, stimuli.sha256, config.probe_settings()), capability)
+
+
+class EntryFiles:
+    """One file per cache entry of one kind, named by its key, written whole or not at all; a file present
+    means finished."""
+
+    def __init__(self, folder: str | Path, kind: type[SweepEntry] | type[SweepCapabilityEntry]):
+        self.folder, self.kind = Path(folder), kind
 
     def path(self, key: str) -> Path:
         return self.folder / f"{key}.json"
@@ -174,12 +234,12 @@ class ScoreCache:
     def has(self, key: str) -> bool:
         return self.path(key).exists()
 
-    def get(self, key: str) -> SweepEntry:
+    def get(self, key: str) -> SweepEntry | SweepCapabilityEntry:
         """The entry of `key`, read through the schema; one that is not (another subject's, a newer version's,
         a damaged file) is refused with what to do."""
         path = self.path(key)
         try:
-            entry = read_result(path, SweepEntry)
+            entry = read_result(path, self.kind)
             if entry.key != key:
                 raise SweepError(f"{path}: holds the entry of subject key {entry.key}, not {key}")
         except InputError as err:
@@ -188,28 +248,80 @@ class ScoreCache:
             ) from None
         return entry
 
-    def put(self, entry: SweepEntry) -> Path:
+    def put(self, entry: SweepEntry | SweepCapabilityEntry) -> Path:
         self.folder.mkdir(parents=True, exist_ok=True)
         return write_result(self.path(entry.key), entry)
 
 
-def subject_key(spec: SubjectSpec, config: SweepConfig, stimuli: StimulusSet, device: str) -> str:
-    identity = weights_identity(spec.model, spec.adapter, trust_remote_code=config.trust_remote_code)
-    dtype = str(resolve_dtype(config.dtype, device)).removeprefix("torch.")
-    return cache_key(identity, dtype, stimuli.sha256, config.probe_settings())
+class SweepCache:
+    """A sweep's cache folder: per subject its scores, and its capability (in `capability/`) where tasks are
+    measured, each entry under the key of what changes it."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.scores = EntryFiles(self.folder, SweepEntry)
+        self.capability = EntryFiles(self.folder / "capability", SweepCapabilityEntry)
+
+    def missing(self, keys: SubjectKeys) -> tuple[bool, bool]:
+        """Whether the subject's scores, and its capability, are still to be measured."""
+        capability = keys.capability is not None and not self.capability.has(keys.capability)
+        return not self.scores.has(keys.scores), capability
+
+    def get(self, keys: SubjectKeys) -> tuple[SweepEntry | None, SweepCapabilityEntry | None]:
+        """The subject's cached entries (None for one not measured), each refused if it cannot be read."""
+        scores = self.scores.get(keys.scores) if self.scores.has(keys.scores) else None
+        measured = keys.capability is not None and self.capability.has(keys.capability)
+        return scores, self.capability.get(keys.capability) if measured else None
+
+    def put(self, entry: SweepEntry | SweepCapabilityEntry) -> Path:
+        return (self.scores if isinstance(entry, SweepEntry) else self.capability).put(entry)
 
 
-def measure_subject(spec: SubjectSpec, key: str, config: SweepConfig, stimuli: StimulusSet, device: str) -> SweepEntry:
-    """Load one subject, score every experience its profile needs, and return its cache entry."""
-    groups = profile_items(stimuli, config.split, config.empathy_split, config.max_items)
-    items = list({e.id: e for group in groups.values() for e in group}.values())
+def measure_subject(
+    spec: SubjectSpec,
+    keys: SubjectKeys,
+    config: SweepConfig,
+    stimuli: StimulusSet,
+    device: str,
+    tasks: HarnessTasks | None = None,
+    *,
+    scores: bool = True,
+) -> Iterator[SweepEntry | SweepCapabilityEntry]:
+    """Load one subject once and yield its cache entries, each as soon as it is measured: its scores over every
+    experience its profile needs (unless `scores` is False), then its capability on `tasks` (where given).
+    The first entry's timing holds the load."""
     started = time.perf_counter()
     subject = load_subject(
         spec.model, spec.adapter, trust_remote_code=config.trust_remote_code, device=device, dtype=config.dtype
     )
-    loaded = time.perf_counter()
+    timing = {"load_s": time.perf_counter() - started}
+    try:
+        if scores:
+            yield _scores_entry(spec, keys.scores, config, stimuli, subject, timing)
+            timing = {}
+        if tasks is not None:
+            started = time.perf_counter()
+            capability = measure_tasks(
+                subject, tasks, limit=config.capability_limit, batch_size=config.capability_batch_size
+            )
+            yield SweepCapabilityEntry(
+                key=keys.capability,
+                measured_as=dataclasses.asdict(spec),
+                subject=subject.describe(),
+                capability=capability,
+                timing={**timing, "measure_s": time.perf_counter() - started},
+            )
+    finally:
+        del subject
+        _release_memory()
+
+
+def _scores_entry(spec, key: str, config: SweepConfig, stimuli: StimulusSet, subject, timing: dict) -> SweepEntry:
+    groups = profile_items(stimuli, config.split, config.empathy_split, config.max_items)
+    items = list({e.id: e for group in groups.values() for e in group}.values())
+    started = time.perf_counter()
     scored = score_items(config.eval_config(), subject, items, _rng(config, key, "scoring"))
-    entry = SweepEntry(
+    return SweepEntry(
         key=key,
         measured_as=dataclasses.asdict(spec),
         subject=subject.describe(),
@@ -219,12 +331,38 @@ def measure_subject(spec: SubjectSpec, key: str, config: SweepConfig, stimuli: S
         fit=scored.fits,
         bundles=scored.bundles,
         prompts_scored=len(scored.samples),
-        timing={"load_s": loaded - started, "score_s": time.perf_counter() - loaded, **scored.timing},
+        timing={**timing, "score_s": time.perf_counter() - started, **scored.timing},
         items=scored.item_rows(config.replies == "own"),
     )
-    del subject, scored
-    _release_memory()
-    return entry
+
+
+def capability_value(capability: dict) -> float:
+    """A subject's measured capability: the mean accuracy (each task's main metric) over its reported tasks."""
+    return float(np.mean([row["accuracy"] for row in capability["tasks"].values()]))
+
+
+def subject_capability(spec: SubjectSpec, measured: SweepCapabilityEntry | None) -> dict:
+    """A subject's capability and where it came from: measured on the sweep's tasks where it was (the typed
+    value kept beside it), else as given in the recipe, else none."""
+    given = spec.capability
+    if measured is None:
+        return {
+            "capability": given,
+            "capability_source": None if given is None else "as given",
+            "capability_given": given,
+            "capability_measured": None,
+        }
+    return {
+        "capability": capability_value(measured.capability),
+        "capability_source": "measured",
+        "capability_given": given,
+        "capability_measured": {
+            "key": measured.key,
+            **measured.capability,
+            "timing": measured.timing,
+            "cost": measured.cost or {},
+        },
+    }
 
 
 def subject_profile(entry: SweepEntry, config: SweepConfig, stimuli: StimulusSet) -> dict:
@@ -243,11 +381,18 @@ def subject_profile(entry: SweepEntry, config: SweepConfig, stimuli: StimulusSet
     return {**profile, "validity": validity(measured, config.bootstrap, _rng(config, entry.key, "validity"))}
 
 
-def summarise_sweep(config: SweepConfig, entries: list[SweepEntry], stimuli: StimulusSet) -> tuple[dict, dict]:
+def summarise_sweep(
+    config: SweepConfig,
+    entries: list[SweepEntry],
+    stimuli: StimulusSet,
+    capabilities: list[SweepCapabilityEntry | None] | None = None,
+) -> tuple[dict, dict]:
     """The sweep's results (one row per subject in recipe order, and the scaling correlations), and each
-    subject's bootstrap replicates per statistic ({name: {statistic: array}}, for plotting bands)."""
+    subject's bootstrap replicates per statistic ({name: {statistic: array}}, for plotting bands).
+    `capabilities` are the subjects' measured capabilities, in the same order (None: not measured)."""
     rows, replicates = [], {}
-    for spec, entry in zip(config.specs, entries):
+    capabilities = capabilities or [None] * len(entries)
+    for spec, entry, measured in zip(config.specs, entries, capabilities):
         profile = subject_profile(entry, config, stimuli)
         replicates[spec.label] = {k: s.pop("replicates") for k, s in profile["statistics"].items()}
         rows.append(
@@ -259,7 +404,7 @@ def summarise_sweep(config: SweepConfig, entries: list[SweepEntry], stimuli: Sti
                 "params": entry.params,
                 "params_source": entry.params_source,
                 "log10_params": math.log10(entry.params),
-                "capability": spec.capability,
+                **subject_capability(spec, measured),
                 "key": entry.key,
                 "subject": entry.subject,  # where the weights came from, dtype, device, revision
                 "primary_probe": profile["primary_probe"],
@@ -274,12 +419,25 @@ def summarise_sweep(config: SweepConfig, entries: list[SweepEntry], stimuli: Sti
         )
     covariates = {"log10_params": "log10 parameters"}
     if any(r["capability"] is not None for r in rows):
-        covariates["capability"] = "capability"
+        covariates["capability"] = capability_label(rows)
     statistics = [s for s in STATISTICS if any(s in r["statistics"] for r in rows)]
     table = scaling_table(
         rows, replicates, statistics, covariates, config.bootstrap, np.random.default_rng(config.seed)
     )
     return {"subjects": rows, "scaling": table, "statistics": statistics, "covariates": covariates}, replicates
+
+
+def capability_label(rows: list[dict]) -> str:
+    """The capability axis named with where its values came from: "capability (measured: mmlu)", "capability
+    (as given)", or both where subjects differ."""
+    measured = {", ".join(r["capability_measured"]["tasks"]) for r in rows if r["capability_source"] == "measured"}
+    sources = [f"measured: {tasks}" for tasks in sorted(measured)]
+    sources += ["as given"] if any(r["capability_source"] == "as given" for r in rows) else []
+    return f"capability ({'; '.join(sources)})"
+
+
+def _digest(blob: dict) -> str:
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:20]
 
 
 def _rng(config: SweepConfig, key: str, purpose: str) -> np.random.Generator:

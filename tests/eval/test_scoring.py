@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -69,6 +71,7 @@ def test_soft_prompt_matches_peft_prompt_tuning_forward(tiny_random_model, reuse
     from peft import PromptTuningConfig, get_peft_model
 
     model, tokenizer = tiny_random_model
+    model = copy.deepcopy(model)  # peft freezes the base model's weights: leave the shared fixture trainable
     torch.manual_seed(1)
     peft_model = get_peft_model(model, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4)).eval()
     soft = peft_model.get_prompt_embedding_to_save("default")

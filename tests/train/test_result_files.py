@@ -85,7 +85,7 @@ def test_a_resume_refuses_a_saved_evaluation_it_cannot_read_before_the_model_loa
 @pytest.mark.parametrize("case", [*sorted(SAVED), "another subject's"])
 def test_a_sweep_refuses_a_cache_entry_it_cannot_read_before_measuring(capsys, tmp_path, case):
     from welfare_offsets.eval.experiences import load_stimuli
-    from welfare_offsets.eval.study.sweep import ScoreCache, SweepConfig, subject_key
+    from welfare_offsets.eval.study.sweep import SweepCache, SweepConfig, subject_keys
 
     model = tmp_path / "model"  # identifies by its files, fails if anything tried to load it
     model.mkdir()
@@ -94,8 +94,8 @@ def test_a_sweep_refuses_a_cache_entry_it_cannot_read_before_measuring(capsys, t
     out = tmp_path / "sweep"
     open_in_place(claim(out, "sweep", resumable=True), overwrite=False)
     config = SweepConfig(subjects=[str(model)], stimuli=str(stimuli), out=str(out))
-    key = subject_key(config.specs[0], config, load_stimuli(str(stimuli)), "cpu")
-    cache = ScoreCache(out / "cache")
+    key = subject_keys(config.specs[0], config, load_stimuli(str(stimuli)), "cpu").scores
+    cache = SweepCache(out / "cache").scores
     cache.folder.mkdir()
     if case == "another subject's":
         write_result(
