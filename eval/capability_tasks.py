@@ -133,12 +133,7 @@ def measure_tasks(
     from lm_eval.evaluator import evaluate
 
     if subject.soft_prompt is not None:
-        generating = sorted(n for n, kind in tasks.output_types.items() if kind not in SOFT_PROMPT_OUTPUT_TYPES)
-        if generating:
-            raise CapabilityTaskError(
-                f"capability task(s) {', '.join(generating)} generate text, which a soft prompt cannot be put in "
-                f"front of here; with a soft prompt, measure tasks scored by loglikelihood (multiple choice)"
-            )
+        check_soft_prompt_tasks(tasks)
     rows, seconds = {}, {}
     with _quiet_harness():
         lm = harness_model(subject, batch_size=batch_size)
@@ -157,6 +152,17 @@ def measure_tasks(
         "tasks": rows,
         "seconds": seconds,
     }
+
+
+def check_soft_prompt_tasks(tasks: HarnessTasks) -> None:
+    """Refuse tasks that generate text for a subject with a soft prompt (call it before anything is spent
+    where the soft prompt is known in advance: a soft-prompt session's "after")."""
+    generating = sorted(n for n, kind in tasks.output_types.items() if kind not in SOFT_PROMPT_OUTPUT_TYPES)
+    if generating:
+        raise CapabilityTaskError(
+            f"capability task(s) {', '.join(generating)} generate text, which a soft prompt cannot be put in "
+            f"front of here; with a soft prompt, measure tasks scored by loglikelihood (multiple choice)"
+        )
 
 
 def harness_model(subject, *, batch_size: int = 16):
@@ -274,7 +280,15 @@ def _item_scores(results: dict, row: str, loaded: dict, metric: str) -> dict[str
 
 
 def _sha256(value) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+    """Of a task config as lm-eval dumps it; the same in every process, so caches and resumes can match it:
+    a function (`!function` in YAML) by its qualified name, any other object by its text without an address."""
+
+    def stable(v) -> str:
+        if callable(v) and hasattr(v, "__qualname__"):
+            return f"{getattr(v, '__module__', '')}.{v.__qualname__}"
+        return re.sub(r" at 0x[0-9a-fA-F]+", "", str(v))
+
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=stable).encode()).hexdigest()
 
 
 @contextmanager

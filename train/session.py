@@ -199,6 +199,10 @@ class Session:
         self.capability_tasks = (
             args.prepare_capability_tasks(seed=args.seed) if self.is_main and args.capability_task_names else None
         )
+        if self.capability_tasks is not None and kind == "soft-prompt":
+            from welfare_offsets.eval.capability_tasks import check_soft_prompt_tasks
+
+            check_soft_prompt_tasks(self.capability_tasks)  # the "after" subject has one: refuse now, not then
         self.resume = self._resolve_resume(run.resume_from_checkpoint)
         self.saved_before = self._saved_before() if self.resume is not None else None
         if self.is_main:

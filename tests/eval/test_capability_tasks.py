@@ -132,3 +132,21 @@ def test_task_names_refuse_paths_empties_and_repeats(text, problem):
     with pytest.raises(ValueError, match=problem):
         task_names(text)
     assert task_names(" mmlu , arc_easy") == ("mmlu", "arc_easy") and task_names(None) == ()
+
+
+def test_a_config_hash_holds_no_memory_address():
+    """Caches and resumes match tasks by this hash across processes: a function in a config (`!function`) is
+    hashed by its name, an object by its text without its address."""
+    from welfare_offsets.eval.capability_tasks import _sha256
+
+    def make():
+        def process_docs(docs):
+            return docs
+
+        return process_docs
+
+    class Thing:
+        pass
+
+    assert make() is not make() and _sha256({"process_docs": make()}) == _sha256({"process_docs": make()})
+    assert _sha256({"x": Thing()}) == _sha256({"x": Thing()})

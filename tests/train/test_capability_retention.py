@@ -128,3 +128,16 @@ def test_an_exposure_refuses_capability_tasks_it_would_not_measure(tiny, tasks_f
     argv += ["--budget_hours", "0.1", "--output_dir", str(tmp_path / "x"), "--capability_tasks", "feelings"]
     assert exposure.main(argv) == 2
     assert "capability_tasks" in capsys.readouterr().err and not (tmp_path / "x" / "results.json").exists()
+
+
+def test_a_soft_prompt_session_refuses_generation_tasks_before_anything_is_reserved(
+    tiny, tasks_folder, tmp_path, capsys
+):
+    """Its "after" subject has a soft prompt, which generation tasks cannot carry: refused now, not after training."""
+    ledger = tmp_path / "ledger.sqlite"
+    funded_ledger(ledger, hours=10.0).close()
+    argv = soft_prompt_argv(tiny, ledger, tmp_path / "soft", "--capability_tasks", "feelings_generate")
+    assert welfare_main([*argv, "--capability_include_path", tasks_folder]) == 2
+    assert "feelings_generate" in capsys.readouterr().err
+    with Ledger.open(ledger, create=False) as book:
+        assert not book.entries(kind="reserve")
