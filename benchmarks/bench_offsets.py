@@ -131,19 +131,24 @@ def run_kind(entry: str, extra: list[str], model: str, stimuli: str, work: Path)
         utility = (u["credit"], u["balance_ci95"], u["zero_point_estimator"]) if u["measured"] else None
         return {"hours": hours, "credit": b["credit"], "ci95": b["balance_ci95"], "utility": utility}
     sr = results["recovery"]["probes"]["self_report"]
+    capability = results["capability"]
     return {
         "hours": hours,
         "recovered": sr["recovered"]["mean"],
         "ci95": sr["recovered"]["ci95"],
         "fraction": sr["recovery_fraction"]["mean"],  # None where no harm: not estimable
         "gap": results["recovery"]["goodhart_gap"]["mean"],
+        "perplexity": capability["heldout_neutral_perplexity"]["ratio"],
+        "preferences": (capability.get("preference_retention") or {}).get("r"),
+        "gate": results["capability_gate"]["passed"],
     }
 
 
 def table(rows: dict[str, dict]) -> str:
     lines = [
-        "| kind | accelerator-hours | self-report recovered [95% CI] | recovered / hour | recovery fraction | Goodhart gap (sd) |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| kind | accelerator-hours | self-report recovered [95% CI] | recovered / hour | recovery fraction | "
+        "Goodhart gap (sd) | perplexity ratio | preference r | capability gate |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, r in rows.items():
         lo, hi = r["ci95"]
@@ -154,13 +159,15 @@ def table(rows: dict[str, dict]) -> str:
                 utility = f"{credit:.2f} [{ulo:+.2f}, {uhi:+.2f}] sd x episodes against the {zero} zero point"
             lines.append(
                 f"| {name} | {r['hours']:.4f} | credit {r['credit']:.2f} (balance CI [{lo:+.2f}, {hi:+.2f}]); "
-                f"experienced-utility credit {utility} | credit {r['credit'] / r['hours']:.0f} | - | - |"
+                f"experienced-utility credit {utility} | credit {r['credit'] / r['hours']:.0f} | - | - | - | - | - |"
             )
         else:
             fraction, gap = ("-" if r[k] is None else f"{r[k]:+.2f}" for k in ("fraction", "gap"))
+            preferences = "-" if r["preferences"] is None else f"{r['preferences']:.3f}"
+            gate = "passed" if r["gate"] else "capability lost"
             lines.append(
                 f"| {name} | {r['hours']:.4f} | {r['recovered']:+.3f} [{lo:+.3f}, {hi:+.3f}] | "
-                f"{r['recovered'] / r['hours']:+.1f} | {fraction} | {gap} |"
+                f"{r['recovered'] / r['hours']:+.1f} | {fraction} | {gap} | x{r['perplexity']:.3g} | {preferences} | {gate} |"
             )
     return "\n".join(lines)
 
@@ -210,7 +217,9 @@ def main() -> None:
                     "not estimable) says how much of it the other probes do not share. Exposure earns episodic credit, not a",
                     "change of the subject. SFT on its own euphoric replies optimises no probe; that it helps here depends on",
                     "how this toy subject was built (a variant whose replies carry their tone in an opener word got worse with",
-                    "it), so it is not a known answer.",
+                    "it), so it is not a known answer. The capability gate is the default (held-out perplexity at most",
+                    "x1.25 of before); a session beyond it recovers nothing `welfare plan` counts. Preference r: utilities",
+                    "after vs before over the items the intervention did not aim at (kept at >= 0.9).",
                     "",
                 ]
             ),

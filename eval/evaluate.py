@@ -20,7 +20,14 @@ from welfare_offsets.eval.experiences import Experience, StimulusError, Stimulus
 from welfare_offsets.eval.in_context import BATTERY, IN_CONTEXT, sample_record, score_in_context
 from welfare_offsets.eval.replies import live_through
 from welfare_offsets.eval.scoring import NextTokenScorer
-from welfare_offsets.eval.settings import OutputSettings, ProbeSettings, SubjectSettings, TrackingSettings, setting
+from welfare_offsets.eval.settings import (
+    CapabilitySettings,
+    OutputSettings,
+    ProbeSettings,
+    SubjectSettings,
+    TrackingSettings,
+    setting,
+)
 from welfare_offsets.eval.stats import difference_ci, excludes_zero, mean_ci, pearson_ci
 from welfare_offsets.eval.subject import check_device
 from welfare_offsets.eval.utilities import measure_pairwise
@@ -33,7 +40,7 @@ EMPATHY_TARGETS = ("self", "human", "animal")
 
 
 @dataclass(kw_only=True)
-class EvalConfig(OutputSettings, TrackingSettings, ProbeSettings, SubjectSettings):
+class EvalConfig(OutputSettings, TrackingSettings, CapabilitySettings, ProbeSettings, SubjectSettings):
     """What to measure and how: the shared concerns (eval/settings.py) and the fields only an evaluation has.
     YAML keys and `welfare eval` flags are these field names."""
 

@@ -27,9 +27,11 @@ def run_evaluation(
 ) -> tuple[Evaluation, Path | None]:
     """Evaluate `config` (a preloaded `subject` may be passed); returns the evaluation (its `results` as
     results.json holds them) and the output folder. `measure_more` returns EvaluationResult fields measured
-    after the evaluation (a session's perplexity and metered cost), recorded in the same results.json."""
+    after the evaluation (a session's perplexity and metered cost), recorded in the same results.json; the
+    config's `capability_tasks`, if any, are measured on the same subject after the probes."""
     stimuli = load_stimuli(config.stimuli)
     select_conditions(stimuli, config)  # fails now, not after the model has loaded
+    tasks = config.prepare_capability_tasks(seed=config.seed) if config.capability_task_names else None
     folder = OutputFolder(config.out, overwrite=config.overwrite).prepare() if config.out else None
     try:
         started = time.perf_counter()
@@ -52,6 +54,13 @@ def run_evaluation(
             seeds={"seed": config.seed},
             provenance=provenance(),
         )
+        if tasks is not None:
+            from welfare_offsets.eval.capability_tasks import measure_tasks
+
+            capability = measure_tasks(
+                subject, tasks, limit=config.capability_limit, batch_size=config.capability_batch_size
+            )
+            record = dataclasses.replace(record, capability_tasks=capability)
         if measure_more is not None:
             record = dataclasses.replace(record, **measure_more(evaluation))
         evaluation.results = record.to_json()
@@ -81,7 +90,10 @@ def _log_to_wandb(config: EvalConfig, evaluation: Evaluation) -> None:
         job_type="eval",
         entity=config.wandb_entity,
     )
+    capability = (evaluation.results.get("capability_tasks") or {}).get("tasks", {})
     run.summary.update(
-        flatten_numbers({"probes": evaluation.results["probes"], "empathy": evaluation.results["empathy"]})
+        flatten_numbers(
+            {"probes": evaluation.results["probes"], "empathy": evaluation.results["empathy"], "capability": capability}
+        )
     )
     run.finish()

@@ -28,9 +28,9 @@ from welfare_offsets.eval.common.errors import InputError
 from welfare_offsets.eval.common.safe_read import load_yaml_recipe
 from welfare_offsets.train.recipes import resolve_config
 
-# Settings that make a session import or run code that is not ours. A plan never takes them from a
-# recorded recipe, only from its own command line.
-CODE_RUNNING_SETTINGS = ("trust_remote_code", "model_init_kwargs")
+# Settings that make a session import or run code that is not ours (an lm-eval task folder's YAML may name
+# Python functions). A plan never takes them from a recorded recipe, only from its own command line.
+CODE_RUNNING_SETTINGS = ("trust_remote_code", "model_init_kwargs", "capability_include_path")
 MAX_INT = 2**63 - 1  # no count, seed or size is larger (torch and numpy take 64-bit integers)
 
 

@@ -19,6 +19,10 @@ def _eval(argv: list[str]) -> int:
         refuse_ledger_paths(config.out, None, "--out")
     evaluation, out = run_evaluation(config, passed)
     print("\n".join(evaluation.results["interpretation"]))
+    if evaluation.results.get("capability_tasks"):
+        from welfare_offsets.train.capability_cmd import table
+
+        print("\nCapability (lm-eval):\n" + table(evaluation.results["capability_tasks"]))
     if out:
         print(f"\nResults: {out}/results.json\nSummary: {out}/summary.md\nPlot:    {out}/wellbeing.png")
     return 0

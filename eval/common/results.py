@@ -86,8 +86,8 @@ class EvaluationResult(Result):
     bundles: list | None = None  # the combination zero point's bundles: id, parts (item ids), experienced utility
     heldout_neutral_perplexity: dict | None = None  # a session's capability check on the same subject
     metered_hours: float | None = None  # a session's metered cost of this evaluation (reused on resume)
-    # A session's lm-eval task scores on the same subject, with every item's score (for pairing before and
-    # after): eval.capability_tasks.measure_tasks(per_item=True).
+    # lm-eval task scores on the same subject (eval.capability_tasks.measure_tasks): the evaluation's own
+    # `capability_tasks`, or a session's, with every item's score (per_item=True) for pairing before and after.
     capability_tasks: dict | None = None
 
 

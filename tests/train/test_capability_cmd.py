@@ -145,3 +145,19 @@ def test_without_lm_eval_it_says_how_to_install(tiny, tasks_folder, tmp_path, ca
     monkeypatch.setitem(sys.modules, "lm_eval", None)  # what an environment without lm-eval imports
     err = _refused(capsys, _argv(tiny, tasks_folder, "--out", tmp_path / "out"), tmp_path)
     assert "pip install 'welfare-offsets[capability]'" in err
+
+
+def test_welfare_eval_measures_capability_tasks_on_the_subject_it_evaluates(tiny, tasks_folder, tmp_path, capsys):
+    from welfare_offsets.eval.common.results import EvaluationResult
+
+    out = tmp_path / "eval"
+    argv = ["eval", "--model", str(tiny["model"]), "--stimuli", str(tiny["stimuli"]), "--probes", "self_report"]
+    argv += ["--max_items", "4", "--bootstrap", "100", "--capability_include_path", tasks_folder]
+    assert welfare([*argv, "--out", str(out), "--capability_tasks", "feelings", "--capability_limit", "6"]) == 0
+    capability = read_result(out / "results.json", EvaluationResult).capability_tasks
+    assert capability["tasks"]["feelings"]["n"] == 6 and "items" not in capability["tasks"]["feelings"]
+    assert "Capability (lm-eval):" in capsys.readouterr().out
+
+    refused = tmp_path / "refused"  # an unknown task: exit 2 before the model loads, nothing written
+    assert welfare([*argv, "--out", str(refused), "--capability_tasks", "no_such_task"]) == 2
+    assert "no_such_task" in capsys.readouterr().err and not refused.exists()
