@@ -120,7 +120,7 @@ def main() -> None:
     rate = task["n"] / seconds
     token_rate = sum(tokens) / seconds
     projections = [
-        (length, MMLU_QUESTIONS * length / GPU_TOKENS_PER_S_7B) for length in (100, int(np.mean(tokens)), 400)
+        (length, MMLU_QUESTIONS * length / GPU_TOKENS_PER_S_7B) for length in (100, round(np.mean(tokens)), 400)
     ]
     lines = [
         SECTION,
