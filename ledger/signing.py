@@ -1,0 +1,221 @@
+"""Signed entries: who wrote each entry, and whether their role allows it.
+
+The hash chain proves that an entry has not changed since the anchors that cover it; it cannot say who
+wrote it: any process that can append can append a `fund`. A writer that holds a key signs every entry it
+writes (ed25519). The auditor holds a keyring that maps public keys to identities and roles, and
+`welfare ledger verify --keyring` rejects an entry that is unsigned, wrongly signed, signed by a key the
+keyring does not know, or of a kind outside its signer's role (a runner's `fund`).
+
+What is signed: a domain line, then the canonical JSON of the entry's kind, its payload without the
+signature, the public key and a random nonce. The signature travels inside the payload (`signature`:
+key, nonce, sig, base64), so it is hashed into the chain like every other field and needs nothing from the
+store. The entry's place (seq, previous hash) stays the chain's and the anchors' to prove; the nonce makes
+every signature unique, so a replayed copy of a signed entry is caught as a signature seen twice.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from welfare_offsets.ledger.chain import canonical_json
+from welfare_offsets.ledger.errors import LedgerError
+
+DOMAIN = b"welfare-offsets ledger entry v1\n"
+SIGNATURE = "signature"  # the payload field that holds it
+KEY_ENV_VAR = "WELFARE_LEDGER_KEY"  # a writer's private key file
+ROLES = {
+    "approver": frozenset({"fund", "transfer", "correction"}),
+    "runner": frozenset({"reserve", "settle", "measurement"}),
+}
+INSTALL = "pip install 'welfare-offsets[signing]'"
+MAX_KEYRING_BYTES = 1 << 20
+
+
+def _ed25519():
+    try:
+        from cryptography.hazmat.primitives.asymmetric import ed25519
+    except ImportError as err:
+        raise LedgerError(f"signed ledger entries need the `cryptography` package: {INSTALL}") from err
+    return ed25519
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _unb64(text: object, what: str) -> bytes:
+    if not isinstance(text, str):
+        raise ValueError(f"{what} is not base64 text")
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"{what} is not valid base64") from None
+
+
+def signed_message(kind: str, payload: Mapping[str, Any], key: str, nonce: str) -> bytes:
+    """The bytes a signature covers (the payload without its signature)."""
+    unsigned = {k: v for k, v in payload.items() if k != SIGNATURE}
+    return DOMAIN + canonical_json({"kind": kind, "payload": unsigned, "key": key, "nonce": nonce}).encode()
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    """A writer's private key; `sign` returns the payload with its signature."""
+
+    private: Any  # cryptography's Ed25519PrivateKey
+    public: str  # base64 of the raw 32-byte public key
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> SigningKey:
+        from cryptography.hazmat.primitives import serialization
+
+        ed25519 = _ed25519()
+        where = Path(path).expanduser()
+        try:
+            key = serialization.load_pem_private_key(where.read_bytes(), password=None)
+        except (OSError, ValueError, TypeError) as err:
+            raise LedgerError(
+                f"{where}: not a readable ledger signing key ({err}); make one with `welfare ledger keygen`"
+            ) from None
+        if not isinstance(key, ed25519.Ed25519PrivateKey):
+            raise LedgerError(f"{where}: not an ed25519 key; make one with `welfare ledger keygen`")
+        return cls(key, _public_text(key.public_key()))
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str] = os.environ) -> SigningKey | None:
+        """The key named by $WELFARE_LEDGER_KEY, or None: a writer without one writes unsigned entries."""
+        return cls.load(environ[KEY_ENV_VAR]) if environ.get(KEY_ENV_VAR) else None
+
+    def sign(self, kind: str, payload: Mapping[str, Any]) -> dict[str, Any]:
+        nonce = secrets.token_hex(16)
+        sig = self.private.sign(signed_message(kind, payload, self.public, nonce))
+        return {**payload, SIGNATURE: {"key": self.public, "nonce": nonce, "sig": _b64(sig)}}
+
+
+def _public_text(public_key) -> str:
+    from cryptography.hazmat.primitives import serialization
+
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return _b64(raw)
+
+
+def generate_key(path: str | os.PathLike) -> str:
+    """Write a new private key to `path` (mode 0600; an existing path is never replaced) and return its
+    public key, for the auditor's keyring."""
+    from cryptography.hazmat.primitives import serialization
+
+    key = _ed25519().Ed25519PrivateKey.generate()
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    where = Path(path).expanduser()
+    try:
+        fd = os.open(where, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        raise LedgerError(f"{where} exists; a key is never overwritten: choose another path") from None
+    except OSError as err:
+        raise LedgerError(f"{where}: cannot write the key ({err.strerror})") from None
+    with os.fdopen(fd, "wb") as out:
+        out.write(pem)
+        out.flush()
+        os.fsync(out.fileno())
+    return _public_text(key.public_key())
+
+
+@dataclass(frozen=True)
+class Signer:
+    identity: str
+    roles: frozenset[str]
+
+
+class Keyring:
+    """Public keys the auditor trusts: who each belongs to and which roles it holds. The file is YAML or JSON:
+
+    keys:
+      - {key: <base64 public key>, identity: alice@lab, roles: [approver]}
+      - {key: <base64 public key>, identity: gpu-runner-3, roles: [runner]}
+    """
+
+    def __init__(self, signers: dict[str, Signer]):
+        self.signers = signers
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Keyring:
+        import yaml
+
+        where = Path(path).expanduser()
+        try:
+            with open(where, "rb") as handle:
+                raw = handle.read(MAX_KEYRING_BYTES + 1)
+        except OSError as err:
+            raise LedgerError(f"{where}: cannot read the keyring ({err.strerror})") from None
+        if len(raw) > MAX_KEYRING_BYTES:
+            raise LedgerError(f"{where}: a keyring larger than {MAX_KEYRING_BYTES} bytes is refused")
+        try:
+            data = yaml.safe_load(raw)
+            return cls(_signers(data))
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
+            raise LedgerError(f"{where}: not YAML or JSON ({type(err).__name__})") from None
+        except ValueError as err:
+            raise LedgerError(f"{where}: {err}") from None
+
+    def problem(self, kind: str, payload: Mapping[str, Any], seen: set[str]) -> str | None:
+        """Why this entry's signature is not acceptable, or None. Call once per entry, in seq order, with
+        one `seen` set per pass over the ledger: a signature already in it (a replayed entry) is a problem."""
+        signature = payload.get(SIGNATURE)
+        if signature is None:
+            return "unsigned"
+        if not isinstance(signature, dict) or set(signature) != {"key", "nonce", "sig"}:
+            return "its signature is malformed"
+        signer = self.signers.get(signature["key"])
+        if signer is None:
+            return f"signed by key {str(signature['key'])[:16]}..., which the keyring does not hold"
+        if not _valid(signature, kind, payload):
+            return f"its signature by {signer.identity} does not match its content"
+        if signature["sig"] in seen:
+            return f"its signature by {signer.identity} was already used by an earlier entry (a replay)"
+        seen.add(signature["sig"])
+        allowed = frozenset().union(*(ROLES[r] for r in signer.roles))
+        if kind not in allowed:
+            roles = ", ".join(sorted(signer.roles))
+            return f"a {kind} entry signed by {signer.identity}, whose role ({roles}) does not allow it"
+        return None
+
+
+def _valid(signature: dict, kind: str, payload: Mapping[str, Any]) -> bool:
+    ed25519 = _ed25519()
+    from cryptography.exceptions import InvalidSignature
+
+    try:
+        public = ed25519.Ed25519PublicKey.from_public_bytes(_unb64(signature["key"], "key"))
+        message = signed_message(kind, payload, signature["key"], str(signature["nonce"]))
+        public.verify(_unb64(signature["sig"], "sig"), message)
+    except (ValueError, InvalidSignature):
+        return False
+    return True
+
+
+def _signers(data: object) -> dict[str, Signer]:
+    if not isinstance(data, dict) or not isinstance(data.get("keys"), list):
+        raise ValueError("expected a mapping with a `keys` list of {key, identity, roles}")
+    signers: dict[str, Signer] = {}
+    for n, item in enumerate(data["keys"], 1):
+        where = f"keys[{n}]"
+        if not isinstance(item, dict) or set(item) != {"key", "identity", "roles"}:
+            raise ValueError(f"{where}: expected exactly key, identity and roles")
+        key, identity, roles = item["key"], item["identity"], item["roles"]
+        if len(_unb64(key, f"{where}.key")) != 32:
+            raise ValueError(f"{where}.key: not an ed25519 public key (32 bytes, base64)")
+        if not isinstance(identity, str) or not identity.strip() or len(identity) > 200:
+            raise ValueError(f"{where}.identity: expected a name (text, at most 200 characters)")
+        if not isinstance(roles, list) or not roles or any(r not in ROLES for r in roles):
+            raise ValueError(f"{where}.roles: expected a list of {', '.join(ROLES)}")
+        if key in signers:
+            raise ValueError(f"{where}.key: listed twice")
+        signers[key] = Signer(identity, frozenset(roles))
+    return signers

@@ -1,0 +1,100 @@
+"""Signed entries (ledger/signing.py): known answers for signatures, roles, replays and hostile keyrings."""
+
+from __future__ import annotations
+
+import stat
+
+import pytest
+import yaml
+
+from welfare_offsets.ledger.errors import LedgerError
+from welfare_offsets.ledger.signing import SIGNATURE, Keyring, SigningKey, generate_key
+
+
+@pytest.fixture
+def keys(tmp_path):
+    """An approver's and a runner's keys, and the auditor's keyring that names them."""
+    approver_pub = generate_key(tmp_path / "approver.pem")
+    runner_pub = generate_key(tmp_path / "runner.pem")
+    ring = tmp_path / "keyring.yaml"
+    ring.write_text(
+        yaml.safe_dump(
+            {
+                "keys": [
+                    {"key": approver_pub, "identity": "alice@lab", "roles": ["approver"]},
+                    {"key": runner_pub, "identity": "gpu-runner-3", "roles": ["runner"]},
+                ]
+            }
+        )
+    )
+    return SigningKey.load(tmp_path / "approver.pem"), SigningKey.load(tmp_path / "runner.pem"), Keyring.load(ring)
+
+
+FUND = {"account": "lab", "note": "", "postings": {"@external": -1_000_000, "lab": 1_000_000}}
+RESERVE = {"account": "lab", "session": "s1", "postings": {"lab": -5, "@reserved:s1": 5}}
+
+
+def test_each_role_signs_its_own_kinds_and_nothing_else(keys):
+    approver, runner, ring = keys
+    seen: set[str] = set()
+    assert ring.problem("fund", approver.sign("fund", FUND), seen) is None
+    assert ring.problem("reserve", runner.sign("reserve", RESERVE), seen) is None
+    refused = ring.problem("fund", runner.sign("fund", FUND), seen)  # a runner's fund
+    assert "gpu-runner-3" in refused and "does not allow it" in refused
+
+
+def test_a_changed_entry_a_replay_an_unknown_key_and_no_signature_are_each_refused(keys, tmp_path):
+    approver, _, ring = keys
+    seen: set[str] = set()
+    signed = approver.sign("fund", FUND)
+    assert "does not match" in ring.problem("fund", {**signed, "account": "mallory"}, set())
+    assert "does not match" in ring.problem("transfer", signed, set())  # the kind is signed too
+    assert ring.problem("fund", signed, seen) is None
+    assert "replay" in ring.problem("fund", signed, seen)
+    generate_key(tmp_path / "stranger.pem")
+    stranger = SigningKey.load(tmp_path / "stranger.pem")
+    assert "does not hold" in ring.problem("fund", stranger.sign("fund", FUND), set())
+    assert ring.problem("fund", FUND, set()) == "unsigned"
+    assert "malformed" in ring.problem("fund", {**FUND, SIGNATURE: ["x"]}, set())
+
+
+def test_a_new_key_is_private_to_its_owner_and_never_overwrites(tmp_path):
+    path = tmp_path / "k.pem"
+    public = generate_key(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and len(public) == 44
+    before = path.read_bytes()
+    with pytest.raises(LedgerError, match="never overwritten"):
+        generate_key(path)
+    assert path.read_bytes() == before
+    link = tmp_path / "link.pem"
+    link.symlink_to(tmp_path / "elsewhere.pem")
+    with pytest.raises(LedgerError):
+        generate_key(link)  # a link is not followed to write a key somewhere else
+    assert not (tmp_path / "elsewhere.pem").exists()
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("- just a list\n", "keys"),
+        ("keys: {a: 1}\n", "keys"),
+        ("keys:\n  - {key: AAAA, identity: x, roles: [runner]}\n", "not an ed25519 public key"),
+        ("keys:\n  - {key: '" + "A" * 43 + "=', identity: x, roles: [god]}\n", "roles"),
+        ("keys:\n  - {key: '" + "A" * 43 + "=', identity: [x], roles: [runner]}\n", "identity"),
+        ("keys:\n  - {key: '" + "A" * 43 + "=', identity: x, roles: [runner], extra: 1}\n", "exactly"),
+        ("a: &a [*a]\n", "keys"),
+        ("keys: [\n", "YAML"),
+    ],
+)
+def test_a_hostile_keyring_is_refused_with_what_is_wrong(tmp_path, text, message):
+    ring = tmp_path / "ring.yaml"
+    ring.write_text(text)
+    with pytest.raises(LedgerError, match=message):
+        Keyring.load(ring)
+
+
+def test_a_file_that_is_not_a_key_is_refused(tmp_path):
+    bad = tmp_path / "bad.pem"
+    bad.write_text("not a key")
+    with pytest.raises(LedgerError, match="keygen"):
+        SigningKey.load(bad)
