@@ -9,7 +9,9 @@ Checked for every entry, in seq order:
   the session reserved, ...);
 - a session reserves once, settles at most once and only after its reservation, and is measured only
   after it reserved; an entry is corrected at most once, by a later entry;
-- no entry leaves an account it takes hours from below zero (see `accounts.may_go_below_zero`).
+- no entry leaves an account it takes hours from below zero (see `accounts.may_go_below_zero`);
+- with a keyring, each entry is signed by a key the keyring holds, in a role that allows its kind
+  (ledger.signing).
 The rules are the writers' own (ledger.accounts), so what the code writes is what verify accepts.
 """
 
@@ -31,6 +33,7 @@ from welfare_offsets.ledger.accounts import (
 from welfare_offsets.ledger.chain import canonical_json
 from welfare_offsets.ledger.errors import LedgerError
 from welfare_offsets.ledger.report import MEASURES
+from welfare_offsets.ledger.signing import SIGNATURE, Keyring
 
 _FIELDS = {
     "fund": {"account", "note", "postings"},
@@ -41,6 +44,7 @@ _FIELDS = {
     "measurement": {"session", "probe", "results", "wandb_run", "note"},
 }
 _OPTIONAL = {"correction": {"session"}, "measurement": set(MEASURES)}
+_SIGNED = {SIGNATURE}  # any kind may carry its writer's signature (ledger.signing)
 _decode = json.JSONDecoder().decode
 _MEMO_SIZE = 4096  # recent contents already checked: repeated entries (the same fund) are parsed once
 
@@ -48,7 +52,11 @@ _MEMO_SIZE = 4096  # recent contents already checked: repeated entries (the same
 class Audit:
     """Feed it each entry's content in seq order (`check`); it keeps the balances and sessions so far."""
 
-    def __init__(self) -> None:
+    def __init__(self, keyring: Keyring | None = None) -> None:
+        """With a `keyring`, every entry must also be signed by a key it holds, in a role that allows it."""
+        self._keyring = keyring
+        self._signatures: set[str] = set()
+        self.signed = 0  # entries that carry a signature
         self._memo: dict[bytes, _Checked] = {}
         self._entries: list[_Checked] = []  # by seq - 1, for corrections to look up what they correct
         self._balances: dict[str, int] = defaultdict(int)
@@ -61,7 +69,8 @@ class Audit:
         content was seen before and none needs the entries before it or leaves an account to check (a
         batch of funds), their postings are added up per distinct content; otherwise entry by entry."""
         known = list(map(self._memo.get, contents))
-        if None not in known and not any(map(_ORDERED, known)):
+        if None not in known and not any(map(_ORDERED, known)) and self._keyring is None:
+            self.signed += sum(SIGNATURE in k[1] for k in known)
             self._entries.extend(known)
             for content, times in Counter(contents).items():
                 for name, amount in self._memo[content][3]:
@@ -85,7 +94,12 @@ class Audit:
             if len(self._memo) >= _MEMO_SIZE:
                 self._memo.clear()
             self._memo[content] = checked
-        _, payload, in_order, postings, guarded, _ = checked
+        kind, payload, in_order, postings, guarded, _ = checked
+        self.signed += SIGNATURE in payload
+        if self._keyring is not None:
+            problem = self._keyring.problem(kind, payload, self._signatures)
+            if problem is not None:
+                return f"signature: {problem}"
         if in_order is not None:
             try:
                 in_order(self, seq, payload)
@@ -185,7 +199,8 @@ def _parse(content: bytes) -> tuple[str, dict[str, Any]]:
     kind, payload = fields["kind"], fields["payload"]
     if not isinstance(kind, str) or kind not in _FIELDS or not isinstance(payload, dict):
         raise LedgerError(f"its kind {kind!r} is not one of {', '.join(_FIELDS)}, or its payload is not an object")
-    missing, extra = _FIELDS[kind] - payload.keys(), payload.keys() - _FIELDS[kind] - _OPTIONAL.get(kind, set())
+    missing = _FIELDS[kind] - payload.keys()
+    extra = payload.keys() - _FIELDS[kind] - _OPTIONAL.get(kind, set()) - _SIGNED
     if missing or extra:
         raise LedgerError(f"its {kind} payload lacks {sorted(missing)} or has unknown fields {sorted(extra)}")
     postings = payload.get("postings", {})

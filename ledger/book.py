@@ -3,6 +3,7 @@ wellbeing measurements, and the audit reads (balances, entries, head, verify, ex
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import secrets
@@ -33,6 +34,7 @@ from welfare_offsets.ledger.location import resolve_ledger_path
 from welfare_offsets.ledger.meter import check_device, check_processes
 from welfare_offsets.ledger.report import MEASURES, Report, build_report
 from welfare_offsets.ledger.sessions import SessionFiles, SessionLock, UnreadableProgress
+from welfare_offsets.ledger.signing import Keyring, SigningKey, SigningTransaction
 from welfare_offsets.ledger.store import Store, Transaction
 
 
@@ -73,6 +75,8 @@ class Ledger:
         self._files = SessionFiles(store.path)
         self._held: dict[str, SessionLock] = {}
         self._batch: Transaction | None = None
+        # A writer holding a key ($WELFARE_LEDGER_KEY) signs every entry it appends (ledger.signing).
+        self._signer = SigningKey.from_environment()
 
     @classmethod
     def open(cls, path: str | os.PathLike | None = None, *, create: bool = True) -> Ledger:
@@ -105,7 +109,7 @@ class Ledger:
             yield self
             return
         with self._store.transaction() as tx:
-            self._batch = tx
+            self._batch = self._signing(tx)
             try:
                 yield self
             finally:
@@ -117,7 +121,10 @@ class Ledger:
             yield self._batch
         else:
             with self._store.transaction() as tx:
-                yield tx
+                yield self._signing(tx)
+
+    def _signing(self, tx: Transaction) -> Transaction:
+        return tx if self._signer is None else SigningTransaction(tx, self._signer)
 
     def fund(self, account: str, hours: float, *, note: str = "") -> Entry:
         """An account receives hours from outside the ledger (a grant, an allocation)."""
@@ -478,12 +485,17 @@ class Ledger:
     def head(self) -> Head:
         return self._store.head()
 
-    def verify(self, anchor: Head | str | None = None) -> VerifyResult:
-        """Check the schema, the whole chain and its accounting (`ledger.audit`), and that the chain still
-        reaches an anchor kept elsewhere. `.ok` is what anything that settles or repairs must ask first."""
+    def verify(self, anchor: Head | str | None = None, *, keyring: Keyring | None = None) -> VerifyResult:
+        """Check the schema, the whole chain and its accounting (`ledger.audit`), that the chain still
+        reaches an anchor kept elsewhere and, with a `keyring`, that every entry is signed by a key it holds
+        in a role that allows it. `.ok` is what anything that settles or repairs must ask first; `.signed`
+        counts the signed entries."""
         if isinstance(anchor, str):
             anchor = Head.parse(anchor)
-        result = verify_chain(self._store.chain_rows(), anchor, Audit().check_contents)
+        audit = Audit(keyring)
+        result = dataclasses.replace(
+            verify_chain(self._store.chain_rows(), anchor, audit.check_contents), signed=audit.signed
+        )
         if not result.ok:
             return result
         misnumbered = self._store.first_misnumbered_seq(result.entries)

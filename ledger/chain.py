@@ -102,6 +102,7 @@ class VerifyResult:
     head: Head | None = None
     first_bad_seq: int | None = None
     reason: str = ""
+    signed: int | None = None  # entries carrying their writer's signature (ledger.signing); None: not counted
 
 
 # What `verify_chain` hands its content check: the first seq of consecutive entries and their contents;

@@ -23,6 +23,7 @@ from welfare_offsets.ledger.export import EXPORT_FORMATS
 from welfare_offsets.ledger.files import replacing
 from welfare_offsets.ledger.location import ENV_VAR, check_not_ledger
 from welfare_offsets.ledger.report import plot_recovery, print_report
+from welfare_offsets.ledger.signing import KEY_ENV_VAR, Keyring, generate_key
 
 KINDS = ("fund", "transfer", "reserve", "settle", "correction", "measurement")
 
@@ -110,6 +111,19 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument(
         "--anchor", type=_anchor, help="a SEQ:HASH printed earlier by `head`, to detect truncation or rewrites"
     )
+    verify.add_argument(
+        "--keyring",
+        type=Path,
+        help="the auditor's keyring (YAML: keys with identity and roles): every entry must be signed by one of "
+        "its keys, in a role that allows the entry's kind",
+    )
+    keygen = commands.add_parser(
+        "keygen",
+        help="Write a new signing key for a writer; print its public key for the auditor's keyring.",
+        description="Write a new ed25519 signing key (mode 0600, never over an existing file) and print its "
+        "public key. A writer signs every entry it appends when $WELFARE_LEDGER_KEY names the key file.",
+    )
+    keygen.add_argument("path", type=Path, metavar="KEY", help="a new file for the private key")
     command("head", "Print the last entry as SEQ:HASH, to keep elsewhere as an anchor.")
     export = command("export", "Write entries as JSONL or CSV.", filters)
     export.add_argument("--format", choices=EXPORT_FORMATS, default="jsonl")
@@ -154,11 +168,17 @@ def _run(args: argparse.Namespace, ledger: Ledger) -> int:
             plot_recovery(report, staging)
         print(f"plot: {args.png}")
     elif args.command == "verify":
-        result = ledger.verify(args.anchor)
+        keyring = Keyring.load(args.keyring) if args.keyring else None
+        result = ledger.verify(args.anchor, keyring=keyring)
         if not result.ok:
             print(_broken(ledger, result), file=sys.stderr)
             return 1
-        print(f"ledger intact: {result.entries} entries, head {result.head}")
+        signed = (
+            "every entry signed by a key of the keyring, in its role"
+            if keyring
+            else f"{result.signed} signed, {result.entries - result.signed} unsigned (pass --keyring to check signers)"
+        )
+        print(f"ledger intact: {result.entries} entries, head {result.head}; {signed}")
     elif args.command == "head":
         print(ledger.head())
     elif args.command == "export":
@@ -271,6 +291,14 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # argparse exits 2 on bad input, 0 on --help
         return int(exit_.code or 0)
+    if args.command == "keygen":  # touches no ledger
+        try:
+            public = generate_key(args.path)
+        except LedgerError as error:
+            return _failed(error)
+        print(f"private key: {args.path} (keep it secret; writers use it through ${KEY_ENV_VAR})")
+        print(f"public key for the auditor's keyring: {public}")
+        return 0
     try:
         ledger = Ledger.open(getattr(args, "ledger", None), create=args.command in ("fund",))
     except (LedgerError, OSError, sqlite3.Error) as error:

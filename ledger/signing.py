@@ -99,6 +99,19 @@ class SigningKey:
         return {**payload, SIGNATURE: {"key": self.public, "nonce": nonce, "sig": _b64(sig)}}
 
 
+class SigningTransaction:
+    """A store transaction whose appends are signed with `key`; everything else is the transaction's own."""
+
+    def __init__(self, tx, key: SigningKey):
+        self._tx, self._key = tx, key
+
+    def append(self, kind: str, payload: dict[str, Any]):
+        return self._tx.append(kind, self._key.sign(kind, payload))
+
+    def __getattr__(self, name: str):
+        return getattr(self._tx, name)
+
+
 def _public_text(public_key) -> str:
     from cryptography.hazmat.primitives import serialization
 

@@ -98,3 +98,61 @@ def test_a_file_that_is_not_a_key_is_refused(tmp_path):
     bad.write_text("not a key")
     with pytest.raises(LedgerError, match="keygen"):
         SigningKey.load(bad)
+
+
+def test_writers_sign_what_they_append_and_verify_checks_each_signer_s_role(tmp_path, monkeypatch, capsys):
+    from welfare_offsets.ledger.cli import main as ledger_cli
+
+    ledger = str(tmp_path / "ledger.sqlite")
+    keys = {}
+    for who in ("approver", "runner"):
+        assert ledger_cli(["keygen", str(tmp_path / f"{who}.pem")]) == 0
+        keys[who] = capsys.readouterr().out.split("keyring: ")[1].strip()
+    ring = tmp_path / "keyring.yaml"
+    ring.write_text(
+        yaml.safe_dump(
+            {
+                "keys": [
+                    {"key": keys["approver"], "identity": "alice@lab", "roles": ["approver"]},
+                    {"key": keys["runner"], "identity": "gpu-runner-3", "roles": ["runner"]},
+                ]
+            }
+        )
+    )
+    monkeypatch.setenv("WELFARE_LEDGER_KEY", str(tmp_path / "approver.pem"))
+    assert ledger_cli(["fund", "--ledger", ledger, "--account", "lab", "--hours", "2"]) == 0
+    assert ledger_cli(["verify", "--ledger", ledger, "--keyring", str(ring)]) == 0
+    assert "every entry signed by a key of the keyring" in capsys.readouterr().out
+
+    monkeypatch.setenv("WELFARE_LEDGER_KEY", str(tmp_path / "runner.pem"))  # a runner funds: written, then caught
+    assert ledger_cli(["fund", "--ledger", ledger, "--account", "lab", "--hours", "5"]) == 0
+    capsys.readouterr()
+    assert ledger_cli(["verify", "--ledger", ledger, "--keyring", str(ring)]) == 1
+    assert "gpu-runner-3, whose role (runner) does not allow it" in capsys.readouterr().err
+    assert ledger_cli(["verify", "--ledger", ledger]) == 0  # without a keyring: the chain and accounts hold
+    assert "2 signed, 0 unsigned" in capsys.readouterr().out
+
+
+def test_an_unsigned_ledger_still_verifies_and_says_so_but_not_against_a_keyring(tmp_path, monkeypatch, capsys):
+    from welfare_offsets.ledger.cli import main as ledger_cli
+
+    monkeypatch.delenv("WELFARE_LEDGER_KEY", raising=False)
+    ledger = str(tmp_path / "ledger.sqlite")
+    assert ledger_cli(["fund", "--ledger", ledger, "--account", "lab", "--hours", "2"]) == 0
+    assert ledger_cli(["verify", "--ledger", ledger]) == 0
+    assert "0 signed, 1 unsigned" in capsys.readouterr().out
+    ring = tmp_path / "keyring.yaml"
+    ring.write_text(
+        yaml.safe_dump({"keys": [{"key": generate_key(tmp_path / "k.pem"), "identity": "a", "roles": ["approver"]}]})
+    )
+    assert ledger_cli(["verify", "--ledger", ledger, "--keyring", str(ring)]) == 1
+    assert "signature: unsigned" in capsys.readouterr().err
+
+
+def test_keygen_refuses_an_existing_file_with_exit_2(tmp_path, capsys):
+    from welfare_offsets.ledger.cli import main as ledger_cli
+
+    existing = tmp_path / "ledger.sqlite"
+    existing.write_bytes(b"precious")
+    assert ledger_cli(["keygen", str(existing)]) == 2
+    assert existing.read_bytes() == b"precious" and "never overwritten" in capsys.readouterr().err
