@@ -1,0 +1,148 @@
+"""The cost of signed ledger entries: signing each append, and checking each signature in verify.
+
+    python -m benchmarks.bench_signing [--dir DIR] [--update-md BENCHMARKS.md]
+
+Baselines measured in the same run: the same durable appends (`Ledger.fund`, one and 100 per commit)
+without a key, and `verify` of the same 10,000-entry ledger of sessions without a keyring. The goal the
+signatures were given: under 5% of an append. The per-entry primitives (ed25519 sign and verify through
+the `cryptography` package) are timed alone too, since they set the floor whatever the disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from benchmarks.markdown_section import replace_section
+from welfare_offsets.ledger import Ledger
+from welfare_offsets.ledger.signing import KEY_ENV_VAR, Keyring, SigningKey, generate_key, signed_message
+
+SECTION = "## Ledger signatures: the cost of signing and checking each entry"
+
+
+def append_rate(path: Path, per_commit: int, seconds: float = 1.5) -> float:
+    with Ledger.open(path) as ledger:
+        count, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            with ledger.batch():
+                for _ in range(per_commit):
+                    ledger.fund("lab", 0.001, note="benchmark")
+            count += per_commit
+        return count / (time.perf_counter() - start)
+
+
+def sessions(path: Path, entries: int) -> None:
+    """Sessions as training runs leave them (fund, reserve, settle, measurement): every content distinct."""
+    with Ledger.open(path) as ledger:
+        for index in range(entries // 4):
+            with ledger.batch():
+                ledger.fund("lab", 1.0, note=f"grant {index}")
+                session = f"bench-{index:06d}"
+                ledger.reserve("lab", 1.0, session=session, device="cuda", processes=8, purpose="offset")
+                ledger.settle(session, 0.25 + index * 1e-6, energy_kwh=0.5, wall_seconds=900.0 + index)
+                ledger.record_measurement(session, "SR", wellbeing_before=-0.4, wellbeing_after=0.1, recovered=0.5)
+
+
+def per_call_us(call, n: int = 3000) -> float:
+    start = time.perf_counter()
+    for _ in range(n):
+        call()
+    return (time.perf_counter() - start) / n * 1e6
+
+
+def with_key(key: Path | None):
+    """Set or clear the writer's key for the ledgers opened next."""
+    if key is None:
+        os.environ.pop(KEY_ENV_VAR, None)
+    else:
+        os.environ[KEY_ENV_VAR] = str(key)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()))
+    parser.add_argument("--update-md", type=Path)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-signing-", dir=args.dir))
+    key = work / "writer.pem"
+    public = generate_key(key)
+    ring = work / "keyring.yaml"
+    ring.write_text(yaml.safe_dump({"keys": [{"key": public, "identity": "bench", "roles": ["approver", "runner"]}]}))
+    signer = SigningKey.load(key)
+    payload = {"account": "lab", "note": "benchmark", "postings": {"@external": -1000, "lab": 1000}}
+    signed = signer.sign("fund", payload)
+    message = signed_message("fund", payload, signer.public, signed["signature"]["nonce"])
+    public_key, raw_sig = signer.private.public_key(), signer.private.sign(message)
+    primitives = {
+        "sign an entry (`SigningKey.sign`)": per_call_us(lambda: signer.sign("fund", payload)),
+        "of which ed25519 sign alone": per_call_us(lambda: signer.private.sign(message)),
+        "check an entry (`Keyring.problem`)": per_call_us(
+            lambda: Keyring.load(ring).problem("fund", signed, set()), 500
+        ),
+        "of which ed25519 verify alone": per_call_us(lambda: public_key.verify(raw_sig, message)),
+    }
+    rates = {}
+    for per_commit in (1, 100):
+        runs = {"unsigned": [], "signed": []}
+        for attempt in range(3):  # interleaved, so drift in the disk's speed hits both alike
+            for name, k in (("unsigned", None), ("signed", key)):
+                with_key(k)
+                runs[name].append(append_rate(work / f"a-{per_commit}-{name}-{attempt}.sqlite", per_commit))
+        rates[per_commit] = {name: statistics.median(v) for name, v in runs.items()}
+    verify_s = {}
+    for name, k in (("unsigned", None), ("signed", key)):
+        with_key(k)
+        path = work / f"verify-{name}.sqlite"
+        sessions(path, 10_000)
+        with_key(None)
+        keyring = Keyring.load(ring) if name == "signed" else None
+        with Ledger.open(path, create=False) as ledger:
+            times = []
+            for _ in range(3):
+                start = time.perf_counter()
+                result = ledger.verify(keyring=keyring)
+                times.append(time.perf_counter() - start)
+            assert result.ok, result.reason
+        verify_s[name] = min(times)
+    rows = []
+    for per_commit, r in rates.items():
+        cost = 1 / r["signed"] - 1 / r["unsigned"]
+        share = cost * r["unsigned"]
+        rows.append(
+            f"| durable appends, {per_commit} per commit | {r['signed']:,.0f} /s | {r['unsigned']:,.0f} /s | "
+            f"+{share:.0%} per append | {'yes' if share < 0.05 else 'no'} |"
+        )
+    v = verify_s
+    rows.append(
+        f"| verify 10,000 session entries, with --keyring | {v['signed'] * 1000:.0f} ms | {v['unsigned'] * 1000:.0f} ms "
+        f"without | {v['signed'] / v['unsigned']:.1f}x | - |"
+    )
+    lines = [
+        SECTION,
+        "",
+        f"Command: `python -m benchmarks.bench_signing --update-md BENCHMARKS.md` ({datetime.date.today()}, "
+        f"{os.cpu_count()} CPUs, {platform.platform()}, files under {args.dir}).",
+        "",
+        "| measure | signed | baseline (unsigned, same run) | cost | under 5% of an append |",
+        "| --- | --- | --- | --- | --- |",
+        *rows,
+        "",
+        "Per entry, alone: " + "; ".join(f"{name} {us:.0f} us" for name, us in primitives.items()) + ".",
+        "",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    if args.update_md:
+        replace_section(args.update_md, SECTION, text)
+
+
+if __name__ == "__main__":
+    main()
