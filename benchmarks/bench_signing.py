@@ -76,7 +76,7 @@ def main() -> None:
     public = generate_key(key)
     ring = work / "keyring.yaml"
     ring.write_text(yaml.safe_dump({"keys": [{"key": public, "identity": "bench", "roles": ["approver", "runner"]}]}))
-    signer = SigningKey.load(key)
+    signer, keyring = SigningKey.load(key), Keyring.load(ring)
     payload = {"account": "lab", "note": "benchmark", "postings": {"@external": -1000, "lab": 1000}}
     signed = signer.sign("fund", payload)
     message = signed_message("fund", payload, signer.public, signed["signature"]["nonce"])
@@ -84,9 +84,7 @@ def main() -> None:
     primitives = {
         "sign an entry (`SigningKey.sign`)": per_call_us(lambda: signer.sign("fund", payload)),
         "of which ed25519 sign alone": per_call_us(lambda: signer.private.sign(message)),
-        "check an entry (`Keyring.problem`)": per_call_us(
-            lambda: Keyring.load(ring).problem("fund", signed, set()), 500
-        ),
+        "check an entry (`Keyring.problem`)": per_call_us(lambda: keyring.problem("fund", signed, set())),
         "of which ed25519 verify alone": per_call_us(lambda: public_key.verify(raw_sig, message)),
     }
     rates = {}
