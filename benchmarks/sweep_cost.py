@@ -19,6 +19,7 @@ from welfare_offsets.eval.experiences import load_stimuli
 from welfare_offsets.eval.probes import default_instrument
 from welfare_offsets.eval.study.profile import profile_items
 from welfare_offsets.eval.study.sweep import SweepConfig
+from welfare_offsets.train import sweep
 from welfare_offsets.train.config import parse_config
 
 REPO = Path(__file__).resolve().parents[1]  # the clone: its recipes and BENCHMARKS.md
@@ -66,7 +67,8 @@ def main() -> None:
     )
     parser.add_argument("--update-md", action="store_true", help="rewrite the section in BENCHMARKS.md")
     args = parser.parse_args()
-    config, _ = parse_config([SweepConfig], ["--config", args.config], prog="sweep_cost")
+    # The whole recipe (its budget settings too), so a recipe `welfare sweep` takes is taken here.
+    config, _budget, _ = parse_config(sweep.config_types(), ["--config", args.config], prog="sweep_cost")
     counts = prompts_per_subject(config)
     rows, total_s = [], 0.0
     for params in (float(p) for p in args.params.split(",")):

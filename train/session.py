@@ -42,6 +42,7 @@ from welfare_offsets.eval.settings import (
 )
 from welfare_offsets.ledger.budget import SPEND_FILE
 from welfare_offsets.train.guard import refuse_ledger_paths
+from welfare_offsets.train.ledger_settings import LedgerSettings
 
 AFTER_EVAL_MARGIN = 1.5  # the "after" evaluation is budgeted at this multiple of the measured "before": the
 # changed subject can cost more to evaluate (a soft prompt adds positions, LoRA adds compute, own replies vary)
@@ -53,7 +54,13 @@ class SessionError(InputError):
 
 @dataclass(kw_only=True)
 class SessionArguments(
-    OverwriteSettings, TrackingSettings, CapabilitySettings, PairSettings, ExperienceSettings, SubjectSettings
+    OverwriteSettings,
+    TrackingSettings,
+    LedgerSettings,
+    CapabilitySettings,
+    PairSettings,
+    ExperienceSettings,
+    SubjectSettings,
 ):
     """Settings every offset session shares: the subject, its experiences, the capability tasks measured
     before and after, and the run's tracking (the shared concerns, eval/settings.py), and the session's own:
@@ -61,10 +68,6 @@ class SessionArguments(
     seed, report_to, output_dir and trust_remote_code (train/config.py)."""
 
     output_dir: str = setting(help="session folder: checkpoints, evaluations, results.json, ledger.json (required)")
-    ledger: str | None = setting(
-        None, "ledger file; default: $WELFARE_LEDGER or ~/.local/share/welfare-offsets/ledger.sqlite"
-    )
-    account: str = setting("default", "ledger account that pays for the session")
     budget_hours: float = setting(0.0, "accelerator-hours this session may spend, over all its resumes (> 0)")
     max_train_items: int | None = setting(None, "cap on train-split experiences used")
     eval_max_items: int | None = setting(24, "held-out items per condition in the before/after evaluations")

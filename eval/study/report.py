@@ -156,6 +156,13 @@ def headline(results: dict) -> list[str]:
     unreliable = [s["name"] for s in results["subjects"] if not s["reliable"]]
     if unreliable:
         lines.append(f"Not reliable readings (the model rarely answers in the asked format): {', '.join(unreliable)}.")
+    unmeasured = results.get("cost", {}).get("ledger", {}).get("unmeasured")
+    if unmeasured:
+        lines.insert(
+            0,
+            f"Not measured, the sweep's budget ran out first: {', '.join(unmeasured)}; everything here is about "
+            "the other subjects (a rerun with a larger budget_hours measures only these).",
+        )
     return lines
 
 

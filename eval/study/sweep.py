@@ -121,7 +121,8 @@ def parse_subject(given: str | dict, where: str) -> SubjectSpec:
 @dataclass(kw_only=True)
 class SweepConfig(OutputSettings, TrackingSettings, CapabilitySettings, ProbeSettings, LoadingSettings):
     """What to sweep and how to measure each subject: the shared concerns (eval/settings.py) and the list of
-    subjects. YAML keys and `welfare sweep` flags are these field names."""
+    subjects. YAML keys and `welfare sweep` flags are these field names and those of the sweep's budget in the
+    ledger (train/sweep_budget.py: ledger, account, budget_hours)."""
 
     RECIPE_MAPPING_ITEMS = ("subjects",)  # list fields whose recipe items may be mappings (train/config.py)
     DEFAULT_PROBES = (*PROFILE_PROBES, "stop")  # stop: for its validity against utility, per subject
@@ -386,13 +387,16 @@ def summarise_sweep(
     entries: list[SweepEntry],
     stimuli: StimulusSet,
     capabilities: list[SweepCapabilityEntry | None] | None = None,
+    *,
+    specs: list[SubjectSpec] | None = None,
 ) -> tuple[dict, dict]:
     """The sweep's results (one row per subject in recipe order, and the scaling correlations), and each
     subject's bootstrap replicates per statistic ({name: {statistic: array}}, for plotting bands).
-    `capabilities` are the subjects' measured capabilities, in the same order (None: not measured)."""
+    `capabilities` are the subjects' measured capabilities, in the same order (None: not measured); `specs`
+    the subjects the entries are of, where not every subject of the config (a sweep its budget stopped)."""
     rows, replicates = [], {}
     capabilities = capabilities or [None] * len(entries)
-    for spec, entry, measured in zip(config.specs, entries, capabilities):
+    for spec, entry, measured in zip(specs or config.specs, entries, capabilities):
         profile = subject_profile(entry, config, stimuli)
         replicates[spec.label] = {k: s.pop("replicates") for k, s in profile["statistics"].items()}
         rows.append(

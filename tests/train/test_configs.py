@@ -12,7 +12,7 @@ import yaml
 from welfare_offsets.eval.capability_run import CapabilityConfig
 from welfare_offsets.eval.evaluate import EvalConfig
 from welfare_offsets.eval.settings import Settings
-from welfare_offsets.eval.study.sweep import SweepConfig
+from welfare_offsets.train import sweep
 from welfare_offsets.train.config import parse_config
 from welfare_offsets.train.offset_cmd import entry
 
@@ -28,7 +28,7 @@ def schema(path: Path) -> list[type] | None:
     if folder == "offset":
         return recipe_kind(path).config_types(["--config", str(path)])
     if folder == "sweep":
-        return [SweepConfig]
+        return sweep.config_types()
     if folder == "capability":
         return [CapabilityConfig]
     return None
@@ -88,7 +88,7 @@ def command_configs(tmp_path: Path) -> dict[str, tuple[list[type], list[str]]]:
     return {
         "eval": ([EvalConfig], ["eval"]),
         "capability": ([CapabilityConfig], ["capability", "--capability_tasks", "mmlu"]),
-        "sweep": ([SweepConfig], ["sweep", "--subjects", "a/b", "--out", str(tmp_path / "sweep")]),
+        "sweep": (sweep.config_types(), ["sweep", "--subjects", "a/b", "--out", str(tmp_path / "sweep")]),
         "soft-prompt": (soft_prompt.config_types(), ["offset", "soft-prompt", *session]),
         "exposure": (exposure.config_types(), ["offset", "exposure", *session]),
         "lora sft": (lora_offset.config_types(), ["offset", "lora", *session]),
@@ -96,10 +96,14 @@ def command_configs(tmp_path: Path) -> dict[str, tuple[list[type], list[str]]]:
     }
 
 
-# The one name two of our dataclasses declare, for two different settings: an exposure's episodes come
-# from `split` (default all); an evaluation's and a sweep's measured conditions from ProbeSettings' `split`.
-# Never composed into one command, and checked by one function (eval/settings.py SPLITS).
-SAME_NAME_OTHER_SETTING = {"split": {"ExposureConfig", "ProbeSettings"}}
+# Names two of our dataclasses declare, never composed into one command. For two different settings: an
+# exposure's episodes come from `split` (default all), an evaluation's and a sweep's measured conditions from
+# ProbeSettings' `split` (both checked by eval/settings.py SPLITS); a session's `budget_hours` covers its run over
+# every resume and must be given, a sweep's covers one run of the command and defaults to what the account has.
+SAME_NAME_OTHER_SETTING = {
+    "split": {"ExposureConfig", "ProbeSettings"},
+    "budget_hours": {"SessionArguments", "SweepBudgetSettings"},
+}
 # Settings of ours that TRL's config also declares: ours owns the flag, TRL's config gets our value.
 SHARED_WITH_TRL = {"output_dir", "seed", "report_to", "trust_remote_code"}
 

@@ -323,17 +323,25 @@ def test_sweep_refuses_a_dangling_link_and_creates_nothing_at_its_target(capsys,
     assert not (tmp_path / "elsewhere").exists()
 
 
-def test_sweep_continues_its_own_folder_and_starts_over_with_overwrite(capsys, tmp_path):
+def test_sweep_continues_its_own_folder_and_starts_over_with_overwrite(capsys, tmp_path, tiny):
     out = tmp_path / "sweep"
     code, err = sweep(capsys, out)
-    assert code == 2 and NO_MODEL in err  # the folder was made, then the subject failed
+    assert code == 2 and NO_MODEL in err and not out.exists()  # every subject is found before anything is written
+    funded_ledger(Path(os.environ["WELFARE_LEDGER"]), account="default").close()
+    measured = ["--subjects", tiny["model"], "--stimuli", tiny["stimuli"], "--max_items", "2", "--bootstrap", "100"]
+    measured += ["--probes", "self_report", "--out", out, "--progress", "false"]
+    code, err = run(capsys, "sweep", *measured)
+    assert code == 0, err
     assert read_marker(out)["kind"] == "sweep"
-    (out / "cache").mkdir(exist_ok=True)
-    (out / "cache" / "finished.json").write_text("{}")
-    code, err = sweep(capsys, out)
-    assert code == 2 and NO_MODEL in err and (out / "cache" / "finished.json").exists()  # continued
+    finished = {p: p.read_bytes() for p in (out / "cache").glob("*.json")}
     code, err = sweep(capsys, out, "--overwrite")
-    assert code == 2 and NO_MODEL in err and not (out / "cache" / "finished.json").exists()  # started over
+    assert code == 2 and NO_MODEL in err  # refused before --overwrite deleted anything
+    assert {p: p.read_bytes() for p in (out / "cache").glob("*.json")} == finished
+    capsys.readouterr()
+    assert welfare_main(["sweep", *map(str, measured)]) == 0
+    assert "1 already measured" in capsys.readouterr().out  # continued
+    assert welfare_main(["sweep", *map(str, measured), "--overwrite"]) == 0
+    assert "0 already measured" in capsys.readouterr().out  # started over
 
 
 # --- welfare demo ------------------------------------------------------------------------------------

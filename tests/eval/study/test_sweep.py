@@ -251,10 +251,12 @@ def test_sweep_writes_report_plots_and_wandb_tables(swept):
     assert all(s["params_source"] == "counted" and s["params"] > 10_000 for s in results["subjects"])
     assert len({s["key"] for s in results["subjects"]}) == 6  # 8 listed, 6 distinct models, each measured once
     assert len(list((out / "cache").glob("*.json"))) == 6
+    assert results["cost"]["ledger"]["session"] is not None and results["cost"]["ledger"]["unmeasured"] == []
     (run,) = out.parent.rglob("offline-run-*/*.wandb")
     logged = record_bytes(run)
     for key in (b"sweep/subjects", b"sweep/scaling", b"sweep/categories", b"sweep/values", b"sweep/accelerator_hours"):
         assert key in logged, key
+    assert results["cost"]["ledger"]["head"].encode() in logged  # the ledger's head, kept outside the ledger
 
 
 def _small_sweep(sweep_subjects, out: Path) -> list[str]:
@@ -302,7 +304,20 @@ def _finished(argv: list[str]) -> str:
     return out
 
 
-def test_a_killed_sweep_resumes_without_rescoring_and_matches_an_uninterrupted_one(sweep_subjects, tmp_path):
+def _sessions(ledger: Path, out: Path) -> list[tuple]:
+    """(reservation, settlement or None) of every ledger session of the sweep into `out`, in order."""
+    from welfare_offsets.ledger import Ledger
+
+    with Ledger.open(ledger, create=False) as book:
+        assert book.verify().ok
+        settled = {e.payload["session"]: e for e in book.entries(kind="settle")}
+        reserved = [e for e in book.entries(kind="reserve") if e.payload["purpose"] == f"sweep: {out}"]
+    return [(e, settled.get(e.payload["session"])) for e in reserved]
+
+
+def test_a_killed_sweep_resumes_without_rescoring_and_matches_an_uninterrupted_one(
+    sweep_subjects, tmp_path, sweep_ledger
+):
     out = tmp_path / "killed"
     proc = _sweep_process(_small_sweep(sweep_subjects, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -323,6 +338,10 @@ def test_a_killed_sweep_resumes_without_rescoring_and_matches_an_uninterrupted_o
     assert "0 to measure" in _finished([*_small_sweep(sweep_subjects, out), "--bootstrap", "300"])  # re-summarised only
     resumed = json.loads((out / "results.json").read_text())
     assert resumed["config"]["resolved"]["bootstrap"] == 300
+    # Billed once: the killed run was settled (by the rerun's repair) at its progress, the rerun paid for the rest,
+    # and the runs with nothing left to measure reserved nothing.
+    (_, killed), (_, rest) = _sessions(sweep_ledger, out)
+    assert killed.payload["basis"].startswith("repair: progress recorded") and rest.payload["basis"] == "metered"
 
     fresh = tmp_path / "uninterrupted"
     for argv in (_small_sweep(sweep_subjects, fresh), _small_sweep(sweep_subjects, out)):
@@ -331,7 +350,7 @@ def test_a_killed_sweep_resumes_without_rescoring_and_matches_an_uninterrupted_o
     assert _comparable(resumed) == _comparable(json.loads((fresh / "results.json").read_text()))
 
 
-def test_two_processes_split_the_subjects_and_agree_with_one(sweep_subjects, tmp_path):
+def test_two_processes_split_the_subjects_and_agree_with_one(sweep_subjects, tmp_path, sweep_ledger):
     """torchrun with world size 2 (as `accelerate launch --config_file configs/accelerate/cpu_2proc.yaml` does)."""
     two = tmp_path / "two"
     proc = subprocess.run(
@@ -354,6 +373,8 @@ def test_two_processes_split_the_subjects_and_agree_with_one(sweep_subjects, tmp
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "4 to measure on 2 process(es)" in proc.stdout and proc.stdout.count("] measured scaling-") == 4
     assert "rank 0," in proc.stdout and "rank 1," in proc.stdout
+    ((reserve, settle),) = _sessions(sweep_ledger, two)  # one reservation, both ranks' time billed once
+    assert reserve.payload["processes"] == 2 and settle.payload["basis"] == "metered"
     one = tmp_path / "one"
     _finished(_small_sweep(sweep_subjects, one))
     assert _comparable(json.loads((two / "results.json").read_text())) == _comparable(
