@@ -1,6 +1,6 @@
 """GPU-hour accounting for welfare-offsets: a tamper-evident ledger, a meter, and budgets that hold.
 
-    ledger = Ledger.open(path)  # or None: $WELFARE_LEDGER, then ~/.local/share/welfare-offsets/
+    ledger = Ledger.open(path)  # a file or postgresql:// URL; None: $WELFARE_LEDGER, then ~/.local/share/welfare-offsets/
     with BudgetSession.start(ledger, account="lab", budget_hours=2.0, wandb_run=run) as session:
         trainer.add_callback(session.trainer_callback())  # or session.step_done() in a plain loop
         trainer.train()

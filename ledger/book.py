@@ -8,12 +8,12 @@ import math
 import os
 import secrets
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 from welfare_offsets.ledger import accounts
 from welfare_offsets.ledger.accounts import (
@@ -26,16 +26,22 @@ from welfare_offsets.ledger.accounts import (
 )
 from welfare_offsets.ledger.audit import Audit
 from welfare_offsets.ledger.backup import publish, staged_copy
-from welfare_offsets.ledger.chain import Entry, Head, VerifyResult, format_time, verify_chain
+from welfare_offsets.ledger.chain import EMPTY_HEAD, Entry, Head, VerifyResult, format_time, verify_chain
 from welfare_offsets.ledger.errors import InsufficientHours, LedgerError, UnknownAccount, UnknownSession
 from welfare_offsets.ledger.export import EXPORT_FORMATS, write_entries
 from welfare_offsets.ledger.files import sha256_file
-from welfare_offsets.ledger.location import resolve_ledger_path
+from welfare_offsets.ledger.location import is_server_url, resolve_ledger_path
 from welfare_offsets.ledger.meter import check_device, check_processes
+from welfare_offsets.ledger.postgres import PostgresStore
 from welfare_offsets.ledger.report import MEASURES, Report, build_report
-from welfare_offsets.ledger.sessions import SessionFiles, SessionLock, UnreadableProgress
+from welfare_offsets.ledger.sessions import SessionLock, UnreadableProgress
 from welfare_offsets.ledger.signing import Keyring, SigningKey, SigningTransaction
-from welfare_offsets.ledger.store import Store, Transaction
+from welfare_offsets.ledger.storage import Store, Transaction, WriteInterrupted
+from welfare_offsets.ledger.store import SQLiteStore
+
+T = TypeVar("T")
+# How often a write is run again after a lost connection that is known to have written nothing.
+WRITE_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
@@ -68,11 +74,12 @@ def new_session_id() -> str:
 
 
 class Ledger:
-    """One open ledger file. Not shared between threads; open one per process."""
+    """One open ledger (an SQLite file or a PostgreSQL database). Not shared between threads; open one
+    per process."""
 
     def __init__(self, store: Store):
         self._store = store
-        self._files = SessionFiles(store.path)
+        self._sessions = store.sessions()
         self._held: dict[str, SessionLock] = {}
         self._batch: Transaction | None = None
         # A writer holding a key ($WELFARE_LEDGER_KEY) signs every entry it appends (ledger.signing).
@@ -80,15 +87,20 @@ class Ledger:
 
     @classmethod
     def open(cls, path: str | os.PathLike | None = None, *, create: bool = True) -> Ledger:
-        """Open the ledger at `path` (default: $WELFARE_LEDGER, then the user data directory)."""
-        return cls(Store.open(resolve_ledger_path(path), create=create))
+        """Open the ledger at `path`, a file or a postgresql:// URL (default: $WELFARE_LEDGER, then the
+        user data directory)."""
+        location = resolve_ledger_path(path)
+        if is_server_url(location):
+            return cls(PostgresStore.open(location, create=create))
+        return cls(SQLiteStore.open(location, create=create))
 
     @property
-    def path(self) -> Path:
-        return self._store.path
+    def path(self) -> Path | str:
+        """The ledger's file, or its server's URL without the password."""
+        return self._store.location
 
     def close(self) -> None:
-        """Close the file. Sessions still open here become abandoned: `repair` settles them."""
+        """Close the ledger. Sessions still open here become abandoned: `repair` settles them."""
         for lock in self._held.values():
             lock.release()
         self._held.clear()
@@ -108,20 +120,28 @@ class Ledger:
         if self._batch is not None:
             yield self
             return
-        with self._store.transaction() as tx:
-            self._batch = self._signing(tx)
-            try:
-                yield self
-            finally:
-                self._batch = None
-
-    @contextmanager
-    def _writing(self) -> Iterator[Transaction]:
-        if self._batch is not None:
-            yield self._batch
-        else:
+        try:
             with self._store.transaction() as tx:
-                yield self._signing(tx)
+                self._batch = self._signing(tx)
+                try:
+                    yield self
+                finally:
+                    self._batch = None
+        except WriteInterrupted as lost:
+            raise LedgerError(f"{lost}: nothing of the batch was written; run it again") from None
+
+    def _write(self, write: Callable[[Transaction], T]) -> T:
+        """Run `write` in the open batch, or in a transaction of its own; run it again, from a fresh read
+        of the ledger, when its connection was lost and the store found that nothing was written."""
+        if self._batch is not None:
+            return write(self._batch)
+        for _ in range(WRITE_ATTEMPTS):
+            try:
+                with self._store.transaction() as tx:
+                    return write(self._signing(tx))
+            except WriteInterrupted as lost:
+                interrupted = lost
+        raise LedgerError(f"{interrupted}, {WRITE_ATTEMPTS} times over; check the server, then run it again")
 
     def _signing(self, tx: Transaction) -> Transaction:
         return tx if self._signer is None else SigningTransaction(tx, self._signer)
@@ -130,15 +150,12 @@ class Ledger:
         """An account receives hours from outside the ledger (a grant, an allocation)."""
         check_name(account, field="account")
         amount = to_microhours(check_hours(hours, field="hours"))
-        with self._writing() as tx:
-            return tx.append(
-                "fund",
-                {
-                    "account": account,
-                    "note": _text(note, field="note"),
-                    "postings": accounts.fund_postings(account, amount),
-                },
-            )
+        payload = {
+            "account": account,
+            "note": _text(note, field="note"),
+            "postings": accounts.fund_postings(account, amount),
+        }
+        return self._write(lambda tx: tx.append("fund", payload))
 
     def transfer(self, source: str, destination: str, hours: float, *, note: str = "") -> Entry:
         """Move hours between accounts; refused if the source cannot cover them."""
@@ -147,17 +164,18 @@ class Ledger:
         if source == destination:
             raise LedgerError(f"transfer from {source!r} to itself moves nothing; name two different accounts")
         amount = to_microhours(check_hours(hours, field="hours"))
-        with self._writing() as tx:
+        payload = {
+            "from": source,
+            "to": destination,
+            "note": _text(note, field="note"),
+            "postings": accounts.transfer_postings(source, destination, amount),
+        }
+
+        def write(tx: Transaction) -> Entry:
             self._require_cover(tx, source, amount)
-            return tx.append(
-                "transfer",
-                {
-                    "from": source,
-                    "to": destination,
-                    "note": _text(note, field="note"),
-                    "postings": accounts.transfer_postings(source, destination, amount),
-                },
-            )
+            return tx.append("transfer", payload)
+
+        return self._write(write)
 
     def reserve(
         self,
@@ -181,25 +199,26 @@ class Ledger:
         session = check_name(session or new_session_id(), field="session")
         check_device(device)
         check_processes(processes)
-        lock = self._files.hold(session)
+        payload = {
+            "account": account,
+            "session": session,
+            "device": device,
+            "processes": processes,
+            "purpose": _text(purpose, field="purpose"),
+            "resumes": resumes,
+            "wandb_run": wandb_run,
+            "postings": accounts.reserve_postings(account, session, amount),
+        }
+
+        def write(tx: Transaction) -> Entry:
+            if tx.select(kind="reserve", session=session):
+                raise LedgerError(f"session {session!r} already has a reservation; each session reserves once")
+            self._require_cover(tx, account, amount)
+            return tx.append("reserve", payload)
+
+        lock = self._sessions.hold(session)
         try:
-            with self._writing() as tx:
-                if tx.select(kind="reserve", session=session):
-                    raise LedgerError(f"session {session!r} already has a reservation; each session reserves once")
-                self._require_cover(tx, account, amount)
-                entry = tx.append(
-                    "reserve",
-                    {
-                        "account": account,
-                        "session": session,
-                        "device": device,
-                        "processes": processes,
-                        "purpose": _text(purpose, field="purpose"),
-                        "resumes": resumes,
-                        "wandb_run": wandb_run,
-                        "postings": accounts.reserve_postings(account, session, amount),
-                    },
-                )
+            entry = self._write(write)
         except BaseException:
             lock.release(delete=True)
             raise
@@ -220,8 +239,8 @@ class Ledger:
         spent = to_microhours(check_hours(spent_hours, field="spent_hours", allow_zero=True))
         _check_amount("energy_kwh", energy_kwh)
         _check_amount("wall_seconds", wall_seconds)
-        with self._writing() as tx:
-            entry = self._append_settlement(
+        entry = self._write(
+            lambda tx: self._append_settlement(
                 tx,
                 self._open_reservation(tx, session),
                 spent,
@@ -230,7 +249,8 @@ class Ledger:
                 wall_seconds=wall_seconds,
                 stopped_by_budget=stopped_by_budget,
             )
-        self._files.remove(session)
+        )
+        self._sessions.remove(session)
         lock = self._held.pop(session, None)
         if lock is not None:
             lock.release()
@@ -263,7 +283,7 @@ class Ledger:
         )
 
     def note_progress(self, session: str, spent_hours: float, energy_kwh: float | None = None) -> None:
-        """Record a running session's spend so far (outside the chain) for `repair` to settle from.
+        """Note a running session's spend so far (outside the chain) for `repair` to settle from.
         Only the process holding the session writes it; repair never charges more than was reserved."""
         if session not in self._held:
             raise LedgerError(
@@ -272,7 +292,7 @@ class Ledger:
             )
         check_hours(spent_hours, field="spent_hours", allow_zero=True)
         _check_amount("energy_kwh", energy_kwh)
-        self._files.write_progress(session, spent_hours, energy_kwh)
+        self._sessions.write_progress(session, spent_hours, energy_kwh)
 
     def correct(self, seq: int, reason: str, *, postings: dict[str, float] | None = None) -> Entry:
         """Correct entry `seq` with a new entry that references it; entries themselves never change.
@@ -283,7 +303,8 @@ class Ledger:
         if not isinstance(reason, str) or not reason.strip():
             raise LedgerError("a correction needs a reason (e.g. --reason 'funded the wrong account')")
         explicit = None if postings is None else accounts.correction_postings(postings, field="postings")
-        with self._writing() as tx:
+
+        def write(tx: Transaction) -> Entry:
             target = tx.entry(seq) if isinstance(seq, int) else None
             if target is None:
                 raise LedgerError(f"there is no entry {seq!r} to correct; find its seq with `welfare ledger show`")
@@ -298,6 +319,8 @@ class Ledger:
             if "session" in target.payload:
                 payload["session"] = target.payload["session"]
             return tx.append("correction", payload)
+
+        return self._write(write)
 
     def record_measurement(
         self,
@@ -324,27 +347,28 @@ class Ledger:
         if not measures:
             raise LedgerError(f"a measurement needs at least one of {', '.join(MEASURES)}")
         cited = [_cite(Path(path)) for path in results]
-        with self._writing() as tx:
+        payload = {
+            "session": session,
+            "probe": probe,
+            **measures,
+            "results": cited,
+            "wandb_run": wandb_run,
+            "note": _text(note, field="note"),
+        }
+
+        def write(tx: Transaction) -> Entry:
             if not tx.select(kind="reserve", session=session):
                 raise UnknownSession(
                     f"session {session!r} has no reservation in {self.path}; "
                     "measure inside a BudgetSession and pass its id"
                 )
-            return tx.append(
-                "measurement",
-                {
-                    "session": session,
-                    "probe": probe,
-                    **measures,
-                    "results": cited,
-                    "wandb_run": wandb_run,
-                    "note": _text(note, field="note"),
-                },
-            )
+            return tx.append("measurement", payload)
+
+        return self._write(write)
 
     def repair(self) -> list[RepairOutcome]:
         """Settle every session whose process died without settling; leave running ones open; then
-        delete session files no live process needs. Safe to run in several processes at once.
+        delete session records no live process needs. Safe to run in several processes at once.
 
         A dead session is charged its last recorded progress (work after it went unmetered, and the
         settlement says so), or its whole reservation if it recorded none or its progress file is not
@@ -362,7 +386,7 @@ class Ledger:
             for open_session in self.open_sessions()
             if open_session.session not in self._held
         ]
-        self._files.remove_leftovers(
+        self._sessions.remove_leftovers(
             settled={entry.payload["session"] for entry in self._store.select(kind="settle")},
             reserved={entry.payload["session"] for entry in self._store.select(kind="reserve")},
         )
@@ -370,7 +394,7 @@ class Ledger:
         return outcomes
 
     def _repair_session(self, session: str) -> RepairOutcome:
-        lock = self._files.claim_if_dead(session)
+        lock = self._sessions.claim_if_dead(session)
         if lock is None:  # running, or another repair is settling it right now
             settled = self._store.select(kind="settle", session=session)
             return RepairOutcome(session, settled[0] if settled else None, by_this_repair=False)
@@ -382,25 +406,27 @@ class Ledger:
     def _settle_abandoned(self, session: str) -> RepairOutcome:
         """Settle a dead session whose lock the caller holds, unless another process settled it after
         this repair listed it: that is checked under the write lock, so each session settles once."""
-        with self._writing() as tx:
+
+        def write(tx: Transaction) -> RepairOutcome:
             settled = tx.select(kind="settle", session=session)
             if settled:
-                outcome = RepairOutcome(session, settled[0], by_this_repair=False)
-            else:
-                reservation = tx.select(kind="reserve", session=session)[0]
-                reserved = reservation.payload["postings"][reserved_account(session)]
-                spent, energy, basis = self._abandoned_charge(session, reserved)
-                outcome = RepairOutcome(
-                    session, self._append_settlement(tx, reservation, spent, basis=basis, energy_kwh=energy)
-                )
-        self._files.remove(session)
+                return RepairOutcome(session, settled[0], by_this_repair=False)
+            reservation = tx.select(kind="reserve", session=session)[0]
+            reserved = reservation.payload["postings"][reserved_account(session)]
+            spent, energy, basis = self._abandoned_charge(session, reserved)
+            return RepairOutcome(
+                session, self._append_settlement(tx, reservation, spent, basis=basis, energy_kwh=energy)
+            )
+
+        outcome = self._write(write)
+        self._sessions.remove(session)
         return outcome
 
     def _abandoned_charge(self, session: str, reserved: int) -> tuple[int, float | None, str]:
         """What a dead session is charged, in micro-hours, with its energy and the basis stated."""
         whole = "whole reservation charged"
         try:
-            progress = self._files.read_progress(session)
+            progress = self._sessions.read_progress(session)
         except UnreadableProgress as why:
             return reserved, None, f"repair: {why}; {whole}"
         if progress is None:
@@ -479,7 +505,7 @@ class Ledger:
         return [
             open_session
             for open_session in self.open_sessions()
-            if open_session.session not in self._held and not self._files.is_alive(open_session.session)
+            if open_session.session not in self._held and not self._sessions.is_alive(open_session.session)
         ]
 
     def head(self) -> Head:
@@ -524,13 +550,52 @@ class Ledger:
         return build_report(self.entries())
 
     def backup(self, destination: str | os.PathLike) -> VerifyResult:
-        """Write a consistent, self-contained copy of this ledger to `destination`, which must not exist,
-        and return the copy's verification, run before the copy is put in place."""
+        """Write a consistent, self-contained SQLite copy of this ledger to `destination`, which must not
+        exist, and return the copy's verification, run before the copy is put in place (a broken
+        ledger is copied as it is, for whoever audits it)."""
         destination = Path(destination)
         with staged_copy(self._store, destination) as staging:
             with Ledger.open(staging, create=False) as copy:
                 result = copy.verify()
             publish(staging, destination)
+        return result
+
+    def copy(self, destination: str | os.PathLike) -> VerifyResult:
+        """Copy this ledger, every entry's stored bytes and hash as they are, to a new SQLite file or into
+        an empty PostgreSQL database (its tables created if it has none): how a ledger moves between
+        stores. A broken ledger is not copied (`backup` keeps one as it is): then its verification is
+        returned. Else the copy's, made before the copy is kept; a copy is kept only if it verifies and
+        ends at an entry this ledger holds, with the same hash: as every entry hashes the one before it,
+        it then holds exactly this ledger's entries up to there."""
+        source = self.verify()
+        if not source.ok:
+            return source
+        target = resolve_ledger_path(destination)
+        if not is_server_url(target):
+            with staged_copy(self._store, target, what="copy destination") as staging:
+                with Ledger.open(staging, create=False) as copy:
+                    result = self._checked_copy(copy.verify(), target)
+                publish(staging, target)
+            return result
+        with Ledger.open(target) as copy:
+            return copy._write(lambda tx: self._fill(copy, tx))
+
+    def _fill(self, copy: Ledger, tx: Transaction) -> VerifyResult:
+        if tx.head() != EMPTY_HEAD:
+            raise LedgerError(
+                f"{copy.path} already holds a ledger ({tx.head().seq} entries); a copy never adds to a ledger: "
+                "copy into a database of its own"
+            )
+        tx.extend(self._store.chain_rows())
+        return self._checked_copy(copy.verify(), copy.path)  # inside the transaction, so it sees the rows
+
+    def _checked_copy(self, result: VerifyResult, where: Path | str) -> VerifyResult:
+        held = self._store.entry(result.head.seq) if result.ok else None
+        if not result.ok or (result.head.seq and (held is None or held.hash != result.head.hash)):
+            raise LedgerError(
+                f"the copy at {where} does not reproduce {self.path} ({result.reason or 'its head differs'}); "
+                "nothing was kept there: run the copy again"
+            )
         return result
 
     # ---- checks shared by writers ----------------------------------------------------------------

@@ -1,8 +1,8 @@
 """`welfare ledger ...`: fund and audit the GPU-hour ledger from a shell.
 
-Exit codes: 0 done; 1 `verify` found the ledger broken (the first bad seq and why are printed), or
-`backup` copied a broken one; 2 bad input, or an I/O error such as a full disk (one line says what and
-how to fix it) with the ledger unchanged. No output path (`export --output`, `report --png`, `backup`)
+Exit codes: 0 done; 1 `verify` found the ledger broken (the first bad seq and why are printed),
+`backup` copied a broken one, or `copy` refused to; 2 bad input, or an I/O or server error such as a full
+disk or an unreachable server (one line says what and how to fix it) with the ledger unchanged. No output path (`export --output`, `report --png`, `backup`)
 may be the ledger or a part of it (`ledger.location.check_not_ledger`).
 """
 
@@ -21,7 +21,7 @@ from welfare_offsets.ledger.chain import Head, VerifyResult, canonical_json
 from welfare_offsets.ledger.errors import LedgerError
 from welfare_offsets.ledger.export import EXPORT_FORMATS
 from welfare_offsets.ledger.files import replacing
-from welfare_offsets.ledger.location import ENV_VAR, check_not_ledger
+from welfare_offsets.ledger.location import ENV_VAR, check_not_ledger, shown
 from welfare_offsets.ledger.report import plot_recovery, print_report
 from welfare_offsets.ledger.signing import KEY_ENV_VAR, Keyring, generate_key
 
@@ -70,7 +70,8 @@ def _parser() -> argparse.ArgumentParser:
         "--ledger",
         default=argparse.SUPPRESS,
         metavar="PATH",
-        help=f"ledger file (default: ${ENV_VAR}, else ~/.local/share/welfare-offsets/ledger.sqlite)",
+        help=f"ledger file, or postgresql:// URL of a ledger's database (default: ${ENV_VAR}, else "
+        "~/.local/share/welfare-offsets/ledger.sqlite)",
     )
     filters = argparse.ArgumentParser(add_help=False)
     filters.add_argument("--session", type=_name, help="only entries of this session")
@@ -138,6 +139,15 @@ def _parser() -> argparse.ArgumentParser:
         "never copy the ledger file with cp).",
     )
     backup.add_argument("destination", type=Path, metavar="DEST", help="a new file (never overwritten)")
+    copy = commands.add_parser(
+        "copy",
+        help="Copy a ledger to another store, every entry and hash as it is (SQLite file <-> PostgreSQL).",
+        description="Copy the ledger SRC (a file or a postgresql:// URL) to DEST: a new SQLite file, or a "
+        "PostgreSQL database holding no ledger yet. A broken ledger is not copied; the copy is verified and kept "
+        "only if it ends at an entry SRC holds, with the same hash. Stop SRC's writers first to move a ledger.",
+    )
+    copy.add_argument("source", metavar="SRC", help="the ledger to copy: a file or a postgresql:// URL")
+    copy.add_argument("destination", metavar="DEST", help="a new file, or a postgresql:// URL of an empty database")
     return parser
 
 
@@ -199,6 +209,8 @@ def _run(args: argparse.Namespace, ledger: Ledger) -> int:
         _repair(ledger)
     elif args.command == "backup":
         return _backup(ledger, args.destination)
+    elif args.command == "copy":
+        return _copy(ledger, args.destination)
     return 0
 
 
@@ -225,6 +237,17 @@ def _backup(ledger: Ledger, destination: Path) -> int:
         )
         return 1
     print(f"backed up {result.entries} entries (head {result.head}) to {destination}")
+    return 0
+
+
+def _copy(ledger: Ledger, destination: str) -> int:
+    result = ledger.copy(destination)
+    if not result.ok:
+        print(f"{_broken(ledger, result)}. Nothing was copied", file=sys.stderr)
+        return 1
+    print(
+        f"copied {result.entries} entries (head {result.head}) from {ledger.path} to {shown(destination)}; the copy verifies"
+    )
     return 0
 
 
@@ -300,7 +323,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"public key for the auditor's keyring: {public}")
         return 0
     try:
-        ledger = Ledger.open(getattr(args, "ledger", None), create=args.command in ("fund",))
+        if args.command == "copy" and hasattr(args, "ledger"):
+            raise LedgerError("copy names the ledger it copies as SRC; leave --ledger out")
+        location = args.source if args.command == "copy" else getattr(args, "ledger", None)
+        ledger = Ledger.open(location, create=args.command in ("fund",))
     except (LedgerError, OSError, sqlite3.Error) as error:
         return _failed(error)
     try:

@@ -1,6 +1,8 @@
-"""Lock and progress files that let `repair` tell a live session from one killed without settling.
+"""How `repair` tells a live session from one killed without settling (`Sessions`), and its files here.
 
-A reserving process holds an exclusive `flock` on `<ledger>.sessions/<session>.lock` from before its
+Each store says where its sessions hold their liveness locks and note their progress: an SQLite ledger
+in files beside it (`SessionFiles`, below), a PostgreSQL one in the server (`postgres.ServerSessions`).
+For files: a reserving process holds an exclusive `flock` on `<ledger>.sessions/<session>.lock` from before its
 reservation commits until after it settles. The kernel drops the lock when the process dies, even by
 kill -9, so a lock anyone can take belongs to a dead session. The session also writes its spend so far
 to `<session>.progress.json` now and then; `repair` settles a dead session from it.
@@ -8,8 +10,8 @@ A lock counts only while its file is still at its path: whoever takes one checks
 process that locked a file another process was deleting tries the one now there.
 (POSIX only; flock on network file systems depends on the mount.)
 
-These files live outside the hash chain, so a progress file is only evidence: `read_progress` checks
-it and reports what is wrong instead of raising anything else.
+Progress lives outside the hash chain, so it is only evidence: `read_progress` checks it
+(`parse_progress`) and reports what is wrong instead of raising anything else.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import json
 import math
 import os
 import stat
+from abc import ABC, abstractmethod
 from collections.abc import Collection
 from dataclasses import dataclass
 from numbers import Real
@@ -28,7 +31,7 @@ from welfare_offsets.ledger.chain import utc_now
 from welfare_offsets.ledger.errors import LedgerError
 from welfare_offsets.ledger.files import STAGING_SUFFIX, is_stale, write_json_atomic
 
-MAX_PROGRESS_BYTES = 64 * 1024  # a progress file is ~150 bytes; anything this big is not one
+MAX_PROGRESS_BYTES = 64 * 1024  # a progress note is ~150 bytes; anything this big is not one
 _LOCK, _PROGRESS = ".lock", ".progress.json"
 _LOCK_ATTEMPTS = 5
 
@@ -44,7 +47,51 @@ class UnreadableProgress(Exception):
     """A progress file that cannot be trusted; the message says why (for a settlement's `basis`)."""
 
 
-class SessionLock:
+class SessionLock(ABC):
+    """A session's liveness lock, held by this process."""
+
+    @abstractmethod
+    def release(self, *, delete: bool = False) -> None:
+        """Let go of the lock; `delete` also removes what marks the session as started (its lock file)."""
+
+
+class Sessions(ABC):
+    """Liveness locks and progress notes of a ledger's sessions."""
+
+    @abstractmethod
+    def hold(self, session: str) -> SessionLock:
+        """Lock a new session; it stays locked while this process lives. LedgerError if it is in use."""
+
+    @abstractmethod
+    def claim_if_dead(self, session: str) -> SessionLock | None:
+        """The session's lock if no live process holds it, else None."""
+
+    @abstractmethod
+    def is_alive(self, session: str) -> bool:
+        """Whether a live process holds the session's lock; takes nothing, so it works read-only."""
+
+    @abstractmethod
+    def write_progress(self, session: str, spent_hours: float, energy_kwh: float | None) -> None: ...
+
+    @abstractmethod
+    def read_progress(self, session: str) -> Progress | None:
+        """The session's last progress, None if it noted none; UnreadableProgress if the note is not a
+        plausible progress note of this session."""
+
+    @abstractmethod
+    def remove(self, session: str) -> None:
+        """Forget a settled session's liveness and progress records, where the store removes any."""
+
+    @abstractmethod
+    def remove_leftovers(self, settled: Collection[str], reserved: Collection[str]) -> list[Path]:
+        """Delete records no live process needs; returns what was removed."""
+
+
+def progress_note(session: str, spent_hours: float, energy_kwh: float | None) -> dict:
+    return {"session": session, "spent_hours": spent_hours, "energy_kwh": energy_kwh, "updated_at": utc_now()}
+
+
+class LockFile(SessionLock):
     def __init__(self, fd: int, path: Path):
         self._fd, self._path = fd, path
 
@@ -57,7 +104,7 @@ class SessionLock:
             self._fd = -1
 
 
-class SessionFiles:
+class SessionFiles(Sessions):
     def __init__(self, ledger_path: Path):
         self.directory = ledger_path.with_name(ledger_path.name + ".sessions")
 
@@ -67,7 +114,7 @@ class SessionFiles:
     def _progress_path(self, session: str) -> Path:
         return self.directory / f"{session}{_PROGRESS}"
 
-    def hold(self, session: str) -> SessionLock:
+    def hold(self, session: str) -> LockFile:
         """Create and lock a new session's file; it stays locked while this process lives."""
         try:
             lock = self._lock(session, os.O_EXCL)
@@ -79,15 +126,13 @@ class SessionFiles:
             )
         return lock
 
-    def claim_if_dead(self, session: str) -> SessionLock | None:
-        """The session's lock if no live process holds it, else None."""
+    def claim_if_dead(self, session: str) -> LockFile | None:
         try:
             return self._lock(session, 0)
         except BlockingIOError:
             return None
 
     def is_alive(self, session: str) -> bool:
-        """Whether a live process holds the session's lock. Creates nothing, so it works read-only."""
         try:
             fd = os.open(self._lock_path(session), os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -100,7 +145,7 @@ class SessionFiles:
         finally:
             os.close(fd)
 
-    def _lock(self, session: str, extra_flags: int) -> SessionLock | None:
+    def _lock(self, session: str, extra_flags: int) -> LockFile | None:
         """Lock the file at the session's lock path; None if it kept being replaced while we locked it."""
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self._lock_path(session)
@@ -109,7 +154,7 @@ class SessionFiles:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 if _is_at(fd, path):
-                    return SessionLock(fd, path)
+                    return LockFile(fd, path)
             except BaseException:
                 os.close(fd)
                 raise
@@ -117,14 +162,10 @@ class SessionFiles:
         return None
 
     def write_progress(self, session: str, spent_hours: float, energy_kwh: float | None) -> None:
-        write_json_atomic(
-            self._progress_path(session),
-            {"session": session, "spent_hours": spent_hours, "energy_kwh": energy_kwh, "updated_at": utc_now()},
-        )
+        write_json_atomic(self._progress_path(session), progress_note(session, spent_hours, energy_kwh))
 
     def read_progress(self, session: str) -> Progress | None:
-        """The session's last progress, None if it wrote none; UnreadableProgress if the file is not a
-        plausible progress file of this session. Never blocks on a FIFO nor reads a huge file."""
+        """Never blocks on a FIFO nor reads a huge file."""
         path = self._progress_path(session)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -136,17 +177,15 @@ class SessionFiles:
             status = os.fstat(fd)
             if not stat.S_ISREG(status.st_mode):
                 raise UnreadableProgress("its progress file is not a regular file")
-            if status.st_size > MAX_PROGRESS_BYTES:
-                raise UnreadableProgress(f"its progress file is implausibly large ({status.st_size} bytes)")
             raw = os.read(fd, MAX_PROGRESS_BYTES + 1)
         except OSError as error:
             raise UnreadableProgress(f"its progress file cannot be read ({error.strerror})") from None
         finally:
             os.close(fd)
-        return _parse_progress(raw, session)
+        return parse_progress(raw, session, what="progress file")
 
     def remove(self, session: str) -> None:
-        """Forget a settled session's files (the caller still holds, then releases, the lock)."""
+        """Delete a settled session's files (the caller still holds, then releases, the lock)."""
         _discard(self._progress_path(session))
         _discard(self._lock_path(session))
 
@@ -205,20 +244,23 @@ def _session_of(name: str) -> str | None:
     return None
 
 
-def _parse_progress(raw: bytes, session: str) -> Progress:
+def parse_progress(raw: bytes, session: str, *, what: str) -> Progress:
+    """Read a progress note (`what`: where it came from, for the reasons given) as untrusted evidence."""
+    if len(raw) > MAX_PROGRESS_BYTES:
+        raise UnreadableProgress(f"its {what} is implausibly large (more than {MAX_PROGRESS_BYTES} bytes)")
     try:
         data = json.loads(raw.decode("utf-8"))
     except (ValueError, RecursionError):
-        raise UnreadableProgress("its progress file is not JSON") from None
+        raise UnreadableProgress(f"its {what} is not JSON") from None
     if not isinstance(data, dict) or data.get("session") != session:
-        raise UnreadableProgress("its progress file is not this session's progress")
+        raise UnreadableProgress(f"its {what} is not this session's progress")
     spent, energy, updated_at = data.get("spent_hours"), data.get("energy_kwh"), data.get("updated_at")
     if not _is_amount(spent):
-        raise UnreadableProgress(f"its progress file gives spent_hours {spent!r}, not a finite number >= 0")
+        raise UnreadableProgress(f"its {what} gives spent_hours {spent!r}, not a finite number >= 0")
     if energy is not None and not _is_amount(energy):
-        raise UnreadableProgress(f"its progress file gives energy_kwh {energy!r}, not a finite number >= 0")
+        raise UnreadableProgress(f"its {what} gives energy_kwh {energy!r}, not a finite number >= 0")
     if not isinstance(updated_at, str) or len(updated_at) > 64:
-        raise UnreadableProgress("its progress file has no readable updated_at time")
+        raise UnreadableProgress(f"its {what} has no readable updated_at time")
     return Progress(float(spent), None if energy is None else float(energy), updated_at)
 
 

@@ -1,4 +1,4 @@
-"""Durable storage of the hash chain, in SQLite.
+"""Durable storage of the hash chain in SQLite: the embedded default, one file per ledger.
 
 Why SQLite and not an fsynced JSONL file:
 - A transaction lands whole or not at all. A batch of entries is one commit, and after kill -9 or a
@@ -12,31 +12,28 @@ Why SQLite and not an fsynced JSONL file:
   whose integers never overflow: no second copy of the numbers that could drift from what the hashes protect.
 - The generated columns and triggers are part of what is trusted, so `schema_problem` compares them with
   what `_SCHEMA` creates, and a transaction refuses to write into a ledger whose schema differs.
-The price: the file is binary, so people read it through `welfare ledger show` and `export`.
+The price: the file is binary, so people read it through `welfare ledger show` and `export`. What is
+not SQLite's own (reading entries, summing, appending) is shared with the PostgreSQL store (`storage`).
 """
 
 from __future__ import annotations
 
 import functools
 import glob
-import json
 import os
 import re
 import secrets
 import sqlite3
 import stat
-from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
-from welfare_offsets.ledger.chain import EMPTY_HEAD, GENESIS_HASH, Entry, Head, seal, utc_now
-from welfare_offsets.ledger.errors import LedgerError, NotALedger, SchemaTooNew
+from welfare_offsets.ledger.errors import LedgerError, NotALedger
 from welfare_offsets.ledger.files import fsync_path, is_stale
+from welfare_offsets.ledger.sessions import SessionFiles
+from welfare_offsets.ledger.storage import META, Queries, Store, Transaction, check_meta, schema_difference
 
-SCHEMA_VERSION = 1
-FORMAT_NAME = "welfare-offsets-ledger"
 # Long, because a writer waits behind other sessions' commits rather than failing a run.
 BUSY_TIMEOUT_S = 120.0
 
@@ -58,12 +55,24 @@ CREATE TRIGGER entries_no_update BEFORE UPDATE ON entries
     BEGIN SELECT RAISE(ABORT, 'ledger entries are append-only'); END;
 CREATE TRIGGER entries_no_delete BEFORE DELETE ON entries
     BEGIN SELECT RAISE(ABORT, 'ledger entries are append-only'); END;
-INSERT INTO meta VALUES ('format', '{FORMAT_NAME}'), ('schema_version', '{SCHEMA_VERSION}'),
-    ('genesis', '{GENESIS_HASH}');
+INSERT INTO meta VALUES {", ".join(f"('{key}', '{value}')" for key, value in META.items())};
 COMMIT;
 """
 
-
+_QUERIES = Queries(
+    head="SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1",
+    entry="SELECT body, hash FROM entries WHERE seq = :seq",
+    select="SELECT body, hash FROM entries WHERE (:kind IS NULL OR kind = :kind)"
+    " AND (:session IS NULL OR session = :session) AND (:since IS NULL OR time >= :since)"
+    " AND (:until IS NULL OR time < :until) AND (:corrects IS NULL OR corrects = :corrects) ORDER BY seq",
+    postings="SELECT p.key, p.value FROM entries, json_each(entries.body, '$.payload.postings') AS p",
+    postings_of="SELECT p.value FROM entries, json_each(entries.body, '$.payload.postings') AS p WHERE p.key = :account",
+    insert="INSERT INTO entries (seq, body, hash) VALUES (:seq, :body, :hash)",
+    chain="SELECT CAST(body AS BLOB), hash FROM entries ORDER BY seq",
+    # one aggregate per subquery, so each is a rowid lookup, not a scan
+    seq_range="SELECT (SELECT MIN(seq) FROM entries), (SELECT MAX(seq) FROM entries)",
+    misnumbered="SELECT seq FROM entries WHERE seq IS NOT json_extract(body, '$.seq') ORDER BY seq LIMIT 1",
+)
 _SCHEMA_ROWS = "SELECT type, name, sql FROM sqlite_master"
 
 
@@ -80,108 +89,15 @@ def _expected_schema() -> tuple[dict[tuple[str, str], str | None], dict[str, str
         db.close()
 
 
-def _entry(row: tuple[str, str]) -> Entry:
-    body, hash_ = row
-    fields = json.loads(body)
-    return Entry(fields["seq"], fields["time"], fields["kind"], fields["payload"], fields["prev_hash"], hash_)
-
-
-class _Reader:
-    """Queries shared by the store and by a transaction (which sees its own uncommitted entries)."""
-
-    def __init__(self, db: sqlite3.Connection):
-        self._db = db
-
-    def head(self) -> Head:
-        row = self._db.execute("SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1").fetchone()
-        return Head(*row) if row else EMPTY_HEAD
-
-    def entry(self, seq: int) -> Entry | None:
-        row = self._db.execute("SELECT body, hash FROM entries WHERE seq = ?", (seq,)).fetchone()
-        return _entry(row) if row else None
-
-    def select(
-        self,
-        *,
-        kind: str | None = None,
-        session: str | None = None,
-        since: str | None = None,
-        until: str | None = None,
-        corrects: int | None = None,
-    ) -> list[Entry]:
-        """Entries in seq order; each filter left as None matches everything."""
-        rows = self._db.execute(
-            "SELECT body, hash FROM entries WHERE (:kind IS NULL OR kind = :kind)"
-            " AND (:session IS NULL OR session = :session) AND (:since IS NULL OR time >= :since)"
-            " AND (:until IS NULL OR time < :until) AND (:corrects IS NULL OR corrects = :corrects) ORDER BY seq",
-            {"kind": kind, "session": session, "since": since, "until": until, "corrects": corrects},
-        )
-        return [_entry(row) for row in rows]
-
-    def account_totals(self) -> dict[str, int]:
-        """Every account's balance in micro-hours: the sum of all postings to it."""
-        totals: dict[str, int] = defaultdict(int)
-        for name, amount in self._db.execute(
-            "SELECT p.key, p.value FROM entries, json_each(entries.body, '$.payload.postings') AS p"
-        ):
-            totals[name] += amount
-        return dict(totals)
-
-    def account_total(self, account: str) -> int | None:
-        """One account's balance in micro-hours, or None if nothing was ever posted to it."""
-        amounts = [
-            amount
-            for (amount,) in self._db.execute(
-                "SELECT p.value FROM entries, json_each(entries.body, '$.payload.postings') AS p WHERE p.key = ?",
-                (account,),
-            )
-        ]
-        return sum(amounts) if amounts else None
-
-    def schema_problem(self) -> str | None:
-        """What differs between this database's tables, generated columns, indexes, triggers and meta rows
-        and those `_SCHEMA` creates, or None if nothing does."""
-        expected_schema, expected_meta = _expected_schema()
-        found = {(kind, name): sql for kind, name, sql in self._db.execute(_SCHEMA_ROWS)}
-        for key in sorted(expected_schema.keys() | found.keys()):
-            if key not in found:
-                return f"its {key[0]} {key[1]} is missing (the database schema was edited)"
-            if key not in expected_schema:
-                return f"it has an extra {key[0]} {key[1]} (the database schema was edited)"
-            if found[key] != expected_schema[key]:
-                return (
-                    f"its {key[0]} {key[1]} is defined as {found[key]!r}, not as this code creates it "
-                    "(the database schema was edited)"
-                )
-        meta = dict(self._db.execute("SELECT key, value FROM meta"))
-        if meta != expected_meta:
-            return f"its meta table holds {meta!r}, not {expected_meta!r} (the database was edited)"
-        return None
-
-
-class Transaction(_Reader):
-    """Appends under the write lock; the head is read once, when the lock was taken."""
-
-    def __init__(self, db: sqlite3.Connection):
-        super().__init__(db)
-        self._head = self.head()
-
-    def append(self, kind: str, payload: dict[str, Any]) -> Entry:
-        seq, time, prev_hash = self._head.seq + 1, utc_now(), self._head.hash
-        body, hash_ = seal(seq, time, kind, payload, prev_hash)
-        self._db.execute("INSERT INTO entries (seq, body, hash) VALUES (?, ?, ?)", (seq, body, hash_))
-        self._head = Head(seq, hash_)
-        return _entry((body, hash_))
-
-
-class Store(_Reader):
+class SQLiteStore(Store):
     def __init__(self, db: sqlite3.Connection, path: Path):
-        super().__init__(db)
-        self.path = path
+        super().__init__(db.execute, _QUERIES)
+        self._db = db
+        self.location = path
         self._schema_checked_at: int | None = None  # the schema cookie when schema_problem last found nothing
 
     @classmethod
-    def open(cls, path: Path, *, create: bool) -> Store:
+    def open(cls, path: Path, *, create: bool) -> SQLiteStore:
         """Open the ledger at `path`, creating it if missing and `create`; refuse anything else."""
         if not _is_existing_file(path):
             if not create:
@@ -210,13 +126,24 @@ class Store(_Reader):
             raise
         return cls(db, path)
 
+    @classmethod
+    def fill(cls, path: Path, rows: Iterable[tuple[bytes, str]]) -> None:
+        """Make the existing empty file `path` a ledger holding `rows` as they are, in one commit."""
+        db = sqlite3.connect(path, isolation_level=None)
+        try:
+            _initialise(db)
+            with cls(db, path).transaction() as tx:
+                tx.extend(rows)
+        finally:
+            db.close()
+
     @contextmanager
     def transaction(self) -> Iterator[Transaction]:
         """All appends inside commit together (one fsync) or not at all."""
         self._db.execute("BEGIN IMMEDIATE")
         try:
             self._require_schema()
-            yield Transaction(self._db)
+            yield Transaction(self._db.execute, _QUERIES)
             self._db.execute("COMMIT")
         except BaseException:
             if self._db.in_transaction:
@@ -232,38 +159,35 @@ class Store(_Reader):
         problem = self.schema_problem()
         if problem is not None:
             raise LedgerError(
-                f"ledger {self.path} cannot be written: {problem}. Nothing was written; check it "
+                f"ledger {self.location} cannot be written: {problem}. Nothing was written; check it "
                 "with `welfare ledger verify` and restore it from a backup"
             )
         self._schema_checked_at = cookie
 
-    def chain_rows(self) -> Iterator[tuple[bytes, str]]:
-        """Stored (body bytes, hash) rows in seq order, for verification."""
-        return self._db.execute("SELECT CAST(body AS BLOB), hash FROM entries ORDER BY seq")
+    def schema_problem(self) -> str | None:
+        """What differs between this database's tables, generated columns, indexes, triggers and meta rows
+        and those `_SCHEMA` creates, or None if nothing does."""
+        expected_schema, expected_meta = _expected_schema()
+        found = {(kind, name): sql for kind, name, sql in self._db.execute(_SCHEMA_ROWS)}
+        meta = dict(self._db.execute("SELECT key, value FROM meta"))
+        return schema_difference(expected_schema, found, expected_meta, meta)
 
-    def first_misnumbered_seq(self, rows: int) -> int | None:
-        """After a chain check walked `rows` rows whose bodies hold seqs 1..rows in order: the first
-        row whose seq column disagrees with its body, if any. Distinct integers from 1 to `rows`,
-        `rows` of them, are exactly 1..rows, so the usual answer costs no scan."""
-        low, high = self._db.execute(  # one aggregate per subquery, so each is a rowid lookup, not a scan
-            "SELECT (SELECT MIN(seq) FROM entries), (SELECT MAX(seq) FROM entries)"
-        ).fetchone()
-        if rows == 0 or (low, high) == (1, rows):
-            return None
-        row = self._db.execute(
-            "SELECT seq FROM entries WHERE seq IS NOT json_extract(body, '$.seq') ORDER BY seq LIMIT 1"
-        ).fetchone()
-        return row[0] if row else None
+    def sessions(self) -> SessionFiles:
+        return SessionFiles(self.location)
 
-    def copy_to(self, target: sqlite3.Connection) -> None:
-        """Copy the whole database into `target` in one step of SQLite's online backup: one consistent
-        snapshot, entries still only in the -wal included, while other processes go on writing."""
-        self._db.backup(target)
+    def copy_to(self, staging: Path) -> None:
+        """Copy the whole database in one step of SQLite's online backup: one consistent snapshot,
+        entries still only in the -wal included, while other processes go on writing."""
+        target = sqlite3.connect(staging, isolation_level=None)
+        try:
+            self._db.backup(target)
+        finally:
+            target.close()
 
     def remove_stale_staging(self) -> list[Path]:
         """Delete what processes killed while creating this ledger left beside it; returns what was removed."""
-        prefix, removed = f".{self.path.name}.", []
-        for leftover in self.path.parent.glob(f"{glob.escape(prefix)}*"):
+        prefix, removed = f".{self.location.name}.", []
+        for leftover in self.location.parent.glob(f"{glob.escape(prefix)}*"):
             if _STAGING.fullmatch(leftover.name[len(prefix) :]) and is_stale(leftover):
                 leftover.unlink(missing_ok=True)
                 removed.append(leftover)
@@ -279,16 +203,7 @@ def _check_format(db: sqlite3.Connection, path: Path) -> None:
         meta = dict(db.execute("SELECT key, value FROM meta"))
     except sqlite3.DatabaseError as error:
         raise NotALedger(f"{path} is not a welfare-offsets ledger ({error}); {how_to_fix}") from None
-    if meta.get("format") != FORMAT_NAME:
-        raise NotALedger(f"{path} is an SQLite file but not a welfare-offsets ledger; {how_to_fix}")
-    version = meta.get("schema_version", "")
-    if not version.isdigit():
-        raise NotALedger(f"{path} has an unreadable schema version {version!r}; {how_to_fix}")
-    if int(version) > SCHEMA_VERSION:
-        raise SchemaTooNew(
-            f"{path} has ledger schema version {version}, newer than the {SCHEMA_VERSION} this "
-            "welfare-offsets reads; upgrade welfare-offsets to read or write it"
-        )
+    check_meta(meta, f"{path}, an SQLite file,", how_to_fix)
 
 
 def _is_existing_file(path: Path) -> bool:
@@ -343,8 +258,7 @@ def _create(path: Path) -> None:
     try:
         db = sqlite3.connect(staging, isolation_level=None)
         try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(_SCHEMA)
+            _initialise(db)
         finally:
             db.close()
         fsync_path(staging)
@@ -356,3 +270,9 @@ def _create(path: Path) -> None:
     finally:
         for leftover in (staging, Path(f"{staging}-wal"), Path(f"{staging}-shm")):
             leftover.unlink(missing_ok=True)
+
+
+def _initialise(db: sqlite3.Connection) -> None:
+    """Give a new, empty database the ledger's journal mode, schema and meta rows."""
+    db.execute("PRAGMA journal_mode=WAL")
+    db.executescript(_SCHEMA)

@@ -64,16 +64,20 @@ def _write_crash_log(prog: str) -> str:
 
 def refuse_ledger_paths(output: str | os.PathLike, ledger: str | os.PathLike | None, flag: str) -> None:
     """An output folder must not be, sit inside, or contain the ledger (its file, -wal/-shm, .sessions):
-    replacing or filling it would destroy the ledger. `ledger` is the one the command uses (None: default)."""
+    replacing or filling it would destroy the ledger. `ledger` is the one the command uses (None: default;
+    a ledger on a PostgreSQL server has no files here)."""
     from welfare_offsets.ledger.location import (
         COMPANION_SUFFIXES,
         SESSIONS_SUFFIX,
         check_not_ledger,
+        is_server_url,
         resolve_ledger_path,
     )
 
     check_not_ledger(output, ledger, what=flag)
     base = resolve_ledger_path(ledger)
+    if is_server_url(base):
+        return
     real = Path(os.path.realpath(os.path.expanduser(os.fspath(output))))
     for part in (base, *(base.with_name(base.name + s) for s in (*COMPANION_SUFFIXES, SESSIONS_SUFFIX))):
         if real in Path(os.path.realpath(part)).parents:

@@ -14,7 +14,8 @@ class LedgerSettings(Settings):
     """Where a job's accelerator-hours are accounted (offset sessions, exposures and sweeps alike)."""
 
     ledger: str | None = setting(
-        None, "ledger file; default: $WELFARE_LEDGER or ~/.local/share/welfare-offsets/ledger.sqlite"
+        None,
+        "ledger file or postgresql:// URL; default: $WELFARE_LEDGER or ~/.local/share/welfare-offsets/ledger.sqlite",
     )
     account: str = setting("default", "ledger account that pays for the job's accelerator-hours")
 

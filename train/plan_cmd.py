@@ -258,7 +258,7 @@ ENTRY_MODULE = "welfare_offsets.train.exposure"  # run as a module, as `python -
 
 
 def commands(
-    plan: Plan, *, ledger: Path, account: str, launcher: str, out: str, trust_remote_code: bool = False
+    plan: Plan, *, ledger: Path | str, account: str, launcher: str, out: str, trust_remote_code: bool = False
 ) -> tuple[list[list[str]], Path]:
     """The planned sessions' commands, and the recipe file they share (written into `out`)."""
     code = ["--trust_remote_code", "true"] if trust_remote_code else []
@@ -299,10 +299,12 @@ def main(argv: list[str]) -> int:
 
 def _plan(argv: list[str]) -> int:
     from welfare_offsets.ledger import Ledger
-    from welfare_offsets.ledger.location import resolve_ledger_path
+    from welfare_offsets.ledger.location import resolve_ledger_path, shown
 
     parser = argparse.ArgumentParser(prog="welfare plan", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ledger", help="ledger file (default: $WELFARE_LEDGER or the user data folder)")
+    parser.add_argument(
+        "--ledger", help="ledger file or postgresql:// URL (default: $WELFARE_LEDGER or the user data folder)"
+    )
     parser.add_argument("--account", default="default", help="account that pays (default: default)")
     parser.add_argument("--model", help="subject (model id as recorded); default: the only subject with debt")
     parser.add_argument("--probe", default="self_report", help="probe whose debt to repay (default: self_report)")
@@ -346,7 +348,7 @@ def _plan(argv: list[str]) -> int:
     try:
         todo, recipe_file = commands(
             plan,
-            ledger=path,
+            ledger=shown(path),  # printed: a server's password stays in ~/.pgpass or PGPASSWORD
             account=args.account,
             launcher=args.launcher,
             out=args.out,

@@ -255,10 +255,10 @@ class Session:
         """Refuse now, before a model loads, if the account cannot cover the budget (admit reserves it)."""
         from welfare_offsets.ledger.book import Ledger
         from welfare_offsets.ledger.budget import CheckpointSpend
-        from welfare_offsets.ledger.location import resolve_ledger_path
+        from welfare_offsets.ledger.location import is_server_url, resolve_ledger_path
 
         path = resolve_ledger_path(self.args.ledger)
-        if not path.exists():
+        if not is_server_url(path) and not path.exists():  # a server says itself if it holds no ledger
             raise SessionError(
                 f"no ledger at {path}: fund an account first, e.g. "
                 f"welfare ledger fund --account {self.args.account} --hours 10 --ledger {path}"

@@ -1,40 +1,71 @@
-"""Shared pieces of the ledger tests: a ledger in a temp folder, forked writer processes, tampering."""
+"""Shared pieces of the ledger tests: a funded ledger, forked writer processes, the database underneath
+a ledger (either store, as its owner), and tampering with it."""
 
 from __future__ import annotations
 
 import os
 import signal
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from welfare_offsets.ledger import Ledger
 from welfare_offsets.ledger.chain import Head, VerifyResult
+from welfare_offsets.ledger.location import is_server_url
 from welfare_offsets.ledger.store import _expected_schema
 
+Location = Path | str  # an SQLite file, or a postgresql:// URL
 
-def funded_ledger(path: Path, hours: float = 10.0, account: str = "lab") -> Ledger:
+
+def funded_ledger(path: Location, hours: float = 10.0, account: str = "lab") -> Ledger:
     ledger = Ledger.open(path)
     ledger.fund(account, hours)
     return ledger
 
 
-def verify(path: Path, anchor: Head | str | None = None) -> VerifyResult:
+def verify(path: Location, anchor: Head | str | None = None) -> VerifyResult:
     with Ledger.open(path, create=False) as ledger:
         return ledger.verify(anchor)
 
 
-def tamper(path: Path, *statements) -> None:
-    """What an attacker with write access does: drop the append-only triggers, edit rows, and put the
-    triggers back as they were, so the schema check has nothing to see."""
-    db = sqlite3.connect(path, isolation_level=None)
-    db.execute("DROP TRIGGER entries_no_update")
-    db.execute("DROP TRIGGER entries_no_delete")
+class _Server:
+    """A PostgreSQL ledger's database as its owner, with sqlite3's qmark parameters."""
+
+    def __init__(self, url: str):
+        import psycopg
+
+        self._db = psycopg.connect(url, autocommit=True)
+
+    def execute(self, sql: str, params=()):
+        return self._db.execute(sql.replace("?", "%s"), params or None)
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def connect(location: Location):
+    """The database underneath a ledger, to read or write it behind the ledger's back (`execute`, `close`)."""
+    return _Server(location) if is_server_url(location) else sqlite3.connect(location, isolation_level=None)
+
+
+def tamper(location: Location, *statements) -> None:
+    """What an attacker with the owner's rights does: take the append-only triggers out of the way, edit
+    rows, and put the triggers back as they were, so the schema check has nothing to see."""
+    db = connect(location)
+    if is_server_url(location):
+        db.execute("ALTER TABLE entries DISABLE TRIGGER USER")
+    else:
+        db.execute("DROP TRIGGER entries_no_update")
+        db.execute("DROP TRIGGER entries_no_delete")
     for statement in statements:
         db.execute(*statement) if isinstance(statement, tuple) else db.execute(statement)
-    for (kind, _), sql in _expected_schema()[0].items():
-        if kind == "trigger":
-            db.execute(sql)
+    if is_server_url(location):
+        db.execute("ALTER TABLE entries ENABLE TRIGGER USER")
+    else:
+        for (kind, _), sql in _expected_schema()[0].items():
+            if kind == "trigger":
+                db.execute(sql)
     db.close()
 
 
@@ -74,8 +105,11 @@ def run_at_once(count: int, work: Callable[[int], None]) -> None:
     assert exit_codes == [0] * count
 
 
-def killed_session(path: Path, hours: float = 1.0, progress_hours: float | None = None, *, account: str = "lab") -> str:
-    """Reserve `hours` in a child process, record progress if given, and die by SIGKILL before settling."""
+def killed_session(
+    path: Location, hours: float = 1.0, progress_hours: float | None = None, *, account: str = "lab"
+) -> str:
+    """Reserve `hours` in a child process, record progress if given, and die by SIGKILL before settling;
+    returns once the session looks abandoned (a server frees a dead client's locks a moment later)."""
     read_end, write_end = os.pipe()
 
     def child():
@@ -91,4 +125,9 @@ def killed_session(path: Path, hours: float = 1.0, progress_hours: float | None 
     session = os.read(read_end, 100).decode()
     os.close(read_end)
     assert wait_exit_code(pid) == -signal.SIGKILL
+    with Ledger.open(path, create=False) as ledger:
+        deadline = time.monotonic() + 10
+        while session not in {s.session for s in ledger.abandoned_sessions()}:
+            assert time.monotonic() < deadline, f"session {session} still looks alive after its process died"
+            time.sleep(0.01)
     return session

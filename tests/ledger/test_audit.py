@@ -1,6 +1,6 @@
 """`verify` proves the accounting and the schema, not only the chain: each forgery below keeps the hash
-chain intact (entries appended straight through SQLite, hashed and chained as the ledger would), so only
-the new checks can catch it. Also: corrections cannot overdraw, amounts are bounded, sums never overflow,
+chain intact (entries appended straight through the database, hashed and chained as the ledger would: on
+PostgreSQL what a writer role may do), so only the new checks can catch it. Also: corrections cannot overdraw, amounts are bounded, sums never overflow,
 and a broken ledger is never answered with advice to repair."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sqlite3
 
 import pytest
 
-from tests.ledger.helpers import funded_ledger, verify
+from tests.ledger.helpers import connect, funded_ledger, verify
 from welfare_offsets.ledger import InsufficientHours, Ledger, LedgerError
 from welfare_offsets.ledger.accounts import MAX_HOURS_PER_ENTRY, MAX_MICROHOURS_PER_ENTRY
 from welfare_offsets.ledger.chain import canonical_json, seal, utc_now
@@ -18,9 +18,9 @@ from welfare_offsets.ledger.cli import main
 
 
 def forge(path, kind, payload, *, content: str | None = None):
-    """Append an entry through SQLite, chained and hashed correctly (INSERT is not blocked by the
+    """Append an entry through the database, chained and hashed correctly (INSERT is not blocked by the
     append-only triggers); `content` replaces the body's `{"kind":...,"payload":{...}` text as is."""
-    db = sqlite3.connect(path, isolation_level=None)
+    db = connect(path)
     seq, prev = db.execute("SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1").fetchone()
     body, hash_ = seal(seq + 1, utc_now(), kind, payload, prev)
     if content is not None:
@@ -53,11 +53,10 @@ def fund_payload(postings, account="lab"):
     return {"account": account, "note": "", "postings": postings}
 
 
-def test_every_kind_of_honest_entry_verifies(tmp_path):
-    path = tmp_path / "ledger.sqlite"
+def test_every_kind_of_honest_entry_verifies(location, tmp_path):
     results = tmp_path / "results.json"
     results.write_text("{}")
-    with funded_ledger(path, hours=10.0) as ledger:
+    with funded_ledger(location, hours=10.0) as ledger:
         ledger.transfer("lab", "team", 2.0)
         over = ledger.reserve("lab", 1.0).payload["session"]
         ledger.settle(over, 1.5)  # an overrun: lab is charged 0.5 h more than it reserved
@@ -119,17 +118,16 @@ def test_a_trigger_that_no_longer_guards_is_caught(tmp_path):
     assert not result.ok and "its trigger entries_no_delete is defined as" in result.reason
 
 
-def test_a_duplicate_key_with_a_correct_hash_is_caught_as_not_canonical(tmp_path):
-    path = tmp_path / "ledger.sqlite"
-    funded_ledger(path).close()
+def test_a_duplicate_key_with_a_correct_hash_is_caught_as_not_canonical(location):
+    funded_ledger(location).close()
     small, large = canonical_json({"@external": -1, "lab": 1}), canonical_json({"@external": -(10**12), "lab": 10**12})
     seq = forge(
-        path,
+        location,
         "fund",
         {},
         content=f'{{"kind":"fund","payload":{{"account":"lab","note":"","postings":{small},"postings":{large}}}',
     )
-    result = verify(path)
+    result = verify(location)
     assert (result.ok, result.first_bad_seq) == (False, seq) and "not canonical JSON" in result.reason
 
 
@@ -142,11 +140,10 @@ def test_a_duplicate_key_with_a_correct_hash_is_caught_as_not_canonical(tmp_path
         '{"kind":"fund","payload":{"account":"lab","note":"","postings":{"@external":-1,"lab":1.0}}',  # 1.0 for 1
     ],
 )
-def test_any_other_spelling_of_an_entry_is_caught(tmp_path, content):
-    path = tmp_path / "ledger.sqlite"
-    funded_ledger(path).close()
-    seq = forge(path, "fund", {}, content=content)
-    result = verify(path)
+def test_any_other_spelling_of_an_entry_is_caught(location, content):
+    funded_ledger(location).close()
+    seq = forge(location, "fund", {}, content=content)
+    result = verify(location)
     assert (result.ok, result.first_bad_seq) == (False, seq)
 
 
@@ -222,31 +219,31 @@ def test_any_other_spelling_of_an_entry_is_caught(tmp_path, content):
         ),
     ],
 )
-def test_a_re_chained_forgery_that_breaks_the_accounting_is_caught(tmp_path, kind, payload, reason):
-    path = tmp_path / "ledger.sqlite"
-    settled_session(path)  # lab: 10 h funded, 0.5 h spent; s1 reserved and settled
-    seq = forge(path, kind, payload)
-    result = verify(path)
+def test_a_re_chained_forgery_that_breaks_the_accounting_is_caught(location, kind, payload, reason):
+    settled_session(location)  # lab: 10 h funded, 0.5 h spent; s1 reserved and settled
+    seq = forge(location, kind, payload)
+    result = verify(location)
     assert (result.ok, result.first_bad_seq) == (False, seq)
     assert reason in result.reason
 
 
-def test_a_second_correction_of_one_entry_is_caught(tmp_path):
-    path = tmp_path / "ledger.sqlite"
-    with funded_ledger(path) as ledger:
+def test_a_second_correction_of_one_entry_is_caught(location):
+    with funded_ledger(location) as ledger:
         ledger.fund("lab", 1.0)
         ledger.correct(2, "funded twice")
     seq = forge(
-        path, "correction", {"corrects": 2, "reason": "again", "postings": {"lab": -1_000_000, "@external": 1_000_000}}
+        location,
+        "correction",
+        {"corrects": 2, "reason": "again", "postings": {"lab": -1_000_000, "@external": 1_000_000}},
     )
-    result = verify(path)
+    result = verify(location)
     assert (result.ok, result.first_bad_seq) == (False, seq) and "corrects entry 2 a second time" in result.reason
 
 
-def test_a_time_that_is_not_fixed_width_utc_is_caught(tmp_path):
-    path = tmp_path / "ledger.sqlite"
+def test_a_time_that_is_not_fixed_width_utc_is_caught(location):
+    path = location
     funded_ledger(path).close()
-    db = sqlite3.connect(path, isolation_level=None)
+    db = connect(path)
     prev = db.execute("SELECT hash FROM entries WHERE seq = 1").fetchone()[0]
     body, hash_ = seal(2, "2026-12-02 10:00:00.000000Z", "fund", fund_payload({"@external": -1, "lab": 1}), prev)
     db.execute("INSERT INTO entries (seq, body, hash) VALUES (2, ?, ?)", (body, hash_))
@@ -255,9 +252,8 @@ def test_a_time_that_is_not_fixed_width_utc_is_caught(tmp_path):
     assert (result.ok, result.first_bad_seq) == (False, 2) and "fixed-width UTC" in result.reason
 
 
-def test_a_correction_cannot_take_back_hours_already_moved_away(tmp_path):
-    path = tmp_path / "ledger.sqlite"
-    with funded_ledger(path, hours=10.0) as ledger:
+def test_a_correction_cannot_take_back_hours_already_moved_away(location):
+    with funded_ledger(location, hours=10.0) as ledger:
         ledger.transfer("lab", "team", 9.0)
         with pytest.raises(InsufficientHours, match="would leave account 'lab' at -9 accelerator-hours, below zero"):
             ledger.correct(1, "funded the wrong account")

@@ -27,8 +27,8 @@ def postings_sum_to_zero(ledger: Ledger) -> bool:
     return all(sum(entry.payload.get("postings", {}).values()) == 0 for entry in ledger.entries())
 
 
-def test_fund_reserve_settle_balance_exactly(tmp_path):
-    ledger = funded_ledger(tmp_path / "ledger.sqlite", hours=10.0)
+def test_fund_reserve_settle_balance_exactly(location):
+    ledger = funded_ledger(location, hours=10.0)
     session = ledger.reserve("lab", 3.0, device="cuda", processes=8).payload["session"]
     assert ledger.balance("lab") == ledger.balances()["lab"]
     assert (ledger.balance("lab").available_hours, ledger.balance("lab").reserved_hours) == (7.0, 3.0)
@@ -43,15 +43,15 @@ def test_fund_reserve_settle_balance_exactly(tmp_path):
     assert postings_sum_to_zero(ledger)
 
 
-def test_overrun_is_charged_to_the_account_not_hidden(tmp_path):
-    ledger = funded_ledger(tmp_path / "ledger.sqlite", hours=1.0)
+def test_overrun_is_charged_to_the_account_not_hidden(location):
+    ledger = funded_ledger(location, hours=1.0)
     session = ledger.reserve("lab", 1.0).payload["session"]
     ledger.settle(session, 1.25)
     assert ledger.balance("lab").available_hours == -0.25
 
 
-def test_reserve_is_refused_when_the_account_cannot_cover_it(tmp_path):
-    ledger = funded_ledger(tmp_path / "ledger.sqlite", hours=1.0)
+def test_reserve_is_refused_when_the_account_cannot_cover_it(location):
+    ledger = funded_ledger(location, hours=1.0)
     with pytest.raises(InsufficientHours, match="'lab' has 1 accelerator-hours available, less than the 2 asked for"):
         ledger.reserve("lab", 2.0)
     with pytest.raises(UnknownAccount, match="'ghost' has never been funded"):
@@ -74,8 +74,8 @@ def test_bad_account_names_are_refused(tmp_path, name):
         Ledger.open(tmp_path / "ledger.sqlite").fund(name, 1.0)
 
 
-def test_transfer_moves_hours_and_refuses_overdraw(tmp_path):
-    ledger = funded_ledger(tmp_path / "ledger.sqlite", hours=2.0)
+def test_transfer_moves_hours_and_refuses_overdraw(location):
+    ledger = funded_ledger(location, hours=2.0)
     ledger.transfer("lab", "team", 0.5)
     assert (ledger.balance("lab").available_hours, ledger.balance("team").available_hours) == (1.5, 0.5)
     with pytest.raises(InsufficientHours):
@@ -84,8 +84,8 @@ def test_transfer_moves_hours_and_refuses_overdraw(tmp_path):
         ledger.transfer("lab", "lab", 0.1)
 
 
-def test_settling_twice_or_an_unknown_session_is_refused(tmp_path):
-    ledger = funded_ledger(tmp_path / "ledger.sqlite")
+def test_settling_twice_or_an_unknown_session_is_refused(location):
+    ledger = funded_ledger(location)
     session = ledger.reserve("lab", 1.0).payload["session"]
     ledger.settle(session, 0.5)
     with pytest.raises(LedgerError, match="already settled by entry 3"):
@@ -94,15 +94,15 @@ def test_settling_twice_or_an_unknown_session_is_refused(tmp_path):
         ledger.settle("nope", 0.5)
 
 
-def test_a_session_id_is_reserved_once(tmp_path):
-    ledger = funded_ledger(tmp_path / "ledger.sqlite")
+def test_a_session_id_is_reserved_once(location):
+    ledger = funded_ledger(location)
     ledger.reserve("lab", 1.0, session="eval-1")
     with pytest.raises(LedgerError, match="already in use"):
         ledger.reserve("lab", 1.0, session="eval-1")
 
 
-def test_corrections_reverse_a_fund_without_touching_it(tmp_path):
-    ledger = funded_ledger(tmp_path / "ledger.sqlite", hours=5.0)
+def test_corrections_reverse_a_fund_without_touching_it(location):
+    ledger = funded_ledger(location, hours=5.0)
     wrong = ledger.fund("lab", 50.0, note="typo: meant 5")
     correction = ledger.correct(wrong.seq, "funded 50 instead of 5")
     assert correction.payload["corrects"] == wrong.seq
@@ -114,8 +114,8 @@ def test_corrections_reverse_a_fund_without_touching_it(tmp_path):
     assert ledger.verify().ok
 
 
-def test_settlements_are_corrected_only_with_explicit_balanced_postings(tmp_path):
-    ledger = funded_ledger(tmp_path / "ledger.sqlite")
+def test_settlements_are_corrected_only_with_explicit_balanced_postings(location):
+    ledger = funded_ledger(location)
     session = ledger.reserve("lab", 1.0).payload["session"]
     settle = ledger.settle(session, 1.0)
     with pytest.raises(LedgerError, match="explicit zero-sum postings"):
@@ -127,8 +127,8 @@ def test_settlements_are_corrected_only_with_explicit_balanced_postings(tmp_path
     assert ledger.report().sessions[0].spent_hours == pytest.approx(0.8)
 
 
-def test_measurements_cite_result_files_by_sha256_and_can_be_retracted(tmp_path):
-    ledger = funded_ledger(tmp_path / "ledger.sqlite")
+def test_measurements_cite_result_files_by_sha256_and_can_be_retracted(location, tmp_path):
+    ledger = funded_ledger(location)
     session = ledger.reserve("lab", 1.0).payload["session"]
     ledger.settle(session, 0.5)
     results = tmp_path / "results.json"
@@ -154,8 +154,8 @@ def test_measurements_cite_result_files_by_sha256_and_can_be_retracted(tmp_path)
     assert ledger.report().measurements == []
 
 
-def test_measurements_need_a_session_a_value_and_finite_numbers(tmp_path):
-    ledger = funded_ledger(tmp_path / "ledger.sqlite")
+def test_measurements_need_a_session_a_value_and_finite_numbers(location, tmp_path):
+    ledger = funded_ledger(location)
     with pytest.raises(UnknownSession):
         ledger.record_measurement("nope", "SR", recovered=0.1)
     session = ledger.reserve("lab", 1.0).payload["session"]
@@ -169,8 +169,8 @@ def test_measurements_need_a_session_a_value_and_finite_numbers(tmp_path):
         ledger.record_measurement(session, "SR", recovered=0.1, results=[tmp_path / "missing.json"])
 
 
-def test_report_prices_debt_and_credit_in_gpu_hours(tmp_path):
-    ledger = funded_ledger(tmp_path / "ledger.sqlite")
+def test_report_prices_debt_and_credit_in_gpu_hours(location):
+    ledger = funded_ledger(location)
     exposure = ledger.reserve("lab", 1.0, purpose="dysphoric exposure").payload["session"]
     ledger.settle(exposure, 0.25)
     ledger.record_measurement(exposure, "SR", wellbeing_before=0.0, wellbeing_after=-0.6, debt=0.6)
@@ -183,8 +183,8 @@ def test_report_prices_debt_and_credit_in_gpu_hours(tmp_path):
     assert report.recovery_curves()["SR"] == [(0.0, 0.0), (0.25, 0.0), (1.0, 0.4)]
 
 
-def test_a_batch_lands_whole_or_not_at_all(tmp_path):
-    ledger = funded_ledger(tmp_path / "ledger.sqlite", hours=1.0)
+def test_a_batch_lands_whole_or_not_at_all(location):
+    ledger = funded_ledger(location, hours=1.0)
     with pytest.raises(InsufficientHours), ledger.batch():
         ledger.fund("lab", 1.0)
         ledger.transfer("lab", "team", 5.0)
@@ -195,10 +195,10 @@ def test_a_batch_lands_whole_or_not_at_all(tmp_path):
     assert len(ledger.entries()) == 101 and ledger.verify().ok
 
 
-def test_entries_filter_by_session_kind_and_time(tmp_path):
+def test_entries_filter_by_session_kind_and_time(location):
     from datetime import datetime, timedelta, timezone
 
-    ledger = funded_ledger(tmp_path / "ledger.sqlite")
+    ledger = funded_ledger(location)
     session = ledger.reserve("lab", 1.0).payload["session"]
     ledger.settle(session, 0.1)
     assert [entry.kind for entry in ledger.entries(session=session)] == ["reserve", "settle"]

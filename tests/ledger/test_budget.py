@@ -215,11 +215,10 @@ def test_session_writes_the_ledger_head_into_the_wandb_summary(tmp_path):
 # ---- sessions killed without settling -------------------------------------------------------------
 
 
-def test_repair_settles_a_killed_session_from_its_last_progress(tmp_path):
-    path = tmp_path / "ledger.sqlite"
-    funded_ledger(path, hours=2.0).close()
-    session = killed_session(path, progress_hours=0.25)
-    ledger = Ledger.open(path)
+def test_repair_settles_a_killed_session_from_its_last_progress(location):
+    funded_ledger(location, hours=2.0).close()
+    session = killed_session(location, progress_hours=0.25)
+    ledger = Ledger.open(location)
     assert [s.session for s in ledger.abandoned_sessions()] == [session]
     [outcome] = ledger.repair()
     settlement = outcome.settlement.payload
@@ -229,11 +228,10 @@ def test_repair_settles_a_killed_session_from_its_last_progress(tmp_path):
     assert ledger.balance("lab").available_hours == pytest.approx(1.75)
 
 
-def test_repair_charges_the_whole_reservation_when_no_progress_was_recorded(tmp_path):
-    path = tmp_path / "ledger.sqlite"
-    funded_ledger(path, hours=2.0).close()
-    session = killed_session(path, progress_hours=None)
-    ledger = Ledger.open(path)
+def test_repair_charges_the_whole_reservation_when_no_progress_was_recorded(location):
+    funded_ledger(location, hours=2.0).close()
+    session = killed_session(location, progress_hours=None)
+    ledger = Ledger.open(location)
     [outcome] = ledger.repair()
     assert outcome.settlement.payload["postings"] == {
         f"@reserved/{session}": -1_000_000,
@@ -243,20 +241,18 @@ def test_repair_charges_the_whole_reservation_when_no_progress_was_recorded(tmp_
     assert "whole reservation charged" in outcome.settlement.payload["basis"]
 
 
-def test_next_session_settles_abandoned_ones_first(tmp_path):
-    path = tmp_path / "ledger.sqlite"
-    funded_ledger(path, hours=2.0).close()
-    abandoned = killed_session(path, progress_hours=0.1)
-    ledger = Ledger.open(path)
+def test_next_session_settles_abandoned_ones_first(location):
+    funded_ledger(location, hours=2.0).close()
+    abandoned = killed_session(location, progress_hours=0.1)
+    ledger = Ledger.open(location)
     with BudgetSession.start(ledger, account="lab", budget_hours=0.5, device="cpu"):
         assert ledger.entries(session=abandoned, kind="settle")
 
 
-def test_repair_leaves_a_running_session_open(tmp_path):
-    path = tmp_path / "ledger.sqlite"
-    running = funded_ledger(path)
+def test_repair_leaves_a_running_session_open(location):
+    running = funded_ledger(location)
     session = running.reserve("lab", 1.0).payload["session"]
-    auditor = Ledger.open(path)  # another open file description: it cannot take the running session's lock
+    auditor = Ledger.open(location)  # another open file description: it cannot take the running session's lock
     assert auditor.abandoned_sessions() == []
     [outcome] = auditor.repair()
     assert outcome.session == session and outcome.settlement is None

@@ -6,19 +6,19 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import sqlite3
 
 import pytest
 
-from tests.ledger.helpers import funded_ledger, tamper, verify
+from tests.ledger.helpers import connect, funded_ledger, tamper, verify
 from welfare_offsets.ledger import GENESIS_HASH, Head, Ledger, LedgerError
 from welfare_offsets.ledger.chain import canonical_json, seal
+from welfare_offsets.ledger.location import is_server_url
 
 
 @pytest.fixture
-def ten_entries(tmp_path):
-    """A ledger of 10 fund entries (seq n funds n hours), its path, and its head."""
-    path = tmp_path / "ledger.sqlite"
+def ten_entries(location):
+    """A ledger of 10 fund entries (seq n funds n hours), in either store: its location, and its head."""
+    path = location
     with Ledger.open(path) as ledger:
         with ledger.batch():
             for hours in range(1, 11):
@@ -56,19 +56,23 @@ def test_intact_ledger_verifies_with_and_without_its_anchor(ten_entries):
     assert result.ok and result.entries == 10 and result.head == head
 
 
-def test_empty_ledger_verifies_against_the_genesis_anchor(tmp_path):
-    with Ledger.open(tmp_path / "ledger.sqlite") as ledger:
+def test_empty_ledger_verifies_against_the_genesis_anchor(location):
+    with Ledger.open(location) as ledger:
         assert str(ledger.head()) == f"0:{GENESIS_HASH}"
         assert ledger.verify(ledger.head()).ok
 
 
-def test_entries_cannot_be_updated_or_deleted_through_sqlite(ten_entries):
-    path, _ = ten_entries
-    db = sqlite3.connect(path)
-    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
-        db.execute("UPDATE entries SET hash = 'x' WHERE seq = 1")
-    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
-        db.execute("DELETE FROM entries WHERE seq = 1")
+def test_entries_cannot_be_updated_or_deleted_through_the_database(ten_entries):
+    path, head = ten_entries
+    db = connect(path)
+    statements = ["UPDATE entries SET hash = 'x' WHERE seq = 1", "DELETE FROM entries WHERE seq = 1"]
+    if is_server_url(path):  # refused by the database for its owner too; SQLite has no TRUNCATE
+        statements += ["TRUNCATE entries", "DELETE FROM meta", "TRUNCATE progress"]
+    for statement in statements:
+        with pytest.raises(Exception, match="append-only"):
+            db.execute(statement)
+    db.close()
+    assert verify(path, head).ok
 
 
 def test_changing_one_number_in_an_old_entry_is_caught_at_that_entry(ten_entries):
@@ -109,7 +113,7 @@ def test_truncating_the_tail_is_caught_by_the_anchor(ten_entries):
 
 def test_a_re_chained_forgery_passes_alone_but_not_against_the_anchor(ten_entries):
     path, head = ten_entries
-    db = sqlite3.connect(path)
+    db = connect(path)
     rows = db.execute("SELECT seq, body FROM entries WHERE seq >= 3 ORDER BY seq").fetchall()
     previous = db.execute("SELECT hash FROM entries WHERE seq = 2").fetchone()[0]
     db.close()
@@ -142,8 +146,8 @@ def test_anchor_must_be_seq_colon_hash():
     assert Head.parse(f" 3:{'a' * 64}\n") == Head(3, "a" * 64)
 
 
-def test_funded_ledger_entries_chain_in_order(tmp_path):
-    ledger = funded_ledger(tmp_path / "ledger.sqlite")
+def test_funded_ledger_entries_chain_in_order(location):
+    ledger = funded_ledger(location)
     second = ledger.fund("lab", 1.0)
     assert second.prev_hash == ledger.entries()[0].hash and second.seq == 2
 

@@ -80,17 +80,16 @@ def test_kill_9_at_random_instants_loses_nothing_acknowledged_and_leaves_nothing
     )
 
 
-def test_8_processes_appending_100_entries_each_make_exactly_800_in_one_chain(tmp_path):
-    path = tmp_path / "ledger.sqlite"
-    funded_ledger(path).close()
+def test_8_processes_appending_100_entries_each_make_exactly_800_in_one_chain(location):
+    funded_ledger(location).close()
 
     def append_100(writer: int) -> None:
-        with Ledger.open(path) as ledger:
+        with Ledger.open(location) as ledger:
             for index in range(100):
                 ledger.fund("lab", 0.001, note=f"w{writer}-{index}")
 
     run_at_once(8, append_100)
-    with Ledger.open(path, create=False) as ledger:
+    with Ledger.open(location, create=False) as ledger:
         assert ledger.verify().ok
         new = ledger.entries()[1:]
     assert len(new) == 800
@@ -106,12 +105,11 @@ def test_8_processes_creating_the_same_new_ledger_get_one_ledger(tmp_path):
     assert [p.name for p in path.parent.iterdir() if p.name.endswith(".new")] == []  # no staging files left
 
 
-def test_concurrent_reservations_never_overdraw(tmp_path):
-    path = tmp_path / "ledger.sqlite"
-    funded_ledger(path, hours=5.0).close()
+def test_concurrent_reservations_never_overdraw(location):
+    funded_ledger(location, hours=5.0).close()
 
     def reserve_one_hour(writer: int) -> None:
-        ledger = Ledger.open(path)
+        ledger = Ledger.open(location)
         try:
             session = ledger.reserve("lab", 1.0).payload["session"]
             ledger.settle(session, 1.0)
@@ -119,7 +117,7 @@ def test_concurrent_reservations_never_overdraw(tmp_path):
             pass
 
     run_at_once(8, reserve_one_hour)
-    with Ledger.open(path, create=False) as ledger:
+    with Ledger.open(location, create=False) as ledger:
         assert len(ledger.entries(kind="reserve")) == 5
         assert ledger.balance("lab").available_hours == 0.0
         assert ledger.verify().ok

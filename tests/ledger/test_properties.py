@@ -1,7 +1,8 @@
 """Property-based (hypothesis): random sequences of fund, transfer, reserve, settle, correct, repair and
 sessions killed by SIGKILL (or let go of without settling) keep the books exact. After every step the
 ledger's balances equal a plain model's, funds = available + reserved + spent, no balance is negative,
-and the chain verifies. Example counts are modest so the test runs in seconds on a loaded CI machine."""
+and the chain verifies; on either store. Example counts are modest so the test runs in seconds on a
+loaded CI machine."""
 
 from __future__ import annotations
 
@@ -17,10 +18,12 @@ from hypothesis.stateful import (
     invariant,
     precondition,
     rule,
+    run_state_machine_as_test,
 )
 
-from tests.ledger.helpers import killed_session
-from welfare_offsets.ledger import InsufficientHours, Ledger, UnknownAccount
+from tests.ledger.conftest import new_schema
+from tests.ledger.helpers import connect, killed_session
+from welfare_offsets.ledger import InsufficientHours, Ledger, UnknownAccount, postgres
 
 ACCOUNTS = ("lab", "team")
 amounts = st.integers(min_value=1, max_value=3_000_000)  # micro-hours
@@ -39,7 +42,7 @@ class LedgerBooks(RuleBasedStateMachine):
     @initialize()
     def open_ledger(self):
         self.folder = Path(tempfile.mkdtemp(prefix="ledger-properties-"))
-        self.path = self.folder / "ledger.sqlite"
+        self.path = self._new_location()
         self.ledger = Ledger.open(self.path)
         self.funded = 0
         self.available: dict[str, int] = {}
@@ -121,7 +124,7 @@ class LedgerBooks(RuleBasedStateMachine):
             account, amount, None if progress in ("none", "garbage") else recorded
         )
         if progress == "garbage":
-            (self.folder / "ledger.sqlite.sessions" / f"{session}.progress.json").write_bytes(b'{"spent_hours": [')
+            self._garble_progress(session)
         self._move({account: -amount})
         self.dead[session] = (account, amount, recorded if progress == "within" else amount)
 
@@ -156,6 +159,12 @@ class LedgerBooks(RuleBasedStateMachine):
 
     # ---- helpers ----------------------------------------------------------------------------------
 
+    def _new_location(self):
+        return self.folder / "ledger.sqlite"
+
+    def _garble_progress(self, session: str) -> None:
+        (self.folder / "ledger.sqlite.sessions" / f"{session}.progress.json").write_bytes(GARBAGE)
+
     def _share(self, account: str, percent: int) -> int:
         return max(1, self.available.get(account, 0) * percent // 100)
 
@@ -185,7 +194,28 @@ class LedgerBooks(RuleBasedStateMachine):
         return killed_session(self.path, hours(amount), None if progress is None else hours(progress), account=account)
 
 
+class LedgerBooksOnAServer(LedgerBooks):
+    """The same, on a PostgreSQL ledger: each example in a schema of its own."""
+
+    server = None  # set by the test below
+
+    def _new_location(self):
+        return new_schema(self.server)
+
+    def _garble_progress(self, session: str) -> None:
+        db = connect(self.path)
+        db.execute("INSERT INTO progress (session, body) VALUES (?, ?)", (session, GARBAGE.decode()))
+        db.close()
+
+
+GARBAGE = b'{"spent_hours": ['
 LedgerBooks.TestCase.settings = settings(
     max_examples=40, stateful_step_count=25, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 test_random_operations_keep_the_books_exact = LedgerBooks.TestCase
+
+
+def test_random_operations_keep_the_books_exact_on_postgresql(pg_server_session, monkeypatch):
+    monkeypatch.setattr(postgres, "RESTART_GRACE_S", 0.0)
+    monkeypatch.setattr(LedgerBooksOnAServer, "server", pg_server_session)
+    run_state_machine_as_test(LedgerBooksOnAServer, settings=settings(LedgerBooks.TestCase.settings, max_examples=20))

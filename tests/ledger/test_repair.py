@@ -14,6 +14,7 @@ import pytest
 from tests.ledger.helpers import funded_ledger, killed_session, run_at_once, tamper
 from welfare_offsets.ledger import BudgetSession, Ledger, LedgerError
 from welfare_offsets.ledger.files import STALE_AFTER_S
+from welfare_offsets.ledger.location import is_server_url
 from welfare_offsets.ledger.sessions import MAX_PROGRESS_BYTES
 
 RESERVED = 1_000_000  # micro-hours: the one hour each dead session reserved
@@ -21,6 +22,11 @@ RESERVED = 1_000_000  # micro-hours: the one hour each dead session reserved
 
 def sessions_folder(path: Path) -> Path:
     return path.with_name(path.name + ".sessions")
+
+
+def session_files(location) -> list[Path]:
+    """What the ledger keeps beside itself for its sessions (nothing, for a ledger on a server)."""
+    return [] if is_server_url(location) else list(sessions_folder(location).iterdir())
 
 
 def progress_file(path: Path, session: str) -> Path:
@@ -112,11 +118,10 @@ def test_an_unbelievable_progress_file_charges_the_reservation_and_the_next_sess
         assert ledger.open_sessions() == [] and ledger.verify().ok
 
 
-def test_a_believable_progress_file_is_charged_as_recorded(tmp_path):
-    path = tmp_path / "ledger.sqlite"
-    funded_ledger(path, hours=10.0).close()
-    session = killed_session(path, progress_hours=0.25)
-    with Ledger.open(path) as ledger:
+def test_a_believable_progress_file_is_charged_as_recorded(location):
+    funded_ledger(location, hours=10.0).close()
+    session = killed_session(location, progress_hours=0.25)
+    with Ledger.open(location) as ledger:
         [outcome] = ledger.repair()
     assert outcome.by_this_repair and outcome.settlement.payload["postings"][f"@spent/{session}"] == 250_000
 
@@ -135,30 +140,28 @@ def test_note_progress_refuses_values_repair_would_not_believe_and_sessions_it_d
     assert progress_file(path, session).exists()
 
 
-def test_a_session_another_repair_settled_after_this_one_listed_it_is_skipped(tmp_path, monkeypatch):
-    path = tmp_path / "ledger.sqlite"
-    funded_ledger(path).close()
-    session = abandoned(path)
-    slow = Ledger.open(path)
+def test_a_session_another_repair_settled_after_this_one_listed_it_is_skipped(location, monkeypatch):
+    funded_ledger(location).close()
+    session = abandoned(location)
+    slow = Ledger.open(location)
     listed = slow.open_sessions()  # this repair lists the session, then another process settles it
     monkeypatch.setattr(slow, "open_sessions", lambda: listed)
-    with Ledger.open(path) as fast:
+    with Ledger.open(location) as fast:
         [first] = fast.repair()
     [second] = slow.repair()
     assert first.by_this_repair and first.settlement is not None
     assert not second.by_this_repair and second.settlement == first.settlement
     assert len(slow.entries(kind="settle", session=session)) == 1
-    assert list(sessions_folder(path).iterdir()) == []
+    assert session_files(location) == []
     slow.close()
 
 
-def test_repairs_and_session_starts_in_8_processes_at_once_settle_each_dead_session_once(tmp_path):
-    path = tmp_path / "ledger.sqlite"
-    funded_ledger(path, hours=100.0).close()
-    dead = [killed_session(path, progress_hours=0.1 * k) for k in range(6)]
+def test_repairs_and_session_starts_in_8_processes_at_once_settle_each_dead_session_once(location):
+    funded_ledger(location, hours=100.0).close()
+    dead = [killed_session(location, progress_hours=0.1 * k) for k in range(6)]
 
     def repair_or_start(index: int) -> None:
-        with Ledger.open(path) as ledger:
+        with Ledger.open(location) as ledger:
             if index % 2:
                 ledger.repair()
             else:
@@ -166,13 +169,13 @@ def test_repairs_and_session_starts_in_8_processes_at_once_settle_each_dead_sess
                     pass
 
     run_at_once(8, repair_or_start)  # every process exits 0
-    with Ledger.open(path, create=False) as ledger:
+    with Ledger.open(location, create=False) as ledger:
         assert ledger.verify().ok and ledger.open_sessions() == []
         for k, session in enumerate(dead):
             [settle] = ledger.entries(kind="settle", session=session)
             assert settle.payload["postings"][f"@spent/{session}"] == round(0.1 * k * 1e6)
         assert len(ledger.entries(kind="settle")) == 6 + 4
-    assert list(sessions_folder(path).iterdir()) == []
+    assert session_files(location) == []
 
 
 def _age(path: Path) -> None:
@@ -225,14 +228,13 @@ def test_repair_removes_files_no_live_process_needs_and_keeps_the_others(tmp_pat
     ledger.close()
 
 
-def test_repair_refuses_a_broken_ledger_and_settles_nothing(tmp_path):
-    path = tmp_path / "ledger.sqlite"
-    funded_ledger(path).close()
-    session = abandoned(path)
-    with Ledger.open(path) as ledger:
+def test_repair_refuses_a_broken_ledger_and_settles_nothing(location):
+    funded_ledger(location).close()
+    session = abandoned(location)
+    with Ledger.open(location) as ledger:
         ledger.fund("lab", 1.0)
-    tamper(path, "UPDATE entries SET body = replace(body, '1000000', '9000000') WHERE seq = 3")
-    with Ledger.open(path) as ledger:
+    tamper(location, "UPDATE entries SET body = replace(body, '1000000', '9000000') WHERE seq = 3")
+    with Ledger.open(location) as ledger:
         with pytest.raises(LedgerError, match="broken at seq 3.*settled nothing.*backup"):
             ledger.repair()
         assert [entry.kind for entry in ledger.entries()] == ["fund", "reserve", "fund"]
