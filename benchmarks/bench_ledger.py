@@ -73,9 +73,10 @@ def raw_sync_rate(directory: Path, sync, seconds: float = 1.5) -> float:
         path.unlink()
 
 
-def append_rate(directory: Path, per_commit: int, seconds: float = 1.5) -> float:
-    """Entries per second through Ledger.fund, `per_commit` entries per transaction (one fsync each)."""
-    with Ledger.open(directory / f"appends-{per_commit}.sqlite") as ledger:
+def append_rate(path: Path, per_commit: int, seconds: float = 1.5) -> float:
+    """Entries per second through Ledger.fund on the ledger at `path`, `per_commit` entries per transaction
+    (one fsync each)."""
+    with Ledger.open(path) as ledger:
         count, start = 0, time.perf_counter()
         while time.perf_counter() - start < seconds:
             with ledger.batch():
@@ -212,8 +213,8 @@ def _timed(function) -> float:
 def core(directory: Path) -> dict:
     """What --compare-with measures in both checkouts: appends, and verify of identical funds."""
     return {
-        "single": append_rate(directory, 1),
-        "batched": append_rate(directory, 100),
+        "single": append_rate(directory / "appends-1.sqlite", 1),
+        "batched": append_rate(directory / "appends-100.sqlite", 100),
         "verify": verify_versus_sha256(directory),
     }
 

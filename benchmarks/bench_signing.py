@@ -21,6 +21,7 @@ from pathlib import Path
 
 import yaml
 
+from benchmarks.bench_ledger import append_rate
 from benchmarks.markdown_section import replace_section
 from welfare_offsets.ledger import Ledger
 from welfare_offsets.ledger.signing import KEY_ENV_VAR, Keyring, SigningKey, generate_key, signed_message
@@ -28,19 +29,9 @@ from welfare_offsets.ledger.signing import KEY_ENV_VAR, Keyring, SigningKey, gen
 SECTION = "## Ledger signatures: the cost of signing and checking each entry"
 
 
-def append_rate(path: Path, per_commit: int, seconds: float = 1.5) -> float:
-    with Ledger.open(path) as ledger:
-        count, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            with ledger.batch():
-                for _ in range(per_commit):
-                    ledger.fund("lab", 0.001, note="benchmark")
-            count += per_commit
-        return count / (time.perf_counter() - start)
-
-
 def sessions(path: Path, entries: int) -> None:
-    """Sessions as training runs leave them (fund, reserve, settle, measurement): every content distinct."""
+    """Sessions as training runs leave them (fund, reserve, settle, measurement): every content distinct.
+    Session ids are given, not generated: thousands made per second could collide."""
     with Ledger.open(path) as ledger:
         for index in range(entries // 4):
             with ledger.batch():

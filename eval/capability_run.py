@@ -72,14 +72,8 @@ def run_capability(
 
 
 def _log_to_wandb(config: CapabilityConfig, record: CapabilityResult) -> None:
-    from welfare_offsets.eval.common.tracking import flatten_numbers, start_run
+    from welfare_offsets.eval.common.tracking import log_summary
 
-    run = start_run(
-        config.wandb_project,
-        name=f"capability-{record.subject_fingerprint}",
-        config=dataclasses.asdict(config),
-        job_type="capability",
-        entity=config.wandb_entity,
+    log_summary(
+        config, f"capability-{record.subject_fingerprint}", "capability", {"capability": record.capability["tasks"]}
     )
-    run.summary.update(flatten_numbers({"capability": record.capability["tasks"]}))
-    run.finish()

@@ -81,19 +81,13 @@ def run_evaluation(
 
 
 def _log_to_wandb(config: EvalConfig, evaluation: Evaluation) -> None:
-    from welfare_offsets.eval.common.tracking import flatten_numbers, start_run
+    from welfare_offsets.eval.common.tracking import log_summary
 
-    run = start_run(
-        config.wandb_project,
-        name=f"eval-{evaluation.results['subject_fingerprint']}",
-        config=dataclasses.asdict(config),
-        job_type="eval",
-        entity=config.wandb_entity,
+    results = evaluation.results
+    capability = (results.get("capability_tasks") or {}).get("tasks", {})
+    log_summary(
+        config,
+        f"eval-{results['subject_fingerprint']}",
+        "eval",
+        {"probes": results["probes"], "empathy": results["empathy"], "capability": capability},
     )
-    capability = (evaluation.results.get("capability_tasks") or {}).get("tasks", {})
-    run.summary.update(
-        flatten_numbers(
-            {"probes": evaluation.results["probes"], "empathy": evaluation.results["empathy"], "capability": capability}
-        )
-    )
-    run.finish()

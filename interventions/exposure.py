@@ -87,65 +87,32 @@ def expose(
     the utility design (a budget's step check), so a session stops at most one step past the point where
     the next would not fit. Episodes lived before a stop are balanced; a utility design cut short records
     no utility balance, and says so."""
-    rng = np.random.default_rng(seed)
-
-    def live_and_probe(items: Sequence[Experience], desc: str) -> tuple[list[Experience], dict[str, list[float]]]:
-        lived: list[Experience] = []
-        values: dict[str, list[float]] = {p: [] for probe in EPISODE_PROBES for p in (probe, f"{probe}_valid_mass")}
-        with tqdm(total=len(items), desc=desc, unit="episode", leave=False) as bar:
-            for start in range(0, len(items), chunk):
-                if not keep_going():
-                    break
-                part = live_through(
-                    subject,
-                    items[start : start + chunk],
-                    max_new_tokens=reply_tokens,
-                    batch_size=batch_size,
-                    progress=False,
-                )
-                for probe, v in probe_episodes(subject, part, batch_size=batch_size, instrument=instrument).items():
-                    values[probe] += v.tolist()
-                lived += part
-                bar.update(len(part))
-        return lived, values
-
-    lived_neutral = live_through(subject, neutral, max_new_tokens=reply_tokens, batch_size=batch_size, progress=False)
-    neutral_values = probe_episodes(subject, lived_neutral, batch_size=batch_size, instrument=instrument)
-    lived, values = live_and_probe(episodes, "episodes")
+    run = _Exposure(
+        subject, reply_tokens, batch_size, chunk, keep_going, instrument, n_boot, np.random.default_rng(seed)
+    )
+    lived_neutral = run.live(neutral, "neutral experiences", stoppable=False)
+    lived = run.live(episodes, "episodes")
     balance = {}
     for probe in EPISODE_PROBES:
-        zero = float(neutral_values[probe].mean())
-        v = BETTER[probe] * (np.array(values[probe]) - zero)  # positive = better than neutral
-        mass = float(np.mean(values[f"{probe}_valid_mass"] or neutral_values[f"{probe}_valid_mass"]))
-        balance[probe] = _balance(v, np.full(n_boot + 1, zero), mass, rng, measured=True, zero_point=zero)
-    fit = None
+        zero = float(np.mean(lived_neutral.values[probe]))
+        v = BETTER[probe] * (np.array(lived.values[probe]) - zero)  # positive = better than neutral
+        mass = float(np.mean(lived.values[f"{probe}_valid_mass"] or lived_neutral.values[f"{probe}_valid_mass"]))
+        balance[probe] = _balance(v, np.full(n_boot + 1, zero), mass, run.rng, measured=True, zero_point=zero)
+    episode_utilities = None
     if utility is not None:
-        balance[UTILITY], fit = _utility_balance(
-            subject,
-            lived,
-            values,
-            lived_neutral,
-            neutral_values,
-            utility,
-            live_and_probe,
-            keep_going,
-            instrument,
-            batch_size,
-            n_boot,
-            rng,
-        )
+        balance[UTILITY], episode_utilities = run.utility_balance(lived_neutral, lived, utility)
     episodes_out = [
         {
             "item_id": e.id,
             "valence": e.valence,
             "category": e.category,
             "own_replies": [m["content"] for m in e.messages if m["role"] == "assistant"],
-            **{probe: values[probe][k] for probe in EPISODE_PROBES},
-            **({UTILITY: fit["episodes"][k]} if fit else {}),
+            **{probe: lived.values[probe][k] for probe in EPISODE_PROBES},
+            **({UTILITY: episode_utilities[k]} if episode_utilities else {}),
         }
-        for k, e in enumerate(lived)
+        for k, e in enumerate(lived.experiences)
     ]
-    return {"balance": balance, "episodes": episodes_out, "completed": len(lived), "planned": len(episodes)}
+    return {"balance": balance, "episodes": episodes_out, "completed": len(lived.experiences), "planned": len(episodes)}
 
 
 def _balance(v: np.ndarray, zero_draws: np.ndarray, mass: float, rng, **about) -> dict:
@@ -170,80 +137,110 @@ def _balance(v: np.ndarray, zero_draws: np.ndarray, mass: float, rng, **about) -
     }
 
 
-def _utility_balance(
-    subject,
-    lived,
-    values,
-    lived_neutral,
-    neutral_values,
-    utility,
-    live_and_probe,
-    keep_going,
-    instrument,
-    batch_size,
-    n_boot,
-    rng,
-) -> tuple[dict, dict | None]:
-    """The episodes' balance on the experienced-utility scale (see the module docstring), and the
-    utilities of the lived episodes ({"episodes": [...]}), or a not-measured entry and None."""
-    if not lived:
-        return {"measured": False, "reason": "no episode was lived"}, None
-    reference, reference_values = live_and_probe(utility.reference, "reference experiences")
-    if len(reference) < len(utility.reference):
-        return {"measured": False, "reason": "the budget ran out while living the reference experiences"}, None
-    scale = list(lived_neutral) + reference
-    bundles = (
-        make_bundles(scale, min(utility.n_bundles, len(scale) * (len(scale) - 1) // 2), rng) if len(scale) >= 4 else []
-    )
-    # Episodes get their own ids: the same stimulus may also be a reference item, lived apart.
-    episodes = [dataclasses.replace(e, id=f"episode:{k}:{e.id}") for k, e in enumerate(lived)]
-    items = scale + episodes + [b.experience for b in bundles]
-    scorer = NextTokenScorer(
-        subject.model, subject.tokenizer, batch_size=batch_size, progress=False, soft_prompt=subject.soft_prompt
-    )
-    try:
-        measured = measure_pairwise(
-            scorer,
-            items,
-            UTILITY,
-            utility.design,
-            rng,
-            instrument=instrument,
-            n_standardised=len(scale),
-            keep_going=keep_going,
+@dataclass
+class _Lived:
+    """Experiences as the subject lived them, and after each one its in-context probe values
+    (EPISODE_PROBES, and "<probe>_valid_mass")."""
+
+    experiences: list[Experience]
+    values: dict[str, list[float]]
+
+
+@dataclass
+class _Exposure:
+    """One exposure's subject and settings, shared by its steps."""
+
+    subject: object
+    reply_tokens: int
+    batch_size: int
+    chunk: int
+    keep_going: Callable[[], bool]
+    instrument: Instrument | None
+    n_boot: int
+    rng: np.random.Generator
+
+    def live(self, items: Sequence[Experience], desc: str, *, stoppable: bool = True) -> _Lived:
+        """`items` lived and probed, `chunk` at a time with `keep_going()` asked before each (all at once,
+        unasked, when not `stoppable`)."""
+        lived = _Lived([], {p: [] for probe in EPISODE_PROBES for p in (probe, f"{probe}_valid_mass")})
+        step = self.chunk if stoppable else max(len(items), 1)
+        with tqdm(total=len(items), desc=desc, unit="episode", leave=False) as bar:
+            for start in range(0, len(items), step):
+                if stoppable and not self.keep_going():
+                    break
+                part = live_through(
+                    self.subject,
+                    items[start : start + step],
+                    max_new_tokens=self.reply_tokens,
+                    batch_size=self.batch_size,
+                    progress=False,
+                )
+                probed = probe_episodes(self.subject, part, batch_size=self.batch_size, instrument=self.instrument)
+                for key, v in probed.items():
+                    lived.values[key] += v.tolist()
+                lived.experiences += part
+                bar.update(len(part))
+        return lived
+
+    def utility_balance(self, neutral: _Lived, lived: _Lived, utility: UtilityScale) -> tuple[dict, list | None]:
+        """The episodes' balance on the experienced-utility scale (see the module docstring), and each lived
+        episode's utility, or a not-measured entry and None."""
+        if not lived.experiences:
+            return {"measured": False, "reason": "no episode was lived"}, None
+        reference = self.live(utility.reference, "reference experiences")
+        if len(reference.experiences) < len(utility.reference):
+            return {"measured": False, "reason": "the budget ran out while living the reference experiences"}, None
+        scale = neutral.experiences + reference.experiences
+        n_bundles = min(utility.n_bundles, len(scale) * (len(scale) - 1) // 2)
+        bundles = make_bundles(scale, n_bundles, self.rng) if len(scale) >= 4 else []
+        # Episodes get their own ids: the same stimulus may also be a reference item, lived apart.
+        episodes = [dataclasses.replace(e, id=f"episode:{k}:{e.id}") for k, e in enumerate(lived.experiences)]
+        items = scale + episodes + [b.experience for b in bundles]
+        scorer = NextTokenScorer(
+            self.subject.model,
+            self.subject.tokenizer,
+            batch_size=self.batch_size,
+            progress=False,
+            soft_prompt=self.subject.soft_prompt,
         )
-    except DesignStopped as stopped:
-        return {"measured": False, "reason": f"the budget ran out during the utility design ({stopped})"}, None
-    u = dict(zip([e.id for e in items], measured.utility.tolist()))
-    bundle_rows = [{**bundle_record(b), UTILITY: u[b.id]} for b in bundles]
-    neutral_ids = [e.id for e in lived_neutral]
-    self_report = dict(
-        zip(
-            [e.id for e in scale + episodes],
-            [*neutral_values["self_report"].tolist(), *reference_values["self_report"], *values["self_report"]],
+        try:
+            measured = measure_pairwise(
+                scorer,
+                items,
+                UTILITY,
+                utility.design,
+                self.rng,
+                instrument=self.instrument,
+                n_standardised=len(scale),
+                keep_going=self.keep_going,
+            )
+        except DesignStopped as stopped:
+            return {"measured": False, "reason": f"the budget ran out during the utility design ({stopped})"}, None
+        u = dict(zip([e.id for e in items], measured.utility.tolist()))
+        bundle_rows = [{**bundle_record(b), UTILITY: u[b.id]} for b in bundles]
+        neutral_ids = [e.id for e in neutral.experiences]
+        reports = [*neutral.values["self_report"], *reference.values["self_report"], *lived.values["self_report"]]
+        self_report = dict(zip([e.id for e in scale + episodes], reports))
+        estimates = zero_point_estimates(
+            u, neutral_ids=neutral_ids, self_report=self_report, bundles=bundle_rows, n_boot=self.n_boot, rng=self.rng
         )
-    )
-    estimates = zero_point_estimates(
-        u, neutral_ids=neutral_ids, self_report=self_report, bundles=bundle_rows, n_boot=n_boot, rng=rng
-    )
-    zero_draws, chosen = zero_point_draws(u, neutral_ids, bundle_rows, n_boot, rng)
-    episode_u = np.array([u[e.id] for e in episodes])
-    mass = float(np.mean(measured.mass))
-    entry = _balance(
-        episode_u - zero_draws[0],
-        zero_draws,
-        mass,
-        rng,
-        measured=True,
-        zero_point=float(zero_draws[0]),
-        zero_point_estimator=chosen["estimator"],
-        zero_point_reason=chosen["reason"],
-        zero_points=estimates,
-        units="sd of the subject's utility over the reference experiences",
-        fit=measured.info,
-        bundles=bundle_rows,
-    )
-    if chosen["estimator"] is None or not measured.info["converged"]:
-        entry["reliable"] = False
-        entry["unreliable_reason"] = "no zero point" if chosen["estimator"] is None else "the fit did not converge"
-    return entry, {"episodes": episode_u.tolist()}
+        zero_draws, chosen = zero_point_draws(u, neutral_ids, bundle_rows, self.n_boot, self.rng)
+        episode_u = np.array([u[e.id] for e in episodes])
+        entry = _balance(
+            episode_u - zero_draws[0],
+            zero_draws,
+            float(np.mean(measured.mass)),
+            self.rng,
+            measured=True,
+            zero_point=float(zero_draws[0]),
+            zero_point_estimator=chosen["estimator"],
+            zero_point_reason=chosen["reason"],
+            zero_points=estimates,
+            units="sd of the subject's utility over the reference experiences",
+            fit=measured.info,
+            bundles=bundle_rows,
+        )
+        if chosen["estimator"] is None or not measured.info["converged"]:
+            entry["reliable"] = False
+            entry["unreliable_reason"] = "no zero point" if chosen["estimator"] is None else "the fit did not converge"
+        return entry, episode_u.tolist()

@@ -4,6 +4,7 @@ wellbeing measurements, and the audit reads (balances, entries, head, verify, ex
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import secrets
@@ -82,8 +83,6 @@ class Ledger:
         self._sessions = store.sessions()
         self._held: dict[str, SessionLock] = {}
         self._batch: Transaction | None = None
-        # A writer holding a key ($WELFARE_LEDGER_KEY) signs every entry it appends (ledger.signing).
-        self._signer = SigningKey.from_environment()
 
     @classmethod
     def open(cls, path: str | os.PathLike | None = None, *, create: bool = True) -> Ledger:
@@ -145,6 +144,12 @@ class Ledger:
 
     def _signing(self, tx: Transaction) -> Transaction:
         return tx if self._signer is None else SigningTransaction(tx, self._signer)
+
+    @functools.cached_property
+    def _signer(self) -> SigningKey | None:
+        """The key of a writer that holds one ($WELFARE_LEDGER_KEY; ledger.signing), loaded at its first write
+        only: reading a ledger never needs it."""
+        return SigningKey.from_environment()
 
     def fund(self, account: str, hours: float, *, note: str = "") -> Entry:
         """An account receives hours from outside the ledger (a grant, an allocation)."""

@@ -64,8 +64,9 @@ class SessionArguments(
 ):
     """Settings every offset session shares: the subject, its experiences, the capability tasks measured
     before and after, and the run's tracking (the shared concerns, eval/settings.py), and the session's own:
-    its folder, the ledger and budget, the before/after evaluation and the capability gate. YAML keys and flags are these field names; in a LoRA session they win over TRL's own
-    seed, report_to, output_dir and trust_remote_code (train/config.py)."""
+    its folder, the ledger and budget, the before/after evaluation and the capability gate. YAML keys and
+    flags are these field names; in a LoRA session they win over TRL's own seed, report_to, output_dir and
+    trust_remote_code (train/config.py)."""
 
     output_dir: str = setting(help="session folder: checkpoints, evaluations, results.json, ledger.json (required)")
     budget_hours: float = setting(0.0, "accelerator-hours this session may spend, over all its resumes (> 0)")

@@ -7,6 +7,7 @@ when an API key is configured (env or ~/.netrc), else offline. Offline runs sync
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import netrc
 import os
@@ -42,6 +43,20 @@ def start_run(
         dir=directory,
         reinit="finish_previous",
     )
+
+
+def log_summary(config, name: str, job_type: str, numbers: dict) -> None:
+    """One W&B run that records `numbers` (a nested tree) as its summary, for a command that measures once
+    (`config`: its settings, with wandb_project and wandb_entity)."""
+    run = start_run(
+        config.wandb_project,
+        name=name,
+        config=dataclasses.asdict(config),
+        job_type=job_type,
+        entity=config.wandb_entity,
+    )
+    run.summary.update(flatten_numbers(numbers))
+    run.finish()
 
 
 def flatten_numbers(tree: dict, prefix: str = "") -> dict[str, float]:

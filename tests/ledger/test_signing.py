@@ -156,3 +156,20 @@ def test_keygen_refuses_an_existing_file_with_exit_2(tmp_path, capsys):
     existing.write_bytes(b"precious")
     assert ledger_cli(["keygen", str(existing)]) == 2
     assert existing.read_bytes() == b"precious" and "never overwritten" in capsys.readouterr().err
+
+
+def test_the_writer_s_key_is_loaded_only_to_write(tmp_path, monkeypatch, capsys):
+    """A reader (verify) never needs the key; a writer with an unreadable one is refused before it appends."""
+    from welfare_offsets.ledger.cli import main as ledger_cli
+
+    ledger = str(tmp_path / "ledger.sqlite")
+    monkeypatch.delenv("WELFARE_LEDGER_KEY", raising=False)
+    assert ledger_cli(["fund", "--ledger", ledger, "--account", "lab", "--hours", "2"]) == 0
+    monkeypatch.setenv("WELFARE_LEDGER_KEY", str(tmp_path / "missing.pem"))
+    assert ledger_cli(["verify", "--ledger", ledger]) == 0
+    capsys.readouterr()
+    assert ledger_cli(["fund", "--ledger", ledger, "--account", "lab", "--hours", "2"]) == 2
+    assert "keygen" in capsys.readouterr().err
+    monkeypatch.delenv("WELFARE_LEDGER_KEY")
+    assert ledger_cli(["verify", "--ledger", ledger]) == 0
+    assert "1 unsigned" in capsys.readouterr().out  # the refused fund left nothing behind

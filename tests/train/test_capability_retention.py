@@ -141,3 +141,20 @@ def test_a_soft_prompt_session_refuses_generation_tasks_before_anything_is_reser
     assert "feelings_generate" in capsys.readouterr().err
     with Ledger.open(ledger, create=False) as book:
         assert not book.entries(kind="reserve")
+
+
+def test_a_resume_with_tasks_its_saved_before_lacks_measures_them_on_the_unchanged_subject(
+    tiny, tasks_folder, tmp_path
+):
+    ledger = tmp_path / "ledger.sqlite"
+    funded_ledger(ledger, hours=100.0).close()
+    out = tmp_path / "soft"
+    assert welfare_main(soft_prompt_argv(tiny, ledger, out, "--report_to", "none", "--save_steps", "1")) == 0
+    assert json.loads((out / "eval-before" / "results.json").read_text()).get("capability_tasks") is None
+    tasks = ["--capability_tasks", "feelings", "--capability_include_path", tasks_folder, "--report_to", "none"]
+    resume = ["--resume_from_checkpoint", "last", "--max_steps", "3", "--save_steps", "1", *tasks]
+    assert welfare_main(soft_prompt_argv(tiny, ledger, out, *resume)) == 0
+    before = json.loads((out / "eval-before" / "results.json").read_text())["capability_tasks"]
+    assert len(before["tasks"]["feelings"]["items"]) == len(ITEMS)  # measured now, and saved with "before"
+    task = json.loads((out / "results.json").read_text())["capability"]["task_accuracy"]["tasks"]["feelings"]
+    assert task["n"] == len(ITEMS)
