@@ -73,8 +73,8 @@ def raw_sync_rate(directory: Path, sync, seconds: float = 1.5) -> float:
         path.unlink()
 
 
-def append_rate(path: Path, per_commit: int, seconds: float = 1.5) -> float:
-    """Entries per second through Ledger.fund on the ledger at `path`, `per_commit` entries per transaction
+def append_rate(path: Path | str, per_commit: int, seconds: float = 1.5) -> float:
+    """Entries per second through Ledger.fund on the ledger at `path` (a file or a postgresql:// URL), `per_commit` entries per transaction
     (one fsync each)."""
     with Ledger.open(path) as ledger:
         count, start = 0, time.perf_counter()

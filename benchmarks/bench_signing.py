@@ -3,7 +3,8 @@
     python -m benchmarks.bench_signing [--dir DIR] [--update-md BENCHMARKS.md]
 
 Baselines measured in the same run: the same durable appends (`Ledger.fund`, one and 100 per commit)
-without a key, and `verify` of the same 10,000-entry ledger of sessions without a keyring. The goal the
+without a key, on SQLite and (where a throwaway PostgreSQL 15 cluster can start, as the tests start one)
+on PostgreSQL, and `verify` of the same 10,000-entry ledger of sessions without a keyring. The goal the
 signatures were given: under 5% of an append. The per-entry primitives (ed25519 sign and verify through
 the `cryptography` package) are timed alone too, since they set the floor whatever the disk.
 """
@@ -23,6 +24,8 @@ import yaml
 
 from benchmarks.bench_ledger import append_rate
 from benchmarks.markdown_section import replace_section
+from tests.ledger import pg_server
+from tests.ledger.conftest import new_schema
 from welfare_offsets.ledger import Ledger
 from welfare_offsets.ledger.signing import KEY_ENV_VAR, Keyring, SigningKey, generate_key, signed_message
 
@@ -57,6 +60,18 @@ def with_key(key: Path | None):
         os.environ[KEY_ENV_VAR] = str(key)
 
 
+def signed_and_unsigned(new_location, key: Path, per_commit: int) -> dict[str, float]:
+    """Median append rates without and with the key, each run on a new ledger; runs interleaved, so drift
+    in the disk's speed hits both alike."""
+    runs = {"unsigned": [], "signed": []}
+    for attempt in range(3):
+        for name, k in (("unsigned", None), ("signed", key)):
+            with_key(k)
+            runs[name].append(append_rate(new_location(name, attempt), per_commit))
+    with_key(None)
+    return {name: statistics.median(v) for name, v in runs.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()))
@@ -80,12 +95,16 @@ def main() -> None:
     }
     rates = {}
     for per_commit in (1, 100):
-        runs = {"unsigned": [], "signed": []}
-        for attempt in range(3):  # interleaved, so drift in the disk's speed hits both alike
-            for name, k in (("unsigned", None), ("signed", key)):
-                with_key(k)
-                runs[name].append(append_rate(work / f"a-{per_commit}-{name}-{attempt}.sqlite", per_commit))
-        rates[per_commit] = {name: statistics.median(v) for name, v in runs.items()}
+        rates["SQLite", per_commit] = signed_and_unsigned(
+            lambda name, attempt, n=per_commit: str(work / f"a-{n}-{name}-{attempt}.sqlite"), key, per_commit
+        )
+    server = pg_server.Server() if pg_server.why_not_available() is None else None
+    try:
+        if server is not None:
+            rates["PostgreSQL", 1] = signed_and_unsigned(lambda name, attempt: new_schema(server), key, 1)
+    finally:
+        if server is not None:
+            server.remove()
     verify_s = {}
     for name, k in (("unsigned", None), ("signed", key)):
         with_key(k)
@@ -102,12 +121,12 @@ def main() -> None:
             assert result.ok, result.reason
         verify_s[name] = min(times)
     rows = []
-    for per_commit, r in rates.items():
+    for (store, per_commit), r in rates.items():
         cost = 1 / r["signed"] - 1 / r["unsigned"]
         share = cost * r["unsigned"]
         rows.append(
-            f"| durable appends, {per_commit} per commit | {r['signed']:,.0f} /s | {r['unsigned']:,.0f} /s | "
-            f"+{share:.0%} per append | {'yes' if share < 0.05 else 'no'} |"
+            f"| durable appends on {store}, {per_commit} per commit | {r['signed']:,.0f} /s | {r['unsigned']:,.0f} /s "
+            f"| {share:+.0%} per append | {'yes' if share < 0.05 else 'no'} |"
         )
     v = verify_s
     rows.append(

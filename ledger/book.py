@@ -621,6 +621,14 @@ class Ledger:
         if not reservations:
             raise UnknownSession(f"session {session!r} has no reservation in {self.path}; check the session id")
         settlements = tx.select(kind="settle", session=session)
+        if settlements and session in self._held:
+            raise LedgerError(
+                f"session {session!r}, which this process runs, was settled by entry {settlements[0].seq} of "
+                "another process: `welfare ledger repair` found it dead (for example while this process was cut off "
+                "from the ledger server). The hours it spent after its last progress note are "
+                "not in the ledger; an approver charges them by correcting that entry with explicit postings "
+                "(docs/ledger.md)"
+            )
         if settlements:
             raise LedgerError(
                 f"session {session!r} was already settled by entry {settlements[0].seq}; "

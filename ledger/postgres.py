@@ -9,7 +9,8 @@ what the server adds:
   whoever runs them, and a BEFORE INSERT trigger refuses a row that does not extend the chain (its seq is
   not the next, its prev_hash is not the last entry's hash, or its hash is not sha256 of its body). A
   writer role needs only INSERT and SELECT (docs/ledger.md); only the tables' owner can drop or disable a
-  trigger, and `schema_problem` (so `verify`, and every write) finds that.
+  trigger, and `schema_problem` (so `verify`, and every write) finds that: a write locks the entries table
+  first, so no schema change lands between its check and its commit.
 - **Liveness across hosts.** A session holds a session-level advisory lock on the connection of the process
   that reserved it, for as long as it runs; the server frees it when that connection ends (the process
   died, even by kill -9, or closed the ledger), so `repair` treats a session whose lock it can take as
@@ -202,6 +203,34 @@ SELECT 'function', proname, concat_ws(' ', lanname, CASE WHEN prosecdef THEN 'se
         array_to_string(proconfig, ' ')) || ': ' || prosrc
     FROM functions
 """
+# Every catalog row _CATALOG reads and the meta rows, by oid and xmin, folded into one md5. A row's xmin is
+# the transaction that wrote it: any edit of a catalog row writes a new version with a new xmin, an added
+# row adds an element and a dropped one removes it, so an unchanged fingerprint means an unchanged schema.
+# Writes compare it with the one taken when the full check last passed, and rerun that check only when it
+# differs: about a third of the full check's cost (BENCHMARKS.md).
+_FINGERPRINT = """
+WITH ours AS (SELECT to_regclass(name) AS oid FROM unnest(ARRAY['meta', 'entries', 'progress']) AS name),
+functions AS (
+    SELECT oid, prolang, xmin FROM pg_proc
+    WHERE oid IN (SELECT tgfoid FROM pg_trigger WHERE tgrelid IN (SELECT oid FROM ours))
+        OR (proname IN ('welfare_ledger_refuse', 'welfare_ledger_chain')
+            AND pronamespace = (SELECT relnamespace FROM pg_class WHERE oid = to_regclass('entries')))
+)
+SELECT md5(string_agg(version, ',' ORDER BY version)) FROM (
+    SELECT 'class ' || oid || ' ' || xmin AS version FROM pg_class
+        WHERE oid IN (SELECT oid FROM ours) OR oid IN (SELECT indexrelid FROM pg_index WHERE indrelid IN (SELECT oid FROM ours))
+    UNION ALL SELECT 'attribute ' || attrelid || '.' || attnum || ' ' || xmin FROM pg_attribute
+        WHERE attrelid IN (SELECT oid FROM ours) AND attnum > 0
+    UNION ALL SELECT 'constraint ' || oid || ' ' || xmin FROM pg_constraint WHERE conrelid IN (SELECT oid FROM ours)
+    UNION ALL SELECT 'index ' || indexrelid || ' ' || xmin FROM pg_index WHERE indrelid IN (SELECT oid FROM ours)
+    UNION ALL SELECT 'rule ' || oid || ' ' || xmin FROM pg_rewrite WHERE ev_class IN (SELECT oid FROM ours)
+    UNION ALL SELECT 'policy ' || oid || ' ' || xmin FROM pg_policy WHERE polrelid IN (SELECT oid FROM ours)
+    UNION ALL SELECT 'trigger ' || oid || ' ' || xmin FROM pg_trigger WHERE tgrelid IN (SELECT oid FROM ours)
+    UNION ALL SELECT 'function ' || oid || ' ' || xmin FROM functions
+    UNION ALL SELECT 'language ' || oid || ' ' || xmin FROM pg_language WHERE oid IN (SELECT prolang FROM functions)
+    UNION ALL SELECT 'meta ' || xmin FROM meta
+) AS versions
+"""
 _QUERIES = Queries(
     head="SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1",
     entry="SELECT body, hash FROM entries WHERE seq = %(seq)s",
@@ -247,8 +276,11 @@ class PostgresStore(Store):
         self._pg, self._url, self._conn, self._schema = pg, url, connection, schema
         self.location = redact(url)
         self._append_key = self._key("append")
-        self._held_keys: set[int] = set()  # session locks this process holds, re-taken after a reconnect
+        self._held_keys: dict[
+            int, str
+        ] = {}  # session locks this process holds (key: session), re-taken after a reconnect
         self._in_transaction = False
+        self._checked_fingerprint: str | None = None  # the catalog's, when the full check last passed
 
     @classmethod
     def open(cls, url: str, *, create: bool) -> PostgresStore:
@@ -316,14 +348,31 @@ class PostgresStore(Store):
             except LedgerError as error:
                 raise LedgerError(f"lost the connection to the ledger server and {error}") from None
             try:
-                for key in self._held_keys:
-                    self._execute("SELECT pg_try_advisory_lock(%(key)s)", {"key": key})
-                return
+                lost_sessions = self._sessions_taken_over()
             except _Lost as lost:
                 if time.monotonic() > deadline:
                     raise LedgerError(
                         f"the connection to the ledger server {self.location} keeps breaking ({lost})"
                     ) from None
+                continue
+            if lost_sessions:
+                for session in lost_sessions:
+                    del self._held_keys[self._key("session", session)]
+                raise LedgerError(
+                    f"while this process was cut off from the ledger server {self.location}, another process took "
+                    f"over its session(s) {', '.join(map(repr, lost_sessions))}: `welfare ledger repair` settles a "
+                    "session whose process it cannot see, from its last progress note. Stop this run: `welfare ledger "
+                    "show --session ID` shows what was settled; the hours it spent after that note are not in the "
+                    "ledger, and an approver charges them by correcting the settle entry with explicit postings "
+                    "(Ledger.correct, docs/ledger.md)"
+                )
+            return
+
+    def _sessions_taken_over(self) -> list[str]:
+        """Re-take this process's session locks on a new connection; the sessions whose lock another process
+        took while this one was cut off (one that `repair` settled and let go is found at its settlement)."""
+        relock = "SELECT pg_try_advisory_lock(%(key)s)"
+        return [session for key, session in self._held_keys.items() if not self._execute(relock, {"key": key})[0][0]]
 
     @contextmanager
     def _begun(self, lock_key: int) -> Iterator[None]:
@@ -391,12 +440,20 @@ class PostgresStore(Store):
             raise WriteInterrupted(nothing)
 
     def _require_schema(self) -> None:
+        """Refuse to write where the tables, triggers or meta rows are not ours. The entries table is locked
+        first (as the INSERT would lock it), so no schema change can land between this check and the
+        commit; the full check reruns only when the catalog's fingerprint changed since it last passed."""
+        self._run("LOCK TABLE entries IN ROW EXCLUSIVE MODE", {})
+        fingerprint = self._run(_FINGERPRINT, {})[0][0]  # taken first: a change after it shows next time
+        if fingerprint == self._checked_fingerprint:
+            return
         problem = self.schema_problem()
         if problem is not None:
             raise LedgerError(
                 f"ledger {self.location} cannot be written: {problem}. Nothing was written; check it "
                 "with `welfare ledger verify`, and have the database's owner restore it"
             )
+        self._checked_fingerprint = fingerprint
 
     def schema_problem(self) -> str | None:
         found = {(kind, name): detail for kind, name, detail in self._run(_CATALOG, {})}
@@ -476,12 +533,12 @@ class PostgresStore(Store):
             return False
         taken = self._run("SELECT pg_try_advisory_lock(%(key)s)", {"key": key})[0][0]
         if taken and hold:
-            self._held_keys.add(key)
+            self._held_keys[key] = session
         return taken
 
     def release_session_lock(self, session: str) -> None:
         key = self._key("session", session)
-        self._held_keys.discard(key)
+        self._held_keys.pop(key, None)
         try:
             self._execute("SELECT pg_advisory_unlock(%(key)s)", {"key": key})
         except _Lost:
@@ -509,12 +566,27 @@ class PostgresStore(Store):
         return rows[0][0] if rows else None
 
 
+# TCP keepalives: an idle connection (a session between progress notes) is not dropped by a firewall or
+# NAT that forgets quiet flows, which would free its session lock while its process lives; and a dead
+# server is noticed within about a minute. A URL that sets any of these keeps its own.
+_KEEPALIVES = {"keepalives": "1", "keepalives_idle": "30", "keepalives_interval": "10", "keepalives_count": "3"}
+
+
+def _connection_defaults(pg: Any, url: str) -> dict[str, str]:
+    try:
+        given = pg.conninfo.conninfo_to_dict(url)
+    except pg.ProgrammingError:
+        given = {}  # connecting says what is wrong with it
+    defaults = {"connect_timeout": "10", "application_name": "welfare-offsets ledger", **_KEEPALIVES}
+    return {name: value for name, value in defaults.items() if name not in given}
+
+
 def _connect(pg: Any, url: str, *, until: float) -> tuple[Any, str]:
     """A connection with the ledger's session settings and its schema; tried again until `until`."""
     location, pause = redact(url), 0.1
     while True:
         try:
-            connection = pg.connect(url, autocommit=True, connect_timeout=10, application_name="welfare-offsets ledger")
+            connection = pg.connect(url, autocommit=True, **_connection_defaults(pg, url))
             break
         except pg.ProgrammingError as error:
             raise LedgerError(

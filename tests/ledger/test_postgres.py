@@ -119,20 +119,40 @@ SCHEMA_EDITS = {
 }
 
 
+@pytest.mark.parametrize("while_open", [False, True], ids=["before opening", "between two writes"])
 @pytest.mark.parametrize("edit", SCHEMA_EDITS)
-def test_a_schema_edit_by_the_owner_fails_verify_and_every_write(pg_url, edit):
+def test_a_schema_edit_by_the_owner_fails_verify_and_every_write(pg_url, edit, while_open):
+    """Also when the edit lands between two writes of one open ledger, whose first write's check passed
+    (later writes rerun the full check only when the catalog's fingerprint changed)."""
     statements, reason = SCHEMA_EDITS[edit]
-    funded_ledger(pg_url).close()
+    writer = funded_ledger(pg_url)
+    if not while_open:
+        writer.close()
     db = connect(pg_url)
     for statement in [statements] if isinstance(statements, str) else statements:
         db.execute(statement)
     db.close()
-    with Ledger.open(pg_url, create=False) as ledger:
-        result = ledger.verify()
-        assert (result.ok, result.first_bad_seq) == (False, 0) and reason in result.reason, result.reason
+    with writer if while_open else Ledger.open(pg_url, create=False) as ledger:
         with pytest.raises(LedgerError, match="cannot be written"):
             ledger.fund("lab", 1.0)
+        result = ledger.verify()
+        assert (result.ok, result.first_bad_seq) == (False, 0) and reason in result.reason, result.reason
         assert len(ledger.entries()) == 1
+
+
+def test_a_schema_edit_waits_for_a_write_in_flight_to_commit(pg_url):
+    """A write holds the entries table from its schema check to its commit: an owner's ALTER TABLE queues
+    behind it, so a write is never checked against one schema and committed under another."""
+    import psycopg
+
+    with funded_ledger(pg_url) as ledger, ledger.batch():
+        ledger.fund("lab", 1.0)
+        db = connect(pg_url)
+        db.execute("SET lock_timeout = '200ms'")
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            db.execute("ALTER TABLE entries DISABLE TRIGGER entries_append_only")
+        db.close()
+    assert verify(pg_url).ok
 
 
 def test_what_is_not_a_ledger_or_is_newer_is_refused_and_reading_creates_nothing(pg_server_session):
@@ -289,6 +309,40 @@ def test_a_session_id_held_by_a_live_process_elsewhere_cannot_be_reused(pg_url):
     running.close()  # the process lets go without settling: now it is abandoned
     with Ledger.open(pg_url) as other:
         assert [s.session for s in other.abandoned_sessions()] == ["eval-1"]
+
+
+def _cut_off(ledger: Ledger, pg_url: str) -> None:
+    """The server ends the ledger's connection, as after a long network failure: its session locks go."""
+    admin = connect(pg_url)
+    admin.execute("SELECT pg_terminate_backend(?)", (ledger._store._conn.info.backend_pid,))
+    admin.close()
+
+
+def test_a_session_cut_off_while_another_process_claims_it_stops_at_its_reconnection(pg_url):
+    runner = funded_ledger(pg_url)
+    session = runner.reserve("lab", 1.0).payload["session"]
+    _cut_off(runner, pg_url)
+    with Ledger.open(pg_url) as other:
+        assert other._sessions.claim_if_dead(session) is not None  # as repair does, before it settles
+        with pytest.raises(LedgerError, match=f"another process took over its session.*'{session}'.*Stop this run"):
+            runner.note_progress(session, 0.1)
+    runner.close()
+
+
+def test_a_session_that_repair_settled_while_it_was_cut_off_is_refused_its_own_settlement(pg_url):
+    runner = funded_ledger(pg_url)
+    session = runner.reserve("lab", 1.0).payload["session"]
+    runner.note_progress(session, 0.25)
+    _cut_off(runner, pg_url)
+    with Ledger.open(pg_url) as other:
+        [outcome] = other.repair()
+    settle_seq = outcome.settlement.seq
+    with pytest.raises(LedgerError, match=f"which this process runs, was settled by entry {settle_seq} of another"):
+        runner.settle(session, 0.5)
+    runner.close()
+    with Ledger.open(pg_url) as ledger:  # charged once, from the last progress note
+        assert ledger.verify().ok and [e.kind for e in ledger.entries()] == ["fund", "reserve", "settle"]
+        assert ledger.entries()[-1].payload["postings"][f"@spent/{session}"] == 250_000
 
 
 # ---- faults ----------------------------------------------------------------------------------------------
@@ -452,3 +506,13 @@ def _check_books_with_sessions(url: str, acknowledged: list[list[str]]) -> None:
         assert all(by_seq[int(seq)] == hash_ for seq, hash_, _ in acknowledged)
         expected = 10_000_000 + 1000 * len(funds) - 16 * 250_000
         assert round(ledger.balance("lab").available_hours * 1e6) == expected
+
+
+def test_connections_send_keepalives_unless_the_url_sets_its_own(pg_url):
+    import psycopg
+
+    with Ledger.open(pg_url) as ledger:
+        assert ledger._store._conn.info.get_parameters().get("application_name") == "welfare-offsets ledger"
+        assert psycopg.conninfo.conninfo_to_dict(ledger._store._conn.info.dsn)["keepalives_idle"] == "30"
+    own = postgres._connection_defaults(psycopg, pg_url + "&keepalives_idle=5&application_name=mine")
+    assert "keepalives_idle" not in own and "application_name" not in own and own["keepalives_count"] == "3"
