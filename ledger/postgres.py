@@ -209,23 +209,24 @@ SELECT 'function', proname, concat_ws(' ', lanname, CASE WHEN prosecdef THEN 'se
 # Writes compare it with the one taken when the full check last passed, and rerun that check only when it
 # differs: about a third of the full check's cost (BENCHMARKS.md).
 _FINGERPRINT = """
-WITH ours AS (SELECT to_regclass(name) AS oid FROM unnest(ARRAY['meta', 'entries', 'progress']) AS name),
-functions AS (
+WITH ours AS (SELECT ARRAY(SELECT to_regclass(name)::oid FROM unnest(ARRAY['meta', 'entries', 'progress']) AS name) AS oids),
+functions AS (  -- two index lookups, not one scan of pg_proc
     SELECT oid, prolang, xmin FROM pg_proc
-    WHERE oid IN (SELECT tgfoid FROM pg_trigger WHERE tgrelid IN (SELECT oid FROM ours))
-        OR (proname IN ('welfare_ledger_refuse', 'welfare_ledger_chain')
-            AND pronamespace = (SELECT relnamespace FROM pg_class WHERE oid = to_regclass('entries')))
+        WHERE oid = ANY(ARRAY(SELECT tgfoid FROM pg_trigger WHERE tgrelid = ANY((SELECT oids FROM ours)::oid[])))
+    UNION
+    SELECT oid, prolang, xmin FROM pg_proc WHERE proname IN ('welfare_ledger_refuse', 'welfare_ledger_chain')
+        AND pronamespace = (SELECT relnamespace FROM pg_class WHERE oid = to_regclass('entries'))
 )
 SELECT md5(string_agg(version, ',' ORDER BY version)) FROM (
-    SELECT 'class ' || oid || ' ' || xmin AS version FROM pg_class
-        WHERE oid IN (SELECT oid FROM ours) OR oid IN (SELECT indexrelid FROM pg_index WHERE indrelid IN (SELECT oid FROM ours))
+    SELECT 'class ' || oid || ' ' || xmin AS version FROM pg_class WHERE oid = ANY(ARRAY(
+        SELECT unnest(oids) FROM ours UNION ALL SELECT indexrelid FROM pg_index WHERE indrelid = ANY((SELECT oids FROM ours)::oid[])))
     UNION ALL SELECT 'attribute ' || attrelid || '.' || attnum || ' ' || xmin FROM pg_attribute
-        WHERE attrelid IN (SELECT oid FROM ours) AND attnum > 0
-    UNION ALL SELECT 'constraint ' || oid || ' ' || xmin FROM pg_constraint WHERE conrelid IN (SELECT oid FROM ours)
-    UNION ALL SELECT 'index ' || indexrelid || ' ' || xmin FROM pg_index WHERE indrelid IN (SELECT oid FROM ours)
-    UNION ALL SELECT 'rule ' || oid || ' ' || xmin FROM pg_rewrite WHERE ev_class IN (SELECT oid FROM ours)
-    UNION ALL SELECT 'policy ' || oid || ' ' || xmin FROM pg_policy WHERE polrelid IN (SELECT oid FROM ours)
-    UNION ALL SELECT 'trigger ' || oid || ' ' || xmin FROM pg_trigger WHERE tgrelid IN (SELECT oid FROM ours)
+        WHERE attrelid = ANY((SELECT oids FROM ours)::oid[]) AND attnum > 0
+    UNION ALL SELECT 'constraint ' || oid || ' ' || xmin FROM pg_constraint WHERE conrelid = ANY((SELECT oids FROM ours)::oid[])
+    UNION ALL SELECT 'index ' || indexrelid || ' ' || xmin FROM pg_index WHERE indrelid = ANY((SELECT oids FROM ours)::oid[])
+    UNION ALL SELECT 'rule ' || oid || ' ' || xmin FROM pg_rewrite WHERE ev_class = ANY((SELECT oids FROM ours)::oid[])
+    UNION ALL SELECT 'policy ' || oid || ' ' || xmin FROM pg_policy WHERE polrelid = ANY((SELECT oids FROM ours)::oid[])
+    UNION ALL SELECT 'trigger ' || oid || ' ' || xmin FROM pg_trigger WHERE tgrelid = ANY((SELECT oids FROM ours)::oid[])
     UNION ALL SELECT 'function ' || oid || ' ' || xmin FROM functions
     UNION ALL SELECT 'language ' || oid || ' ' || xmin FROM pg_language WHERE oid IN (SELECT prolang FROM functions)
     UNION ALL SELECT 'meta ' || xmin FROM meta

@@ -28,9 +28,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(autouse=True)
 def _no_model(monkeypatch, tmp_path):
-    """Offline, and any model load fails the test: every refusal here must come first."""
-    import welfare_offsets.eval.run
-    import welfare_offsets.eval.subject
+    """Offline, and any model load fails the test: every refusal here must come first. Every module that
+    binds load_subject by name is imported first and patched, so none keeps the stub after the test."""
+    import importlib
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("WANDB_MODE", "disabled")
@@ -39,8 +39,9 @@ def _no_model(monkeypatch, tmp_path):
     def loaded(*args, **kwargs):
         raise AssertionError("a model was loaded; the input should have been refused before")
 
-    monkeypatch.setattr(welfare_offsets.eval.subject, "load_subject", loaded)
-    monkeypatch.setattr(welfare_offsets.eval.run, "load_subject", loaded, raising=False)
+    names = ("eval.subject", "eval.run", "eval.capability_run", "eval.study.sweep")
+    for module in [importlib.import_module(f"welfare_offsets.{name}") for name in names]:
+        monkeypatch.setattr(module, "load_subject", loaded)
 
 
 def welfare(capsys, *args) -> tuple[int, str]:
