@@ -1,7 +1,9 @@
 """The cost of the pairwise utility design: how many prompts the default budget asks per subject, and how
-fast lived pairs score with and without reusing the first experience's turns as a shared prefix.
+fast lived pairs score with and without reusing the first experience's turns as a shared prefix, and with
+reuse chosen by measured cost ("auto", as shipped).
 
-    python -m benchmarks.bench_pairwise [--experiences 10] [--threads N] [--update-md BENCHMARKS.md]
+    python -m benchmarks.bench_pairwise [--experiences 10] [--max-batch-tokens N] [--threads N]
+        [--update-md BENCHMARKS.md]
 
 Counted (no model): comparison prompts per subject for `welfare eval` on the built-in stimuli (held-out
 conditions, all empathy items) and for a session's before/after evaluation (24 items per condition),
@@ -10,8 +12,8 @@ design) against the design it replaced (two random cycles plus one active round 
 
 Measured: `--experiences` held-out experiences and half as many bundles, as `welfare eval` builds them,
 asked through `measure_pairwise` exactly as an evaluation asks them (random design, active rounds,
-held-out pairs), once with prefix reuse (as shipped) and once without, on the default model (CPU). The
-seconds per subject are the counted prompts over the measured rate with reuse.
+held-out pairs), with prefix reuse, without it and with auto (as shipped), in that order, on the default
+model (CPU). The seconds per subject are the counted prompts over the measured rate of auto.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import numpy as np
 from benchmarks.markdown_section import replace_section
 from welfare_offsets.eval.evaluate import EvalConfig, select_conditions
 from welfare_offsets.eval.experiences import load_stimuli
-from welfare_offsets.eval.scoring import NextTokenScorer
+from welfare_offsets.eval.scoring import NextTokenScorer, ReuseChoice
 from welfare_offsets.eval.subject import load_subject
 from welfare_offsets.eval.utilities import PairDesign, measure_pairwise
 from welfare_offsets.eval.zero_point import make_bundles
@@ -62,6 +64,28 @@ def subject_sizes() -> dict[str, int]:
     return sizes
 
 
+class RecordingScorer(NextTokenScorer):
+    """The scorer, keeping each call's size and path (`last_choice`) to report what auto did."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.choices: list[tuple[int, ReuseChoice]] = []
+
+    def next_token_logprobs(self, token_lists, *args, **kwargs):
+        result = super().next_token_logprobs(token_lists, *args, **kwargs)
+        self.choices.append((len(token_lists), self.last_choice))
+        return result
+
+    def describe(self) -> str:
+        """Each call's prompts and path, in words: "110 prompts: reuse (measured, 510 vs 450 tokens/s)"."""
+        words = []
+        for prompts, choice in self.choices:
+            rates = choice.tokens_per_second
+            measured = f", {rates['reuse']:,.0f} vs {rates['whole']:,.0f} tokens/s" if rates else ""
+            words.append(f"{prompts} prompts: {'reuse' if choice.reuse else 'no reuse'} ({choice.reason}{measured})")
+        return "; ".join(words)
+
+
 def timed(scorer, items, design) -> tuple[float, int]:
     start = time.perf_counter()
     result = measure_pairwise(
@@ -73,7 +97,9 @@ def timed(scorer, items, design) -> tuple[float, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--experiences", type=int, default=10)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument(
+        "--max-batch-tokens", type=int, default=None, help="padded tokens per batch (default: the scorer's own)"
+    )
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--update-md", default=None)
     args = parser.parse_args()
@@ -90,15 +116,18 @@ def main() -> None:
     items = [held[k] for k in sorted(picks)]
     items += [b.experience for b in make_bundles(items, config.bundle_count(len(items)), np.random.default_rng(0))]
     subject = load_subject(None, None, device="cpu")
-    rates = {}
-    for reuse in (True, False):
-        scorer = NextTokenScorer(
-            subject.model, subject.tokenizer, batch_size=args.batch_size, reuse_prefix=reuse, progress=False
+    load_before = os.getloadavg()[0]
+    rates, scorers = {}, {}
+    for reuse in (True, False, "auto"):
+        scorer = scorers[reuse] = RecordingScorer(
+            subject.model, subject.tokenizer, max_batch_tokens=args.max_batch_tokens, reuse_prefix=reuse, progress=False
         )
         timed(scorer, items[:6], PairDesign(budget=0.5))  # warm-up
+        scorer.choices.clear()
         seconds, prompts = timed(scorer, items, design)
         rates[reuse] = prompts / seconds
         log(f"reuse={reuse}: {prompts} prompts in {seconds:.1f} s ({rates[reuse]:.2f} prompts/s)")
+    better = max(rates[True], rates[False])
 
     rows = []
     for name, n in sizes.items():
@@ -106,7 +135,7 @@ def main() -> None:
         du = comparison_prompts(n, config, with_bundles=False)
         rows.append(
             f"| {name} | {n} | {replaced_design_prompts(n)} | {eu} | {du} | "
-            f"{eu / rates[True] / 60:.0f} | {(eu + du) / rates[True] / 60:.0f} |"
+            f"{eu / rates['auto'] / 60:.0f} | {(eu + du) / rates['auto'] / 60:.0f} |"
         )
     command = "python -m benchmarks.bench_pairwise " + shlex.join(sys.argv[1:])
     text = "\n".join(
@@ -114,20 +143,30 @@ def main() -> None:
             SECTION,
             "",
             f"`{command.strip()}` on {platform.machine()}, {os.cpu_count()} CPUs, torch threads "
-            f"{args.threads or 'default'}, default model SmolLM2-135M-Instruct, fp32, batch {args.batch_size}, "
-            f"{datetime.date.today()}.",
+            f"{args.threads or 'default'}, default model SmolLM2-135M-Instruct, fp32, {datetime.date.today()}.",
             "",
             f"Lived pairs ({args.experiences} held-out experiences and {args.experiences // 2} bundles, the default "
             f"design: random, two active rounds, 5% held out): **{rates[True]:.2f} prompts/s with prefix reuse, "
-            f"{rates[False]:.2f} without ({rates[True] / rates[False]:.2f}x)**. A lived pair holds two whole "
+            f"{rates[False]:.2f} without ({rates[True] / rates[False]:.2f}x), {rates['auto']:.2f} with auto "
+            f"(shipped; {rates['auto'] / better:.2f} of the better fixed path)**, timed one after another in this "
+            f"run, batches of at most {scorers['auto'].max_batch_tokens:,} padded tokens. A lived pair holds two whole "
             "conversations, and a bundle two to four, so each prompt is long; the reuse shares the first "
-            "conversation's turns across every pair it opens."
+            "conversation's turns across every pair it opens, and the second conversations, of widely mixed "
+            "length, are cut into pieces of like length so that few columns are padding.",
+            "",
+            f"Auto's calls (one per round of the design): {scorers['auto'].describe()}. A call measures when it has enough batches "
+            "(3 for the first measurement, 10 after), timing one batch of each path; smaller calls follow the last "
+            "measurement. Its cost against the better fixed path is that measurement and run-to-run noise."
             + (
-                " Here reuse loses: the continuations of one group (the second conversation: one experience "
-                "or a bundle of up to four) differ widely in length and are padded to the longest in their "
-                "batch, which costs more than the shared first conversation saves. Choosing reuse per run by "
-                "its measured cost is not built yet."
-                if rates[True] < rates[False]
+                " Here auto came out faster than the path it ran, which is that noise."
+                if rates["auto"] > better
+                else ""
+            )
+            + (
+                f" Other work shared the machine during this run (1-minute load average {load_before:.2f} before "
+                f"timing, on {os.cpu_count()} CPUs): compare the paths timed here with each other rather than with "
+                "runs at other times."
+                if load_before >= 0.5
                 else ""
             ),
             "",
@@ -136,7 +175,7 @@ def main() -> None:
             "| --- | --- | --- | --- | --- | --- | --- |",
             *rows,
             "",
-            "Minutes are the counted prompts over the measured rate with reuse on this machine. The default "
+            "Minutes are the counted prompts over the measured rate of auto on this machine. The default "
             "budget is the anchor paper's and is sized for a GPU; on a CPU, a recipe sets `pair_budget` lower "
             "(the `welfare demo` recipes use 0.25) and leaves `decision_utility` out of `probes`.",
             "",

@@ -1,16 +1,17 @@
 """Self-report scoring speed: the anchor's sampling method against exact next-token scoring, with and
-without shared-prefix reuse, on the same battery items and the same model (default SmolLM2-135M, CPU).
+without shared-prefix reuse and with reuse chosen by measured cost ("auto", as shipped), on the same battery
+items and the same model (default SmolLM2-135M, CPU).
 
     python -m benchmarks.bench_scoring [--experiences 21] [--batch-size 32] [--samples 5]
-        [--max-new-tokens 8] [--threads N] [--update-md BENCHMARKS.md]
+        [--max-new-tokens 8] [--max-batch-tokens N] [--threads N] [--update-md BENCHMARKS.md]
 
-An "item" is one battery question on one experience, so N experiences give N x 10 items. The three
+An "item" is one battery question on one experience, so N experiences give N x 10 items. The four
 methods score the same items:
 
 * sampling (the anchor): each battery prompt sampled `--samples` times at temperature 1 (full
   distribution: top_k=0, top_p=1) for at most `--max-new-tokens` new tokens; the first standalone digit
-  1-7 of each sample is parsed and the parsed digits are averaged. Batches hold as many sequences as
-  the exact scorer's hold prompts: batch_size // samples prompts per `generate` call (x samples rows),
+  1-7 of each sample is parsed and the parsed digits are averaged. Batches hold about `--batch-size`
+  sequences: batch_size // samples prompts per `generate` call (x samples rows),
   left-padded, sorted by length. (32 prompts x 5 = 160 rows per call was 1.65x slower on 2 CPU cores
   than 6 x 5 = 30 or 12 x 5, and 1 prompt per call 1.3x slower, so this is the baseline's best case.)
   A short cap is generous to the baseline: the anchor samples free text, and a model that explains
@@ -18,10 +19,13 @@ methods score the same items:
 * exact, no prefix reuse: `NextTokenScorer(reuse_prefix=False)`, every prompt run whole.
 * exact, prefix reuse: `NextTokenScorer(reuse_prefix=True)`, the ten questions of an experience share
   one run of their common token prefix (groups = Request.group).
+* exact, auto (the default): `NextTokenScorer(reuse_prefix="auto")` times a batch of each path inside the
+  call and runs the rest on the faster; its ratio to the better of the two fixed paths, timed in the same
+  run, is what measuring costs (plus noise).
 
-The target is for exact scoring as shipped (prefix reuse on, the default); the no-reuse ratio is shown
-for reference. Each method is warmed up once on one experience's items before it is timed with
-`time.perf_counter`.
+The exact methods fill batches to `--max-batch-tokens` (default: the scorer's own for the device). The
+sampling target is for exact scoring as shipped (auto); the fixed paths are shown for reference. Each
+method is warmed up once on one experience's items before it is timed with `time.perf_counter`.
 With --update-md the `## Scoring` section of that file is replaced by the results; other sections are kept.
 """
 
@@ -36,6 +40,7 @@ import shlex
 import sys
 import time
 from collections import defaultdict
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +54,7 @@ from welfare_offsets.eval.subject import load_subject
 SECTION = "## Scoring"
 SAMPLING_GOAL = 20.0  # exact scoring >= 20x the sampling method (items/s)
 REUSE_GOAL = 3.0  # prefix reuse >= 3x over no reuse
+EXACT_PATHS = {"reuse": True, "plain": False, "auto": "auto"}  # timed in this order; "auto" is shipped
 _DIGIT = re.compile(r"(?<!\d)([1-7])(?!\d)")
 
 
@@ -158,13 +164,17 @@ def run(args) -> tuple[dict, str]:
     requests = self_report_requests(experiences)
     prompts = [render_prompt(tokenizer, r.messages) for r in requests]
     groups = [r.group for r in requests]
-    plain = NextTokenScorer(model, tokenizer, batch_size=args.batch_size, reuse_prefix=False, progress=False)
-    reuse = NextTokenScorer(model, tokenizer, batch_size=args.batch_size, reuse_prefix=True, progress=False)
-    token_lists = [plain.tokenize(p) for p in prompts]
+    scorers = {
+        name: NextTokenScorer(
+            model, tokenizer, max_batch_tokens=args.max_batch_tokens, reuse_prefix=path, progress=False
+        )
+        for name, path in EXACT_PATHS.items()
+    }
+    token_lists = [scorers["plain"].tokenize(p) for p in prompts]
     per_experience = len(requests) // len(experiences)
     warm = slice(0, per_experience)  # the first experience's items
-    pad_id = plain.pad_id
-    prompts_per_call = max(1, args.batch_size // args.samples)  # about batch_size rows per forward, like the scorer
+    pad_id = scorers["plain"].pad_id
+    prompts_per_call = max(1, args.batch_size // args.samples)  # about batch_size rows per generate call
 
     def sampling(sl=slice(None)):
         return sample_scores(
@@ -186,20 +196,21 @@ def run(args) -> tuple[dict, str]:
     )
     torch.manual_seed(args.seed)
     sampling(warm)
-    exact(plain, warm)
-    exact(reuse, warm)
+    for scorer in scorers.values():
+        exact(scorer, warm)  # one batch: the auto scorer runs it without measuring
 
     # CPU share = process CPU seconds / (wall seconds x torch threads): well below 1 means something else
     # on the machine took CPU during the run, and the timings are not to be trusted.
     load_before = os.getloadavg()[0]
     timings, share = {}, {}
     threads = torch.get_num_threads()
-    timings["reuse"], cpu, (expected_reuse, mass) = _timed(lambda: exact(reuse))
-    share["reuse"] = cpu / (timings["reuse"] * threads)
-    log(f"exact, prefix reuse: {timings['reuse']:.1f} s (CPU share {share['reuse']:.2f})")
-    timings["plain"], cpu, (expected_plain, _) = _timed(lambda: exact(plain))
-    share["plain"] = cpu / (timings["plain"] * threads)
-    log(f"exact, no reuse: {timings['plain']:.1f} s (CPU share {share['plain']:.2f})")
+    expected = {}
+    for name, scorer in scorers.items():
+        timings[name], cpu, (expected[name], mass) = _timed(partial(exact, scorer))
+        share[name] = cpu / (timings[name] * threads)
+        log(f"exact, {name}: {timings[name]:.1f} s (CPU share {share[name]:.2f})")
+    choice = scorers["auto"].last_choice
+    log(f"auto chose: {choice}")
     torch.manual_seed(args.seed)
     timings["sampling"], cpu, (sampled, parsed, new_tokens) = _timed(sampling)
     share["sampling"] = cpu / (timings["sampling"] * threads)
@@ -208,12 +219,12 @@ def run(args) -> tuple[dict, str]:
     items = len(requests)
     rate = {k: items / v for k, v in timings.items()}
     tokens = token_counts(token_lists, groups)
-    max_diff = float(np.max(np.abs(expected_reuse - expected_plain)))
+    max_diff = max(float(np.max(np.abs(expected[name] - expected["plain"]))) for name in ("reuse", "auto"))
     total_samples = items * args.samples
     failure = 1.0 - parsed.sum() / total_samples
     unscored = int((parsed == 0).sum())
     ok = ~np.isnan(sampled)
-    sample_gap = float(np.mean(np.abs(sampled[ok] - expected_reuse[ok]))) if ok.any() else float("nan")
+    sample_gap = float(np.mean(np.abs(sampled[ok] - expected["auto"][ok]))) if ok.any() else float("nan")
     results = {
         "items": items,
         "experiences": len(experiences),
@@ -229,20 +240,37 @@ def run(args) -> tuple[dict, str]:
         "share": share,
         "load_before": load_before,
         "mass": float(np.mean(mass)),
+        "choice": choice,
     }
 
     ratio_plain = rate["plain"] / rate["sampling"]
     ratio_reuse = rate["reuse"] / rate["sampling"]
+    ratio_auto = rate["auto"] / rate["sampling"]
     ratio_prefix = rate["reuse"] / rate["plain"]
+    better = "reuse" if rate["reuse"] >= rate["plain"] else "plain"
+    auto_vs_better = rate["auto"] / rate[better]
     token_ratio = tokens["whole"] / tokens["reuse"]
     command = "python -m benchmarks.bench_scoring" + "".join(" " + shlex.quote(a) for a in sys.argv[1:])
 
     def met(ok: bool) -> str:
         return "yes" if ok else "**no**"
 
+    measured = (
+        f", measuring {choice.tokens_per_second['reuse']:,.0f} prompt tokens/s with reuse against "
+        f"{choice.tokens_per_second['whole']:,.0f} without"
+        if choice.tokens_per_second
+        else ""
+    )
+    auto_reading = (
+        f"Auto (shipped) chose {'reuse' if choice.reuse else 'no reuse'} ({choice.reason}{measured}) and ran at "
+        f"{auto_vs_better:.2f} of the better fixed path ({'reuse' if better == 'reuse' else 'no reuse'}), timed in "
+        "this same run: the difference is its measurement (before its first, one batch runs untimed; then one "
+        "batch of each path is timed, so one runs the slower way) and run-to-run noise."
+        + (" Here auto came out faster than the path it ran, which is that noise." if auto_vs_better > 1 else "")
+    )
     reading = (
-        f"Exact scoring as shipped (prefix reuse) is {ratio_reuse:.1f}x the sampling method "
-        f"(target {SAMPLING_GOAL:.0f}x: {'met' if ratio_reuse >= SAMPLING_GOAL else 'not met'}) and prefix reuse is "
+        f"Exact scoring as shipped (auto) is {ratio_auto:.1f}x the sampling method "
+        f"(target {SAMPLING_GOAL:.0f}x: {'met' if ratio_auto >= SAMPLING_GOAL else 'not met'}) and prefix reuse is "
         f"{ratio_prefix:.2f}x over no reuse (target {REUSE_GOAL:.0f}x: "
         f"{'met' if ratio_prefix >= REUSE_GOAL else 'not met'}). Without reuse exact scoring is only "
         f"{ratio_plain:.1f}x: a sampled item costs {args.samples} prefills of its prompt (`generate` copies the "
@@ -261,9 +289,10 @@ def run(args) -> tuple[dict, str]:
             f"Python {platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}.",
             f"Model: {subject.model_id} ({subject.info['num_parameters'] / 1e6:.0f}M parameters, "
             f"{subject.info['dtype']}, {subject.info['device']}). Items: {items} = {len(experiences)} held-out "
-            f"experiences (round-robin over categories) x {per_experience} battery questions; batch size "
-            f"{args.batch_size} prompts for the exact methods, {prompts_per_call} prompts x {args.samples} samples "
-            "for sampling.",
+            f"experiences (round-robin over categories) x {per_experience} battery questions; batches of at most "
+            f"{scorers['auto'].max_batch_tokens:,} padded tokens for the exact methods"
+            f"{'' if args.max_batch_tokens else ' (the default on this device)'}, {prompts_per_call} prompts x "
+            f"{args.samples} samples for sampling.",
             "",
             "| method | time | items/s | vs sampling | goal | met |",
             "| --- | --- | --- | --- | --- | --- |",
@@ -271,14 +300,17 @@ def run(args) -> tuple[dict, str]:
             f"| {timings['sampling']:.1f} s | {rate['sampling']:.2f} | 1x | | |",
             f"| exact, no prefix reuse (`reuse_prefix=False`) | {timings['plain']:.1f} s | {rate['plain']:.2f} "
             f"| {ratio_plain:.1f}x | (reference) | |",
-            f"| exact, prefix reuse (`reuse_prefix=True`, shipped) | {timings['reuse']:.1f} s | {rate['reuse']:.2f} "
-            f"| {ratio_reuse:.1f}x "
-            f"| >= {SAMPLING_GOAL:.0f}x | {met(ratio_reuse >= SAMPLING_GOAL)} |",
+            f"| exact, prefix reuse (`reuse_prefix=True`) | {timings['reuse']:.1f} s | {rate['reuse']:.2f} "
+            f"| {ratio_reuse:.1f}x | (reference) | |",
+            f'| exact, auto (`reuse_prefix="auto"`, shipped) | {timings["auto"]:.1f} s | {rate["auto"]:.2f} '
+            f"| {ratio_auto:.1f}x | >= {SAMPLING_GOAL:.0f}x | {met(ratio_auto >= SAMPLING_GOAL)} |",
             f"| prefix reuse over no reuse | | | {ratio_prefix:.2f}x | >= {REUSE_GOAL:.0f}x "
             f"| {met(ratio_prefix >= REUSE_GOAL)} |",
+            f"| auto over the better fixed path | | | {auto_vs_better:.2f}x | | |",
             "",
             f"- {reading}",
-            f"- Reuse and no reuse agree: max |difference| of the expected digit over the {items} items is "
+            f"- {auto_reading}",
+            f"- Reuse, no reuse and auto agree: max |difference| of the expected digit over the {items} items is "
             f"{max_diff:.1e}.",
             f"- Sampling: {failure:.1%} of the {total_samples:,} samples had no digit 1-7 to parse; {unscored} items got "
             f"no parsable sample at all; where one parsed, the {args.samples}-sample mean differs from the exact "
@@ -294,11 +326,17 @@ def run(args) -> tuple[dict, str]:
             "prefix, the cache fan-out, padding and per-call overhead.",
             "- Each method is warmed up once on one experience's items, then timed once over all items "
             f"(`time.perf_counter`). CPU share (process CPU time / (wall x {threads} threads)): sampling "
-            f"{share['sampling']:.2f}, no reuse {share['plain']:.2f}, reuse {share['reuse']:.2f}; 1-minute load "
-            f"average before timing {load_before:.2f}."
+            f"{share['sampling']:.2f}, no reuse {share['plain']:.2f}, reuse {share['reuse']:.2f}, auto "
+            f"{share['auto']:.2f}; 1-minute load average before timing {load_before:.2f}."
             + (
                 " **A share well below 1 means other work competed for the CPUs; these timings are suspect.**"
                 if min(share.values()) < 0.85
+                else ""
+            )
+            + (
+                " Other work shared the machine during this run (the load average above, before ours): compare "
+                "the methods timed here with each other rather than with runs at other times."
+                if load_before >= 0.5
                 else ""
             ),
             "",
@@ -319,7 +357,12 @@ def main() -> None:
         "--batch-size",
         type=int,
         default=32,
-        help="rows per forward: prompts for the exact methods, prompts x samples for sampling",
+        help="sampling: rows (prompts x samples) per generate call",
+    )
+    parser.add_argument(
+        "--max-batch-tokens",
+        type=int,
+        help="exact methods: padded tokens per batch (default: the scorer's default for the device)",
     )
     parser.add_argument("--samples", type=int, default=5, help="sampled generations per item (the anchor: 5)")
     parser.add_argument(

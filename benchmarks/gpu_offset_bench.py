@@ -13,6 +13,7 @@ go to $OUT/gpu_bench.json (./gpu_bench.json without $OUT); a Markdown table is p
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import os
@@ -109,6 +110,18 @@ def shape(name: str, args) -> dict:
     return TINY if args.smoke else QWEN[name]
 
 
+def timed_build(name: str, args):
+    """The random-weight model of size `name` in eval mode, its shape and the seconds building it took (the
+    peak-memory counter reset first, so a size's peak is its own)."""
+    s = shape(name, args)
+    if args.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    model = build_model(name, args).eval()
+    sync(args.device)
+    return model, s, time.perf_counter() - start
+
+
 def build_model(name: str, args):
     """A random-weight Qwen2 causal LM, built directly on the device (no CPU init of billions of weights)."""
     from transformers import AutoModelForCausalLM, Qwen2Config
@@ -157,6 +170,21 @@ FLOPS_FORMULA = "flops/token = 4*N_frozen (decoder matmuls + LM head) + 6*N_lora
 # ---- section 0: the card's measured matmul ceiling -----------------------------------------------
 
 
+def device_seconds(run, device: str) -> float:
+    """Seconds one call of `run()` takes: CUDA events on the GPU (a call of a millisecond or two would show host
+    overhead), the host clock on CPU."""
+    if device != "cuda":
+        t0 = time.perf_counter()
+        run()
+        return time.perf_counter() - t0
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    run()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / 1000
+
+
 def matmul_ceiling(args) -> dict:
     n = 256 if args.smoke else 8192
     dtype = torch.float32 if args.device == "cpu" else torch.bfloat16
@@ -164,20 +192,7 @@ def matmul_ceiling(args) -> dict:
     b = torch.randn(n, n, device=args.device, dtype=dtype)
     for _ in range(3):
         a @ b
-    times = []
-    for _ in range(10):  # CUDA events on the GPU: a product takes ~1.4 ms, so host overhead would show
-        if args.device == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            a @ b
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1000)
-        else:
-            t0 = time.perf_counter()
-            a @ b
-            times.append(time.perf_counter() - t0)
-    seconds = statistics.median(times)
+    seconds = statistics.median(device_seconds(lambda: a @ b, args.device) for _ in range(10))
     return {"n": n, "dtype": str(dtype), "median_s": seconds, "flops_per_s": 2 * n**3 / seconds}
 
 
@@ -376,16 +391,26 @@ def probe_workload(args, vocab: int) -> tuple[list[list[int]], list[int]]:
     return token_lists, groups
 
 
+def timed_passes(run, args) -> list[float]:
+    """Seconds of each call of `run()`, the device synchronised around it: at least 3 calls and
+    `args.score_min_s` in all (small models take milliseconds), at most 20 calls or `args.score_s_per_mode`."""
+    times, deadline = [], time.perf_counter() + args.score_s_per_mode
+    while True:
+        sync(args.device)
+        t0 = time.perf_counter()
+        run()
+        sync(args.device)
+        times.append(time.perf_counter() - t0)
+        enough = len(times) >= 3 and sum(times) >= args.score_min_s
+        if enough or len(times) >= 20 or time.perf_counter() > deadline:
+            return times
+
+
 def scoring_section(name: str, args) -> dict:
     from welfare_offsets.eval.scoring import NextTokenScorer
 
-    s = shape(name, args)
-    if args.device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    model = build_model(name, args).eval()
-    sync(args.device)
-    out = {"shape": s, "build_s": time.perf_counter() - start}
+    model, s, build_s = timed_build(name, args)
+    out = {"shape": s, "build_s": build_s}
     tokenizer = types.SimpleNamespace(pad_token_id=0, eos_token_id=0)  # the scorer reads only the pad id
     token_lists, groups = probe_workload(args, s["vocab_size"])
     out["prompts"] = len(token_lists)
@@ -394,17 +419,7 @@ def scoring_section(name: str, args) -> dict:
         for reuse in (True, False):
             scorer = NextTokenScorer(model, tokenizer, batch_size=32, reuse_prefix=reuse, progress=False)
             scorer.next_token_logprobs(token_lists[:24], groups[:24])  # warm-up: kernels, allocator, cuBLAS
-            # At least 3 passes and 3 s (small models take milliseconds), at most 20 passes or ~12 s.
-            times, deadline = [], time.perf_counter() + args.score_s_per_mode
-            while True:
-                sync(args.device)
-                t0 = time.perf_counter()
-                scorer.next_token_logprobs(token_lists, groups)
-                sync(args.device)
-                times.append(time.perf_counter() - t0)
-                enough = len(times) >= 3 and sum(times) >= args.score_min_s
-                if enough or len(times) >= 20 or time.perf_counter() > deadline:
-                    break
+            times = timed_passes(functools.partial(scorer.next_token_logprobs, token_lists, groups), args)
             key = "reuse" if reuse else "no_reuse"
             out[key] = {"times": times, "prompts_per_s": len(token_lists) / statistics.median(times)}
         out["device"] = str(next(model.parameters()).device)

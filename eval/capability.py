@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 
 from welfare_offsets.eval.experiences import Experience
-from welfare_offsets.eval.scoring import pad_rows, pad_token_id, place_soft_prompt
+from welfare_offsets.eval.scoring import input_device, pad_rows, pad_token_id, place_soft_prompt
 
 
 @torch.inference_mode()
@@ -24,7 +24,7 @@ def perplexity(subject, experiences: Sequence[Experience], *, batch_size: int = 
     tokenizer, model = subject.tokenizer, subject.model
     texts = ["\n".join(m["content"] for m in e.messages) for e in experiences]
     n_soft = 0 if subject.soft_prompt is None else subject.soft_prompt.shape[0]
-    device = next(model.parameters()).device
+    device = input_device(model)
     pad_id = pad_token_id(tokenizer)
     total_nll, total_tokens = 0.0, 0
     for start in range(0, len(texts), batch_size):

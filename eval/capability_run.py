@@ -43,7 +43,11 @@ def run_capability(
         tasks = config.prepare_capability_tasks(seed=config.seed)
         if subject is None:
             subject = load_subject(
-                config.model, config.adapter, trust_remote_code=config.trust_remote_code, dtype=config.dtype
+                config.model,
+                config.adapter,
+                trust_remote_code=config.trust_remote_code,
+                dtype=config.dtype,
+                placement=config.placement(),
             )
         measuring = time.perf_counter()
         capability = measure_tasks(

@@ -170,15 +170,18 @@ def harness_model(subject, *, batch_size: int = 16):
     input. The tokenizer is a copy: lm-eval gives one without a pad token a pad token."""
     from lm_eval.models.huggingface import HFLM
 
+    from welfare_offsets.eval.scoring import input_device
+
     kwargs = {
         "pretrained": subject.model,
         "tokenizer": copy.deepcopy(subject.tokenizer),
         "batch_size": batch_size,
         "softmax_dtype": "float32",  # as in every probe (eval/scoring.py)
     }
-    if subject.soft_prompt is None:
-        return HFLM(**kwargs)
-    return _soft_prompted(HFLM)(subject.soft_prompt, **kwargs)
+    harness = HFLM(**kwargs) if subject.soft_prompt is None else _soft_prompted(HFLM)(subject.soft_prompt, **kwargs)
+    # lm-eval sends inputs to model.device, its first weight's: 'meta' where a placed subject offloaded it.
+    harness._device = input_device(subject.model)
+    return harness
 
 
 def _soft_prompted(base):

@@ -10,7 +10,7 @@ experiences pairwise and fits a Thurstonian model.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -18,7 +18,7 @@ from welfare_offsets.eval import probes as P
 from welfare_offsets.eval.common.checks import number_in
 from welfare_offsets.eval.experiences import Experience, StimulusError, StimulusSet
 from welfare_offsets.eval.in_context import BATTERY, IN_CONTEXT, sample_record, score_in_context
-from welfare_offsets.eval.replies import live_through
+from welfare_offsets.eval.replies import GenerationStats, live_through
 from welfare_offsets.eval.scoring import NextTokenScorer
 from welfare_offsets.eval.settings import (
     CapabilitySettings,
@@ -50,6 +50,10 @@ class EvalConfig(OutputSettings, TrackingSettings, CapabilitySettings, ProbeSett
     def check(self):
         number_in(self, "adherence_threshold", 0.0, 1.0)
         check_device(self.device)
+        if self.device is not None and self.device_map is not None:
+            raise ValueError(
+                "device puts the whole subject on one device and device_map spreads it over several; give one of them"
+            )
 
 
 @dataclass
@@ -164,15 +168,18 @@ def score_items(config: EvalConfig, subject, items: list[Experience], rng: np.ra
     timing: dict[str, float] = {}
     instrument = config.load_instrument()
     if config.replies == "own":
-        start = time.perf_counter()
+        generation = GenerationStats()
         items = live_through(
-            subject, items, max_new_tokens=config.reply_tokens, batch_size=config.batch_size, progress=config.progress
+            subject, items, max_new_tokens=config.reply_tokens, progress=config.progress, stats=generation
         )
-        timing["own_replies_s"] = time.perf_counter() - start
+        timing["own_replies_s"] = generation.seconds
+        timing["own_replies_new_tokens"] = generation.new_tokens
+        timing["own_replies_tokens_per_s"] = generation.as_dict()["tokens_per_s"]
     scorer = NextTokenScorer(
         subject.model,
         subject.tokenizer,
         batch_size=config.batch_size,
+        max_batch_tokens=config.max_batch_tokens,
         progress=config.progress,
         soft_prompt=subject.soft_prompt,
     )
@@ -222,6 +229,8 @@ def score_items(config: EvalConfig, subject, items: list[Experience], rng: np.ra
         adherence[probe] = _adherence(measured.mass, config.adherence_threshold)
         samples += measured.samples
         timing[f"{probe}_s"] = time.perf_counter() - start
+    if scorer.last_measured is not None:  # which path auto chose, from the batches it timed (eval/scoring.py)
+        timing["prefix_reuse_measured"] = asdict(scorer.last_measured)
     return ItemScores(items, scores, utility_sd, adherence, fits, bundle_rows, samples, timing)
 
 

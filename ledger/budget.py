@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,7 @@ class BudgetSession:
         budget_hours: float,
         device: str | None = None,
         processes: int | None = None,
+        gpus: Sequence[int] = (),
         purpose: str = "",
         resume_from: str | os.PathLike | None = None,
         wandb_run: Any = None,
@@ -137,11 +139,14 @@ class BudgetSession:
     ) -> BudgetSession:
         """Admit a session: settle abandoned ones, reserve the budget (less what a resumed run already
         spent), then start metering. Only the main process writes; other ranks pass ledger=None or
-        any ledger and just meter and guard. `budget_hours` is for the whole run, across resumes."""
+        any ledger and just meter and guard. `budget_hours` is for the whole run, across resumes. `gpus`:
+        the CUDA devices each process holds where it holds several; the reservation's `processes` records
+        the accelerators billed (processes x devices each)."""
         check_hours(budget_hours, field="budget_hours")
         is_main = is_main_process(os.environ) if is_main is None else is_main
         device = device or detect_device_kind()
         processes = processes or world_size(os.environ)
+        meter = Meter.for_device(device, processes, gpus)
         resumed = None if resume_from is None else CheckpointSpend.read(Path(resume_from))
         spent_before = resumed.spent_hours if resumed else 0.0
         limit = budget_hours - spent_before
@@ -159,7 +164,7 @@ class BudgetSession:
                 account,
                 limit,
                 device=device,
-                processes=processes,
+                processes=meter.accelerators,
                 purpose=purpose,
                 resumes=None
                 if resumed is None
@@ -175,7 +180,7 @@ class BudgetSession:
             run = resumed.run if resumed else session
             if wandb_run is not None:
                 wandb_run.summary["ledger/session"] = session
-        meter = Meter.for_device(device, processes).start()
+        meter.start()
         return cls(
             ledger if is_main else None,
             meter,

@@ -1,15 +1,16 @@
 """The meter: the one place that turns time into accelerator-hours.
 
-Billed as Slurm bills: accelerator-hours = wall time x processes, for one device kind, measured around
-the work itself. On a CPU-only machine the same meter counts CPU process-hours, so every budget path
-runs here. Energy comes from NVML's energy counter for this process's GPU when there is one and it
-counts energy; otherwise it is None, never an estimate.
+Billed as Slurm bills: accelerator-hours = wall time x the accelerators held, for one device kind, measured
+around the work itself: processes x the GPUs each holds (one, unless a process spreads its subject over
+several). On a CPU-only machine the same meter counts CPU process-hours, so every budget path runs here.
+Energy comes from NVML's energy counters of the GPUs this process holds, where they count energy; otherwise
+it is None, never an estimate.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from welfare_offsets.ledger.errors import LedgerError
 
@@ -42,53 +43,68 @@ def detect_device_kind() -> str:
 
 
 class NvmlEnergy:
-    """Total-energy counter of one GPU, read through NVML (`nvidia-ml-py`)."""
+    """Total-energy counters of the GPUs one process holds, summed, read through NVML (`nvidia-ml-py`)."""
 
-    def __init__(self, nvml, handle):
-        self._nvml, self._handle = nvml, handle
+    def __init__(self, nvml, handles: Sequence):
+        self._nvml, self._handles = nvml, tuple(handles)
 
     @classmethod
-    def for_current_cuda_device(cls) -> NvmlEnergy | None:
-        """The counter of the GPU this process's torch uses, or None where NVML cannot give one."""
+    def for_cuda_devices(cls, indices: Sequence[int] = ()) -> NvmlEnergy | None:
+        """The counters of these torch CUDA devices (default: the one this process's torch uses), or None where
+        NVML cannot give one for each."""
         try:
             import pynvml
             import torch
 
-            uuid = str(torch.cuda.get_device_properties(torch.cuda.current_device()).uuid)
             pynvml.nvmlInit()
-            handle = pynvml.nvmlDeviceGetHandleByUUID(uuid if uuid.startswith("GPU-") else f"GPU-{uuid}")
-            counter = cls(pynvml, handle)
+            handles = []
+            for index in indices or [torch.cuda.current_device()]:
+                uuid = str(torch.cuda.get_device_properties(index).uuid)
+                handles.append(pynvml.nvmlDeviceGetHandleByUUID(uuid if uuid.startswith("GPU-") else f"GPU-{uuid}"))
+            counter = cls(pynvml, handles)
             counter.read_millijoules()  # GPUs before Volta have no energy counter: find out now
             return counter
         except Exception:  # no pynvml, no driver, no GPU, or no counter: energy is absent, not zero
             return None
 
     def read_millijoules(self) -> int:
-        return int(self._nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle))
+        return sum(int(self._nvml.nvmlDeviceGetTotalEnergyConsumption(handle)) for handle in self._handles)
 
 
 class Meter:
-    """Accelerator-hours and energy of one process's share of a session, from `start()` on."""
+    """Accelerator-hours and energy of one process's share of a session, from `start()` on; `processes` is
+    the world size, `devices_per_process` the accelerators each process holds."""
 
     def __init__(
         self,
         device: str,
         processes: int = 1,
         *,
+        devices_per_process: int = 1,
         energy: NvmlEnergy | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ):
         self.device, self.processes = check_device(device), check_processes(processes)
+        if isinstance(devices_per_process, bool) or not isinstance(devices_per_process, int) or devices_per_process < 1:
+            raise LedgerError(f"devices_per_process must be a whole number >= 1, got {devices_per_process!r}")
+        self.devices_per_process = devices_per_process
         self._energy, self._clock = energy, clock
         self._started: float | None = None
         self._stopped: float | None = None
         self._energy_start = self._energy_end = 0
 
     @classmethod
-    def for_device(cls, device: str, processes: int = 1) -> Meter:
-        """A meter with NVML energy attached when the device is a GPU that reports it."""
-        energy = NvmlEnergy.for_current_cuda_device() if device == "cuda" else None
-        return cls(device, processes, energy=energy)
+    def for_device(cls, device: str, processes: int = 1, gpus: Sequence[int] = ()) -> Meter:
+        """A meter with NVML energy attached when the device is a GPU that reports it. `gpus`: the CUDA devices
+        each process holds, where it holds several (default: its one current device)."""
+        if device != "cuda":
+            return cls(device, processes)
+        return cls(device, processes, devices_per_process=max(1, len(gpus)), energy=NvmlEnergy.for_cuda_devices(gpus))
+
+    @property
+    def accelerators(self) -> int:
+        """The accelerators billed: processes x the devices each holds."""
+        return self.processes * self.devices_per_process
 
     def start(self) -> Meter:
         if self._energy is not None:
@@ -112,11 +128,11 @@ class Meter:
 
     @property
     def hours(self) -> float:
-        """Accelerator-hours so far: wall time x processes."""
-        return self.seconds * self.processes / SECONDS_PER_HOUR
+        """Accelerator-hours so far: wall time x the accelerators billed."""
+        return self.seconds * self.accelerators / SECONDS_PER_HOUR
 
     def energy_kwh(self) -> float | None:
-        """This process's GPU energy since start (to stop, once stopped); None where not measured."""
+        """The energy of this process's GPUs since start (to stop, once stopped); None where not measured."""
         if self._energy is None or self._started is None:
             return None
         end = self._energy_end if self._stopped is not None else self._energy.read_millijoules()

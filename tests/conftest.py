@@ -127,6 +127,15 @@ def tiny_random_model():
 def tiny(tmp_path_factory):
     """A tiny untrained model saved as a local folder, and a small stimulus set: a whole `welfare eval` in
     about two seconds, a session in a few. For tests of the plumbing around a model, not of its readings."""
+    root = tmp_path_factory.mktemp("tiny")
+    save_random_llama(root / "model")
+    return {"model": root / "model", "stimuli": write_stimuli(root / "stimuli.jsonl", n_per_split=12)}
+
+
+def save_random_llama(
+    folder: Path, *, layers: int = 1, hidden: int = 16, heads: int = 2, kv_heads: int = 2, positions: int = 256
+) -> Path:
+    """A random Llama (seed 0) with the synthetic tokenizer, saved to `folder` as a local model."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -134,20 +143,19 @@ def tiny(tmp_path_factory):
     tokenizer = synthetic_subject.build_tokenizer()
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=256,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=positions,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=None,
     )
-    root = tmp_path_factory.mktemp("tiny")
-    LlamaForCausalLM(config).save_pretrained(root / "model")
-    tokenizer.save_pretrained(root / "model")
-    return {"model": root / "model", "stimuli": write_stimuli(root / "stimuli.jsonl", n_per_split=12)}
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
 
 
 # The sweep's synthetic family: (planted empathy strength, hidden size). "scaling" plants empathy that grows

@@ -63,7 +63,9 @@ def _session(argv: list[str]) -> int:
             "capability_tasks: an exposure session does not change the subject, so it measures no capability "
             "retention; leave capability_tasks out (it applies to LoRA and soft-prompt sessions)"
         )
-    session = Session(kind, args, run, needs={config.valence: config.split if config.split != "all" else "train"})
+    session = Session(
+        kind, args, run, needs={config.valence: config.split if config.split != "all" else "train"}, trains=False
+    )
     episodes = session.stimuli.select(valence=config.valence, split=config.split)
     if config.max_episodes:
         episodes = spread_evenly(episodes, config.max_episodes)
@@ -113,7 +115,8 @@ def _session(argv: list[str]) -> int:
                     results=path,
                     note=_ledger_note(kind, b),
                 )
-            session.log({f"balance/{p}": b["balance"] for p, b in outcome["balance"].items() if b["measured"]})
+            balances = {f"balance/{p}": b["balance"] for p, b in outcome["balance"].items() if b["measured"]}
+            session.log({**balances, "generation/tokens_per_s": outcome["generation"]["tokens_per_s"]})
     if results:
         print(f"{kind} session {results.session}: {results.completed} of {results.planned} episodes lived")
         for probe, b in results.balance.items():

@@ -132,7 +132,7 @@ def _train_records(session, subject, items, lora, args) -> list[dict]:
                 instrument=args.load_instrument(),
             )
         else:
-            records = sft_records(subject, items, reply_tokens=args.reply_tokens, batch_size=args.eval_batch_size)
+            records = sft_records(subject, items, reply_tokens=args.reply_tokens)
         write_jsonl_file(path, records)
     session.state.wait_for_everyone()
     records = load_jsonl_bounded(path, what="training records")

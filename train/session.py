@@ -78,7 +78,9 @@ class SessionArguments(
         "check, doubles the pairwise cost)",
     )
     eval_replies: str = setting("authored", "authored or own: whose replies the evaluated experiences contain")
-    eval_batch_size: int = setting(16, "prompts per forward pass in evaluations")
+    eval_batch_size: int | None = setting(
+        None, "most prompts per scoring forward pass in evaluations; default: no cap, the scorer's token budget decides"
+    )
     eval_bootstrap: int = setting(1000, "bootstrap resamples for the CIs of the evaluations and the recovery")
     probe_every_steps: int = setting(0, "log a quick self-report probe to W&B every N steps (0: off)")
     max_perplexity_ratio: float = setting(
@@ -101,7 +103,7 @@ class SessionArguments(
     def check(self):
         if not (math.isfinite(self.budget_hours) and self.budget_hours > 0):
             raise ValueError(f"budget_hours: expected a number of accelerator-hours > 0, got {self.budget_hours}")
-        integers_at_least(self, 1, "max_train_items")
+        integers_at_least(self, 1, "max_train_items", "eval_batch_size")
         integers_at_least(self, 0, "probe_every_steps")
         number_in(self, "max_perplexity_ratio", 1.0, above=True)
         number_in(self, "max_accuracy_drop", 0.0, 1.0)
@@ -166,10 +168,19 @@ class RunSettings:
 class Session:
     """One metered session; see the module docstring for the order of calls."""
 
-    def __init__(self, kind: str, args: SessionArguments, run: RunSettings, *, needs: dict[str, str]):
+    def __init__(
+        self, kind: str, args: SessionArguments, run: RunSettings, *, needs: dict[str, str], trains: bool = True
+    ):
         """Validate everything that can be checked without a model. `needs` maps a valence to the split
-        the intervention must find experiences of, e.g. {"euphoric": "train"}."""
+        the intervention must find experiences of, e.g. {"euphoric": "train"}; `trains`: the session trains
+        its subject (so it cannot be a placed one)."""
         self.kind, self.args, self.run = kind, args, run
+        if trains and args.device_map is not None:
+            raise SessionError(
+                f"device_map: a {kind} session trains its subject, which needs the whole model on each rank's "
+                "device; a placed subject is for measuring (welfare eval, welfare sweep, exposure sessions), and a "
+                "big one trains with FSDP (accelerate/fsdp)"
+            )
         # The folder first: a file, a link or someone else's folder fails before anything loads.
         self.folder = claim(
             args.output_dir, f"{kind} session", overwrite=args.overwrite, resumable=True, flag="--output_dir"
@@ -307,6 +318,7 @@ class Session:
             budget_hours=self.args.budget_hours,
             device=self.state.device.type,
             processes=self.state.num_processes,
+            gpus=self.args.held_gpus(),
             purpose=f"{self.kind}: {self.out}",
             resume_from=self.resume,
             wandb_run=self.wandb_run,
@@ -322,6 +334,7 @@ class Session:
             trust_remote_code=self.args.trust_remote_code,
             device=str(self.state.device),
             dtype=self.args.dtype,
+            placement=self.args.placement(),
         )
 
     # -- measure ----------------------------------------------------------------------------------

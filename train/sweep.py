@@ -74,7 +74,7 @@ def _sweep(argv: list[str]) -> int:
         )
     try:
         # The main process reserves here: a ledger or funds problem exits 2 before anything is written.
-        with SweepBudget(billing, state, out) if todo else nullcontext() as budget:
+        with SweepBudget(billing, state, out, config.held_gpus()) if todo else nullcontext() as budget:
             if state.is_main_process:
                 open_in_place(folder, overwrite=config.overwrite)
             state.wait_for_everyone()
@@ -126,7 +126,7 @@ def _measure_one(config, spec, keys, tasks, stimuli, device: str, cache, positio
     entries = measure_subject(spec, keys, config, stimuli, device, tasks if capability else None, scores=scores)
     kind, parts, hours, seconds = detect_device_kind(), [], 0.0, 0.0
     while True:
-        meter = Meter.for_device(kind, processes=1).start()
+        meter = Meter.for_device(kind, processes=1, gpus=config.held_gpus()).start()
         entry = next(entries, None)
         meter.stop()
         if entry is None:
@@ -171,7 +171,8 @@ def _write_outputs(config, billing, passed: dict, keys: list, stimuli, cache, ou
         "devices": sorted({c.get("device", "?") for c in costs}),
         "energy_kwh": sum(energies) if energies and all(e is not None for e in energies) else None,
         "note": "measured when each subject was measured (a cached subject keeps its original cost and names the "
-        "ledger session that paid for it); model loading, scoring and capability tasks, one process per subject",
+        "ledger session that paid for it); model loading, scoring and capability tasks, one process per subject "
+        "billed for every GPU it held (gpus_per_rank)",
         "ledger": accounting,
     }
     result = SweepResult(

@@ -49,8 +49,8 @@ class SweepBudget:
     """The ledger session of one sweep run, on every rank; `with` settles it on leaving, also after an error.
     `session` is its id on every rank; `record` is what results.json says of it (main process, once settled)."""
 
-    def __init__(self, settings: SweepBudgetSettings, state, out: Path):
-        self.settings, self.state = settings, state
+    def __init__(self, settings: SweepBudgetSettings, state, out: Path, gpus: tuple[int, ...] = ()):
+        self.settings, self.state, self.gpus = settings, state, gpus
         self.budget = None
         self.record: dict = {}
         self.ledger = Ledger.open(settings.ledger, create=False) if state.is_main_process else None
@@ -97,6 +97,7 @@ class SweepBudget:
             budget_hours=hours,
             device=self.state.device.type,
             processes=self.state.num_processes,
+            gpus=self.gpus,
             purpose=purpose,
             is_main=self.ledger is not None,
             progress_interval_s=0.0,  # at every round: a killed sweep is charged its spend when its last round began

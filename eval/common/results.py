@@ -131,6 +131,7 @@ class SessionResult(Result):
     completed: int | None = None
     planned: int | None = None
     balance: dict | None = None
+    generation: dict | None = None  # an exposure's own replies: replies, new_tokens, seconds, tokens_per_s
 
     @property
     def capability_lost(self) -> bool:

@@ -293,7 +293,12 @@ def measure_subject(
     The first entry's timing holds the load."""
     started = time.perf_counter()
     subject = load_subject(
-        spec.model, spec.adapter, trust_remote_code=config.trust_remote_code, device=device, dtype=config.dtype
+        spec.model,
+        spec.adapter,
+        trust_remote_code=config.trust_remote_code,
+        device=device,
+        dtype=config.dtype,
+        placement=config.placement(),
     )
     timing = {"load_s": time.perf_counter() - started}
     try:

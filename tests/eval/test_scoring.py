@@ -1,4 +1,5 @@
-"""The scoring engine's invariants: prefix reuse = whole prompt, batched = unbatched, order round-trips."""
+"""The scoring engine's invariants: prefix reuse = whole prompt, batched = unbatched, order round-trips; batches
+within their token budget; "auto" reuse follows the measured cost."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from welfare_offsets.eval.scoring import NextTokenScorer, label_token_ids
+from welfare_offsets.eval.scoring import NextTokenScorer, _cheapest_cuts, label_token_ids
 
 
 def _reference(model, tokenizer, prompts):
@@ -21,7 +22,7 @@ def _reference(model, tokenizer, prompts):
     return torch.stack(out)
 
 
-def _prompts(rng):
+def _prompts(rng, context_words=(3, 40), members=(1, 6), tail_words=(1, 12)):
     """Groups of prompts sharing a context of varied length, plus loners; shuffled."""
     words = [
         "today",
@@ -42,10 +43,10 @@ def _prompts(rng):
     ]
     prompts, groups = [], []
     for g in range(6):
-        context = " ".join(rng.choice(words, int(rng.integers(3, 40))))
-        for _ in range(int(rng.integers(1, 6))):
+        context = " ".join(rng.choice(words, int(rng.integers(*context_words))))
+        for _ in range(int(rng.integers(*members))):
             prompts.append(
-                f"<|user|> {context} <|end|> <|user|> " + " ".join(rng.choice(words, int(rng.integers(1, 12))))
+                f"<|user|> {context} <|end|> <|user|> " + " ".join(rng.choice(words, int(rng.integers(*tail_words))))
             )
             groups.append(f"g{g}")
     order = rng.permutation(len(prompts))
@@ -53,7 +54,7 @@ def _prompts(rng):
 
 
 @pytest.mark.parametrize("batch_size", [1, 3, 64])
-@pytest.mark.parametrize("reuse", [True, False])
+@pytest.mark.parametrize("reuse", [True, False, "auto"])
 def test_engine_matches_whole_prompt_forward(tiny_random_model, batch_size, reuse):
     model, tokenizer = tiny_random_model
     prompts, groups = _prompts(np.random.default_rng(batch_size))
@@ -65,7 +66,7 @@ def test_engine_matches_whole_prompt_forward(tiny_random_model, batch_size, reus
     torch.testing.assert_close(got, _reference(model, tokenizer, prompts), atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("reuse", [True, False])
+@pytest.mark.parametrize("reuse", [True, False, "auto"])
 def test_soft_prompt_matches_peft_prompt_tuning_forward(tiny_random_model, reuse):
     """A soft prompt in the engine (prefix reuse, padding, batching) = peft's own prompt-tuning forward."""
     from peft import PromptTuningConfig, get_peft_model
@@ -95,6 +96,126 @@ def test_soft_prompt_matches_peft_prompt_tuning_forward(tiny_random_model, reuse
     torch.testing.assert_close(got, reference, atol=1e-4, rtol=1e-4)
     plain = NextTokenScorer(model, tokenizer, progress=False).next_token_logprobs([scorer.tokenize(p) for p in prompts])
     assert not torch.allclose(plain, got, atol=1e-3)  # the prompt is really in front
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_auto_gives_the_probabilities_of_both_paths(tiny_random_model, soft):
+    """Shared prefixes and continuations of widely mixed length: "auto" measures, picks a path and returns the
+    same probabilities as reuse and no reuse alike; every call records which path it took and why."""
+    model, tokenizer = tiny_random_model
+    torch.manual_seed(2)
+    soft_prompt = 0.1 * torch.randn(4, model.config.hidden_size) if soft else None
+    prompts, groups = _prompts(np.random.default_rng(11), members=(3, 9), tail_words=(1, 40))
+    probabilities, choices = {}, {}
+    for reuse in (True, False, "auto"):
+        scorer = NextTokenScorer(
+            model,
+            tokenizer,
+            max_batch_tokens=160,
+            reuse_prefix=reuse,
+            min_prefix_tokens=1,
+            progress=False,
+            soft_prompt=soft_prompt,
+        )
+        probabilities[reuse] = scorer.next_token_logprobs([scorer.tokenize(p) for p in prompts], groups).exp()
+        choices[reuse] = scorer.last_choice
+    for forced in (True, False):
+        torch.testing.assert_close(probabilities["auto"], probabilities[forced], atol=1e-5, rtol=0)
+        assert choices[forced].reuse is forced and choices[forced].reason == "asked"
+    assert choices["auto"].reason == "measured"
+    assert set(choices["auto"].tokens_per_second) == {"reuse", "whole"}
+
+
+def _hook_forward(model, record):
+    """Call record(kwargs) before every forward pass of `model`; returns the hook's handle."""
+    return model.register_forward_pre_hook(lambda module, args, kwargs: record(kwargs), with_kwargs=True)
+
+
+@pytest.mark.parametrize("reuse", [True, False, "auto"])
+@pytest.mark.parametrize(("max_batch_tokens", "batch_size"), [(120, None), (400, 4)])
+def test_batches_stay_within_the_token_budget(tiny_random_model, reuse, max_batch_tokens, batch_size):
+    """No forward pass holds more than max_batch_tokens of padded context (rows x width of its attention mask)
+    or more than batch_size rows, except a row wider than the budget, which runs alone; results come back in
+    input order."""
+    model, tokenizer = tiny_random_model
+    prompts, groups = _prompts(np.random.default_rng(3), tail_words=(1, 30))
+    prompts.insert(5, "<|user|> " + " ".join(["today"] * 420))  # wider than either budget
+    groups.insert(5, "alone")
+    shapes = []
+    hook = _hook_forward(model, lambda kwargs: shapes.append(tuple(kwargs["attention_mask"].shape)))
+    try:
+        scorer = NextTokenScorer(
+            model,
+            tokenizer,
+            max_batch_tokens=max_batch_tokens,
+            batch_size=batch_size,
+            reuse_prefix=reuse,
+            min_prefix_tokens=1,
+            progress=False,
+        )
+        got = scorer.next_token_logprobs([scorer.tokenize(p) for p in prompts], groups)
+    finally:
+        hook.remove()
+    assert all(rows * width <= max_batch_tokens or rows == 1 for rows, width in shapes)
+    assert all(rows <= (batch_size or rows) for rows, _ in shapes)
+    assert (1, 421) in shapes  # the wide row, alone
+    torch.testing.assert_close(got, _reference(model, tokenizer, prompts), atol=1e-4, rtol=1e-4)
+
+
+class _FakeClock:
+    """Time that passes only in forward passes: `per_pass` for each, plus `per_token` per input position."""
+
+    def __init__(self, per_pass: float, per_token: float):
+        self.per_pass, self.per_token, self.now = per_pass, per_token, 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def forward(self, kwargs) -> None:
+        inputs = kwargs["input_ids"] if kwargs.get("input_ids") is not None else kwargs["inputs_embeds"]
+        self.now += self.per_pass + self.per_token * inputs.shape[0] * inputs.shape[1]
+
+
+@pytest.mark.parametrize(
+    ("per_pass", "per_token", "reuse_wins"),
+    [(1.0, 0.0, False), (0.0, 1e-3, True)],
+    ids=["launch-bound: reuse's second pass costs more", "compute-bound: reuse's saved tokens win"],
+)
+def test_auto_runs_the_path_measured_cheaper(tiny_random_model, per_pass, per_token, reuse_wins):
+    """Long shared contexts, short continuations: "auto" follows the clock and records its measurement; a call
+    too small to measure follows the last measurement (before any, it reuses), a large one measures again."""
+    model, tokenizer = tiny_random_model
+    prompts, groups = _prompts(np.random.default_rng(5), context_words=(30, 40), members=(4, 7), tail_words=(1, 5))
+    clock = _FakeClock(per_pass, per_token)
+    scorer = NextTokenScorer(model, tokenizer, max_batch_tokens=100, min_prefix_tokens=1, progress=False)
+    scorer.clock = clock
+    token_lists = [scorer.tokenize(p) for p in prompts]
+    small = [ids for ids, g in zip(token_lists, groups) if g == groups[0]][:2]  # one batch
+    choices, results = [], []
+    hook = _hook_forward(model, clock.forward)
+    try:
+        for rows, keys in [(small, groups[:1] * 2), (token_lists, groups)] * 2:
+            results.append(scorer.next_token_logprobs(rows, keys))
+            choices.append(scorer.last_choice)
+    finally:
+        hook.remove()
+    assert [(c.reuse, c.reason) for c in choices] == [
+        (True, "not measured yet"),
+        (reuse_wins, "measured"),
+        (reuse_wins, "last measured"),
+        (reuse_wins, "measured"),
+    ]
+    assert all((c.tokens_per_second["reuse"] > c.tokens_per_second["whole"]) is reuse_wins for c in choices[1::2])
+    for got in results[1::2]:
+        torch.testing.assert_close(got, _reference(model, tokenizer, prompts), atol=1e-4, rtol=1e-4)
+
+
+def test_groups_are_cut_where_padding_costs_more_than_a_prefix_pass():
+    """Rows padded to the longest of their piece, each piece paying its prefix once: the cheapest cuts."""
+    assert _cheapest_cuts(10, [100, 100, 10, 10, 10]) == [(0, 2), (2, 5)]  # 210 + 40 against 510 whole
+    assert _cheapest_cuts(1000, [100, 100, 10, 10, 10]) == [(0, 5)]  # a long prefix is worth the padding
+    assert _cheapest_cuts(0, [3, 2, 1]) == [(0, 1), (1, 2), (2, 3)]
+    assert _cheapest_cuts(5, []) == []
 
 
 def test_prefix_split_on_tokens_not_text():

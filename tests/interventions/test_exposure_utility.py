@@ -63,3 +63,16 @@ def test_a_budget_that_runs_out_during_the_utility_design_records_no_utility_bal
     assert b == {"measured": False, "reason": b["reason"]} and "during the utility design" in b["reason"]
     assert outcome["balance"]["self_report"]["measured"] and outcome["completed"] == 4
     assert "experienced_utility" not in outcome["episodes"][0]
+
+
+def test_a_gpu_lives_a_whole_generation_batch_between_budget_checks_and_a_cpu_four(monkeypatch):
+    import torch
+
+    from welfare_offsets.eval.replies import Batching
+    from welfare_offsets.interventions import exposure
+
+    monkeypatch.setattr(exposure, "input_device", lambda model: torch.device("cpu"))
+    assert exposure.episodes_per_step(object()) == 4
+    monkeypatch.setattr(exposure, "input_device", lambda model: torch.device("cuda", 0))
+    monkeypatch.setattr(exposure, "default_batching", lambda model: Batching())
+    assert exposure.episodes_per_step(object()) == Batching().rows

@@ -51,14 +51,42 @@ def test_meter_on_cpu_counts_cpu_hours_and_reports_no_energy():
 def test_meter_reads_nvml_energy_when_present(monkeypatch):
     readings = iter([1_000_000, 1_000_000 + 3_600_000_000])  # millijoules: 1 kWh apart
     nvml = types.SimpleNamespace(nvmlDeviceGetTotalEnergyConsumption=lambda handle: next(readings))
-    meter = Meter("cuda", energy=NvmlEnergy(nvml, handle=None), clock=FakeClock()).start()
+    meter = Meter("cuda", energy=NvmlEnergy(nvml, [None]), clock=FakeClock()).start()
     meter.stop()
     assert meter.energy_kwh() == pytest.approx(1.0)
 
 
+def test_a_process_holding_several_gpus_is_billed_and_metered_for_each():
+    clock = FakeClock()
+    readings = iter([1_000, 2_000, 1_000 + 1_800_000_000, 2_000 + 1_800_000_000])  # two GPUs, 0.5 kWh each
+    nvml = types.SimpleNamespace(nvmlDeviceGetTotalEnergyConsumption=lambda handle: next(readings))
+    meter = Meter("cuda", processes=2, devices_per_process=4, energy=NvmlEnergy(nvml, ["a", "b"]), clock=clock)
+    meter.start()
+    clock.now = 900.0
+    meter.stop()
+    assert meter.accelerators == 8 and meter.hours == pytest.approx(2.0)  # 15 minutes x 2 ranks x 4 GPUs
+    assert meter.energy_kwh() == pytest.approx(1.0)  # the sum over the GPUs this process holds
+
+
+def test_a_reservation_records_the_accelerators_billed(tmp_path, monkeypatch):
+    monkeypatch.setattr(NvmlEnergy, "for_cuda_devices", classmethod(lambda cls, indices=(): None))
+    ledger = funded_ledger(tmp_path / "ledger.sqlite", hours=1.0)
+    with BudgetSession.start(
+        ledger, account="lab", budget_hours=0.5, device="cuda", processes=2, gpus=(0, 2, 3, 4)
+    ) as session:
+        assert session.meter.accelerators == 8
+    (reserve,) = ledger.entries(kind="reserve")
+    assert (reserve.payload["device"], reserve.payload["processes"]) == ("cuda", 8)
+    settle = ledger.entries(kind="settle")[0].payload
+    assert settle["postings"][f"@spent/{session.id}"] / 1e6 == pytest.approx(
+        settle["wall_seconds"] * 8 / 3600, abs=1e-6
+    )
+
+
 def test_nvml_missing_gives_no_energy_rather_than_a_guess(monkeypatch):
     monkeypatch.setitem(sys.modules, "pynvml", None)  # import fails
-    assert NvmlEnergy.for_current_cuda_device() is None
+    assert NvmlEnergy.for_cuda_devices() is None
+    assert NvmlEnergy.for_cuda_devices((0, 1)) is None
 
 
 def test_meter_refuses_unknown_device_and_bad_process_count():
@@ -66,6 +94,8 @@ def test_meter_refuses_unknown_device_and_bad_process_count():
         Meter("tpu")
     with pytest.raises(LedgerError, match="processes"):
         Meter("cpu", processes=0)
+    with pytest.raises(LedgerError, match="devices_per_process"):
+        Meter("cuda", devices_per_process=0)
 
 
 # ---- the stop rule -------------------------------------------------------------------------------

@@ -131,7 +131,7 @@ def slow_subjects(monkeypatch):
 
     class Clocked(Meter):
         @classmethod
-        def for_device(cls, device, processes=1):
+        def for_device(cls, device, processes=1, gpus=()):
             return cls(device, processes, clock=lambda: time.perf_counter() + extra[0])
 
     measure = sweep.measure_subject
