@@ -21,6 +21,7 @@ from welfare_offsets.eval.in_context import BATTERY, IN_CONTEXT, sample_record, 
 from welfare_offsets.eval.replies import GenerationStats, live_through
 from welfare_offsets.eval.scoring import NextTokenScorer
 from welfare_offsets.eval.settings import (
+    REUSE_PREFIX,
     CapabilitySettings,
     OutputSettings,
     ProbeSettings,
@@ -180,6 +181,7 @@ def score_items(config: EvalConfig, subject, items: list[Experience], rng: np.ra
         subject.tokenizer,
         batch_size=config.batch_size,
         max_batch_tokens=config.max_batch_tokens,
+        reuse_prefix=REUSE_PREFIX[config.reuse_prefix],
         progress=config.progress,
         soft_prompt=subject.soft_prompt,
     )

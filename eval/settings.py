@@ -37,6 +37,7 @@ from welfare_offsets.eval.utilities import PairDesign
 SPLITS = ("heldout", "train", "all")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 REPORT_TO = ("none", "wandb")
+REUSE_PREFIX = {"auto": "auto", "on": True, "off": False}  # the setting's words -> NextTokenScorer's reuse_prefix
 MIN_BOOTSTRAP = 100  # fewer replicates cannot place the tails of a 95% interval
 
 
@@ -231,6 +232,12 @@ class ProbeSettings(PairSettings, ExperienceSettings):
         "padded tokens per scoring forward pass (prompts x their padded width); default: 4096 on CPU, 16384 on an "
         "accelerator (not in a sweep's cache key)",
     )
+    reuse_prefix: str = setting(
+        "auto",
+        "shared-prefix reuse in scoring: auto (a timed batch of each path picks the faster, per call; results.json "
+        "records the choice), on or off. Either path gives the same scores to float tolerance; pin on or off for "
+        "reruns equal to the last digit (not in a sweep's cache key)",
+    )
     bootstrap: int = setting(
         2000, f"bootstrap resamples for every CI (at least {MIN_BOOTSTRAP}; not part of a sweep's cache key)"
     )
@@ -246,6 +253,9 @@ class ProbeSettings(PairSettings, ExperienceSettings):
         one_of(self, "split", SPLITS)
         one_of(self, "empathy_split", SPLITS)
         integers_at_least(self, 1, "batch_size", "max_batch_tokens")
+        if isinstance(self.reuse_prefix, bool):  # YAML's true/false
+            self.reuse_prefix = "on" if self.reuse_prefix else "off"
+        one_of(self, "reuse_prefix", tuple(REUSE_PREFIX))
         if self.max_items is not None and self.max_items < 2:
             raise ValueError(f"max_items: expected at least 2 (or unset), got {self.max_items}")
         if self.bootstrap < MIN_BOOTSTRAP:

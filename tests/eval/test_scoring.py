@@ -264,3 +264,20 @@ def test_missing_label_token_is_a_clear_error(tiny_random_model):
     model, tokenizer = tiny_random_model
     with pytest.raises(ValueError, match="no single token for answer label"):
         NextTokenScorer(model, tokenizer, progress=False).label_probs(["<|user|> hi"], ["banana-split"])
+
+
+@pytest.mark.parametrize(
+    ("given", "kept"), [("auto", "auto"), ("on", "on"), ("off", "off"), (True, "on"), (False, "off")]
+)
+def test_the_reuse_prefix_setting_takes_its_words_and_yaml_booleans(given, kept):
+    from welfare_offsets.eval.settings import REUSE_PREFIX, ProbeSettings
+
+    assert ProbeSettings(reuse_prefix=given).reuse_prefix == kept and kept in REUSE_PREFIX
+
+
+@pytest.mark.parametrize("bad", [["on"], "maybe", 3, None])
+def test_a_reuse_prefix_that_is_not_auto_on_or_off_is_refused(bad):
+    from welfare_offsets.eval.settings import ProbeSettings
+
+    with pytest.raises(ValueError, match="reuse_prefix: expected auto or on or off"):
+        ProbeSettings(reuse_prefix=bad)

@@ -273,6 +273,8 @@ def _small_sweep(sweep_subjects, out: Path) -> list[str]:
         "12",
         "--progress",
         "false",
+        "--reuse_prefix",  # pinned: auto picks a path by timing, and paths agree to float tolerance, not every digit
+        "on",
     ]
 
 
