@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from benchmarks.markdown_section import replace_section
+from benchmarks.markdown_section import publish
 
 SECTION = "## Capability on lm-eval tasks: seconds per subject, and MMLU at 7B"
 MMLU_QUESTIONS = 14_042
@@ -159,9 +159,7 @@ def main() -> None:
         "",
     ]
     text = "\n".join(lines)
-    print(text)
-    if args.update_md:
-        replace_section(args.update_md, SECTION, text)
+    publish(text, SECTION, args.update_md)
 
 
 if __name__ == "__main__":

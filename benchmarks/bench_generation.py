@@ -20,11 +20,10 @@ import platform
 import shlex
 import statistics
 import sys
-from pathlib import Path
 
 import torch
 
-from benchmarks.markdown_section import replace_section
+from benchmarks.markdown_section import publish
 from welfare_offsets.eval.evaluate import spread_evenly
 from welfare_offsets.eval.experiences import load_stimuli
 from welfare_offsets.eval.replies import Batching, GenerationStats, default_batching, live_through
@@ -113,9 +112,7 @@ def main() -> None:
         "- The machine was shared with other work while this ran: read the ratios as direction, not as a precise speed-up.",
     ]
     text = "\n".join(lines) + "\n"
-    print(text)
-    if args.update_md:
-        replace_section(Path(args.update_md), SECTION, text)
+    publish(text, SECTION, args.update_md)
     if not same:
         sys.exit("replies differ between ways of batching")
 

@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.markdown_section import replace_section
+from benchmarks.markdown_section import publish
 
 # The checkout whose ledger is measured: the installed one, or the --compare-with one in a child process.
 TREE_VARIABLE = "BENCH_LEDGER_TREE"
@@ -339,9 +339,7 @@ def main() -> None:
             print(json.dumps(core(Path(directory))))
             return
         section = report(Path(directory), args.compare_with)
-    print(section)
-    if args.update_md:
-        replace_section(args.update_md, "## Ledger", section)
+    publish(section, "## Ledger", args.update_md)
 
 
 if __name__ == "__main__":

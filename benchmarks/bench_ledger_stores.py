@@ -31,7 +31,7 @@ import psycopg
 
 from benchmarks.bench_ledger import raw_sync_rate
 from benchmarks.bench_signing import per_call_us, sessions, with_key
-from benchmarks.markdown_section import replace_section
+from benchmarks.markdown_section import publish
 from tests.ledger import pg_server
 from tests.ledger.conftest import new_schema
 from welfare_offsets.ledger import Ledger
@@ -231,9 +231,7 @@ def main() -> None:
             server.remove()
     where = {"SQLite": args.dir, "PostgreSQL": server.folder.parent}
     section = report(measured, args.seconds, args.writers, where, settings)
-    print(section)
-    if args.update_md:
-        replace_section(args.update_md, SECTION, section)
+    publish(section, SECTION, args.update_md)
 
 
 if __name__ == "__main__":

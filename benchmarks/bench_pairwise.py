@@ -25,11 +25,10 @@ import platform
 import shlex
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-from benchmarks.markdown_section import replace_section
+from benchmarks.markdown_section import publish
 from welfare_offsets.eval.evaluate import EvalConfig, select_conditions
 from welfare_offsets.eval.experiences import load_stimuli
 from welfare_offsets.eval.scoring import NextTokenScorer, ReuseChoice
@@ -181,9 +180,7 @@ def main() -> None:
             "",
         ]
     )
-    print(text)
-    if args.update_md:
-        replace_section(Path(args.update_md), SECTION, text)
+    publish(text, SECTION, args.update_md)
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.markdown_section import replace_section
+from benchmarks.markdown_section import publish
 from welfare_offsets.eval.experiences import load_stimuli
 from welfare_offsets.eval.probes import LIKERT, render_prompt, self_report_requests, self_report_scores
 from welfare_offsets.eval.scoring import NextTokenScorer, pad_rows
@@ -373,9 +373,7 @@ def main() -> None:
     parser.add_argument("--update-md", type=Path, help="replace the `## Scoring` section of this markdown file")
     args = parser.parse_args()
     _, section = run(args)
-    print(section)
-    if args.update_md:
-        replace_section(args.update_md, SECTION, section)
+    publish(section, SECTION, args.update_md)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 
 from benchmarks.bench_ledger import append_rate
-from benchmarks.markdown_section import replace_section
+from benchmarks.markdown_section import publish
 from tests.ledger import pg_server
 from tests.ledger.conftest import new_schema
 from welfare_offsets.ledger import Ledger
@@ -161,9 +161,7 @@ def main() -> None:
         "",
     ]
     text = "\n".join(lines)
-    print(text)
-    if args.update_md:
-        replace_section(args.update_md, SECTION, text)
+    publish(text, SECTION, args.update_md)
 
 
 if __name__ == "__main__":

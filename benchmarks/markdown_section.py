@@ -15,3 +15,10 @@ def replace_section(path: Path, heading: str, section: str) -> None:
         end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
         text = "".join(lines[:start]) + section + ("\n" if end < len(lines) else "") + "".join(lines[end:])
     path.write_text(text)
+
+
+def publish(section: str, heading: str, update_md: str | Path | None) -> None:
+    """Print a benchmark's section, and with `--update-md` write it into that file in place of its old one."""
+    print(section)
+    if update_md:
+        replace_section(Path(update_md), heading, section)

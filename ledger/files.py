@@ -1,4 +1,5 @@
-"""Small file operations whose failure must not leave half-written data behind."""
+"""Small file operations whose failure must not leave half-written data behind, and bounded reads of files
+a user names (keys, keyrings), which may be a FIFO, a device or huge."""
 
 from __future__ import annotations
 
@@ -85,3 +86,20 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def read_small_file(path: Path, *, what: str, max_bytes: int) -> bytes:
+    """The whole of a regular file of at most `max_bytes`; anything else (a FIFO, a device, a folder, a bigger
+    file) is refused with a LedgerError, and nothing blocks: a FIFO is opened without waiting for a writer."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as err:
+        raise LedgerError(f"{path}: cannot read the {what} ({err.strerror})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise LedgerError(f"{path}: the {what} must be a regular file")
+    with os.fdopen(fd, "rb") as handle:
+        data = handle.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise LedgerError(f"{path}: a {what} larger than {max_bytes:,} bytes is refused")
+    return data

@@ -26,6 +26,7 @@ from typing import Any
 
 from welfare_offsets.ledger.chain import canonical_json
 from welfare_offsets.ledger.errors import LedgerError
+from welfare_offsets.ledger.files import read_small_file
 
 DOMAIN = b"welfare-offsets ledger entry v1\n"
 SIGNATURE = "signature"  # the payload field that holds it
@@ -36,6 +37,7 @@ ROLES = {
 }
 INSTALL = "pip install 'welfare-offsets[signing]'"
 MAX_KEYRING_BYTES = 1 << 20
+MAX_KEY_BYTES = 1 << 14  # an ed25519 PEM is 119 bytes
 
 
 def _ed25519():
@@ -79,8 +81,10 @@ class SigningKey:
         ed25519 = _ed25519()
         where = Path(path).expanduser()
         try:
-            key = serialization.load_pem_private_key(where.read_bytes(), password=None)
-        except (OSError, ValueError, TypeError) as err:
+            key = serialization.load_pem_private_key(
+                read_small_file(where, what="ledger signing key", max_bytes=MAX_KEY_BYTES), password=None
+            )
+        except (LedgerError, ValueError, TypeError) as err:
             raise LedgerError(
                 f"{where}: not a readable ledger signing key ({err}); make one with `welfare ledger keygen`"
             ) from None
@@ -162,13 +166,7 @@ class Keyring:
         import yaml
 
         where = Path(path).expanduser()
-        try:
-            with open(where, "rb") as handle:
-                raw = handle.read(MAX_KEYRING_BYTES + 1)
-        except OSError as err:
-            raise LedgerError(f"{where}: cannot read the keyring ({err.strerror})") from None
-        if len(raw) > MAX_KEYRING_BYTES:
-            raise LedgerError(f"{where}: a keyring larger than {MAX_KEYRING_BYTES} bytes is refused")
+        raw = read_small_file(where, what="keyring", max_bytes=MAX_KEYRING_BYTES)
         try:
             data = yaml.safe_load(raw)
             return cls(_signers(data))

@@ -185,3 +185,15 @@ def sweep_subjects(tmp_path_factory):
         for name, members in SWEEP_FAMILIES.items()
     }
     return SimpleNamespace(families=families, stimuli=str(write_stimuli(root / "stimuli.jsonl")), root=root)
+
+
+@pytest.fixture
+def no_model_loads(monkeypatch):
+    """Loading any model fails the test (with exit code 1, never the 2 a refused setting gives)."""
+    import transformers
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model started loading")
+
+    for auto in (transformers.AutoModelForCausalLM, transformers.AutoTokenizer):
+        monkeypatch.setattr(auto, "from_pretrained", refuse)

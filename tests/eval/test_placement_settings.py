@@ -27,17 +27,6 @@ def _offline(monkeypatch, tmp_path):
 
 
 @pytest.fixture
-def no_model_loads(monkeypatch):
-    import transformers
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model started loading")
-
-    for auto in (transformers.AutoModelForCausalLM, transformers.AutoTokenizer):
-        monkeypatch.setattr(auto, "from_pretrained", refuse)
-
-
-@pytest.fixture
 def node(monkeypatch):
     """A node of `gpus` CUDA GPUs with `ranks` launched on it, this process being rank `rank` (torch mocked)."""
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import stat
 
 import pytest
 import yaml
 
 from welfare_offsets.ledger.errors import LedgerError
-from welfare_offsets.ledger.signing import SIGNATURE, Keyring, SigningKey, generate_key
+from welfare_offsets.ledger.signing import MAX_KEYRING_BYTES, SIGNATURE, Keyring, SigningKey, generate_key
 
 
 @pytest.fixture
@@ -91,6 +92,21 @@ def test_a_hostile_keyring_is_refused_with_what_is_wrong(tmp_path, text, message
     ring.write_text(text)
     with pytest.raises(LedgerError, match=message):
         Keyring.load(ring)
+
+
+@pytest.mark.parametrize("what", ["fifo", "folder", "huge", "missing"])
+def test_a_key_or_keyring_path_that_is_no_small_regular_file_is_refused_without_blocking(tmp_path, what):
+    path = tmp_path / "given"
+    if what == "fifo":
+        os.mkfifo(path)  # no writer: opening it for reading would wait forever
+    elif what == "folder":
+        path.mkdir()
+    elif what == "huge":
+        path.write_bytes(b"#" * (MAX_KEYRING_BYTES + 1))
+    expected = {"fifo": "regular file", "folder": "regular file", "huge": "larger than", "missing": "cannot read"}
+    for load in (SigningKey.load, Keyring.load):
+        with pytest.raises(LedgerError, match=expected[what]):
+            load(path)
 
 
 def test_a_file_that_is_not_a_key_is_refused(tmp_path):

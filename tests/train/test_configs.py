@@ -142,18 +142,6 @@ def test_commands_share_settings_only_with_trl_and_trl_gets_ours(tmp_path):
     assert (trl_config.seed, trl_config.report_to, trl_config.output_dir) == (0, ["wandb"], str(tmp_path / "s"))
 
 
-@pytest.fixture
-def no_model_loads(monkeypatch):
-    """Loading any model fails the test (with exit code 1, never the 2 a refused setting gives)."""
-    import transformers
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model started loading")
-
-    for auto in (transformers.AutoModelForCausalLM, transformers.AutoTokenizer):
-        monkeypatch.setattr(auto, "from_pretrained", refuse)
-
-
 @pytest.mark.parametrize(
     "flag, value, message",
     [
