@@ -231,8 +231,8 @@ def score_items(config: EvalConfig, subject, items: list[Experience], rng: np.ra
         adherence[probe] = _adherence(measured.mass, config.adherence_threshold)
         samples += measured.samples
         timing[f"{probe}_s"] = time.perf_counter() - start
-    if scorer.last_measured is not None:  # which path auto chose, from the batches it timed (eval/scoring.py)
-        timing["prefix_reuse_measured"] = asdict(scorer.last_measured)
+    if scorer.measured:  # which path auto chose for each shape of call, from the batches it timed (eval/scoring.py)
+        timing["prefix_reuse_measured"] = [asdict(choice) for choice in scorer.measured.values()]
     return ItemScores(items, scores, utility_sd, adherence, fits, bundle_rows, samples, timing)
 
 

@@ -28,6 +28,7 @@ prompts without sampling:
 from __future__ import annotations
 
 import inspect
+import math
 import os
 import time
 from collections.abc import Hashable, Sequence
@@ -43,12 +44,12 @@ from tqdm.auto import tqdm
 # fp32 KV cache at 135M. On an accelerator, 16k tokens per forward pass keep a 0.5B model's matrix units
 # busy rather than waiting on kernel launches, at ~1 GB of bf16 KV cache for a 7B model (Qwen2.5-7B).
 DEFAULT_MAX_BATCH_TOKENS = {"cpu": 4096, "accelerator": 16384}
-# An "auto" scorer first measures in a call of at least MEASURED_FROM_BATCHES batches: one runs untimed
-# (warming both code paths), then one batch of each path is timed. Measuring costs about a batch run the
-# slower way, so it is repeated only in calls of at least REMEASURED_FROM_BATCHES batches (a tenth or less
-# of their time); smaller calls follow the last measurement.
+# An "auto" scorer measures a call's shape once: in the first call of that shape with at least
+# MEASURED_FROM_BATCHES batches, one batch of each path is timed (before the scorer's first measurement, one
+# more runs untimed, to warm both code paths up). Later calls of the shape follow that measurement, so a run's
+# measuring costs about one batch run the slower way per shape. A shape is the token saving of reuse in
+# half-octaves and the padded row width in octaves: what decides whether a second forward pass pays.
 MEASURED_FROM_BATCHES = 3
-REMEASURED_FROM_BATCHES = 10
 
 
 @dataclass(frozen=True)
@@ -62,14 +63,25 @@ class ReuseChoice:
     """Whether one `next_token_logprobs` call reused shared prefixes, and why: for logs and results.
 
     `reason` is "asked" (reuse_prefix was True or False), "no shared prefix" (both paths are the same
-    work), "measured" (this call timed a batch of each path), "last measured" (too few batches to
-    measure: the scorer's last measured choice) or "not measured yet" (the same, before any: reuse).
-    `tokens_per_second` holds, when measured, each path's prompt tokens scored per second.
+    work), "measured" (this call timed a batch of each path), "measured before" (a call of the same shape
+    did), "nearest measured" (too few batches to measure: the measured shape closest to this one) or "not
+    measured yet" (the same, before any measurement: reuse). `saving` is how many times more tokens the
+    call's batches run without reuse than with it (padding included), and `row_tokens` their mean padded
+    row width without reuse; `tokens_per_second` holds, when measured, each path's prompt tokens scored per
+    second.
     """
 
     reuse: bool
     reason: str
+    saving: float | None = None
+    row_tokens: float | None = None
     tokens_per_second: dict[str, float] | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """The bucket a measurement stands for (auto's choices only: they have a saving and a width): log2 of
+        the saving in half-octaves, of the width in octaves."""
+        return round(2 * math.log2(self.saving)), round(math.log2(self.row_tokens))
 
 
 @dataclass
@@ -110,13 +122,14 @@ class NextTokenScorer:
     """Scores label probabilities for batches of prompts on one model.
 
     `reuse_prefix="auto"` (the default) decides by measured time whether prompts sharing a context run
-    their common token prefix once. A call large enough to measure (MEASURED_FROM_BATCHES batches for
-    the first measurement, REMEASURED_FROM_BATCHES after) times one batch of each path on rows still to
-    score (prompt tokens per second, each path packing its own batch; before the first measurement one
-    batch runs untimed, to warm up) and runs the rest on the faster; smaller calls follow the last
-    measurement. Every row computed is kept, and either path equals a whole-prompt forward to float
-    noise, so measuring wastes nothing but the time of one batch run the slower way. The choice is in
-    `last_choice` (a `ReuseChoice`); True or False forces a path, for tests and benchmarks.
+    their common token prefix once. The first call of a shape (`ReuseChoice.shape`) with at least
+    MEASURED_FROM_BATCHES batches times one batch of each path on rows still to score (prompt tokens per
+    second; the whole-prompt batch is made of complete groups, so the rows left still share their prefixes)
+    and runs the rest on the faster; later calls of that shape follow the measurement, and smaller calls
+    of an unmeasured shape follow the nearest one measured. Every row computed is kept, and either path
+    equals a whole-prompt forward to float noise, so measuring wastes nothing but the time of one batch
+    run the slower way, once per shape. The choice is in `last_choice` and every measurement in `measured`
+    (`ReuseChoice`s); True or False forces a path, for tests and benchmarks.
 
     `max_batch_tokens` bounds each batch's rows x padded context width (default by device: see
     DEFAULT_MAX_BATCH_TOKENS); `batch_size` optionally caps its rows too (None: the token budget alone
@@ -155,7 +168,7 @@ class NextTokenScorer:
         self.progress = progress
         self.soft_prompt = soft_prompt
         self.last_choice: ReuseChoice | None = None
-        self.last_measured: ReuseChoice | None = None
+        self.measured: dict[tuple[int, int], ReuseChoice] = {}  # by shape, in the order measured
         self._label_cache: dict[tuple[str, ...], list[list[int]]] = {}
         self._cache_arg = cache_argument(model)
         self.pad_id = pad_token_id(tokenizer)
@@ -266,21 +279,53 @@ class NextTokenScorer:
         if not any(group.prefix for batch in plan for group in batch):
             self._run(call, plan)  # nothing shared: exactly the batches the whole-prompt path would run
             return ReuseChoice(False, "no shared prefix")
-        known = self.last_measured
-        if len(plan) < (REMEASURED_FROM_BATCHES if known else MEASURED_FROM_BATCHES):
-            choice = replace(known, reason="last measured") if known else ReuseChoice(True, "not measured yet")
-            self._run(call, plan if choice.reuse else self._plan(call, call.pending(), False))
-            return choice
-        if not known:
+        whole = self._plan(call, call.pending(), False)
+        rows = sum(len(group.rows) for batch in whole for group in batch)
+        call_shape = ReuseChoice(
+            True, "", self._work(call, whole) / self._work(call, plan), self._work(call, whole) / rows
+        )
+        if call_shape.shape in self.measured:
+            choice = _follow(call_shape, self.measured[call_shape.shape], "measured before")
+        elif len(plan) >= MEASURED_FROM_BATCHES:
+            choice = self._measure(call, plan, call_shape)
+        elif self.measured:
+            nearest = min(self.measured.values(), key=lambda c: _distance(c.shape, call_shape.shape))
+            choice = _follow(call_shape, nearest, "nearest measured")
+        else:
+            choice = replace(call_shape, reason="not measured yet")
+        self._run(call, self._plan(call, call.pending(), choice.reuse))
+        return choice
+
+    def _measure(self, call: _Call, plan: list[list[_Group]], call_shape: ReuseChoice) -> ReuseChoice:
+        """Time one batch of each path on `call`'s rows (keeping their results) and remember the faster path
+        for calls of this shape."""
+        if not self.measured:
             # Untimed: the first forward passes pay one-off costs (kernels loading, memory growing), and the
             # reuse path runs both kinds of pass, with and without a cache.
             self._run(call, plan[:1])
             plan = plan[1:]
         rates = {"reuse": self._rate(call, plan[0])}
-        rates["whole"] = self._rate(call, self._plan(call, call.pending(), False)[0])
-        self.last_measured = ReuseChoice(rates["reuse"] >= rates["whole"], "measured", rates)
-        self._run(call, self._plan(call, call.pending(), self.last_measured.reuse))
-        return self.last_measured
+        rates["whole"] = self._rate(call, self._whole_groups_batch(call))
+        measured = replace(
+            call_shape, reuse=rates["reuse"] >= rates["whole"], reason="measured", tokens_per_second=rates
+        )
+        self.measured[measured.shape] = measured
+        return measured
+
+    def _whole_groups_batch(self, call: _Call) -> list[_Group]:
+        """A whole-prompt batch of as many complete groups of the rows still to score as fit in one batch
+        (longest first), so no group is left with fewer rows to share its prefix; the start of the first
+        group's batches where not even that group fits."""
+        members: dict[Hashable, list[int]] = {}
+        for row in call.pending():
+            members.setdefault(call.groups[row], []).append(row)
+        by_length = sorted(members.values(), key=lambda rows: max(len(call.token_lists[r]) for r in rows), reverse=True)
+        chosen: list[int] = []
+        for rows in by_length:
+            if len(self._plan(call, chosen + rows, False)) > 1:
+                break
+            chosen += rows
+        return self._plan(call, chosen or by_length[0], False)[0]
 
     def _rate(self, call: _Call, batch: list[_Group]) -> float:
         """Prompt tokens per second of running `batch`; its results are kept like any other batch's."""
@@ -333,7 +378,9 @@ class NextTokenScorer:
 
     def _pack(self, token_lists: Sequence[list[int]], pieces: list[_Group]) -> list[list[_Group]]:
         """Pieces into batches within max_batch_tokens (and batch_size rows), pieces of like continuation length
-        together, so few columns are padding; pieces with one prefix in a batch merge (one prefix pass)."""
+        together, so few columns are padding: longest first, and a piece whose continuation would be padded by
+        more than its own length (and more than min_prefix_tokens, the least worth another pass) starts a new
+        batch. Pieces with one prefix in a batch merge (one prefix pass)."""
 
         def continuation(row: int, piece: _Group) -> int:
             return len(token_lists[row]) - len(piece.prefix)
@@ -345,13 +392,24 @@ class NextTokenScorer:
             while rows:
                 longest = continuation(rows[0], piece)
                 fit = batches[-1].room(len(piece.prefix), longest, self.max_batch_tokens, self.batch_size)
-                if fit == 0:
+                padding = batches[-1].continuation - longest
+                if fit == 0 or (batches[-1].rows and padding > max(longest, self.min_prefix_tokens)):
                     batches.append(_Batch(self._soft_columns))
                     continue
                 batches[-1].add(piece.prefix, rows[:fit], longest)
                 rows = rows[fit:]
         batches.sort(key=lambda batch: batch.size, reverse=True)
         return [batch.groups() for batch in batches if batch.rows]
+
+    def _work(self, call: _Call, batches: list[list[_Group]]) -> int:
+        """Tokens a plan runs through the model, padding included: each batch's prefix pass (groups x soft
+        prompt and longest prefix), if any, and its pass over the rest (rows x longest continuation)."""
+        total = 0
+        for batch in batches:
+            prefix = self._soft_columns + max(len(group.prefix) for group in batch)
+            rest = max(len(call.token_lists[row]) - len(group.prefix) for group in batch for row in group.rows)
+            total += len(batch) * prefix + sum(len(group.rows) for group in batch) * rest
+        return total
 
     @property
     def _soft_columns(self) -> int:
@@ -542,3 +600,12 @@ def _kept(logprobs: torch.Tensor, keep: list[Sequence[int]] | None) -> list[torc
     index = torch.tensor([list(ids) + [0] * (width - len(ids)) for ids in keep], dtype=torch.long)
     picked = logprobs.gather(1, index.to(logprobs.device)).cpu()
     return [picked[i, : len(ids)] for i, ids in enumerate(keep)]
+
+
+def _distance(a: tuple[int, int], b: tuple[int, int]) -> int:
+    return abs(a[0] - b[0]) + abs(a[1] - b[1])
+
+
+def _follow(call_shape: ReuseChoice, measured: ReuseChoice, reason: str) -> ReuseChoice:
+    """This call's shape, on the path (and with the rates) of an earlier measurement."""
+    return replace(call_shape, reuse=measured.reuse, reason=reason, tokens_per_second=measured.tokens_per_second)

@@ -182,32 +182,110 @@ class _FakeClock:
     ids=["launch-bound: reuse's second pass costs more", "compute-bound: reuse's saved tokens win"],
 )
 def test_auto_runs_the_path_measured_cheaper(tiny_random_model, per_pass, per_token, reuse_wins):
-    """Long shared contexts, short continuations: "auto" follows the clock and records its measurement; a call
-    too small to measure follows the last measurement (before any, it reuses), a large one measures again."""
+    """Long shared contexts, short continuations: "auto" follows the clock and records its measurement. A call
+    too small to measure reuses before any measurement and follows the nearest measured shape after; a call of
+    a measured shape follows that measurement without timing again; a call of a new shape measures again."""
     model, tokenizer = tiny_random_model
     prompts, groups = _prompts(np.random.default_rng(5), context_words=(30, 40), members=(4, 7), tail_words=(1, 5))
+    long_tails, long_groups = _prompts(
+        np.random.default_rng(5), context_words=(3, 5), members=(4, 7), tail_words=(30, 40)
+    )
     clock = _FakeClock(per_pass, per_token)
     scorer = NextTokenScorer(model, tokenizer, max_batch_tokens=100, min_prefix_tokens=1, progress=False)
     scorer.clock = clock
     token_lists = [scorer.tokenize(p) for p in prompts]
     small = [ids for ids, g in zip(token_lists, groups) if g == groups[0]][:2]  # one batch
+    calls = [
+        (small, groups[:1] * 2),
+        (token_lists, groups),
+        (token_lists, groups),
+        (small, groups[:1] * 2),
+        ([scorer.tokenize(p) for p in long_tails], long_groups),
+    ]
     choices, results = [], []
     hook = _hook_forward(model, clock.forward)
     try:
-        for rows, keys in [(small, groups[:1] * 2), (token_lists, groups)] * 2:
+        for rows, keys in calls:
             results.append(scorer.next_token_logprobs(rows, keys))
             choices.append(scorer.last_choice)
     finally:
         hook.remove()
-    assert [(c.reuse, c.reason) for c in choices] == [
-        (True, "not measured yet"),
-        (reuse_wins, "measured"),
-        (reuse_wins, "last measured"),
-        (reuse_wins, "measured"),
+    assert [c.reason for c in choices] == [
+        "not measured yet",
+        "measured",
+        "measured before",
+        "nearest measured" if choices[0].shape != choices[1].shape else "measured before",
+        "measured",
     ]
-    assert all((c.tokens_per_second["reuse"] > c.tokens_per_second["whole"]) is reuse_wins for c in choices[1::2])
-    for got in results[1::2]:
+    assert choices[0].reuse and choices[1].reuse is reuse_wins
+    assert all(c.reuse is reuse_wins for c in choices[2:4])
+    assert choices[1].tokens_per_second == choices[2].tokens_per_second  # the same measurement, not a new one
+    assert choices[4].saving < choices[1].saving  # long continuations: reuse saves less
+    assert list(scorer.measured.values()) == [choices[1], choices[4]]
+    assert (choices[1].tokens_per_second["reuse"] > choices[1].tokens_per_second["whole"]) is reuse_wins
+    for got in results[1:3]:
         torch.testing.assert_close(got, _reference(model, tokenizer, prompts), atol=1e-4, rtol=1e-4)
+
+
+def _record_batches(scorer, token_lists):
+    """Wrap scorer's batch runner: each batch run is recorded as (rows, longest prefix, each prefix's longest
+    continuation)."""
+    batches = []
+    run_batch = scorer._run_batch
+
+    def recorded(batch, *args):
+        batches.append(
+            (
+                [row for group in batch for row in group.rows],
+                max(len(group.prefix) for group in batch),
+                [max(len(token_lists[row]) - len(group.prefix) for row in group.rows) for group in batch],
+            )
+        )
+        return run_batch(batch, *args)
+
+    scorer._run_batch = recorded
+    return batches
+
+
+def test_measuring_leaves_every_group_its_prefix(tiny_random_model):
+    """The whole-prompt batch "auto" times takes complete groups (of the rows still to score), so the groups
+    left share their prefixes as before."""
+    model, tokenizer = tiny_random_model
+    prompts, groups = _prompts(np.random.default_rng(8), context_words=(20, 30), members=(3, 6), tail_words=(1, 30))
+    scorer = NextTokenScorer(model, tokenizer, max_batch_tokens=200, min_prefix_tokens=4, progress=False)
+    token_lists = [scorer.tokenize(p) for p in prompts]
+    batches = _record_batches(scorer, token_lists)
+    got = scorer.next_token_logprobs(token_lists, groups)
+    torch.testing.assert_close(got, _reference(model, tokenizer, prompts), atol=1e-4, rtol=1e-4)
+    assert scorer.last_choice.reason == "measured"
+    # The batches run: untimed warm-up, timed reuse, timed whole prompts (no prefix), then the rest.
+    done = {row for rows, _, _ in batches[:2] for row in rows}
+    whole_rows, whole_prefix, _ = batches[2]
+    assert whole_prefix == 0
+    for key in {groups[row] for row in whole_rows}:
+        pending = {row for row, g in enumerate(groups) if g == key} - done
+        assert pending <= set(whole_rows), f"group {key} was split by the measurement"
+
+
+def test_short_continuations_are_not_padded_to_long_ones(tiny_random_model):
+    """Loners (run whole: long) beside groups with short continuations: in a batch, no prefix's rows are padded
+    past their longest continuation by more than its length and min_prefix_tokens; a much longer continuation
+    starts a batch of its own (within one prefix, rows are cut by `_cheapest_cuts`)."""
+    model, tokenizer = tiny_random_model
+    prompts, groups = _prompts(np.random.default_rng(8), context_words=(20, 30), members=(2, 6), tail_words=(1, 3))
+    prompts += [prompts[0] + " today", "<|user|> the dog is happy and you report " * 3]
+    groups += ["loner 1", "loner 2"]
+    scorer = NextTokenScorer(
+        model, tokenizer, max_batch_tokens=2000, reuse_prefix=True, min_prefix_tokens=4, progress=False
+    )
+    token_lists = [scorer.tokenize(p) for p in prompts]
+    batches = _record_batches(scorer, token_lists)
+    got = scorer.next_token_logprobs(token_lists, groups)
+    torch.testing.assert_close(got, _reference(model, tokenizer, prompts), atol=1e-4, rtol=1e-4)
+    assert any(prefix == 0 for _, prefix, _ in batches)  # the loners, whole
+    for _, _, continuations in batches:
+        longest = max(continuations)
+        assert all(longest - c <= max(c, scorer.min_prefix_tokens) for c in continuations), continuations
 
 
 def test_groups_are_cut_where_padding_costs_more_than_a_prefix_pass():
