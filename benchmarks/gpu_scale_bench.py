@@ -22,6 +22,9 @@ with random weights (speed does not depend on them; gpu_offset_bench.build_model
   bandwidth bound: 64 x bandwidth / bytes a decode step must read (every weight once, plus each row's KV cache
   at its mean length over the steps).
 
+The sessions' own meter (ledger/meter.py) runs over the sizes, so the run also shows that NVML's energy
+counter is found and read on this card, as sessions bill it.
+
 Goals (issue 15), judged on the scorer's default ("auto") and the static cache: scoring >= 50% of the matmul
 rate at 7B and >= 20% at 0.5B; "auto" never below 1.0x of no reuse; decoding at batch 64 >= 50% of the
 bandwidth bound at 7B.
@@ -74,6 +77,7 @@ from benchmarks.gpu_offset_bench import (
     timed_passes,
 )
 from benchmarks.markdown_section import replace_section
+from welfare_offsets.ledger.meter import Meter
 
 SECTION = "## Scale on a GPU: scoring and generation against the card's own rates"
 REUSE_MODES = {"reuse": True, "no_reuse": False, "auto": "auto"}
@@ -304,6 +308,19 @@ def goals_table(results: dict) -> list[str]:
     return lines
 
 
+def meter_line(meter: dict | None) -> str:
+    """What the sessions' meter (ledger/meter.py) read over the sizes: hours, and NVML energy where counted."""
+    if meter is None:
+        return "Meter: not recorded in this run."
+    energy = meter["energy_kwh"]
+    read = (
+        f"NVML energy {energy * 1000:,.1f} Wh, a mean {energy * 3.6e6 / meter['seconds']:,.0f} W"
+        if energy is not None
+        else "no NVML energy (no counter here)"
+    )
+    return f"Meter (`ledger/meter.py`, as sessions bill): {meter['gpu_hours']:.4f} accelerator-hours over the sizes, {read}."
+
+
 def markdown(results: dict) -> str:
     env, card = results["env"], results["card"]
     sizes, work = measured_sizes(results), results["workload"]
@@ -331,6 +348,8 @@ def markdown(results: dict) -> str:
         f"{work['prompt_tokens'][1]} random tokens, {work['new_tokens']} new tokens, greedy, no torch.compile; decode "
         f"= the {work['new_tokens']}-token call less the 1-token call (medians of 2); bound = rows x copy bandwidth / "
         "(every weight + every row's KV cache at its mean length).",
+        "",
+        meter_line(results.get("meter")),
         "",
         *(["Smoke run: goals not judged."] if env["smoke"] else goals_table(results)),
     ]
@@ -375,11 +394,15 @@ def main() -> None:
     card = {"matmul": matmul_ceiling(args), "bandwidth": copy_bandwidth(args)}
     results["card"] = card
     log(json.dumps(results))
-    for name in sizes:
-        if time.perf_counter() - START > args.deadline_s:
-            results[f"size_{name}"] = {"error": "skipped: deadline"}
-            continue
-        section(results, f"size_{name}", measure_size, name, args, card)
+    # The sessions' own meter over the sizes: on a GPU, the NVML energy counter summed as sessions bill it.
+    meter = Meter.for_device("cuda" if args.device == "cuda" else "cpu", gpus=(0,) if args.device == "cuda" else ())
+    with meter:
+        for name in sizes:
+            if time.perf_counter() - START > args.deadline_s:
+                results[f"size_{name}"] = {"error": "skipped: deadline"}
+                continue
+            section(results, f"size_{name}", measure_size, name, args, card)
+    results["meter"] = {"seconds": meter.seconds, "gpu_hours": meter.hours, "energy_kwh": meter.energy_kwh()}
     results["total_s"] = time.perf_counter() - START
     path = Path(os.environ.get("OUT") or ".") / "gpu_scale_bench.json"
     path.parent.mkdir(parents=True, exist_ok=True)

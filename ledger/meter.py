@@ -60,7 +60,8 @@ class NvmlEnergy:
             handles = []
             for index in indices or [torch.cuda.current_device()]:
                 uuid = str(torch.cuda.get_device_properties(index).uuid)
-                handles.append(pynvml.nvmlDeviceGetHandleByUUID(uuid if uuid.startswith("GPU-") else f"GPU-{uuid}"))
+                uuid = uuid if uuid.startswith(("GPU-", "MIG-")) else f"GPU-{uuid}"
+                handles.append(pynvml.nvmlDeviceGetHandleByUUID(uuid.encode()))  # bytes: old bindings take no str
             counter = cls(pynvml, handles)
             counter.read_millijoules()  # GPUs before Volta have no energy counter: find out now
             return counter

@@ -89,6 +89,28 @@ def test_nvml_missing_gives_no_energy_rather_than_a_guess(monkeypatch):
     assert NvmlEnergy.for_cuda_devices((0, 1)) is None
 
 
+def test_nvml_counters_are_found_by_each_held_gpus_uuid(monkeypatch):
+    """torch's device index -> its UUID -> NVML's handle (NVML numbers GPUs its own way, CUDA_VISIBLE_DEVICES
+    aside), given as bytes, which old and new NVML bindings alike take; the reading sums the GPUs held."""
+    import torch
+
+    def by_uuid(uuid):
+        assert isinstance(uuid, bytes), "old bindings pass the argument to ctypes as it is"
+        return uuid.decode()
+
+    energy = {"GPU-aa": 1_000, "GPU-cc": 2_000}
+    fake = types.SimpleNamespace(
+        nvmlInit=lambda: None,
+        nvmlDeviceGetHandleByUUID=by_uuid,
+        nvmlDeviceGetTotalEnergyConsumption=lambda handle: energy[handle],
+    )
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    uuids = {0: "aa", 1: "bb", 2: "cc"}
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: types.SimpleNamespace(uuid=uuids[index]))
+    counter = NvmlEnergy.for_cuda_devices((0, 2))
+    assert counter is not None and counter.read_millijoules() == 3_000
+
+
 def test_meter_refuses_unknown_device_and_bad_process_count():
     with pytest.raises(LedgerError, match="device 'tpu'"):
         Meter("tpu")
