@@ -50,6 +50,9 @@ DEFAULT_MAX_BATCH_TOKENS = {"cpu": 4096, "accelerator": 16384}
 # measuring costs about one batch run the slower way per shape. A shape is the token saving of reuse in
 # half-octaves and the padded row width in octaves: what decides whether a second forward pass pays.
 MEASURED_FROM_BATCHES = 3
+# Batches still open to a piece when packing: pieces come longest continuation first, so older batches are
+# too wide for later pieces anyway, and looking further back would cost time on calls of many thousands.
+OPEN_BATCHES = 8
 
 
 @dataclass(frozen=True)
@@ -314,17 +317,16 @@ class NextTokenScorer:
 
     def _whole_groups_batch(self, call: _Call) -> list[_Group]:
         """A whole-prompt batch of as many complete groups of the rows still to score as fit in one batch
-        (longest first), so no group is left with fewer rows to share its prefix; the start of the first
-        group's batches where not even that group fits."""
+        (longest first, skipping those that do not), so no group is left with fewer rows to share its prefix;
+        the start of the longest group's batches where no group fits whole."""
         members: dict[Hashable, list[int]] = {}
         for row in call.pending():
             members.setdefault(call.groups[row], []).append(row)
         by_length = sorted(members.values(), key=lambda rows: max(len(call.token_lists[r]) for r in rows), reverse=True)
         chosen: list[int] = []
         for rows in by_length:
-            if len(self._plan(call, chosen + rows, False)) > 1:
-                break
-            chosen += rows
+            if len(self._plan(call, chosen + rows, False)) == 1:
+                chosen += rows
         return self._plan(call, chosen or by_length[0], False)[0]
 
     def _rate(self, call: _Call, batch: list[_Group]) -> float:
@@ -377,29 +379,38 @@ class NextTokenScorer:
         return list(shared) if len(shared) >= self.min_prefix_tokens else []
 
     def _pack(self, token_lists: Sequence[list[int]], pieces: list[_Group]) -> list[list[_Group]]:
-        """Pieces into batches within max_batch_tokens (and batch_size rows), pieces of like continuation length
-        together, so few columns are padding: longest first, and a piece whose continuation would be padded by
-        more than its own length (and more than min_prefix_tokens, the least worth another pass) starts a new
-        batch. Pieces with one prefix in a batch merge (one prefix pass)."""
+        """Pieces into batches within max_batch_tokens (and batch_size rows), longest continuation first, so
+        pieces of like continuation length share batches and few columns are padding. A piece goes whole into
+        the first of the last OPEN_BATCHES batches it fits (a piece split over two batches runs its prefix
+        twice), and is split only where no batch takes it: its first rows fill a new batch. A piece whose
+        continuation would be padded by more than its own length (and more than min_prefix_tokens, the least
+        worth another pass) joins no batch of longer ones. Pieces with one prefix in a batch merge (one prefix
+        pass)."""
 
         def continuation(row: int, piece: _Group) -> int:
             return len(token_lists[row]) - len(piece.prefix)
 
+        def room(batch: _Batch, prefix: int, longest: int) -> int:
+            padding = batch.continuation - longest
+            if batch.rows and padding > max(longest, self.min_prefix_tokens):
+                return 0
+            return batch.room(prefix, longest, self.max_batch_tokens, self.batch_size)
+
         pieces = sorted(pieces, key=lambda p: (continuation(p.rows[0], p), len(p.prefix)), reverse=True)
-        batches = [_Batch(self._soft_columns)]
+        batches: list[_Batch] = []
         for piece in pieces:
             rows = piece.rows
             while rows:
-                longest = continuation(rows[0], piece)
-                fit = batches[-1].room(len(piece.prefix), longest, self.max_batch_tokens, self.batch_size)
-                padding = batches[-1].continuation - longest
-                if fit == 0 or (batches[-1].rows and padding > max(longest, self.min_prefix_tokens)):
-                    batches.append(_Batch(self._soft_columns))
-                    continue
-                batches[-1].add(piece.prefix, rows[:fit], longest)
+                longest, prefix = continuation(rows[0], piece), len(piece.prefix)
+                batch = next((b for b in batches[-OPEN_BATCHES:] if room(b, prefix, longest) >= len(rows)), None)
+                if batch is None:
+                    batch = _Batch(self._soft_columns)
+                    batches.append(batch)
+                fit = room(batch, prefix, longest)
+                batch.add(piece.prefix, rows[:fit], longest)
                 rows = rows[fit:]
         batches.sort(key=lambda batch: batch.size, reverse=True)
-        return [batch.groups() for batch in batches if batch.rows]
+        return [batch.groups() for batch in batches]
 
     def _work(self, call: _Call, batches: list[list[_Group]]) -> int:
         """Tokens a plan runs through the model, padding included: each batch's prefix pass (groups x soft

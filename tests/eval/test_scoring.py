@@ -267,6 +267,22 @@ def test_measuring_leaves_every_group_its_prefix(tiny_random_model):
         assert pending <= set(whole_rows), f"group {key} was split by the measurement"
 
 
+def test_a_group_that_fits_one_batch_runs_its_prefix_once(tiny_random_model):
+    """Groups of like continuation length, a few to a batch but not a whole number of them: no group is split
+    over two batches (which would run its prefix twice); a later, smaller group fills a gap instead."""
+    model, tokenizer = tiny_random_model
+    prompts, groups = _prompts(np.random.default_rng(4), context_words=(20, 30), members=(3, 7), tail_words=(2, 3))
+    scorer = NextTokenScorer(model, tokenizer, max_batch_tokens=400, reuse_prefix=True, progress=False)
+    token_lists = [scorer.tokenize(p) for p in prompts]
+    batches = _record_batches(scorer, token_lists)
+    got = scorer.next_token_logprobs(token_lists, groups)
+    torch.testing.assert_close(got, _reference(model, tokenizer, prompts), atol=1e-4, rtol=1e-4)
+    assert len(batches) > 1
+    for key in set(groups):
+        holding = [i for i, (rows, _, _) in enumerate(batches) if any(groups[row] == key for row in rows)]
+        assert len(holding) == 1, f"group {key} ran in batches {holding}"
+
+
 def test_short_continuations_are_not_padded_to_long_ones(tiny_random_model):
     """Loners (run whole: long) beside groups with short continuations: in a batch, no prefix's rows are padded
     past their longest continuation by more than its length and min_prefix_tokens; a much longer continuation
