@@ -50,6 +50,10 @@ DEFAULT_MAX_BATCH_TOKENS = {"cpu": 4096, "accelerator": 16384}
 # measuring costs about one batch run the slower way per shape. A shape is the token saving of reuse in
 # half-octaves and the padded row width in octaves: what decides whether a second forward pass pays.
 MEASURED_FROM_BATCHES = 3
+# One batch's time varies by about a tenth from run to run on a shared machine. Where the two paths' measured
+# rates are closer than that, the measurement cannot tell them apart, and the path that runs fewer tokens
+# (padding included) is taken.
+DISTINGUISHABLE_RATIO = 1.1
 # Batches still open to a piece when packing: pieces come longest continuation first, so older batches are
 # too wide for later pieces anyway, and looking further back would cost time on calls of many thousands.
 OPEN_BATCHES = 8
@@ -128,10 +132,11 @@ class NextTokenScorer:
     their common token prefix once. The first call of a shape (`ReuseChoice.shape`) with at least
     MEASURED_FROM_BATCHES batches times one batch of each path on rows still to score (prompt tokens per
     second; the whole-prompt batch is made of complete groups, so the rows left still share their prefixes)
-    and runs the rest on the faster; later calls of that shape follow the measurement, and smaller calls
-    of an unmeasured shape follow the nearest one measured. Every row computed is kept, and either path
-    equals a whole-prompt forward to float noise, so measuring wastes nothing but the time of one batch
-    run the slower way, once per shape. The choice is in `last_choice` and every measurement in `measured`
+    and runs the rest on the faster (on the one with less work where the rates are within
+    DISTINGUISHABLE_RATIO); later calls of that shape follow the measurement, and smaller calls of an
+    unmeasured shape follow the nearest one measured. Every row computed is kept, and either path equals a
+    whole-prompt forward to float noise, so measuring wastes nothing but the time of one batch run the
+    slower way, once per shape. The choice is in `last_choice` and every measurement in `measured`
     (`ReuseChoice`s); True or False forces a path, for tests and benchmarks.
 
     `max_batch_tokens` bounds each batch's rows x padded context width (default by device: see
@@ -309,9 +314,11 @@ class NextTokenScorer:
             plan = plan[1:]
         rates = {"reuse": self._rate(call, plan[0])}
         rates["whole"] = self._rate(call, self._whole_groups_batch(call))
-        measured = replace(
-            call_shape, reuse=rates["reuse"] >= rates["whole"], reason="measured", tokens_per_second=rates
-        )
+        if max(rates.values()) >= DISTINGUISHABLE_RATIO * min(rates.values()):
+            reuse = rates["reuse"] > rates["whole"]
+        else:
+            reuse = call_shape.saving >= 1  # too close to call: the path with less work
+        measured = replace(call_shape, reuse=reuse, reason="measured", tokens_per_second=rates)
         self.measured[measured.shape] = measured
         return measured
 

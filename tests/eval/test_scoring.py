@@ -227,6 +227,30 @@ def test_auto_runs_the_path_measured_cheaper(tiny_random_model, per_pass, per_to
         torch.testing.assert_close(got, _reference(model, tokenizer, prompts), atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize(
+    ("reuse_rate", "whole_rate", "reuse_chosen"),
+    [(100.0, 105.0, True), (100.0, 120.0, False), (120.0, 100.0, True)],
+    ids=["within the noise: less work wins", "whole clearly faster", "reuse clearly faster"],
+)
+def test_auto_trusts_only_a_difference_larger_than_timing_noise(
+    tiny_random_model, reuse_rate, whole_rate, reuse_chosen
+):
+    """Measured rates closer than DISTINGUISHABLE_RATIO cannot tell the paths apart: auto takes the path with
+    less work (here reuse: long shared contexts); a clearer difference decides."""
+    model, tokenizer = tiny_random_model
+    prompts, groups = _prompts(np.random.default_rng(5), context_words=(30, 40), members=(4, 7), tail_words=(1, 5))
+    scorer = NextTokenScorer(model, tokenizer, max_batch_tokens=100, min_prefix_tokens=1, progress=False)
+    measure = scorer._rate
+    rates = iter([reuse_rate, whole_rate])
+    scorer._rate = lambda call, batch: (measure(call, batch), next(rates))[1]  # the batch runs; its rate is set
+    got = scorer.next_token_logprobs([scorer.tokenize(p) for p in prompts], groups)
+    choice = scorer.last_choice
+    assert choice.reason == "measured" and choice.saving > 1
+    assert choice.tokens_per_second == {"reuse": reuse_rate, "whole": whole_rate}
+    assert choice.reuse is reuse_chosen
+    torch.testing.assert_close(got, _reference(model, tokenizer, prompts), atol=1e-4, rtol=1e-4)
+
+
 def _record_batches(scorer, token_lists):
     """Wrap scorer's batch runner: each batch run is recorded as (rows, longest prefix, each prefix's longest
     continuation)."""
