@@ -154,8 +154,8 @@ def main() -> None:
             "length, are cut into pieces of like length so that few columns are padding.",
             "",
             f"Auto's calls (one per round of the design): {scorers['auto'].describe()}. The first call of a shape (reuse's token saving, "
-            "row width) with enough batches (3) times one batch of each path; later calls of that shape follow it, "
-            "and smaller calls the nearest shape measured. Its cost against the better fixed path is that measurement "
+            "row width) with enough batches (3 for the first shape, 10 for a further one) times one batch of each "
+            "path; later calls of that shape follow it, and smaller calls the nearest shape measured. Its cost against the better fixed path is that measurement "
             "and run-to-run noise."
             + (
                 " Here auto came out faster than the path it ran, which is that noise."

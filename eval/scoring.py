@@ -44,12 +44,15 @@ from tqdm.auto import tqdm
 # fp32 KV cache at 135M. On an accelerator, 16k tokens per forward pass keep a 0.5B model's matrix units
 # busy rather than waiting on kernel launches, at ~1 GB of bf16 KV cache for a 7B model (Qwen2.5-7B).
 DEFAULT_MAX_BATCH_TOKENS = {"cpu": 4096, "accelerator": 16384}
-# An "auto" scorer measures a call's shape once: in the first call of that shape with at least
-# MEASURED_FROM_BATCHES batches, one batch of each path is timed (before the scorer's first measurement, one
-# more runs untimed, to warm both code paths up). Later calls of the shape follow that measurement, so a run's
-# measuring costs about one batch run the slower way per shape. A shape is the token saving of reuse in
-# half-octaves and the padded row width in octaves: what decides whether a second forward pass pays.
+# An "auto" scorer measures a call's shape once: in the first call of that shape with enough batches, one batch
+# of each path is timed (before the scorer's first measurement, one more runs untimed, to warm both code paths
+# up). Later calls of the shape follow that measurement, so a run's measuring costs about one batch run the
+# slower way per shape. A shape is the token saving of reuse in half-octaves and the padded row width in
+# octaves: what decides whether a second forward pass pays. The first measurement needs MEASURED_FROM_BATCHES
+# batches; a further shape is measured only in calls of FURTHER_SHAPE_FROM_BATCHES, where its cost is a tenth
+# or less, and smaller calls follow the nearest shape measured.
 MEASURED_FROM_BATCHES = 3
+FURTHER_SHAPE_FROM_BATCHES = 10
 # One batch's time varies by about a tenth from run to run on a shared machine. Where the two paths' measured
 # rates are closer than that, the measurement cannot tell them apart, and the path that runs fewer tokens
 # (padding included) is taken.
@@ -129,15 +132,15 @@ class NextTokenScorer:
     """Scores label probabilities for batches of prompts on one model.
 
     `reuse_prefix="auto"` (the default) decides by measured time whether prompts sharing a context run
-    their common token prefix once. The first call of a shape (`ReuseChoice.shape`) with at least
-    MEASURED_FROM_BATCHES batches times one batch of each path on rows still to score (prompt tokens per
-    second; the whole-prompt batch is made of complete groups, so the rows left still share their prefixes)
-    and runs the rest on the faster (on the one with less work where the rates are within
-    DISTINGUISHABLE_RATIO); later calls of that shape follow the measurement, and smaller calls of an
-    unmeasured shape follow the nearest one measured. Every row computed is kept, and either path equals a
-    whole-prompt forward to float noise, so measuring wastes nothing but the time of one batch run the
-    slower way, once per shape. The choice is in `last_choice` and every measurement in `measured`
-    (`ReuseChoice`s); True or False forces a path, for tests and benchmarks.
+    their common token prefix once. The first call of a shape (`ReuseChoice.shape`) with enough batches
+    (MEASURED_FROM_BATCHES; FURTHER_SHAPE_FROM_BATCHES once a shape is measured) times one batch of each path
+    on rows still to score (prompt tokens per second; the whole-prompt batch is made of complete groups, so
+    the rows left still share their prefixes) and runs the rest on the faster (on the one with less work
+    where the rates are within DISTINGUISHABLE_RATIO); later calls of that shape follow the measurement, and
+    smaller calls of an unmeasured shape follow the nearest one measured. Every row computed is kept, and
+    either path equals a whole-prompt forward to float noise, so measuring wastes nothing but the time of one
+    batch run the slower way, once per shape. The choice is in `last_choice` and every measurement in
+    `measured` (`ReuseChoice`s); True or False forces a path, for tests and benchmarks.
 
     `max_batch_tokens` bounds each batch's rows x padded context width (default by device: see
     DEFAULT_MAX_BATCH_TOKENS); `batch_size` optionally caps its rows too (None: the token budget alone
@@ -294,7 +297,7 @@ class NextTokenScorer:
         )
         if call_shape.shape in self.measured:
             choice = _follow(call_shape, self.measured[call_shape.shape], "measured before")
-        elif len(plan) >= MEASURED_FROM_BATCHES:
+        elif len(plan) >= (FURTHER_SHAPE_FROM_BATCHES if self.measured else MEASURED_FROM_BATCHES):
             choice = self._measure(call, plan, call_shape)
         elif self.measured:
             nearest = min(self.measured.values(), key=lambda c: _distance(c.shape, call_shape.shape))

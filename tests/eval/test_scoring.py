@@ -184,7 +184,8 @@ class _FakeClock:
 def test_auto_runs_the_path_measured_cheaper(tiny_random_model, per_pass, per_token, reuse_wins):
     """Long shared contexts, short continuations: "auto" follows the clock and records its measurement. A call
     too small to measure reuses before any measurement and follows the nearest measured shape after; a call of
-    a measured shape follows that measurement without timing again; a call of a new shape measures again."""
+    a measured shape follows that measurement without timing again; a large call of a new shape measures
+    again, a smaller one follows the nearest."""
     model, tokenizer = tiny_random_model
     prompts, groups = _prompts(np.random.default_rng(5), context_words=(30, 40), members=(4, 7), tail_words=(1, 5))
     long_tails, long_groups = _prompts(
@@ -195,12 +196,14 @@ def test_auto_runs_the_path_measured_cheaper(tiny_random_model, per_pass, per_to
     scorer.clock = clock
     token_lists = [scorer.tokenize(p) for p in prompts]
     small = [ids for ids, g in zip(token_lists, groups) if g == groups[0]][:2]  # one batch
+    long_lists = [scorer.tokenize(p) for p in long_tails]
     calls = [
         (small, groups[:1] * 2),
         (token_lists, groups),
         (token_lists, groups),
         (small, groups[:1] * 2),
-        ([scorer.tokenize(p) for p in long_tails], long_groups),
+        (long_lists[:8], long_groups[:8]),  # a new shape, 3-9 batches: too few to measure a further shape
+        (long_lists, long_groups),
     ]
     choices, results = [], []
     hook = _hook_forward(model, clock.forward)
@@ -215,13 +218,14 @@ def test_auto_runs_the_path_measured_cheaper(tiny_random_model, per_pass, per_to
         "measured",
         "measured before",
         "nearest measured" if choices[0].shape != choices[1].shape else "measured before",
+        "nearest measured",
         "measured",
     ]
     assert choices[0].reuse and choices[1].reuse is reuse_wins
     assert all(c.reuse is reuse_wins for c in choices[2:4])
     assert choices[1].tokens_per_second == choices[2].tokens_per_second  # the same measurement, not a new one
-    assert choices[4].saving < choices[1].saving  # long continuations: reuse saves less
-    assert list(scorer.measured.values()) == [choices[1], choices[4]]
+    assert choices[5].saving < choices[1].saving  # long continuations: reuse saves less
+    assert list(scorer.measured.values()) == [choices[1], choices[5]]
     assert (choices[1].tokens_per_second["reuse"] > choices[1].tokens_per_second["whole"]) is reuse_wins
     for got in results[1:3]:
         torch.testing.assert_close(got, _reference(model, tokenizer, prompts), atol=1e-4, rtol=1e-4)
