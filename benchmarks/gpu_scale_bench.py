@@ -395,7 +395,7 @@ def main() -> None:
     results["card"] = card
     log(json.dumps(results))
     # The sessions' own meter over the sizes: on a GPU, the NVML energy counter summed as sessions bill it.
-    meter = Meter.for_device("cuda" if args.device == "cuda" else "cpu", gpus=(0,) if args.device == "cuda" else ())
+    meter = Meter.for_device(args.device)
     with meter:
         for name in sizes:
             if time.perf_counter() - START > args.deadline_s:

@@ -291,9 +291,9 @@ class NextTokenScorer:
             self._run(call, plan)  # nothing shared: exactly the batches the whole-prompt path would run
             return ReuseChoice(False, "no shared prefix")
         whole = self._plan(call, call.pending(), False)
-        rows = sum(len(group.rows) for batch in whole for group in batch)
-        call_shape = ReuseChoice(
-            True, "", self._work(call, whole) / self._work(call, plan), self._work(call, whole) / rows
+        whole_work = self._work(call, whole)
+        call_shape = ReuseChoice(  # before any measurement, reuse
+            True, "not measured yet", whole_work / self._work(call, plan), whole_work / len(call.pending())
         )
         if call_shape.shape in self.measured:
             choice = _follow(call_shape, self.measured[call_shape.shape], "measured before")
@@ -303,7 +303,7 @@ class NextTokenScorer:
             nearest = min(self.measured.values(), key=lambda c: _distance(c.shape, call_shape.shape))
             choice = _follow(call_shape, nearest, "nearest measured")
         else:
-            choice = replace(call_shape, reason="not measured yet")
+            choice = call_shape
         self._run(call, self._plan(call, call.pending(), choice.reuse))
         return choice
 
