@@ -1,7 +1,7 @@
 """GPU benchmark for scale (issue 15): how close scoring and own-reply generation come to what the card itself
 can do, on random-weight Qwen2.5 shapes 0.5B-7B, each against the card's own rates measured in the same run.
 
-    python -m benchmarks.gpu_scale_bench            # one H100/H200, bf16: 2-4 minutes expected (see below)
+    python -m benchmarks.gpu_scale_bench            # one H100/H200, bf16: 2-5 minutes expected (see below)
     python -m benchmarks.gpu_scale_bench --smoke    # CPU, the tiny shape, fp32, few prompts: proves it runs
     python -m benchmarks.gpu_scale_bench --from-json gpu_scale_bench.json --update-md BENCHMARKS.md
 
@@ -10,12 +10,14 @@ bandwidth (a 1 GiB device-to-device copy: bytes read + written). Then per size, 
 with random weights (speed does not depend on them; gpu_offset_bench.build_model):
 
 * scoring: NextTokenScorer.next_token_logprobs, its default batching, on gpu_offset_bench's probe workload
-  (200 prompts in groups of 12 sharing a 150-token prefix, 24-36-token continuations) with reuse_prefix True,
-  False and "auto". Prompts/s, and the share of the matmul rate reached by the FLOPs of the tokens computed:
-  2 x decoder matmul parameters x tokens run + 4 x layers x hidden x keys attended + 2 x hidden x vocab per
-  prompt (its one logits row). A forward hook counts tokens and keys from each call's attention mask, so
-  padding is not counted and a prefix run again for each prompt (no reuse) is: the share says how well the
-  card is used, prompts/s how fast the work gets done.
+  (600 prompts, about a self-report battery's call, in groups of 12 sharing a 150-token prefix, 24-36-token
+  continuations) with reuse_prefix True, False and "auto". Prompts/s, and the share of the matmul rate reached
+  by the FLOPs of the tokens computed: 2 x decoder matmul parameters x tokens run + 4 x layers x hidden x keys
+  attended + 2 x hidden x vocab per prompt (its one logits row). A forward hook counts tokens and keys from
+  each call's attention mask, so padding is not counted and a prefix run again for each prompt (no reuse) is:
+  the share says how well the card is used, prompts/s how fast the work gets done. One more call per mode,
+  in torch's sync debug mode, counts the times the host waited for the card (host_waits): where the share
+  falls short, they say whether the card sat idle between launches.
 * generation: eval.replies.generate, the library's batched call, on 64 prompts of 120-180 random tokens, up
   to 48 new tokens, greedy, with a static KV cache (live_through's default) and with the dynamic one. Tokens/s
   end to end, and of the decode steps alone (a 48-token call less a 1-token call, the prefill) against the
@@ -30,10 +32,11 @@ rate at 7B and >= 20% at 0.5B; "auto" never below 1.0x of no reuse; decoding at 
 bandwidth bound at 7B.
 
 Device time on one H100 (an estimate: no GPU was lent while this was written): start-up and the card's rates
-~20 s; per size the build (2-20 s), scoring (3 modes, each a warm-up then passes until 3 passes and 3 s, at
-most 12 s: ~12 s, <= 40 s) and generation (2 caches, each a warm-up, two 48-token and two 1-token calls:
-5-10 s), so 25-70 s a size and 2-4 minutes for the four. No size starts after --deadline-s (360 s), so even
-the slowest case ends inside 7.5 minutes.
+~20 s; per size the build (2-20 s), scoring (3 modes, each a warm-up, then passes until 3 passes and 3 s, the
+last starting before 12 s, then the counting call: ~15 s at 0.5B, ~30 s at 7B, where a no-reuse pass is ~4
+s) and generation (2 caches, each a warm-up, two 48-token and two 1-token calls: 5-10 s), so 25-70 s a size
+and 2-5 minutes for the four. No size starts after --deadline-s (360 s), so even the slowest case ends inside
+7.5 minutes.
 
 On the device machine nothing needs carrying (torch, transformers, accelerate and peft are installed there,
 and the prompts are random token ids, so no tokenizer folder either); the package is installed from the
@@ -132,6 +135,7 @@ def scoring(model, s: dict, args, matmul_rate: float) -> dict:
             times = timed_passes(functools.partial(scorer.next_token_logprobs, token_lists, groups), args)
         finally:
             hook.remove()
+        forwards = len(counts) / len(times)
         tokens, keys = (int(x) for x in torch.stack(counts).sum(0).tolist())
         h, layers = s["hidden_size"], s["num_hidden_layers"]
         rows = len(token_lists) * len(times)
@@ -143,10 +147,30 @@ def scoring(model, s: dict, args, matmul_rate: float) -> dict:
             "flops_per_s": flops / sum(times),
             "share_of_matmul_rate": flops / sum(times) / matmul_rate,
             "choice": f"{'reuse' if scorer.last_choice.reuse else 'no reuse'}: {scorer.last_choice.reason}",
+            "forwards_per_call": forwards,
+            "host_waits_per_call": host_waits(functools.partial(scorer.next_token_logprobs, token_lists, groups)),
         }
     out["auto_over_no_reuse"] = out["auto"]["prompts_per_s"] / out["no_reuse"]["prompts_per_s"]
     out["reuse_over_no_reuse"] = out["reuse"]["prompts_per_s"] / out["no_reuse"]["prompts_per_s"]
     return out
+
+
+def host_waits(run) -> int | None:
+    """How often one call of `run` made the host wait for the GPU (torch's sync debug mode: a blocking copy,
+    .item(), a stream synchronised; waiting on an event is not counted), or None off CUDA. The scorer waits
+    once per batch by design (its results' copy); more is time the device may sit idle while the host works."""
+    if not torch.cuda.is_available():
+        return None
+    import warnings
+
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            run()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
 
 
 def decode_step_bytes(model, s: dict, rows: int, mean_context: float) -> float:
@@ -257,19 +281,23 @@ def measured_sizes(results: dict) -> dict[str, dict]:
 def scoring_table(sizes: dict[str, dict]) -> list[str]:
     lines = [
         "| model | params | prompts/s: reuse | no reuse | auto (its last choice) | share of matmul rate: reuse / "
-        "no reuse / auto | auto / no reuse |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "no reuse / auto | auto / no reuse | forward passes / host waits per call: reuse, no reuse, auto |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, r in sizes.items():
         sc = r.get("scoring", r)
         if "error" in sc:
-            lines.append(f"| {name} | error: {sc['error'][:150]} | | | | | |")
+            lines.append(f"| {name} | error: {sc['error'][:150]} | | | | | | |")
             continue
         rates = [f"{sc[k]['prompts_per_s']:,.0f}" for k in REUSE_MODES]
         shares = " / ".join(f"{sc[k]['share_of_matmul_rate']:.1%}" for k in REUSE_MODES)
+        waits = ", ".join(
+            f"{fmt(sc[k].get('forwards_per_call'), '.0f')} / {fmt(sc[k].get('host_waits_per_call'), 'd')}"
+            for k in REUSE_MODES
+        )
         lines.append(
             f"| {name} | {r['params'] / 1e6:,.0f}M | {rates[0]} | {rates[1]} | {rates[2]} ({sc['auto']['choice']}) "
-            f"| {shares} | {sc['auto_over_no_reuse']:.2f}x |"
+            f"| {shares} | {sc['auto_over_no_reuse']:.2f}x | {waits} |"
         )
     return lines
 
@@ -381,7 +409,7 @@ def main() -> None:
         return
     args.device = "cuda" if torch.cuda.is_available() and not args.smoke else "cpu"
     args.dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
-    args.prompts, args.prefix_len, args.cont_len = (24, 20, 10) if args.smoke else (200, 150, 30)
+    args.prompts, args.prefix_len, args.cont_len = (24, 20, 10) if args.smoke else (600, 150, 30)
     args.score_s_per_mode, args.score_min_s = (2.0, 0.1) if args.smoke else (12.0, 3.0)
     args.rows, args.new_tokens, args.prompt_tokens = (8, 8, (10, 20)) if args.smoke else (64, 48, (120, 180))
     sizes = (args.sizes or ("tiny" if args.smoke else ",".join(QWEN))).split(",")

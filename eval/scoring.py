@@ -23,6 +23,9 @@ prompts without sampling:
   model is the larger cost. See `NextTokenScorer` and `ReuseChoice`.
 * The largest batch runs first (memory trouble shows at once), softmax is taken in fp32, and results
   come back in the caller's order.
+* On a GPU the host never waits for the device but to collect a batch's results, and it queues the next
+  batch first: inputs go through pinned memory, the cache fan-out's index goes to each layer's device once,
+  and results come back by a copy queued behind the batch's work.
 """
 
 from __future__ import annotations
@@ -439,15 +442,21 @@ class NextTokenScorer:
     # -- running ----------------------------------------------------------------------------------
 
     def _run(self, call: _Call, batches: list[list[_Group]]) -> None:
+        """Run `batches`, each one queued before the one before it is collected: on a GPU the host builds and
+        launches the next batch while the device still computes this one, and nothing waits on the device
+        but the copy of a finished batch's results (see _Landing)."""
+        queued: _Landing | None = None
         for batch in batches:
-            rows, logprobs = self._run_batch(batch, call.token_lists, call.keep)
-            for row, logprob in zip(rows, logprobs):
-                call.results[row] = logprob
-            call.bar.update(len(rows))
+            launched = self._run_batch(batch, call.token_lists, call.keep)
+            if queued is not None:
+                queued.land(call)
+            queued = launched
+        if queued is not None:
+            queued.land(call)
 
     def _run_batch(
         self, batch: list[_Group], token_lists: Sequence[list[int]], keep: Sequence[Sequence[int]] | None
-    ) -> tuple[list[int], list[torch.Tensor]]:
+    ) -> _Landing:
         device = self.device
         n_soft = self._soft_columns
         prefix_lens = torch.tensor([n_soft + len(g.prefix) for g in batch], dtype=torch.long)
@@ -461,21 +470,19 @@ class NextTokenScorer:
         if max_prefix > 0:
             # Left-padded prefixes (soft prompt columns in front) all end at the column where continuations begin.
             prefix_ids, prefix_mask = pad_rows([g.prefix for g in batch], self.pad_id, soft_columns=n_soft)
-            inputs = {"input_ids": prefix_ids.to(device)}
+            inputs = {"input_ids": to_device(prefix_ids, device)}
             if n_soft:
                 starts = (max_prefix - prefix_lens).tolist()
-                inputs = {
-                    "inputs_embeds": place_soft_prompt(self.model, prefix_ids.to(device), self.soft_prompt, starts)
-                }
+                inputs = {"inputs_embeds": place_soft_prompt(self.model, inputs["input_ids"], self.soft_prompt, starts)}
             out = self.model(
                 **inputs,
-                attention_mask=prefix_mask.to(device),
-                position_ids=positions(prefix_mask).to(device),
+                attention_mask=to_device(prefix_mask, device),
+                position_ids=to_device(positions(prefix_mask), device),
                 use_cache=True,
                 logits_to_keep=1,  # only the cache is wanted: no [groups, prefix, vocab] logits
             )
             cache = getattr(out, self._cache_arg)
-            cache.batch_select_indices(row_group)  # on the CPU: a placed model's layers sit on several GPUs
+            fan_out(cache, row_group)
 
         # Left-pad continuations so every row's last real token sits in the last column: one logits row
         # per prompt (logits_to_keep=1). Pads are masked out and position ids skip them, so each row sees
@@ -485,15 +492,15 @@ class NextTokenScorer:
         cont_positions = prefix_lens[row_group].unsqueeze(1) + positions(cont_mask)
         kwargs = {self._cache_arg: cache} if cache is not None else {}
         out = self.model(
-            input_ids=cont_ids.to(device),
-            attention_mask=attention.to(device),
-            position_ids=cont_positions.to(device),
+            input_ids=to_device(cont_ids, device),
+            attention_mask=to_device(attention, device),
+            position_ids=to_device(cont_positions, device),
             use_cache=cache is not None,
             logits_to_keep=1,
             **kwargs,
         )
         logprobs = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
-        return rows, _kept(logprobs, None if keep is None else [keep[r] for r in rows])
+        return _Landing.of(rows, logprobs, None if keep is None else [keep[r] for r in rows])
 
 
 def pad_token_id(tokenizer) -> int:
@@ -612,15 +619,62 @@ class _Batch:
         return [_Group(list(prefix), rows) for prefix, rows in self.rows_by_prefix.items()]
 
 
-def _kept(logprobs: torch.Tensor, keep: list[Sequence[int]] | None) -> list[torch.Tensor]:
-    """Each row's log-probabilities, on CPU: all of them, or only its `keep` ids, gathered on the device so
-    that only those cross to the host."""
-    if keep is None:
-        return list(logprobs.cpu())
-    width = max(len(ids) for ids in keep)
-    index = torch.tensor([list(ids) + [0] * (width - len(ids)) for ids in keep], dtype=torch.long)
-    picked = logprobs.gather(1, index.to(logprobs.device)).cpu()
-    return [picked[i, : len(ids)] for i, ids in enumerate(keep)]
+@dataclass
+class _Landing:
+    """One batch's results on their way to the host. On a GPU the copy is queued behind the batch's forward
+    passes into pinned memory, and `done` marks its end; `land` waits for it (nothing is read before)."""
+
+    rows: list[int]
+    host: torch.Tensor  # [rows, kept ids] (or the whole vocabulary) on the CPU, written by the queued copy
+    widths: list[int] | None  # how many ids each row keeps (None: all)
+    done: torch.cuda.Event | None
+
+    @classmethod
+    def of(cls, rows: list[int], logprobs: torch.Tensor, keep: list[Sequence[int]] | None) -> _Landing:
+        """Gathers each row's kept ids on the device, so that only those cross to the host."""
+        widths = None if keep is None else [len(ids) for ids in keep]
+        if keep is not None:
+            width = max(widths)
+            index = torch.tensor([list(ids) + [0] * (width - len(ids)) for ids in keep], dtype=torch.long)
+            logprobs = logprobs.gather(1, to_device(index, logprobs.device))
+        if logprobs.device.type != "cuda":
+            return cls(rows, logprobs.cpu(), widths, None)
+        host = logprobs.to("cpu", non_blocking=True)  # into pinned memory, behind the batch's work
+        done = torch.cuda.Event()
+        done.record(torch.cuda.current_stream(logprobs.device))
+        return cls(rows, host, widths, done)
+
+    def land(self, call: _Call) -> None:
+        """Wait for the copy, then file each row's log-probabilities in `call` and count them done."""
+        if self.done is not None:
+            self.done.synchronize()
+        for i, row in enumerate(self.rows):
+            call.results[row] = self.host[i] if self.widths is None else self.host[i, : self.widths[i]]
+        call.bar.update(len(self.rows))
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`tensor` (on the CPU) on `device`; to a GPU through pinned memory, so the copy is queued behind the
+    device's work rather than waiting for it to finish."""
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
+def fan_out(cache, row_group: torch.Tensor) -> None:
+    """Each continuation row's copy of its group's prefix cache: row r gets group row_group[r]'s. The index
+    goes to each layer's own device (a placed model's layers sit on several GPUs), once per device."""
+    layers = getattr(cache, "layers", None)
+    if layers is None:
+        cache.batch_select_indices(row_group)
+        return
+    on_device: dict[torch.device, torch.Tensor] = {}
+    for layer in layers:
+        keys = getattr(layer, "keys", None)
+        device = keys.device if isinstance(keys, torch.Tensor) else row_group.device
+        if device not in on_device:
+            on_device[device] = to_device(row_group, device)
+        layer.batch_select_indices(on_device[device])
 
 
 def _distance(a: tuple[int, int], b: tuple[int, int]) -> int:

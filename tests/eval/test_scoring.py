@@ -8,8 +8,10 @@ import copy
 import numpy as np
 import pytest
 import torch
+from transformers import DynamicCache
 
-from welfare_offsets.eval.scoring import NextTokenScorer, _cheapest_cuts, label_token_ids
+from welfare_offsets.eval import scoring
+from welfare_offsets.eval.scoring import NextTokenScorer, _cheapest_cuts, fan_out, label_token_ids
 
 
 def _reference(model, tokenizer, prompts):
@@ -275,6 +277,37 @@ def _record_batches(scorer, token_lists):
     return batches
 
 
+def test_each_batch_is_queued_before_the_one_before_it_is_collected(tiny_random_model, monkeypatch):
+    """On a GPU the host builds and launches batch k+1 while batch k computes: the scorer collects (waits for)
+    a batch's results only after the next one is queued, and files every row before the call returns."""
+    model, tokenizer = tiny_random_model
+    prompts, groups = _prompts(np.random.default_rng(2))
+    scorer = NextTokenScorer(model, tokenizer, max_batch_tokens=300, reuse_prefix=True, progress=False)
+    events = []
+    run_batch, land = scorer._run_batch, scoring._Landing.land
+
+    def queued(*args):
+        landing = run_batch(*args)
+        events.append(("queued", tuple(landing.rows)))
+        return landing
+
+    def landed(self, call):
+        assert all(call.results[row] is None for row in self.rows)
+        events.append(("landed", tuple(self.rows)))
+        land(self, call)
+
+    scorer._run_batch = queued
+    monkeypatch.setattr(scoring._Landing, "land", landed)
+    got = scorer.next_token_logprobs([scorer.tokenize(p) for p in prompts], groups)
+    torch.testing.assert_close(got, _reference(model, tokenizer, prompts), atol=1e-4, rtol=1e-4)
+    batches = [rows for kind, rows in events if kind == "queued"]
+    assert len(batches) >= 3
+    expected = [("queued", batches[0])]
+    for before, batch in zip(batches, batches[1:]):
+        expected += [("queued", batch), ("landed", before)]
+    assert events == expected + [("landed", batches[-1])]
+
+
 def test_measuring_leaves_every_group_its_prefix(tiny_random_model):
     """The whole-prompt batch "auto" times takes complete groups (of the rows still to score), so the groups
     left share their prefixes as before."""
@@ -330,6 +363,26 @@ def test_short_continuations_are_not_padded_to_long_ones(tiny_random_model):
     for _, _, continuations in batches:
         longest = max(continuations)
         assert all(longest - c <= max(c, scorer.min_prefix_tokens) for c in continuations), continuations
+
+
+def test_fan_out_sends_the_index_to_each_layers_device_once(monkeypatch):
+    """A placed model's cache has layers on several devices (here the CPU and 'meta'): each layer gets its rows'
+    copies from an index on its own device, moved there once, not once per layer."""
+    cache = DynamicCache()
+    keys = torch.arange(2 * 1 * 3 * 2, dtype=torch.float).view(2, 1, 3, 2)
+    for layer in range(4):
+        on_meta = layer % 2 == 1
+        cache.update(keys.to("meta") if on_meta else keys, (keys + 100).to("meta") if on_meta else keys + 100, layer)
+    moved = []
+    real_to_device = scoring.to_device
+    monkeypatch.setattr(scoring, "to_device", lambda t, device: moved.append(device.type) or real_to_device(t, device))
+    fan_out(cache, torch.tensor([0, 0, 1]))
+    assert sorted(moved) == ["cpu", "meta"]
+    for layer in cache.layers:
+        assert layer.keys.shape == (3, 1, 3, 2) and layer.values.shape == (3, 1, 3, 2)
+    assert torch.equal(cache.layers[0].keys, keys[[0, 0, 1]])
+    assert torch.equal(cache.layers[2].values, keys[[0, 0, 1]] + 100)
+    assert cache.layers[1].keys.device.type == "meta"
 
 
 def test_groups_are_cut_where_padding_costs_more_than_a_prefix_pass():
