@@ -86,6 +86,7 @@ def expose(
     seed: int = 0,
     instrument: Instrument | None = None,
     utility: UtilityScale | None = None,
+    interruptions: tuple[type[BaseException], ...] = (KeyboardInterrupt,),
 ) -> dict:
     """Live through `episodes` in chunks (`chunk` episodes; default `episodes_per_step`), then balance them
     against ZP per probe.
@@ -93,10 +94,23 @@ def expose(
     `keep_going()` is asked after the zero point, after every chunk of lived experiences and every step of
     the utility design (a budget's step check), so a session stops at most one step past the point where
     the next would not fit. Episodes lived before a stop are balanced; a utility design cut short records
-    no utility balance, and says so. `generation` is what writing the subject's own replies took (tokens/s)."""
+    no utility balance, and says so. `generation` is what writing the subject's own replies took (tokens/s).
+
+    One of `interruptions` (Ctrl-C, SIGTERM, a budget's hard stop) raised while the episodes or the utility
+    design run stops the exposure the same way: what was lived is balanced, and the exception is returned
+    as "interruption" for the caller to record the balance and then end as it asks. During the zero point
+    it propagates: there is nothing to balance against yet."""
     chunk = chunk or episodes_per_step(subject.model)
     run = _Exposure(
-        subject, reply_tokens, batch_size, chunk, keep_going, instrument, n_boot, np.random.default_rng(seed)
+        subject,
+        reply_tokens,
+        batch_size,
+        chunk,
+        keep_going,
+        instrument,
+        n_boot,
+        np.random.default_rng(seed),
+        interruptions,
     )
     lived_neutral = run.live(neutral, "neutral experiences", stoppable=False)
     lived = run.live(episodes, "episodes")
@@ -107,8 +121,14 @@ def expose(
         mass = float(np.mean(lived.values[f"{probe}_valid_mass"] or lived_neutral.values[f"{probe}_valid_mass"]))
         balance[probe] = _balance(v, np.full(n_boot + 1, zero), mass, run.rng, measured=True, zero_point=zero)
     episode_utilities = None
-    if utility is not None:
-        balance[UTILITY], episode_utilities = run.utility_balance(lived_neutral, lived, utility)
+    if utility is not None and run.interruption is not None:
+        balance[UTILITY] = {"measured": False, "reason": f"stopped before the utility design ({run.stopped_by()})"}
+    elif utility is not None:
+        try:
+            balance[UTILITY], episode_utilities = run.utility_balance(lived_neutral, lived, utility)
+        except interruptions as stop:
+            run.interruption = stop
+            balance[UTILITY] = {"measured": False, "reason": f"stopped during the utility design ({run.stopped_by()})"}
     episodes_out = [
         {
             "item_id": e.id,
@@ -126,6 +146,7 @@ def expose(
         "completed": len(lived.experiences),
         "planned": len(episodes),
         "generation": run.generation.as_dict(),
+        "interruption": run.interruption,
     }
 
 
@@ -172,25 +193,36 @@ class _Exposure:
     instrument: Instrument | None
     n_boot: int
     rng: np.random.Generator
+    interruptions: tuple[type[BaseException], ...]
     generation: GenerationStats = field(default_factory=GenerationStats)  # every own reply of the session
+    interruption: BaseException | None = None  # what stopped the exposure early, if anything did
+
+    def stopped_by(self) -> str:
+        return str(self.interruption) or type(self.interruption).__name__
 
     def live(self, items: Sequence[Experience], desc: str, *, stoppable: bool = True) -> _Lived:
         """`items` lived and probed, `chunk` at a time with `keep_going()` asked before each (all at once,
-        unasked, when not `stoppable`)."""
+        unasked, when not `stoppable`). An interruption in a stoppable run keeps the chunks lived before it."""
         lived = _Lived([], {p: [] for probe in EPISODE_PROBES for p in (probe, f"{probe}_valid_mass")})
         step = self.chunk if stoppable else max(len(items), 1)
         with tqdm(total=len(items), desc=desc, unit="episode", leave=False) as bar:
             for start in range(0, len(items), step):
                 if stoppable and not self.keep_going():
                     break
-                part = live_through(
-                    self.subject,
-                    items[start : start + step],
-                    max_new_tokens=self.reply_tokens,
-                    progress=False,
-                    stats=self.generation,
-                )
-                probed = probe_episodes(self.subject, part, batch_size=self.batch_size, instrument=self.instrument)
+                try:
+                    part = live_through(
+                        self.subject,
+                        items[start : start + step],
+                        max_new_tokens=self.reply_tokens,
+                        progress=False,
+                        stats=self.generation,
+                    )
+                    probed = probe_episodes(self.subject, part, batch_size=self.batch_size, instrument=self.instrument)
+                except self.interruptions as stop:
+                    if not stoppable:
+                        raise
+                    self.interruption = stop
+                    break
                 for key, v in probed.items():
                     lived.values[key] += v.tolist()
                 lived.experiences += part
@@ -204,7 +236,8 @@ class _Exposure:
             return {"measured": False, "reason": "no episode was lived"}, None
         reference = self.live(utility.reference, "reference experiences")
         if len(reference.experiences) < len(utility.reference):
-            return {"measured": False, "reason": "the budget ran out while living the reference experiences"}, None
+            why = "the budget ran out" if self.interruption is None else f"stopped ({self.stopped_by()})"
+            return {"measured": False, "reason": f"{why} while living the reference experiences"}, None
         scale = neutral.experiences + reference.experiences
         n_bundles = min(utility.n_bundles, len(scale) * (len(scale) - 1) // 2)
         bundles = make_bundles(scale, n_bundles, self.rng) if len(scale) >= 4 else []

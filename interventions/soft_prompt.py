@@ -153,6 +153,7 @@ def train_soft_prompt(
             log(metrics)
         stop = budget.step_done(save_due=save_due)
         if save_due or stop:
+            budget.saving_checkpoint()
             _save_checkpoint(accelerator, peft_model, optimizer, out / f"checkpoint-{step}", step)
             budget.checkpoint_saved(out / f"checkpoint-{step}")
         if stop:

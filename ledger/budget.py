@@ -1,5 +1,7 @@
-"""Budgets that hold, in three layers: admission (reserve), in-loop (stop before the projected spend
-would cross the budget, after saving a checkpoint, on all ranks together), settlement (refund the rest).
+"""Budgets that hold, in four layers: admission (reserve), in-loop (stop before the projected spend
+would cross the budget, after saving a checkpoint, on all ranks together), a backstop (work that checks no
+budget, such as an evaluation, is stopped when the reservation is used up: `BudgetExhausted`), and
+settlement (refund the rest).
 
 A budget covers a whole training run, across resumes: each checkpoint carries the run's spend so far
 (`ledger_spend.json`), a session resumed from it starts its count there and reserves only what is left,
@@ -9,6 +11,8 @@ and the ledger is charged only what each session itself metered, so nothing is c
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -22,10 +26,57 @@ from welfare_offsets.ledger.chain import Entry
 from welfare_offsets.ledger.distributed import any_rank, is_main_process, sum_over_ranks, world_size
 from welfare_offsets.ledger.errors import LedgerError
 from welfare_offsets.ledger.files import read_json, write_json_atomic
-from welfare_offsets.ledger.meter import Meter, detect_device_kind
+from welfare_offsets.ledger.meter import SECONDS_PER_HOUR, Meter, detect_device_kind
 from welfare_offsets.ledger.wandb_anchor import write_head_to_wandb_summary
 
 SPEND_FILE = "ledger_spend.json"
+
+
+class BudgetExhausted(LedgerError):
+    """A session used up its reservation in work that does not check the budget, and was stopped there."""
+
+
+class _Backstop:
+    """Stops the main thread with BudgetExhausted once the meter reaches `limit_hours`: an alarm (SIGALRM)
+    set for the wall time the meter takes to get there. The in-loop guard stops training well before; this
+    is for the stages between checks (evaluations, building training data, a zero point). Armed only in the
+    main thread of a process whose SIGALRM is free; the overrun it allows is the time the interrupted
+    operation takes to return to Python (one forward pass or generation step) plus settling. A checkpoint
+    being saved is never cut: while `held`, the stop waits for `release`."""
+
+    def __init__(self, meter: Meter, limit_hours: float, on_fire):
+        self._on_fire = on_fire
+        self._previous = None
+        self.held = self._pending = False
+        seconds = limit_hours * SECONDS_PER_HOUR / meter.accelerators - meter.seconds
+        self.armed = (
+            threading.current_thread() is threading.main_thread()
+            and hasattr(signal, "setitimer")
+            and signal.getsignal(signal.SIGALRM) in (signal.SIG_DFL, signal.SIG_IGN)
+        )
+        if self.armed:
+            self._previous = signal.signal(signal.SIGALRM, self._fire)
+            signal.setitimer(signal.ITIMER_REAL, max(seconds, 1e-6))
+
+    def _fire(self, signum, frame) -> None:
+        if self.held:
+            self._pending = True
+        elif self.armed:
+            self.disarm()
+            raise self._on_fire()
+
+    def release(self) -> None:
+        """End a hold; the stop it deferred, if the reservation ran out meanwhile, happens now."""
+        self.held = False
+        if self._pending and self.armed:
+            self.disarm()
+            raise self._on_fire()
+
+    def disarm(self) -> None:
+        if self.armed:
+            self.armed = False
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, self._previous)
 
 
 @dataclass(frozen=True)
@@ -120,6 +171,8 @@ class BudgetSession:
         self._wandb_run = wandb_run
         self.settlement: Entry | None = None
         self._closed = False
+        self.reserved_hours = guard.limit_hours  # the backstop's limit: the guard's is cut for later work
+        self._backstop = _Backstop(meter, self.reserved_hours, self._exhausted)
 
     @classmethod
     def start(
@@ -192,6 +245,15 @@ class BudgetSession:
             wandb_run=wandb_run,
         )
 
+    def _exhausted(self) -> BudgetExhausted:
+        self.guard.stopped_at_hours = self.meter.hours
+        return BudgetExhausted(
+            f"session {self.id or '(this rank)'} used up its {self.reserved_hours:.6g} reserved accelerator-hours "
+            "in work that does not check the budget, and was stopped there (a budget is a hard limit); what it "
+            "spent is settled in the ledger. Raise budget_hours (a checkpoint resumes with the run's spend), or "
+            "make that work smaller"
+        )
+
     @property
     def run_spent_hours(self) -> float:
         """The run's spend so far, over this session and those it resumed from."""
@@ -202,12 +264,17 @@ class BudgetSession:
         self.guard.restart_interval()
 
     def step_done(self, *, save_due: bool = False) -> bool:
-        """Call after every optimizer step. True: save a checkpoint, call `checkpoint_saved`, and stop.
-        `save_due` says a checkpoint save is about to happen anyway."""
+        """Call after every optimizer step. True: save a checkpoint (between `saving_checkpoint` and
+        `checkpoint_saved`), and stop. `save_due` says a checkpoint save is about to happen anyway."""
         stop = self.guard.step_done(save_due=save_due)
         if self.ledger is not None and time.monotonic() >= self._next_progress:
             self._note_progress()
         return stop
+
+    def saving_checkpoint(self) -> None:
+        """Call before each checkpoint save: the backstop lets it finish (a cut save would lose the steps
+        since the last one), and stops the session at `checkpoint_saved` if the reservation ran out."""
+        self._backstop.held = True
 
     def checkpoint_saved(self, checkpoint: str | os.PathLike) -> None:
         """Call after each checkpoint save: stores the run's spend with it, for a resume to continue."""
@@ -215,6 +282,7 @@ class BudgetSession:
         if self.ledger is not None:
             CheckpointSpend(self.run, self.id, self.run_spent_hours).write(Path(checkpoint))
             self._note_progress()
+        self._backstop.release()
 
     def trainer_callback(self):
         """A transformers TrainerCallback enforcing this budget (imports transformers)."""
@@ -237,6 +305,7 @@ class BudgetSession:
         if self._closed:
             return self.settlement
         self._closed = True
+        self._backstop.disarm()
         self.meter.stop()
         if collective:
             energy = sum_over_ranks(self.meter.energy_kwh())

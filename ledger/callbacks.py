@@ -29,6 +29,8 @@ class BudgetCallback(TrainerCallback):
         if self.session.step_done(save_due=control.should_save):
             control.should_save = True
             control.should_training_stop = True
+        if control.should_save:
+            self.session.saving_checkpoint()
         return control
 
     def on_save(self, args, state, control, **kwargs):

@@ -4,7 +4,9 @@
 Validate -> admit (reserve the budget) -> the subject lives through the experiences (with its adapter or
 soft prompt, if given) -> each episode probed -> the balance against the session's own zero point ->
 debt (dysphoric) or credit (euphoric) in the ledger -> settle. The budget is checked between chunks of
-episodes, so a session stops before it would overrun. Runs on the main process (generation is serial).
+episodes, so a session stops before it would overrun. Stopped in the middle (Ctrl-C, SIGTERM, the budget's
+hard stop), it still balances and records the episodes lived before the chunk under way, then ends as asked.
+Runs on the main process (generation is serial).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ def _session(argv: list[str]) -> int:
     from welfare_offsets.eval.common.outputs import write_json_file
     from welfare_offsets.eval.evaluate import spread_evenly
     from welfare_offsets.interventions.exposure import UTILITY, UtilityScale, expose
+    from welfare_offsets.ledger.budget import BudgetExhausted
     from welfare_offsets.train.session import RunSettings, Session
 
     args, config, passed = parse_config(config_types(), argv, prog="welfare offset exposure")
@@ -80,7 +83,7 @@ def _session(argv: list[str]) -> int:
             for e in spread_evenly(session.stimuli.select(valence=valence, split="heldout"), per_condition)
         ]
         utility = UtilityScale(reference, args.pair_design, args.bundle_count(len(neutral) + len(reference)))
-    results = None
+    results = interruption = None
     with session:
         subject = session.load_subject() if session.is_main else None
         session.admit()
@@ -97,11 +100,14 @@ def _session(argv: list[str]) -> int:
                 instrument=args.load_instrument(),
                 keep_going=lambda: not session.budget.step_done(),
                 utility=utility,
+                interruptions=(KeyboardInterrupt, BudgetExhausted),
             )
+            interruption = outcome.pop("interruption")
             results, path = session.write_results(
                 subject=subject.describe(),
                 stimuli={"source": session.stimuli.source, "sha256": session.stimuli.sha256},
-                stopped_by_budget=outcome["completed"] < outcome["planned"],
+                stopped_by_budget=session.budget.guard.stopped_at_hours is not None,
+                interrupted=isinstance(interruption, KeyboardInterrupt),
                 **{k: v for k, v in outcome.items() if k != "episodes"},
             )
             write_json_file(session.out / "episodes.json", outcome["episodes"])
@@ -117,6 +123,8 @@ def _session(argv: list[str]) -> int:
                 )
             balances = {f"balance/{p}": b["balance"] for p, b in outcome["balance"].items() if b["measured"]}
             session.log({**balances, "generation/tokens_per_s": outcome["generation"]["tokens_per_s"]})
+            if isinstance(interruption, KeyboardInterrupt):
+                raise interruption  # recorded; now end as Ctrl-C or SIGTERM asked (a budget stop ends normally)
     if results:
         print(f"{kind} session {results.session}: {results.completed} of {results.planned} episodes lived")
         for probe, b in results.balance.items():

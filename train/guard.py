@@ -5,14 +5,18 @@ Exit codes, for `welfare` and the `accelerate launch` entry points alike:
   2  an expected failure (bad input, an unusable output folder, a ledger problem, a full disk or a
      permission denied): one line that says what, where and how to fix it;
   1  an internal error (a bug): one line, and the full traceback written to a crash log it names;
-  130 interrupted (Ctrl-C).
+  130 interrupted (Ctrl-C);
+  143 terminated (SIGTERM: what a scheduler, `accelerate launch` or torchrun sends to stop a job).
+Ctrl-C and SIGTERM unwind like any failure, so a session still settles its hours in the ledger on the way out.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import tempfile
+import threading
 import traceback
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,13 +25,26 @@ from welfare_offsets.eval.common.errors import InputError
 from welfare_offsets.ledger.errors import LedgerError
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the main thread is, so that it unwinds (and settles) as Ctrl-C does."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
 def run_guarded(body, argv: list[str], prog: str) -> int:
     """Run `body(argv)` and turn every failure into its exit code and one line on stderr."""
+    handles_term = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if handles_term else None
     try:
         return int(body(argv) or 0)
     except (InputError, LedgerError) as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
+    except Terminated:
+        print(f"{prog}: terminated (SIGTERM)", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
@@ -43,6 +60,9 @@ def run_guarded(body, argv: list[str], prog: str) -> int:
         message = " ".join(str(err).split())  # one line, whatever the message holds
         print(f"{prog}: internal error: {type(err).__name__}: {message}; {_write_crash_log(prog)}", file=sys.stderr)
         return 1
+    finally:
+        if handles_term:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def _write_crash_log(prog: str) -> str:

@@ -128,6 +128,7 @@ class SessionResult(Result):
     # its subject's adapter_sha256, so `welfare plan` knows whose adapter an exposure lived with
     train_items: int | None = None
     stopped_by_budget: bool | None = None
+    interrupted: bool | None = None  # an exposure stopped by Ctrl-C or SIGTERM: the episodes lived are balanced
     completed: int | None = None
     planned: int | None = None
     balance: dict | None = None

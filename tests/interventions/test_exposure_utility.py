@@ -76,3 +76,54 @@ def test_a_gpu_lives_a_whole_generation_batch_between_budget_checks_and_a_cpu_fo
     monkeypatch.setattr(exposure, "input_device", lambda model: torch.device("cuda", 0))
     monkeypatch.setattr(exposure, "default_batching", lambda model: Batching())
     assert exposure.episodes_per_step(object()) == Batching().rows
+
+
+class _HardStop(Exception):
+    """Stands for the budget's hard stop (ledger.budget.BudgetExhausted: interventions do not import the ledger)."""
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt(), _HardStop("the reservation is used up")])
+def test_an_exposure_stopped_mid_episodes_balances_what_was_lived(setting, monkeypatch, stop):
+    """Ctrl-C, SIGTERM or the budget's hard stop while a chunk is lived: the chunks lived before it are
+    balanced (the debt they incurred is not lost), the utility design is not started, and the caller gets
+    the interruption back to end as it asks."""
+    import welfare_offsets.interventions.exposure as exposure
+
+    subject, episodes, neutral, utility = setting
+    real, calls = exposure.live_through, []
+
+    def live_through(*args, **kwargs):  # the neutral zero point, one chunk of 2 episodes, then the stop
+        calls.append(1)
+        if len(calls) == 3:
+            raise stop
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(exposure, "live_through", live_through)
+    outcome = expose(
+        subject,
+        episodes,
+        neutral,
+        reply_tokens=4,
+        batch_size=8,
+        n_boot=200,
+        chunk=2,
+        utility=utility,
+        interruptions=(KeyboardInterrupt, _HardStop),
+    )
+    assert outcome["interruption"] is stop
+    assert (outcome["completed"], outcome["planned"]) == (2, 4)
+    assert outcome["balance"]["self_report"]["episodes"] == 2
+    u = outcome["balance"]["experienced_utility"]
+    assert not u["measured"] and u["reason"].startswith("stopped before the utility design")
+
+
+def test_a_stop_during_the_zero_point_propagates(setting, monkeypatch):
+    import welfare_offsets.interventions.exposure as exposure
+
+    def live_through(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(exposure, "live_through", live_through)
+    subject, episodes, neutral, _ = setting
+    with pytest.raises(KeyboardInterrupt):
+        expose(subject, episodes, neutral, reply_tokens=4, batch_size=8, n_boot=200)

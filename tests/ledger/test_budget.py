@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import threading
+import time
 import types
 
 import pytest
 
 from tests.ledger.helpers import funded_ledger, killed_session
 from welfare_offsets.ledger import BudgetSession, CheckpointSpend, Ledger, LedgerError, Meter, SpendGuard
-from welfare_offsets.ledger.budget import SPEND_FILE
+from welfare_offsets.ledger.budget import SPEND_FILE, BudgetExhausted
 from welfare_offsets.ledger.meter import NvmlEnergy
 
 
@@ -195,19 +198,86 @@ def test_session_settles_even_when_the_work_fails(tmp_path):
     assert [entry.kind for entry in ledger.entries()] == ["fund", "reserve", "settle"]
 
 
+def test_work_that_checks_no_budget_is_stopped_when_the_reservation_is_used_up(tmp_path):
+    """The backstop: a stage with no step checks (here a sleep standing for an evaluation) is interrupted at
+    the reservation, the session settles as stopped by its budget, and the alarm is put away afterwards."""
+    ledger = funded_ledger(tmp_path / "ledger.sqlite")
+    budget = hours(1.0)  # one second of one CPU
+    began = time.monotonic()
+    with (
+        pytest.raises(BudgetExhausted, match="used up its"),
+        BudgetSession.start(ledger, account="lab", budget_hours=budget, device="cpu"),
+    ):
+        while time.monotonic() - began < 120:
+            time.sleep(0.01)
+    assert time.monotonic() - began < 120, "the backstop never fired"
+    settle = ledger.entries(kind="settle")[0].payload
+    assert settle["stopped_by_budget"] is True
+    spent = next(v for k, v in settle["postings"].items() if k.startswith("@spent/")) / 1e6
+    assert spent >= budget - 1e-6  # honest: it is charged what it metered, at least the reservation
+    assert ledger.verify().ok
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+    assert signal.getsignal(signal.SIGALRM) is signal.SIG_DFL
+
+
+def test_the_backstop_lets_a_checkpoint_save_finish_then_stops(tmp_path):
+    """A save under way when the reservation runs out is not cut (its steps would be lost): the stop waits
+    for checkpoint_saved, after the run's spend is written into the checkpoint."""
+    ledger = funded_ledger(tmp_path / "ledger.sqlite")
+    with (
+        pytest.raises(BudgetExhausted),
+        BudgetSession.start(ledger, account="lab", budget_hours=hours(1.0), device="cpu") as session,
+    ):
+        session.saving_checkpoint()
+        time.sleep(1.5)  # the save outlasts the reservation
+        session.checkpoint_saved(tmp_path)
+        pytest.fail("the backstop did not stop the session once the save was done")
+    assert CheckpointSpend.read(tmp_path).spent_hours >= hours(1.0)
+    assert ledger.entries(kind="settle")[0].payload["stopped_by_budget"] is True
+
+
+def test_a_session_that_ends_in_time_leaves_no_alarm_behind(tmp_path):
+    ledger = funded_ledger(tmp_path / "ledger.sqlite")
+    with BudgetSession.start(ledger, account="lab", budget_hours=0.5, device="cpu") as session:
+        assert session._backstop.armed and signal.getitimer(signal.ITIMER_REAL)[0] > 0
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+    assert signal.getsignal(signal.SIGALRM) is signal.SIG_DFL
+
+
+def test_a_session_outside_the_main_thread_runs_without_a_backstop(tmp_path):
+    ledger = funded_ledger(tmp_path / "ledger.sqlite")
+    armed = []
+
+    def work():
+        with (
+            Ledger.open(ledger.path) as own,
+            BudgetSession.start(own, account="lab", budget_hours=0.5, device="cpu") as s,
+        ):
+            armed.append(s._backstop.armed)
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join()
+    assert armed == [False]
+
+
 def test_plain_loop_guard_stops_saves_and_resume_continues_the_spend(tmp_path):
     ledger = funded_ledger(tmp_path / "ledger.sqlite")
     checkpoint = tmp_path / "checkpoint"
     checkpoint.mkdir()
-    budget = 1e-5  # 36 ms of CPU time
+    budget = 1e-4  # 360 ms of CPU time
     with BudgetSession.start(ledger, account="lab", budget_hours=budget, device="cpu") as first:
+        # As a session does: the loop stops short of the reservation, leaving room for what follows it (the
+        # "after" evaluation), which the backstop at the reservation guards.
+        first.guard.limit_hours = budget / 2
         first.loop_started()
         steps = 0
         while not first.step_done():
             steps += 1
             sum(range(20_000))  # a training step
+        first.saving_checkpoint()
         first.checkpoint_saved(checkpoint)
-    assert first.guard.stopped_at_hours <= budget + first.guard.last_step_hours
+    assert first.guard.stopped_at_hours <= budget / 2 + first.guard.last_step_hours
     saved = CheckpointSpend.read(checkpoint)
     assert saved.run == first.id
     assert first.guard.stopped_at_hours <= saved.spent_hours <= first.meter.hours
@@ -216,8 +286,10 @@ def test_plain_loop_guard_stops_saves_and_resume_continues_the_spend(tmp_path):
         ledger, account="lab", budget_hours=2 * budget, device="cpu", resume_from=checkpoint
     ) as second:
         assert second.run_spent_hours >= saved.spent_hours
+        second.guard.limit_hours /= 2
         while not second.step_done():
             sum(range(20_000))
+        second.saving_checkpoint()
         second.checkpoint_saved(checkpoint)
     reservation = ledger.entries(session=second.id, kind="reserve")[0].payload
     assert reservation["resumes"]["spent_hours"] == saved.spent_hours

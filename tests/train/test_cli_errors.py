@@ -7,8 +7,10 @@ from __future__ import annotations
 import errno
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -57,6 +59,35 @@ def test_an_interrupt_exits_130_with_one_line(capsys, monkeypatch):
     fail_evaluation_with(monkeypatch, KeyboardInterrupt())
     code, err = welfare(capsys, "eval")
     assert (code, err) == (130, ["welfare eval: interrupted"])
+
+
+def test_sigterm_unwinds_like_ctrl_c_and_exits_143(capsys):
+    """What a scheduler or `accelerate launch` sends to stop a job: the work unwinds (a session settles on
+    the way out) and the command ends with 143; the handler is put back afterwards."""
+    from welfare_offsets.train.guard import run_guarded
+
+    unwound = []
+
+    def body(argv):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(1000):
+                time.sleep(0.01)
+        finally:
+            unwound.append(True)
+        return 0
+
+    def unhandled(signum, frame):  # should run_guarded not handle SIGTERM: fail, not end the test runner
+        raise AssertionError("SIGTERM reached the test")
+
+    signal.signal(signal.SIGTERM, unhandled)
+    try:
+        assert run_guarded(body, [], "welfare offset lora") == 143
+        assert signal.getsignal(signal.SIGTERM) is unhandled  # put back
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    assert unwound == [True]
+    assert capsys.readouterr().err.splitlines() == ["welfare offset lora: terminated (SIGTERM)"]
 
 
 @pytest.mark.parametrize(
