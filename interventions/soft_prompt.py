@@ -27,6 +27,7 @@ from welfare_offsets.eval.scoring import label_token_ids, pad_rows, pad_token_id
 from welfare_offsets.eval.settings import Settings, setting
 
 OPTIMISED_PROBE = "self_report"
+STATE_FILE = "trainer_state.pt"  # a checkpoint's step and optimizer state, beside the prompt's adapter files
 
 
 @dataclass(kw_only=True)
@@ -169,7 +170,7 @@ def train_soft_prompt(
 def _save_checkpoint(accelerator, peft_model, optimizer, folder: Path, step: int) -> None:
     if accelerator.is_main_process:
         peft_model.save_pretrained(folder)
-        torch.save({"step": step, "optimizer": optimizer.state_dict()}, folder / "trainer_state.pt")
+        torch.save({"step": step, "optimizer": optimizer.state_dict()}, folder / STATE_FILE)
     accelerator.wait_for_everyone()
 
 
@@ -179,6 +180,6 @@ def _load_checkpoint(folder: Path, prompt: torch.nn.Embedding, optimizer) -> int
     weights = load_peft_weights(str(folder), device="cpu")["prompt_embeddings"]
     with torch.no_grad():
         prompt.weight.copy_(weights.to(prompt.weight.dtype))
-    state = torch.load(folder / "trainer_state.pt", map_location="cpu", weights_only=True)
+    state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
     optimizer.load_state_dict(state["optimizer"])
     return int(state["step"])

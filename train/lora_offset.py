@@ -57,7 +57,7 @@ def _method(argv: list[str]) -> str:
 def _session(argv: list[str]) -> int:
     from welfare_offsets.eval.subject import Subject
     from welfare_offsets.interventions.lora import build_trainer
-    from welfare_offsets.train.session import RunSettings, Session, recovery_summary
+    from welfare_offsets.train.session import CheckpointForm, RunSettings, Session, recovery_summary
 
     args, lora, trl_config, passed = parse_config(config_types(argv), argv, prog="welfare offset lora")
     method = lora.method
@@ -73,7 +73,13 @@ def _session(argv: list[str]) -> int:
         },
     )
     kind = f"lora-{method}"
-    session = Session(kind, args, run, needs={lora.train_valences[0]: "train"})
+    session = Session(
+        kind,
+        args,
+        run,
+        needs={lora.train_valences[0]: "train"},
+        checkpoint=CheckpointForm("LORA", "trainer_state.json"),
+    )
     train_items = [e for e in session.stimuli.select(split="train") if e.valence in lora.train_valences][
         : args.max_train_items
     ]

@@ -18,7 +18,6 @@ Evaluations are saved in the output folder, so a resumed session reuses its "bef
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from welfare_offsets.eval.common.errors import InputError
 from welfare_offsets.eval.common.output_folder import claim, open_in_place
 from welfare_offsets.eval.common.outputs import write_json_file
 from welfare_offsets.eval.common.results import EvaluationResult, SessionResult, read_result, write_result
-from welfare_offsets.eval.common.safe_read import load_jsonl_bounded
+from welfare_offsets.eval.common.safe_read import load_json_bounded, load_jsonl_bounded
 from welfare_offsets.eval.evaluate import EvalConfig
 from welfare_offsets.eval.experiences import StimulusError, StimulusSet, load_stimuli
 from welfare_offsets.eval.settings import (
@@ -101,8 +100,13 @@ class SessionArguments(
     )
 
     def check(self):
-        if not (math.isfinite(self.budget_hours) and self.budget_hours > 0):
-            raise ValueError(f"budget_hours: expected a number of accelerator-hours > 0, got {self.budget_hours}")
+        from welfare_offsets.ledger.accounts import check_hours
+        from welfare_offsets.ledger.errors import LedgerError
+
+        try:  # the ledger's own rule: finite, > 0, at least its resolution (one micro-hour), at most one entry
+            check_hours(self.budget_hours, field="budget_hours")
+        except LedgerError as error:
+            raise ValueError(str(error)) from None
         integers_at_least(self, 1, "max_train_items", "eval_batch_size")
         integers_at_least(self, 0, "probe_every_steps")
         number_in(self, "max_perplexity_ratio", 1.0, above=True)
@@ -157,6 +161,15 @@ class Measurement:
 
 
 @dataclass(frozen=True)
+class CheckpointForm:
+    """What a checkpoint of an entry's kind holds, so that one of another kind is refused before any work:
+    its adapter's peft_type and the file its training state is saved in."""
+
+    peft_type: str
+    state_file: str
+
+
+@dataclass(frozen=True)
 class RunSettings:
     """What an entry passes besides the shared settings: the checkpoint to resume (its intervention's own
     setting, or TRL's), and every config as passed and as resolved (for results.json and the W&B config)."""
@@ -169,12 +182,20 @@ class Session:
     """One metered session; see the module docstring for the order of calls."""
 
     def __init__(
-        self, kind: str, args: SessionArguments, run: RunSettings, *, needs: dict[str, str], trains: bool = True
+        self,
+        kind: str,
+        args: SessionArguments,
+        run: RunSettings,
+        *,
+        needs: dict[str, str],
+        trains: bool = True,
+        checkpoint: CheckpointForm | None = None,
     ):
         """Validate everything that can be checked without a model. `needs` maps a valence to the split
         the intervention must find experiences of, e.g. {"euphoric": "train"}; `trains`: the session trains
-        its subject (so it cannot be a placed one)."""
-        self.kind, self.args, self.run = kind, args, run
+        its subject (so it cannot be a placed one); `checkpoint`: what its checkpoints hold (a session that
+        saves none cannot resume)."""
+        self.kind, self.args, self.run, self.checkpoint_form = kind, args, run, checkpoint
         if trains and args.device_map is not None:
             raise SessionError(
                 f"device_map: a {kind} session trains its subject, which needs the whole model on each rank's "
@@ -247,11 +268,34 @@ class Session:
             )
             if not checkpoints:
                 raise SessionError(f"--resume_from_checkpoint last: no complete checkpoint-* folder in {self.out}")
-            return checkpoints[-1]
-        path = Path(resume).expanduser().resolve()
-        if not path.is_dir():
-            raise SessionError(f"--resume_from_checkpoint {resume}: no such checkpoint folder")
+            path = checkpoints[-1]
+        else:
+            path = Path(resume).expanduser().resolve()
+            if not path.is_dir():
+                raise SessionError(f"--resume_from_checkpoint {resume}: no such checkpoint folder")
+        self._check_checkpoint(path)
         return path
+
+    def _check_checkpoint(self, path: Path) -> None:
+        """A checkpoint of another kind (a LoRA one given to a soft-prompt session) is refused now, before
+        a model loads or budget is reserved."""
+        form = self.checkpoint_form
+        problem = None
+        if form is None:
+            problem = f"a {self.kind} session saves no checkpoints to resume from"
+        elif not (path / form.state_file).is_file():
+            problem = f"it has no {form.state_file}"
+        else:
+            config = path / "adapter_config.json"
+            found = load_json_bounded(config, what="checkpoint adapter config") if config.is_file() else None
+            peft_type = found.get("peft_type") if isinstance(found, dict) else None
+            if peft_type != form.peft_type:
+                problem = f"its adapter is {peft_type or 'missing'}, a {self.kind} checkpoint's is {form.peft_type}"
+        if problem:
+            raise SessionError(
+                f"--resume_from_checkpoint {path}: not a {self.kind} checkpoint ({problem}); resume from a "
+                f"checkpoint-* folder of a {self.kind} session, or start a new one"
+            )
 
     def _saved_before(self) -> EvaluationResult | None:
         """A resumed session's "before" evaluation, reused as it is (its subject has not changed), and its

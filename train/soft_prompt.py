@@ -28,8 +28,13 @@ def main(argv: list[str]) -> int:
 
 
 def _session(argv: list[str]) -> int:
-    from welfare_offsets.interventions.soft_prompt import OPTIMISED_PROBE, train_soft_prompt, training_prompts
-    from welfare_offsets.train.session import RunSettings, Session, recovery_summary
+    from welfare_offsets.interventions.soft_prompt import (
+        OPTIMISED_PROBE,
+        STATE_FILE,
+        train_soft_prompt,
+        training_prompts,
+    )
+    from welfare_offsets.train.session import CheckpointForm, RunSettings, Session, recovery_summary
 
     args, config, passed = parse_config(config_types(), argv, prog="welfare offset soft-prompt")
     run = RunSettings(
@@ -39,7 +44,9 @@ def _session(argv: list[str]) -> int:
             "resolved": {"session": dataclasses.asdict(args), "soft_prompt": dataclasses.asdict(config)},
         },
     )
-    session = Session(KIND, args, run, needs={"dysphoric": "train"})
+    session = Session(
+        KIND, args, run, needs={"dysphoric": "train"}, checkpoint=CheckpointForm("PROMPT_TUNING", STATE_FILE)
+    )
     train_items = session.stimuli.select(split="train")
     train_items = [e for e in train_items if e.valence in ("dysphoric", "neutral")][: args.max_train_items]
     results = None

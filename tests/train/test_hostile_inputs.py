@@ -348,6 +348,7 @@ def test_missing_or_empty_adapters_are_refused_before_the_model_loads(capsys, tm
     "flags, expected",
     [
         (["--budget_hours", "inf"], "budget_hours"),
+        (["--budget_hours", "1e-9"], "below the ledger's resolution"),
         (["--max_episodes", "0"], "max_episodes"),
         (["--eval_max_items", "1"], "max_items"),
         (["--eval_probes", "mood"], "probes"),

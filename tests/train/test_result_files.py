@@ -48,7 +48,11 @@ def test_a_resume_refuses_a_saved_evaluation_it_cannot_read_before_the_model_loa
     funded_ledger(ledger, hours=1.0).close()
     out = tmp_path / "soft"
     open_in_place(claim(out, "soft-prompt session", resumable=True, flag="--output_dir"), overwrite=False)
-    CheckpointSpend("run-1", "session-1", 0.001).write((out / "checkpoint-3").mkdir() or out / "checkpoint-3")
+    checkpoint = out / "checkpoint-3"
+    checkpoint.mkdir()
+    (checkpoint / "adapter_config.json").write_text('{"peft_type": "PROMPT_TUNING"}')
+    (checkpoint / "trainer_state.pt").write_bytes(b"")
+    CheckpointSpend("run-1", "session-1", 0.001).write(checkpoint)
     (out / "eval-before").mkdir()
     text, expected = SAVED[case]
     (out / "eval-before" / "results.json").write_text(text)

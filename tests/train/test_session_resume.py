@@ -68,13 +68,21 @@ def earlier_session(out: Path, *, finished: bool = False, checkpoints: dict[int,
     short before its spend file was written), and results.json if it finished."""
     open_in_place(claim(out, "soft-prompt session", resumable=True, flag="--output_dir"), overwrite=False)
     for step, spent in dict(checkpoints).items():
-        (out / f"checkpoint-{step}").mkdir()
+        checkpoint_of("PROMPT_TUNING", "trainer_state.pt", out / f"checkpoint-{step}")
         if spent is not None:
             (out / f"checkpoint-{step}" / SPEND_FILE).write_text(
                 json.dumps({"run": "run-1", "session": "session-1", "spent_hours": spent})
             )
     if finished:
         (out / "results.json").write_text("{}")
+
+
+def checkpoint_of(peft_type: str, state_file: str, folder: Path) -> Path:
+    """A checkpoint folder's form (what Session checks before resuming), its contents left out."""
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": peft_type}))
+    (folder / state_file).write_bytes(b"")
+    return folder
 
 
 def reached_the_model(code: int, err: str) -> bool:
@@ -144,3 +152,17 @@ def test_resume_and_overwrite_together_are_refused(soft_prompt):
     earlier_session(soft_prompt.out, checkpoints={2: 0.01})
     code, err = soft_prompt("--resume_from_checkpoint", "last", "--overwrite")
     assert code == 2 and "contradict" in err and NO_MODEL not in err
+
+
+@pytest.mark.parametrize(
+    "peft_type, state_file, problem",
+    [
+        ("LORA", "trainer_state.json", "it has no trainer_state.pt"),
+        ("LORA", "trainer_state.pt", "its adapter is LORA, a soft-prompt checkpoint's is PROMPT_TUNING"),
+    ],
+)
+def test_a_checkpoint_of_another_kind_is_refused_before_any_work(soft_prompt, tmp_path, peft_type, state_file, problem):
+    lora = checkpoint_of(peft_type, state_file, tmp_path / "checkpoint-4")
+    (lora / SPEND_FILE).write_text(json.dumps({"run": "run-1", "session": "session-1", "spent_hours": 0.01}))
+    code, err = soft_prompt("--resume_from_checkpoint", lora)
+    assert code == 2 and "not a soft-prompt checkpoint" in err and problem in err and NO_MODEL not in err
