@@ -553,7 +553,17 @@ class Session:
         result = SessionResult(
             kind=self.kind, session=self.budget.id, config=self.run.recipe, provenance=provenance(), **fields
         )
+        self._keep_earlier_results()
         return result, write_result(self.out / "results.json", result)
+
+    def _keep_earlier_results(self) -> None:
+        """A resumed run's earlier session left results.json, which its ledger entries cite by sha256: keep
+        it beside the new one, named by the start of that sha256, rather than write over it."""
+        from welfare_offsets.ledger.files import sha256_file
+
+        path = self.out / "results.json"
+        if path.is_file():
+            path.replace(self.out / f"results-{sha256_file(path)[:16]}.json")
 
     def record_balance(
         self, probe: str, *, debt: float | None = None, credit: float | None = None, results: Path, note: str

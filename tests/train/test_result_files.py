@@ -126,3 +126,25 @@ def test_a_sweep_refuses_a_cache_entry_it_cannot_read_before_measuring(capsys, t
     assert code == 2, err
     assert str(cache.path(key)) in err and expected in err and "--overwrite" in err and "Traceback" not in err
     assert snapshot(out) == before
+
+
+def test_a_resume_keeps_the_results_the_earlier_sessions_ledger_entries_cite(tiny, tmp_path, capsys):
+    """A finished session resumed (more steps) writes its own results.json; the earlier one, which that
+    session's measurement entries cite by sha256, stays beside it under the start of that sha256."""
+    from tests.train.helpers import soft_prompt_argv
+    from welfare_offsets.ledger.files import sha256_file
+
+    ledger = tmp_path / "ledger.sqlite"
+    funded_ledger(ledger, hours=1.0).close()
+    out = tmp_path / "soft"
+    assert welfare_main(soft_prompt_argv(tiny, ledger, out, "--report_to", "none")) == 0
+    first = (out / "results.json").read_bytes()
+    resumed = ["--resume_from_checkpoint", "last", "--max_steps", "3", "--report_to", "none"]
+    assert welfare_main(soft_prompt_argv(tiny, ledger, out, *resumed)) == 0
+    with Ledger.open(ledger, create=False) as book:
+        sessions = [e.payload["session"] for e in book.entries(kind="reserve")]
+        cited = [e.payload["results"][0] for e in book.entries(kind="measurement", session=sessions[0])]
+    assert cited and all(c["sha256"] == cited[0]["sha256"] for c in cited)
+    kept = out / f"results-{cited[0]['sha256'][:16]}.json"
+    assert kept.read_bytes() == first and sha256_file(kept) == cited[0]["sha256"]
+    assert json.loads((out / "results.json").read_text())["session"] == sessions[1]
