@@ -15,6 +15,7 @@ from welfare_offsets.ledger.book import Balance, Ledger, OpenSession, RepairOutc
 from welfare_offsets.ledger.budget import BudgetSession, CheckpointSpend, SpendGuard
 from welfare_offsets.ledger.chain import GENESIS_HASH, Entry, Head, VerifyResult
 from welfare_offsets.ledger.errors import (
+    BrokenLedger,
     InsufficientHours,
     LedgerError,
     NotALedger,
@@ -29,6 +30,7 @@ from welfare_offsets.ledger.wandb_anchor import write_head_to_wandb_summary
 __all__ = [
     "GENESIS_HASH",
     "Balance",
+    "BrokenLedger",
     "BudgetSession",
     "CheckpointSpend",
     "Entry",

@@ -3,7 +3,8 @@ accounts hold at every seq.
 
 Checked for every entry, in seq order:
 - its content `{"kind":...,"payload":{...}` is exactly what `canonical_json` makes of it (no duplicate
-  key, no other spelling of the same JSON), and its payload has the fields its kind writes;
+  key, no other spelling of the same JSON), its payload has the fields its kind writes, and its text is
+  all text both stores can hold (`chain.is_portable_text`);
 - its postings are whole micro-hours within `MAX_MICROHOURS_PER_ENTRY`, sum to zero, and are the ones
   its kind makes (a fund credits the funded account from `@external`, a settlement returns exactly what
   the session reserved, ...);
@@ -30,7 +31,7 @@ from welfare_offsets.ledger.accounts import (
     reserved_account,
     spent_account,
 )
-from welfare_offsets.ledger.chain import canonical_json
+from welfare_offsets.ledger.chain import canonical_json, first_unportable_text
 from welfare_offsets.ledger.errors import LedgerError
 from welfare_offsets.ledger.report import MEASURES
 from welfare_offsets.ledger.signing import SIGNATURE, Keyring
@@ -55,7 +56,7 @@ class Audit:
     def __init__(self, keyring: Keyring | None = None) -> None:
         """With a `keyring`, every entry must also be signed by a key it holds, in a role that allows it."""
         self._keyring = keyring
-        self._signatures: set[str] = set()
+        self._signatures: set[bytes] = set()  # signatures seen so far, decoded
         self.signed = 0  # entries that carry a signature
         self._memo: dict[bytes, _Checked] = {}
         self._entries: list[_Checked] = []  # by seq - 1, for corrections to look up what they correct
@@ -197,6 +198,15 @@ def _parse(content: bytes) -> tuple[str, dict[str, Any]]:
             "same JSON: the entry was written by something other than this ledger)"
         )
     kind, payload = fields["kind"], fields["payload"]
+    check_form(kind, payload, text)
+    return kind, payload
+
+
+def check_form(kind: object, payload: object, text: str) -> None:
+    """Raise LedgerError, saying what is wrong ("its ..."), unless `payload` is well formed for an entry of
+    `kind`: its fields and their types, its postings, and text both stores can hold. `text` is the entry's
+    JSON, in which a NUL or a lone surrogate can only be written as a \\u escape: the payload is searched
+    only if there is one. Verify checks every entry so, and so does the store on reading or writing one."""
     if not isinstance(kind, str) or kind not in _FIELDS or not isinstance(payload, dict):
         raise LedgerError(f"its kind {kind!r} is not one of {', '.join(_FIELDS)}, or its payload is not an object")
     missing = _FIELDS[kind] - payload.keys()
@@ -211,7 +221,12 @@ def _parse(content: bytes) -> tuple[str, dict[str, Any]]:
     if sum(postings.values()) != 0:
         raise LedgerError(f"its postings sum to {sum(postings.values())} micro-hours, not zero (double entry)")
     _WELL_FORMED[kind](payload, postings)
-    return kind, payload
+    where = first_unportable_text(payload) if "\\u" in text else None
+    if where is not None:
+        raise LedgerError(
+            f"its field {where!r} holds text a PostgreSQL ledger cannot store (a NUL character, or a lone "
+            "surrogate such as \\udcff: bytes of another encoding than UTF-8)"
+        )
 
 
 def _fund_ok(payload: dict[str, Any], postings: accounts.Postings) -> None:

@@ -27,7 +27,15 @@ from welfare_offsets.ledger.accounts import (
 )
 from welfare_offsets.ledger.audit import Audit
 from welfare_offsets.ledger.backup import publish, staged_copy
-from welfare_offsets.ledger.chain import EMPTY_HEAD, Entry, Head, VerifyResult, format_time, verify_chain
+from welfare_offsets.ledger.chain import (
+    EMPTY_HEAD,
+    Entry,
+    Head,
+    VerifyResult,
+    format_time,
+    is_portable_text,
+    verify_chain,
+)
 from welfare_offsets.ledger.errors import InsufficientHours, LedgerError, UnknownAccount, UnknownSession
 from welfare_offsets.ledger.export import EXPORT_FORMATS, write_entries
 from welfare_offsets.ledger.files import sha256_file
@@ -308,6 +316,7 @@ class Ledger:
         """
         if not isinstance(reason, str) or not reason.strip():
             raise LedgerError("a correction needs a reason (e.g. --reason 'funded the wrong account')")
+        _text(reason, field="reason")
         explicit = None if postings is None else accounts.correction_postings(postings, field="postings")
 
         def write(tx: Transaction) -> Entry:
@@ -674,8 +683,15 @@ def _unknown_account(account: str) -> str:
 
 
 def _text(value: object, *, field: str) -> str:
+    """Free text for an entry; text no PostgreSQL ledger can hold (bytes of another encoding than UTF-8, e.g.
+    an argument typed under another locale, or a NUL) would make an entry verify refuses."""
     if not isinstance(value, str):
         raise LedgerError(f"{field} must be text, got {value!r}")
+    if not is_portable_text(value):
+        raise LedgerError(
+            f"{field} {value!r} holds text a ledger cannot store: bytes of another encoding than UTF-8 (each "
+            "shown as \\udcXX; give it in UTF-8, e.g. under LANG=C.UTF-8) or a NUL character. Nothing was written"
+        )
     return value
 
 

@@ -30,6 +30,10 @@ from welfare_offsets.ledger.meter import SECONDS_PER_HOUR, Meter, detect_device_
 from welfare_offsets.ledger.wandb_anchor import write_head_to_wandb_summary
 
 SPEND_FILE = "ledger_spend.json"
+# Wall seconds past the reservation the backstop lets a session run, for an orderly end (the last logs, a
+# trainer's own clean-up, settling) when the in-loop guard stopped it close to the line; as a scheduler's
+# time limit leaves a job its kill-wait. Work that runs on is stopped then.
+BACKSTOP_GRACE_S = 30.0
 
 
 class BudgetExhausted(LedgerError):
@@ -37,18 +41,18 @@ class BudgetExhausted(LedgerError):
 
 
 class _Backstop:
-    """Stops the main thread with BudgetExhausted once the meter reaches `limit_hours`: an alarm (SIGALRM)
-    set for the wall time the meter takes to get there. The in-loop guard stops training well before; this
+    """Stops the main thread with BudgetExhausted BACKSTOP_GRACE_S wall seconds after the meter reaches
+    `limit_hours`: an alarm (SIGALRM) set for then. The in-loop guard stops training before the limit; this
     is for the stages between checks (evaluations, building training data, a zero point). Armed only in the
-    main thread of a process whose SIGALRM is free; the overrun it allows is the time the interrupted
-    operation takes to return to Python (one forward pass or generation step) plus settling. A checkpoint
-    being saved is never cut: while `held`, the stop waits for `release`."""
+    main thread of a process whose SIGALRM is free; the overrun it allows is the grace, the time the
+    interrupted operation takes to return to Python (one forward pass or generation step) and settling. A
+    checkpoint being saved is never cut: while `held`, the stop waits for `release`."""
 
     def __init__(self, meter: Meter, limit_hours: float, on_fire):
         self._on_fire = on_fire
         self._previous = None
         self.held = self._pending = False
-        seconds = limit_hours * SECONDS_PER_HOUR / meter.accelerators - meter.seconds
+        seconds = limit_hours * SECONDS_PER_HOUR / meter.accelerators - meter.seconds + BACKSTOP_GRACE_S
         self.armed = (
             threading.current_thread() is threading.main_thread()
             and hasattr(signal, "setitimer")
@@ -249,9 +253,9 @@ class BudgetSession:
         self.guard.stopped_at_hours = self.meter.hours
         return BudgetExhausted(
             f"session {self.id or '(this rank)'} used up its {self.reserved_hours:.6g} reserved accelerator-hours "
-            "in work that does not check the budget, and was stopped there (a budget is a hard limit); what it "
-            "spent is settled in the ledger. Raise budget_hours (a checkpoint resumes with the run's spend), or "
-            "make that work smaller"
+            f"(and {BACKSTOP_GRACE_S:g} s of grace) in work that does not check the budget, and was stopped there "
+            "(a budget is a hard limit); what it spent is settled in the ledger. Raise budget_hours (a checkpoint "
+            "resumes with the run's spend), or make that work smaller"
         )
 
     @property

@@ -20,7 +20,6 @@ from typing import Any
 from welfare_offsets.ledger.errors import LedgerError
 
 GENESIS_HASH = hashlib.sha256(b"welfare-offsets ledger genesis").hexdigest()
-_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 _ANCHOR = re.compile(r"(\d+):([0-9a-f]{64})")
 
 
@@ -32,11 +31,46 @@ def canonical_json(value: Any) -> str:
     return _CANONICAL.encode(value)
 
 
+def is_portable_text(text: str) -> bool:
+    """Whether both stores can hold `text`: it has no NUL character, and UTF-8 can encode it (it has no
+    lone surrogate such as \\udcff, which is how Python keeps bytes that were not UTF-8: an argument or file
+    name in another encoding). SQLite keeps either in an entry as a JSON escape, but PostgreSQL refuses
+    both, so such an entry could never be copied to a server."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def first_unportable_text(value: Any, where: str = "") -> str | None:
+    """Where in the JSON value `value` (`where`, then `.key` and `[index]` below it) a key or text is that
+    is not `is_portable_text`, or None if there is none. A loop, not recursion: a deeply nested value
+    cannot make it fail."""
+    pending = [(where, value)]
+    while pending:
+        place, item = pending.pop()
+        if isinstance(item, str) and not is_portable_text(item):
+            return place
+        if isinstance(item, dict):
+            for key, child in item.items():
+                inner = f"{place}.{key}" if place else key
+                if not is_portable_text(key):
+                    return inner
+                pending.append((inner, child))
+        elif isinstance(item, list):
+            pending.extend((f"{place}[{index}]", child) for index, child in enumerate(item))
+    return None
+
+
 def format_time(moment: datetime) -> str:
-    """Entry times are fixed-width UTC text, so they sort and filter as strings."""
+    """Entry times are fixed-width UTC text, so they sort and filter as strings. isoformat, not strftime,
+    whose %Y does not pad years before 1000 to four digits on glibc."""
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc).strftime(_TIME_FORMAT)
+    return moment.astimezone(timezone.utc).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def utc_now() -> str:
@@ -119,7 +153,7 @@ def verify_chain(
     """Walk stored (body, hash) rows in order and stop at the first bad entry.
 
     Each body must hash to its stored hash and end with the expected prev_hash, seq and a well-formed
-    time. Canonical JSON sorts `time` last and times are fixed-width, so that tail sits at a fixed place
+    time that exists. Canonical JSON sorts `time` last and times are fixed-width, so that tail sits at a fixed place
     and what comes before it, `{"kind":...,"payload":{...}`, is the entry's content, which
     `check_contents` judges. Rows go a chunk at a time through list operations (`_sound_contents`); only
     a chunk that fails them, or holds the anchor, is walked entry by entry (`_walk`) to say what is wrong.
@@ -157,7 +191,8 @@ def _sound_contents(chunk: list[tuple[bytes, str]], seq: int, prev: str) -> list
     if not all(map(bytes.endswith, bodies, tails, repeat(0, count), repeat(-_TIME_TAIL, count))):
         return None
     # Each time slice is at most _TIME_TAIL long, so the joined slices equal n shapes only if each does.
-    if b"".join([body[-_TIME_TAIL:] for body in bodies]).translate(_DIGITS_AS_ZERO) != _TIME_SHAPE * count:
+    times = [body[-_TIME_TAIL:] for body in bodies]
+    if b"".join(times).translate(_DIGITS_AS_ZERO) != _TIME_SHAPE * count or not all(map(_is_possible, times)):
         return None
     return [body[: -_TIME_TAIL - len(tail)] for body, tail in zip(bodies, tails)]
 
@@ -174,6 +209,7 @@ def _walk(
             hashlib.sha256(body).hexdigest() != stored_hash
             or not body.endswith(tail, 0, -_TIME_TAIL)
             or body[-_TIME_TAIL:].translate(_DIGITS_AS_ZERO) != _TIME_SHAPE
+            or not _is_possible(body[-_TIME_TAIL:])
         ):
             return contents, _broken(expected_seq, _explain(expected_seq, prev, body, stored_hash))
         contents.append(body[: -_TIME_TAIL - len(tail)])
@@ -198,6 +234,16 @@ _DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
 _TIME_SHAPE = format_time(datetime(2000, 1, 1)).translate(str.maketrans("123456789", "000000000")).encode() + b'"}'
 
 
+def _is_possible(time_tail: bytes) -> bool:
+    """Whether a time of the right shape (and its closing `Z"}`) names a moment that exists: no month 13,
+    no 25:61. fromisoformat, in C, reads the shape format_time writes many times faster than strptime."""
+    try:
+        datetime.fromisoformat(time_tail[:-3].decode("ascii"))
+    except ValueError:
+        return False
+    return True
+
+
 def _explain(seq: int, expected_prev: str, body: bytes, stored_hash: str) -> str:
     try:
         fields = json.loads(body)
@@ -215,6 +261,11 @@ def _explain(seq: int, expected_prev: str, body: bytes, stored_hash: str) -> str
         return "its content does not match its hash (the entry was edited)"
     if body[-_TIME_TAIL:].translate(_DIGITS_AS_ZERO) != _TIME_SHAPE:
         return f"its time {fields.get('time')!r} is not fixed-width UTC text like {format_time(datetime(2000, 1, 1))}"
+    if not _is_possible(body[-_TIME_TAIL:]):
+        return (
+            f"its time {fields.get('time')!r} is not a possible time "
+            "(a month, day, hour, minute or second out of range)"
+        )
     return "its stored body is not in canonical form (the entry was rewritten)"
 
 

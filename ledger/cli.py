@@ -2,8 +2,10 @@
 
 Exit codes: 0 done; 1 `verify` found the ledger broken (the first bad seq and why are printed),
 `backup` copied a broken one, or `copy` refused to; 2 bad input, or an I/O or server error such as a full
-disk or an unreachable server (one line says what and how to fix it) with the ledger unchanged. No output path (`export --output`, `report --png`, `backup`)
-may be the ledger or a part of it (`ledger.location.check_not_ledger`).
+disk or an unreachable server (one line says what and how to fix it) with the ledger unchanged, or an
+entry a command reads is malformed (the line names it and says to run `verify`). No output path
+(`export --output`, `report --png`, `backup`) may be the ledger or a part of it
+(`ledger.location.check_not_ledger`).
 """
 
 from __future__ import annotations
@@ -12,13 +14,13 @@ import argparse
 import sqlite3
 import sys
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 from welfare_offsets.ledger.accounts import check_hours, check_name
 from welfare_offsets.ledger.book import Ledger
 from welfare_offsets.ledger.chain import Head, VerifyResult, canonical_json
-from welfare_offsets.ledger.errors import LedgerError
+from welfare_offsets.ledger.errors import BrokenLedger, LedgerError
 from welfare_offsets.ledger.export import EXPORT_FORMATS
 from welfare_offsets.ledger.files import replacing
 from welfare_offsets.ledger.location import ENV_VAR, check_not_ledger, shown
@@ -54,12 +56,22 @@ _anchor = _argument_type(Head.parse)
 
 
 def _moment(text: str) -> datetime:
+    """A --since/--until time in UTC, converted here, where a time that UTC puts outside the years 1 to
+    9999 (0001-01-01T00:00+01:00) can be refused as bad input."""
     try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not an ISO date or time; use e.g. 2025-06-01 or 2025-06-01T12:00 "
             "(UTC unless an offset is given)"
+        ) from None
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=timezone.utc)
+    try:
+        return moment.astimezone(timezone.utc)
+    except OverflowError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is outside the years 1 to 9999 once converted to UTC; give a time within them"
         ) from None
 
 
@@ -287,7 +299,8 @@ def _broken(ledger: Ledger, result: VerifyResult) -> str:
 def _warn_abandoned(ledger: Ledger) -> None:
     try:
         abandoned = ledger.abandoned_sessions()
-    except OSError as error:  # e.g. an auditor without access to the session lock files
+    # an auditor without access to the session lock files; a malformed entry the command itself did not need
+    except (OSError, BrokenLedger) as error:
         print(f"note: could not check for sessions that died without settling ({error})", file=sys.stderr)
         return
     if not abandoned:

@@ -29,3 +29,14 @@ class UnknownSession(LedgerError):
 
 class InsufficientHours(LedgerError):
     """An account cannot cover a reservation or transfer."""
+
+
+class BrokenLedger(LedgerError):
+    """An entry a command reads is not one this ledger writes: it stops there, and verify says more."""
+
+    def __init__(self, seq: int, reason: str):
+        super().__init__(
+            f"the ledger is broken at entry {seq} ({reason}); the command stopped there: run "
+            "`welfare ledger verify` and follow its advice"
+        )
+        self.seq = seq

@@ -77,7 +77,13 @@ IDLE_IN_TRANSACTION_S = 60
 _KIND = "((body::json) ->> 'kind')"
 _SESSION = "(((body::json) -> 'payload') ->> 'session')"
 _TIME = """(((body::json) ->> 'time') COLLATE "C")"""  # fixed-width UTC text: compared byte by byte
-_POSTINGS = "json_each(((body::json) -> 'payload') -> 'postings') AS p"
+_POSTINGS_FIELD = "(((body::json) -> 'payload') -> 'postings')"
+# json_each fails the whole query on postings that are not an object (a malformed entry); such postings
+# read instead as one posting to the account '', which `storage` refuses, naming the entry.
+_POSTINGS = (
+    f"json_each(CASE WHEN {_POSTINGS_FIELD} IS NULL OR json_typeof({_POSTINGS_FIELD}) = 'object' "
+    f"THEN {_POSTINGS_FIELD} ELSE json_build_object('', {_POSTINGS_FIELD}) END) AS p"
+)
 
 # The schema, declared once: the DDL is made from it, and `schema_problem` compares the server's catalog
 # with it. Column definitions read as the catalog query below prints them.
@@ -234,15 +240,15 @@ SELECT md5(string_agg(version, ',' ORDER BY version)) FROM (
 """
 _QUERIES = Queries(
     head="SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1",
-    entry="SELECT body, hash FROM entries WHERE seq = %(seq)s",
+    entry="SELECT seq, body, hash FROM entries WHERE seq = %(seq)s",
     # the server plans each with the filters' values, so a filter left as None costs nothing
-    select=f"SELECT body, hash FROM entries WHERE (%(kind)s::text IS NULL OR {_KIND} = %(kind)s)"
+    select=f"SELECT seq, body, hash FROM entries WHERE (%(kind)s::text IS NULL OR {_KIND} = %(kind)s)"
     f" AND (%(session)s::text IS NULL OR {_SESSION} = %(session)s)"
     f" AND (%(since)s::text IS NULL OR {_TIME} >= %(since)s) AND (%(until)s::text IS NULL OR {_TIME} < %(until)s)"
     " AND (%(corrects)s::bigint IS NULL OR (((body::json) -> 'payload') ->> 'corrects') = %(corrects)s::bigint::text)"
     " ORDER BY seq",
-    postings=f"SELECT p.key, p.value FROM entries, {_POSTINGS}",
-    postings_of=f"SELECT p.value FROM entries, {_POSTINGS} WHERE p.key = %(account)s",
+    postings=f"SELECT seq, p.key, p.value FROM entries, {_POSTINGS}",
+    postings_of=f"SELECT seq, p.value FROM entries, {_POSTINGS} WHERE p.key = %(account)s",
     insert="INSERT INTO entries (seq, body, hash) VALUES (%(seq)s, %(body)s, %(hash)s)",
     chain="SELECT convert_to(body, 'UTF8'), hash FROM entries ORDER BY seq",
     # the first `rows` rows, those a chain check walked: rows appended since sort after them
@@ -436,7 +442,7 @@ class PostgresStore(Store):
                     f"lost the connection to the ledger server {self.location} again and again while a write was "
                     f"committing: look for entry {committed_if_found.seq} (welfare ledger show) before running it again"
                 ) from None
-            if found and found[0][1] == committed_if_found.hash:
+            if found and found[0][2] == committed_if_found.hash:  # (seq, body, hash)
                 return  # the commit landed before the connection was lost
             raise WriteInterrupted(nothing)
 

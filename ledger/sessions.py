@@ -2,10 +2,11 @@
 
 Each store says where its sessions hold their liveness locks and note their progress: an SQLite ledger
 in files beside it (`SessionFiles`, below), a PostgreSQL one in the server (`postgres.ServerSessions`).
-For files: a reserving process holds an exclusive `flock` on `<ledger>.sessions/<session>.lock` from before its
-reservation commits until after it settles. The kernel drops the lock when the process dies, even by
-kill -9, so a lock anyone can take belongs to a dead session. The session also writes its spend so far
-to `<session>.progress.json` now and then; `repair` settles a dead session from it.
+For files: a reserving process holds an exclusive `flock` on `<ledger>.sessions/<session>.lock` (beside
+the ledger's real file, symlinks resolved) from before its reservation commits until after it settles.
+The kernel drops the lock when the process dies, even by kill -9, so a lock anyone can take belongs to a
+dead session. The session also writes its spend so far to `<session>.progress.json` now and then;
+`repair` settles a dead session from it.
 A lock counts only while its file is still at its path: whoever takes one checks that afterwards, so a
 process that locked a file another process was deleting tries the one now there.
 (POSIX only; flock on network file systems depends on the mount.)
@@ -27,9 +28,10 @@ from dataclasses import dataclass
 from numbers import Real
 from pathlib import Path
 
-from welfare_offsets.ledger.chain import utc_now
+from welfare_offsets.ledger.chain import is_portable_text, utc_now
 from welfare_offsets.ledger.errors import LedgerError
 from welfare_offsets.ledger.files import STAGING_SUFFIX, is_stale, write_json_atomic
+from welfare_offsets.ledger.location import SESSIONS_SUFFIX
 
 MAX_PROGRESS_BYTES = 64 * 1024  # a progress note is ~150 bytes; anything this big is not one
 _LOCK, _PROGRESS = ".lock", ".progress.json"
@@ -106,7 +108,10 @@ class LockFile(SessionLock):
 
 class SessionFiles(Sessions):
     def __init__(self, ledger_path: Path):
-        self.directory = ledger_path.with_name(ledger_path.name + ".sessions")
+        """The folder is beside the ledger's real file, so every path to the ledger (a symlink, another
+        spelling) finds the same locks: else `repair` through one path settles a session running through another."""
+        real = Path(os.path.realpath(ledger_path))
+        self.directory = real.with_name(real.name + SESSIONS_SUFFIX)
 
     def _lock_path(self, session: str) -> Path:
         return self.directory / f"{session}{_LOCK}"
@@ -259,7 +264,9 @@ def parse_progress(raw: bytes, session: str, *, what: str) -> Progress:
         raise UnreadableProgress(f"its {what} gives spent_hours {spent!r}, not a finite number >= 0")
     if energy is not None and not _is_amount(energy):
         raise UnreadableProgress(f"its {what} gives energy_kwh {energy!r}, not a finite number >= 0")
-    if not isinstance(updated_at, str) or len(updated_at) > 64:
+    if (
+        not isinstance(updated_at, str) or len(updated_at) > 64 or not is_portable_text(updated_at)
+    ):  # it goes into the settlement
         raise UnreadableProgress(f"its {what} has no readable updated_at time")
     return Progress(float(spent), None if energy is None else float(energy), updated_at)
 

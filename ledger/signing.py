@@ -10,7 +10,8 @@ What is signed: a domain line, then the canonical JSON of the entry's kind, its 
 signature, the public key and a random nonce. The signature travels inside the payload (`signature`:
 key, nonce, sig, base64), so it is hashed into the chain like every other field and needs nothing from the
 store. The entry's place (seq, previous hash) stays the chain's and the anchors' to prove; the nonce makes
-every signature unique, so a replayed copy of a signed entry is caught as a signature seen twice.
+every signature unique, so a replayed copy of a signed entry is caught as a signature seen twice (compared
+as bytes; only the one base64 spelling the writer makes is accepted).
 """
 
 from __future__ import annotations
@@ -53,12 +54,17 @@ def _b64(data: bytes) -> str:
 
 
 def _unb64(text: object, what: str) -> bytes:
+    """Only the one spelling `_b64` writes: base64 ignores a last character's padding bits, so without this
+    check one signature would have several spellings and a replayed copy could pass as new."""
     if not isinstance(text, str):
         raise ValueError(f"{what} is not base64 text")
     try:
-        return base64.b64decode(text, validate=True)
+        data = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise ValueError(f"{what} is not valid base64") from None
+    if _b64(data) != text:
+        raise ValueError(f"{what} is not canonical base64 (a padding bit is set)")
+    return data
 
 
 def signed_message(kind: str, payload: Mapping[str, Any], key: str, nonce: str) -> bytes:
@@ -175,22 +181,30 @@ class Keyring:
         except ValueError as err:
             raise LedgerError(f"{where}: {err}") from None
 
-    def problem(self, kind: str, payload: Mapping[str, Any], seen: set[str]) -> str | None:
+    def problem(self, kind: str, payload: Mapping[str, Any], seen: set[bytes]) -> str | None:
         """Why this entry's signature is not acceptable, or None. Call once per entry, in seq order, with
         one `seen` set per pass over the ledger: a signature already in it (a replayed entry) is a problem."""
         signature = payload.get(SIGNATURE)
         if signature is None:
             return "unsigned"
-        if not isinstance(signature, dict) or set(signature) != {"key", "nonce", "sig"}:
-            return "its signature is malformed"
+        if (
+            not isinstance(signature, dict)
+            or set(signature) != {"key", "nonce", "sig"}
+            or not all(isinstance(part, str) for part in signature.values())
+        ):
+            return "its signature is malformed (expected text key, nonce and sig)"
+        try:
+            sig = _unb64(signature["sig"], "its sig")
+        except ValueError as err:
+            return f"its signature is malformed: {err}"
         signer = self.signers.get(signature["key"])
         if signer is None:
-            return f"signed by key {str(signature['key'])[:16]}..., which the keyring does not hold"
-        if not _valid(signature, kind, payload):
+            return f"signed by key {signature['key'][:16]}..., which the keyring does not hold"
+        if not _valid(signature["key"], signature["nonce"], sig, kind, payload):
             return f"its signature by {signer.identity} does not match its content"
-        if signature["sig"] in seen:
+        if sig in seen:
             return f"its signature by {signer.identity} was already used by an earlier entry (a replay)"
-        seen.add(signature["sig"])
+        seen.add(sig)
         allowed = frozenset().union(*(ROLES[r] for r in signer.roles))
         if kind not in allowed:
             roles = ", ".join(sorted(signer.roles))
@@ -198,14 +212,13 @@ class Keyring:
         return None
 
 
-def _valid(signature: dict, kind: str, payload: Mapping[str, Any]) -> bool:
+def _valid(key: str, nonce: str, sig: bytes, kind: str, payload: Mapping[str, Any]) -> bool:
     ed25519 = _ed25519()
     from cryptography.exceptions import InvalidSignature
 
     try:
-        public = ed25519.Ed25519PublicKey.from_public_bytes(_unb64(signature["key"], "key"))
-        message = signed_message(kind, payload, signature["key"], str(signature["nonce"]))
-        public.verify(_unb64(signature["sig"], "sig"), message)
+        public = ed25519.Ed25519PublicKey.from_public_bytes(_unb64(key, "key"))
+        public.verify(sig, signed_message(kind, payload, key, nonce))
     except (ValueError, InvalidSignature):
         return False
     return True
@@ -224,7 +237,7 @@ def _signers(data: object) -> dict[str, Signer]:
             raise ValueError(f"{where}.key: not an ed25519 public key (32 bytes, base64)")
         if not isinstance(identity, str) or not identity.strip() or len(identity) > 200:
             raise ValueError(f"{where}.identity: expected a name (text, at most 200 characters)")
-        if not isinstance(roles, list) or not roles or any(r not in ROLES for r in roles):
+        if not isinstance(roles, list) or not roles or not all(isinstance(r, str) and r in ROLES for r in roles):
             raise ValueError(f"{where}.roles: expected a list of {', '.join(ROLES)}")
         if key in signers:
             raise ValueError(f"{where}.key: listed twice")

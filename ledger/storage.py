@@ -17,13 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from welfare_offsets.ledger.audit import check_form
 from welfare_offsets.ledger.chain import EMPTY_HEAD, GENESIS_HASH, Entry, Head, seal, utc_now
-from welfare_offsets.ledger.errors import NotALedger, SchemaTooNew
+from welfare_offsets.ledger.errors import BrokenLedger, LedgerError, NotALedger, SchemaTooNew
 
 if TYPE_CHECKING:
     from welfare_offsets.ledger.sessions import Sessions
 
 SCHEMA_VERSION = 1
+MAX_SEQ = 2**63 - 1  # the largest seq either store can hold (SQLite's INTEGER, PostgreSQL's bigint)
 FORMAT_NAME = "welfare-offsets-ledger"
 META = {"format": FORMAT_NAME, "schema_version": str(SCHEMA_VERSION), "genesis": GENESIS_HASH}
 
@@ -41,20 +43,51 @@ class Queries:
     """One database's SQL for what every store answers, with named parameters in its own style."""
 
     head: str  # -> (seq, hash) of the last entry
-    entry: str  # seq -> (body, hash)
-    select: str  # kind, session, since, until, corrects (each None: any) -> (body, hash) in seq order
-    postings: str  # -> (account, amount) of every posting of every entry
-    postings_of: str  # account -> (amount,) of each posting to it
+    entry: str  # seq -> (seq, body, hash)
+    select: str  # kind, session, since, until, corrects (each None: any) -> (seq, body, hash) in seq order
+    postings: str  # -> (seq, account, amount) of every posting of every entry
+    postings_of: str  # account -> (seq, amount) of each posting to it
     insert: str  # seq, body, hash
     chain: str  # -> (body as bytes, hash) in seq order
     seq_range: str  # rows -> (lowest, highest) seq of the rows a chain check walked
     misnumbered: str  # -> (seq,) of the first row whose seq column disagrees with its body
 
 
-def entry_from_row(row: tuple[str, str]) -> Entry:
-    body, hash_ = row
-    fields = json.loads(body)
+def entry_from_row(row: tuple[int, str, str]) -> Entry:
+    """An entry read back, refused (BrokenLedger) unless it has the form verify accepts for its kind, so
+    that nothing built on entries (balances, sessions, reports, corrections) meets a missing field or a
+    wrong type: a command on a broken ledger says where it is broken instead of failing somewhere inside."""
+    seq, body, hash_ = row
+    try:
+        return _checked_entry(body, hash_)
+    except LedgerError as error:
+        raise BrokenLedger(seq, str(error)) from None
+
+
+def _checked_entry(body: str, hash_: str) -> Entry:
+    try:
+        fields = json.loads(body)
+    except (ValueError, RecursionError):
+        raise LedgerError("its stored body is not JSON") from None
+    if (
+        not isinstance(fields, dict)
+        or fields.keys() != {"seq", "time", "kind", "payload", "prev_hash"}
+        or isinstance(fields["seq"], bool)
+        or not isinstance(fields["seq"], int)
+        or not isinstance(fields["time"], str)
+        or not isinstance(fields["prev_hash"], str)
+    ):
+        raise LedgerError("its stored body is not an object of seq, time, kind, payload and prev_hash")
+    check_form(fields["kind"], fields["payload"], body)
     return Entry(fields["seq"], fields["time"], fields["kind"], fields["payload"], fields["prev_hash"], hash_)
+
+
+def _amount(seq: int, account: object, amount: object) -> int:
+    """A posting as read by SQL, to be summed: to a named account, in whole micro-hours (postings that are
+    not an object come as rows whose account is not a name), else the ledger is broken at entry `seq`."""
+    if not isinstance(account, str) or not account or isinstance(amount, bool) or not isinstance(amount, int):
+        raise BrokenLedger(seq, "its postings are not an object of account names and whole micro-hours")
+    return amount
 
 
 class Reader:
@@ -71,6 +104,9 @@ class Reader:
         return Head(*row) if row else EMPTY_HEAD
 
     def entry(self, seq: int) -> Entry | None:
+        """Entry `seq`, or None if there is none (also where no store could hold one: beyond MAX_SEQ)."""
+        if not 1 <= seq <= MAX_SEQ:
+            return None
         row = self._first(self._queries.entry, {"seq": seq})
         return entry_from_row(row) if row else None
 
@@ -91,13 +127,15 @@ class Reader:
         """Every account's balance in micro-hours: the sum of all postings to it, summed in Python,
         whose integers never overflow."""
         totals: dict[str, int] = defaultdict(int)
-        for name, amount in self._run(self._queries.postings, {}):
-            totals[name] += amount
+        for seq, name, amount in self._run(self._queries.postings, {}):
+            totals[name] += _amount(seq, name, amount)
         return dict(totals)
 
     def account_total(self, account: str) -> int | None:
         """One account's balance in micro-hours, or None if nothing was ever posted to it."""
-        amounts = [amount for (amount,) in self._run(self._queries.postings_of, {"account": account})]
+        amounts = [
+            _amount(seq, account, amount) for seq, amount in self._run(self._queries.postings_of, {"account": account})
+        ]
         return sum(amounts) if amounts else None
 
 
@@ -114,10 +152,18 @@ class Transaction(Reader):
         return None if self._head == self._start else self._head
 
     def append(self, kind: str, payload: dict[str, Any]) -> Entry:
+        """Append an entry, refused unless verify would accept its form: a caller's mistake (text that is not
+        UTF-8 in a result file's name, a wrong type) must never make the ledger unverifiable."""
         seq, time, prev_hash = self._head.seq + 1, utc_now(), self._head.hash
         body, hash_ = seal(seq, time, kind, payload, prev_hash)
+        try:
+            entry = _checked_entry(body, hash_)
+        except LedgerError as error:
+            raise LedgerError(
+                f"the {kind} entry was not written, as verify would refuse it: {error}; correct that and write it again"
+            ) from None
         self._insert(seq, body, hash_)
-        return entry_from_row((body, hash_))
+        return entry
 
     def extend(self, rows: Iterable[tuple[bytes, str]]) -> None:
         """Append another ledger's stored rows as they are (a copy): the same bodies, the same hashes."""

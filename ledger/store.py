@@ -61,12 +61,12 @@ COMMIT;
 
 _QUERIES = Queries(
     head="SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1",
-    entry="SELECT body, hash FROM entries WHERE seq = :seq",
-    select="SELECT body, hash FROM entries WHERE (:kind IS NULL OR kind = :kind)"
+    entry="SELECT seq, body, hash FROM entries WHERE seq = :seq",
+    select="SELECT seq, body, hash FROM entries WHERE (:kind IS NULL OR kind = :kind)"
     " AND (:session IS NULL OR session = :session) AND (:since IS NULL OR time >= :since)"
     " AND (:until IS NULL OR time < :until) AND (:corrects IS NULL OR corrects = :corrects) ORDER BY seq",
-    postings="SELECT p.key, p.value FROM entries, json_each(entries.body, '$.payload.postings') AS p",
-    postings_of="SELECT p.value FROM entries, json_each(entries.body, '$.payload.postings') AS p WHERE p.key = :account",
+    postings="SELECT seq, p.key, p.value FROM entries, json_each(entries.body, '$.payload.postings') AS p",
+    postings_of="SELECT seq, p.value FROM entries, json_each(entries.body, '$.payload.postings') AS p WHERE p.key = :account",
     insert="INSERT INTO entries (seq, body, hash) VALUES (:seq, :body, :hash)",
     chain="SELECT CAST(body AS BLOB), hash FROM entries ORDER BY seq",
     # one aggregate per subquery, so each is a rowid lookup, not a scan

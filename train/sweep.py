@@ -47,6 +47,7 @@ def _sweep(argv: list[str]) -> int:
     from welfare_offsets.eval.experiences import load_stimuli
     from welfare_offsets.eval.study.profile import profile_items
     from welfare_offsets.eval.study.sweep import SweepCache, prepare_capability, subject_keys
+    from welfare_offsets.ledger.budget import BudgetExhausted
     from welfare_offsets.train.guard import refuse_ledger_paths
     from welfare_offsets.train.sweep_budget import NOTHING_RESERVED, SweepBudget
 
@@ -72,6 +73,7 @@ def _sweep(argv: list[str]) -> int:
             f"welfare sweep: {len(set(keys))} subjects, {len(set(keys)) - len(todo)} already measured "
             f"(cache {out / 'cache'}), {len(todo)} to measure on {state.num_processes} process(es)"
         )
+    cut = False
     try:
         # The main process reserves here: a ledger or funds problem exits 2 before anything is written.
         with SweepBudget(billing, state, out, config.held_gpus()) if todo else nullcontext() as budget:
@@ -81,20 +83,26 @@ def _sweep(argv: list[str]) -> int:
             shares = share(todo, config.specs, state.num_processes)
             mine = shares[state.process_index]
             where = f"rank {state.process_index}, " if state.num_processes > 1 else ""
-            for r in budget.rounds(max(map(len, shares))) if budget else ():
-                if r < len(mine):  # a rank with fewer subjects still joins every round's decision
-                    k, position = mine[r], f"{where}{r + 1}/{len(mine)}"
-                    _measure_one(
-                        config, config.specs[k], keys[k], tasks, stimuli, device, cache, position, budget.session
-                    )
+            try:
+                for r in budget.rounds(max(map(len, shares))) if budget else ():
+                    if r < len(mine):  # a rank with fewer subjects still joins every round's decision
+                        k, position = mine[r], f"{where}{r + 1}/{len(mine)}"
+                        _measure_one(
+                            config, config.specs[k], keys[k], tasks, stimuli, device, cache, position, budget.session
+                        )
+            except BudgetExhausted:
+                if state.num_processes > 1:
+                    raise  # the other ranks wait in the next round's decision: the launcher stops them
+                cut = True  # the subject under way is left unmeasured, like those after it
             state.wait_for_everyone()
         if state.is_main_process:
             unmeasured = [spec.label for spec, key in zip(config.specs, keys) if any(cache.missing(key))]
             accounting = {**(budget.record if budget else NOTHING_RESERVED), "unmeasured": unmeasured}
             if unmeasured:
+                why = "a round ran past its reservation and was cut" if cut else "the next round would have crossed it"
                 print(
-                    f"welfare sweep: stopped by its budget before {', '.join(unmeasured)}: the next round would have "
-                    "crossed it. A rerun with a larger --budget_hours measures only those"
+                    f"welfare sweep: stopped by its budget before {', '.join(unmeasured)}: {why}. A rerun with a "
+                    "larger --budget_hours measures only those"
                 )
             results = _write_outputs(config, billing, passed, keys, stimuli, cache, out, accounting)
             print("\n".join(results.interpretation))

@@ -1,8 +1,9 @@
 """Shared pieces of the ledger tests: a funded ledger, forked writer processes, the database underneath
-a ledger (either store, as its owner), and tampering with it."""
+a ledger (either store, as its owner), and tampering with it or appending forged entries."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import sqlite3
@@ -11,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from welfare_offsets.ledger import Ledger
-from welfare_offsets.ledger.chain import Head, VerifyResult
+from welfare_offsets.ledger.chain import Head, VerifyResult, seal, utc_now
 from welfare_offsets.ledger.location import is_server_url
 from welfare_offsets.ledger.store import _expected_schema
 
@@ -67,6 +68,21 @@ def tamper(location: Location, *statements) -> None:
             if kind == "trigger":
                 db.execute(sql)
     db.close()
+
+
+def forge(location: Location, kind, payload, *, content: str | None = None, time: str | None = None) -> int:
+    """Append an entry through the database, chained and hashed correctly (INSERT is not blocked by the
+    append-only triggers), at `time` (default: now); `content` replaces the body's
+    `{"kind":...,"payload":{...}` text as is. Returns its seq."""
+    db = connect(location)
+    seq, prev = db.execute("SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1").fetchone()
+    body, hash_ = seal(seq + 1, time or utc_now(), kind, payload, prev)
+    if content is not None:
+        body = content + body[body.rindex(',"prev_hash":"') :]
+        hash_ = hashlib.sha256(body.encode()).hexdigest()
+    db.execute("INSERT INTO entries (seq, body, hash) VALUES (?, ?, ?)", (seq + 1, body, hash_))
+    db.close()
+    return seq + 1
 
 
 def fork(child: Callable[[], None]) -> int:

@@ -5,30 +5,16 @@ and a broken ledger is never answered with advice to repair."""
 
 from __future__ import annotations
 
-import hashlib
+import re
 import sqlite3
 
 import pytest
 
-from tests.ledger.helpers import connect, funded_ledger, verify
-from welfare_offsets.ledger import InsufficientHours, Ledger, LedgerError
+from tests.ledger.helpers import connect, forge, funded_ledger, verify
+from welfare_offsets.ledger import BrokenLedger, InsufficientHours, Ledger, LedgerError
 from welfare_offsets.ledger.accounts import MAX_HOURS_PER_ENTRY, MAX_MICROHOURS_PER_ENTRY
-from welfare_offsets.ledger.chain import canonical_json, seal, utc_now
+from welfare_offsets.ledger.chain import canonical_json, seal
 from welfare_offsets.ledger.cli import main
-
-
-def forge(path, kind, payload, *, content: str | None = None):
-    """Append an entry through the database, chained and hashed correctly (INSERT is not blocked by the
-    append-only triggers); `content` replaces the body's `{"kind":...,"payload":{...}` text as is."""
-    db = connect(path)
-    seq, prev = db.execute("SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1").fetchone()
-    body, hash_ = seal(seq + 1, utc_now(), kind, payload, prev)
-    if content is not None:
-        body = content + body[body.rindex(',"prev_hash":"') :]
-        hash_ = hashlib.sha256(body.encode()).hexdigest()
-    db.execute("INSERT INTO entries (seq, body, hash) VALUES (?, ?, ?)", (seq + 1, body, hash_))
-    db.close()
-    return seq + 1
 
 
 def rewrite_schema(path, name, old, new):
@@ -250,6 +236,88 @@ def test_a_time_that_is_not_fixed_width_utc_is_caught(location):
     db.close()
     result = verify(path)
     assert (result.ok, result.first_bad_seq) == (False, 2) and "fixed-width UTC" in result.reason
+
+
+@pytest.mark.parametrize(
+    "time", ["9999-99-99T99:99:99.999999Z", "2026-02-29T10:00:00.000000Z", "2026-12-02T24:00:00.000000Z"]
+)
+def test_a_time_that_cannot_exist_is_caught(location, time):
+    funded_ledger(location).close()
+    seq = forge(location, "fund", fund_payload({"@external": -1, "lab": 1}), time=time)
+    result = verify(location)
+    assert (result.ok, result.first_bad_seq) == (False, seq)
+    assert (
+        result.reason == f"its time {time!r} is not a possible time (a month, day, hour, minute or second out of range)"
+    )
+
+
+@pytest.mark.parametrize(
+    "kind, payload, field",
+    [
+        ("fund", fund_payload({"@external": -1, "lab": 1}) | {"note": "caf\udce9"}, "'note'"),
+        ("fund", fund_payload({"@external": -1, "lab": 1}) | {"note": "nul\x00"}, "'note'"),
+        (
+            "reserve",
+            {
+                "account": "lab",
+                "session": "s2",
+                "device": "cpu",
+                "processes": 1,
+                "purpose": "",
+                "resumes": {"step\udce9": 1},
+                "wandb_run": None,
+                "postings": {"lab": -1, "@reserved/s2": 1},
+            },
+            "'resumes.step\\udce9'",
+        ),
+    ],
+)
+def test_text_a_server_cannot_store_is_caught(tmp_path, kind, payload, field):
+    """SQLite keeps a lone surrogate (bytes of another encoding than UTF-8) or a NUL as a JSON escape; a
+    PostgreSQL ledger cannot hold either, so the entry could never be copied there."""
+    path = tmp_path / "ledger.sqlite"
+    funded_ledger(path).close()
+    seq = forge(path, kind, payload)
+    result = verify(path)
+    assert (result.ok, result.first_bad_seq) == (False, seq)
+    assert result.reason.startswith(f"its field {field} holds text a PostgreSQL ledger cannot store")
+
+
+MALFORMED = {
+    "a reservation without its session": (
+        "reserve",
+        {
+            "account": "lab",
+            "device": "cpu",
+            "processes": 1,
+            "purpose": "",
+            "resumes": None,
+            "wandb_run": None,
+            "postings": {"lab": -1, "@reserved/s2": 1},
+        },
+        "its reserve payload lacks ['session']",
+    ),
+    "a posting in text": ("fund", fund_payload({"@external": -5, "lab": "5"}), "whole number of micro-hours"),
+    "postings in a list": ("fund", fund_payload([["lab", 5], ["@external", -5]]), "are not an object"),
+}
+
+
+@pytest.mark.parametrize("malformed", MALFORMED)
+def test_reading_a_malformed_entry_names_it_instead_of_failing_inside(location, malformed):
+    """Each read refuses the well-chained entry verify refuses, at its seq (BrokenLedger), before anything
+    built on it meets a missing field or a wrong type."""
+    kind, payload, reason = MALFORMED[malformed]
+    funded_ledger(location).close()
+    seq = forge(location, kind, payload)
+    assert verify(location).first_bad_seq == seq
+    with Ledger.open(location, create=False) as ledger:
+        for read in (ledger.balances, ledger.entries, ledger.report, lambda: ledger.correct(seq, "x")):
+            with pytest.raises(BrokenLedger, match=f"^the ledger is broken at entry {seq} ") as broken:
+                read()
+            assert broken.value.seq == seq and "run `welfare ledger verify`" in str(broken.value)
+        with pytest.raises(BrokenLedger, match=re.escape(reason)):
+            ledger.entries()
+        assert ledger.entries(kind="transfer") == []  # a read that does not reach the entry is unaffected
 
 
 def test_a_correction_cannot_take_back_hours_already_moved_away(location):

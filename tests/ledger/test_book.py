@@ -169,6 +169,30 @@ def test_measurements_need_a_session_a_value_and_finite_numbers(location, tmp_pa
         ledger.record_measurement(session, "SR", recovered=0.1, results=[tmp_path / "missing.json"])
 
 
+def test_text_a_server_cannot_store_never_reaches_the_ledger(location, tmp_path):
+    """Bytes of another encoding than UTF-8 (a lone surrogate such as \\udce9) or a NUL would make an entry no
+    PostgreSQL ledger can hold: free text is refused where it is given, anything else before it is written."""
+    results = tmp_path / "r\udce9.json"  # a file name in Latin-1, as Python sees it
+    results.write_text("{}")
+    with funded_ledger(location) as ledger:
+        session = ledger.reserve("lab", 1.0, purpose="ok").payload["session"]
+        with pytest.raises(LedgerError, match=r"^note 'caf\\udce9' holds text a ledger cannot store"):
+            ledger.fund("lab", 1.0, note="caf\udce9")
+        with pytest.raises(LedgerError, match=r"^note 'nul\\x00' holds text a ledger cannot store"):
+            ledger.fund("lab", 1.0, note="nul\x00")
+        with pytest.raises(LedgerError, match=r"^reason 'caf\\udce9' holds text a ledger cannot store"):
+            ledger.correct(1, "caf\udce9")
+        with pytest.raises(LedgerError, match=r"^purpose 'caf\\udce9' holds text a ledger cannot store"):
+            ledger.reserve("lab", 1.0, purpose="caf\udce9")
+        with pytest.raises(LedgerError, match=r"measurement entry was not written.*field 'results\[0\]\.path'"):
+            ledger.record_measurement(session, "SR", recovered=0.1, results=[results])
+        with pytest.raises(LedgerError, match=r"reserve entry was not written.*field 'resumes\.step\\udce9'"):
+            ledger.reserve("lab", 1.0, resumes={"step\udce9": 1})
+        ledger.fund("lab", 1.0, note="caf\u00e9 \U0001f642")  # UTF-8 beyond ASCII, written as escapes
+        assert [entry.kind for entry in ledger.entries()] == ["fund", "reserve", "fund"]
+        assert ledger.entries()[2].payload["note"] == "caf\u00e9 \U0001f642" and ledger.verify().ok
+
+
 def test_report_prices_debt_and_credit_in_gpu_hours(location):
     ledger = funded_ledger(location)
     exposure = ledger.reserve("lab", 1.0, purpose="dysphoric exposure").payload["session"]

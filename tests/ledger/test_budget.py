@@ -15,6 +15,7 @@ import pytest
 
 from tests.ledger.helpers import funded_ledger, killed_session
 from welfare_offsets.ledger import BudgetSession, CheckpointSpend, Ledger, LedgerError, Meter, SpendGuard
+from welfare_offsets.ledger import budget as budget_module
 from welfare_offsets.ledger.budget import SPEND_FILE, BudgetExhausted
 from welfare_offsets.ledger.meter import NvmlEnergy
 
@@ -198,9 +199,16 @@ def test_session_settles_even_when_the_work_fails(tmp_path):
     assert [entry.kind for entry in ledger.entries()] == ["fund", "reserve", "settle"]
 
 
-def test_work_that_checks_no_budget_is_stopped_when_the_reservation_is_used_up(tmp_path):
+@pytest.fixture
+def no_grace(monkeypatch):
+    """The backstop without its grace, so that a test need not wait BACKSTOP_GRACE_S past a budget."""
+    monkeypatch.setattr(budget_module, "BACKSTOP_GRACE_S", 0.0)
+
+
+def test_work_that_checks_no_budget_is_stopped_when_the_reservation_is_used_up(tmp_path, no_grace):
     """The backstop: a stage with no step checks (here a sleep standing for an evaluation) is interrupted at
-    the reservation, the session settles as stopped by its budget, and the alarm is put away afterwards."""
+    the reservation (and its grace), the session settles as stopped by its budget, and the alarm is put away
+    afterwards."""
     ledger = funded_ledger(tmp_path / "ledger.sqlite")
     budget = hours(1.0)  # one second of one CPU
     began = time.monotonic()
@@ -220,7 +228,7 @@ def test_work_that_checks_no_budget_is_stopped_when_the_reservation_is_used_up(t
     assert signal.getsignal(signal.SIGALRM) is signal.SIG_DFL
 
 
-def test_the_backstop_lets_a_checkpoint_save_finish_then_stops(tmp_path):
+def test_the_backstop_lets_a_checkpoint_save_finish_then_stops(tmp_path, no_grace):
     """A save under way when the reservation runs out is not cut (its steps would be lost): the stop waits
     for checkpoint_saved, after the run's spend is written into the checkpoint."""
     ledger = funded_ledger(tmp_path / "ledger.sqlite")

@@ -6,12 +6,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from tests.ledger.helpers import connect, funded_ledger, tamper, verify
 from welfare_offsets.ledger import GENESIS_HASH, Head, Ledger, LedgerError
-from welfare_offsets.ledger.chain import canonical_json, seal
+from welfare_offsets.ledger.chain import canonical_json, format_time, seal
 from welfare_offsets.ledger.location import is_server_url
 
 
@@ -47,6 +48,12 @@ def test_canonical_json_is_sorted_compact_ascii_and_refuses_nan():
     assert canonical_json({"b": 1, "a": [1.5, "é"]}) == '{"a":[1.5,"\\u00e9"],"b":1}'
     with pytest.raises(ValueError):
         canonical_json({"x": float("nan")})
+
+
+def test_times_are_fixed_width_utc_with_the_year_in_four_digits():
+    """strftime's %Y gives '999' on glibc, which sorts after '2026' as text."""
+    assert format_time(datetime(999, 1, 2, 3, 4, 5, 6)) == "0999-01-02T03:04:05.000006Z"
+    assert format_time(datetime(2026, 1, 1, tzinfo=timezone(timedelta(hours=2)))) == "2025-12-31T22:00:00.000000Z"
 
 
 def test_intact_ledger_verifies_with_and_without_its_anchor(ten_entries):

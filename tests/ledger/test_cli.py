@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.ledger.helpers import tamper
+from tests.ledger.helpers import forge, tamper
 from welfare_offsets.ledger import Ledger, LedgerError
 from welfare_offsets.ledger.cli import main
 from welfare_offsets.ledger.location import check_not_ledger, is_ledger_file
@@ -108,6 +108,14 @@ def test_correct_and_repair(ledger_path, capsys):
         (["correct", "--seq", "99", "--reason", "x"], "no entry 99"),
         (["verify", "--anchor", "1:zz"], "SEQ:HASH"),
         (["show", "--since", "yesterday"], "not an ISO date"),
+        (
+            ["fund", "--account", "lab", "--hours", "1", "--note", "caf\udce9"],
+            "note 'caf\\udce9' holds text a ledger cannot store",
+        ),
+        (["correct", "--seq", "1", "--reason", "caf\udce9"], "reason 'caf\\udce9' holds text a ledger cannot store"),
+        (["correct", "--seq", "99999999999999999999", "--reason", "x"], "no entry 99999999999999999999"),
+        (["show", "--since", "0001-01-01T00:00+01:00"], "outside the years 1 to 9999"),
+        (["export", "--until", "9999-12-31T23:59-01:00"], "outside the years 1 to 9999"),
     ],
 )
 def test_bad_input_exits_2_with_a_clear_message_and_the_ledger_unchanged(ledger_path, capsys, argv, message):
@@ -115,6 +123,52 @@ def test_bad_input_exits_2_with_a_clear_message_and_the_ledger_unchanged(ledger_
     code, _, err = run(capsys, *argv, "--ledger", str(ledger_path))
     assert code == 2 and message in err
     assert snapshot(ledger_path) == before
+
+
+def test_times_before_the_year_1000_filter_as_times(ledger_path, capsys):
+    """--since 0999-01-01 is before every entry (written now), not after: years are compared padded to 4 digits."""
+    assert len(run(capsys, "show", "--since", "0999-01-01", "--ledger", str(ledger_path))[1].splitlines()) == 1
+    assert run(capsys, "show", "--until", "0999-01-01", "--ledger", str(ledger_path))[1] == ""
+
+
+RESERVE_WITHOUT_SESSION = {
+    "account": "lab",
+    "device": "cpu",
+    "processes": 1,
+    "purpose": "",
+    "resumes": None,
+    "wandb_run": None,
+    "postings": {"lab": -1, "@reserved/s2": 1},
+}
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["balance"], ["show"], ["report", "--png", "PNG"], ["export"], ["correct", "--seq", "2", "--reason", "x"]],
+)
+def test_a_command_reading_a_malformed_entry_exits_2_naming_it(ledger_path, capsys, tmp_path, argv):
+    """A well-chained entry that verify refuses (here a reservation without its session) stops any command
+    that reads it with one line saying where, never with a traceback; nothing is printed or written."""
+    forge(ledger_path, "reserve", RESERVE_WITHOUT_SESSION)
+    argv = [str(tmp_path / "plot.png") if arg == "PNG" else arg for arg in argv]
+    before = snapshot(ledger_path)
+    code, out, err = run(capsys, *argv, "--ledger", str(ledger_path))
+    assert (code, out) == (2, "") and len(err.splitlines()) == 1
+    assert err.startswith(
+        "welfare ledger: error: the ledger is broken at entry 2 (its reserve payload lacks ['session']"
+    )
+    assert "run `welfare ledger verify`" in err
+    assert snapshot(ledger_path) == before and not (tmp_path / "plot.png").exists()
+    assert run(capsys, "verify", "--ledger", str(ledger_path))[0] == 1
+
+
+def test_head_of_a_ledger_with_a_malformed_entry_prints_the_head_and_notes_the_break(ledger_path, capsys):
+    """head reads no entry's content: it prints the head, and only the check for abandoned sessions after
+    it, which reads the reservations, notes where the ledger is broken."""
+    forge(ledger_path, "reserve", RESERVE_WITHOUT_SESSION)
+    code, out, err = run(capsys, "head", "--ledger", str(ledger_path))
+    assert code == 0 and out.startswith("2:") and len(out.split(":")[1].strip()) == 64
+    assert "could not check for sessions" in err and "broken at entry 2" in err
 
 
 def test_a_file_that_is_not_a_ledger_exits_2_untouched(tmp_path, capsys):

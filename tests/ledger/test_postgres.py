@@ -18,7 +18,7 @@ import pytest
 
 from tests.ledger import pg_server
 from tests.ledger.conftest import new_schema, started_server
-from tests.ledger.helpers import connect, fork, funded_ledger, run_at_once, verify, wait_exit_code
+from tests.ledger.helpers import connect, forge, fork, funded_ledger, run_at_once, verify, wait_exit_code
 from welfare_offsets.ledger import Ledger, LedgerError, NotALedger, SchemaTooNew, postgres
 from welfare_offsets.ledger.chain import seal, utc_now
 from welfare_offsets.ledger.cli import main
@@ -186,7 +186,7 @@ def test_8_processes_creating_one_ledger_in_an_empty_database_get_one(pg_server_
 
 def _a_ledger_of_every_kind(location, results) -> None:
     with funded_ledger(location) as ledger:
-        ledger.transfer("lab", "team", 2.0)
+        ledger.transfer("lab", "team", 2.0, note="caf\u00e9 \U0001f642")  # beyond ASCII: escapes both stores hold
         session = ledger.reserve("lab", 1.0).payload["session"]
         ledger.settle(session, 0.5)
         ledger.record_measurement(session, "SR", recovered=0.2, results=[results])
@@ -236,6 +236,20 @@ def test_copy_refuses_a_broken_ledger_and_leaves_nothing(tmp_path, pg_server_ses
     assert connect(server).execute("SELECT to_regclass('meta')").fetchone() == (None,)
     assert main(["copy", str(source), str(tmp_path / "copy.sqlite")]) == 1
     assert not (tmp_path / "copy.sqlite").exists()
+
+
+@pytest.mark.parametrize("note", ["caf\udce9", "nul\x00"])
+def test_copy_refuses_text_a_server_cannot_store_and_leaves_nothing(tmp_path, pg_server_session, capsys, note):
+    """Bytes of another encoding than UTF-8, or a NUL, in an entry (an older version wrote them): verify finds
+    it, so the copy stops before it starts, instead of on the server halfway."""
+    source = tmp_path / "ledger.sqlite"
+    funded_ledger(source).close()
+    seq = forge(source, "fund", {"account": "lab", "note": note, "postings": {"@external": -1, "lab": 1}})
+    server = new_schema(pg_server_session)
+    assert main(["copy", str(source), server]) == 1
+    err = capsys.readouterr().err
+    assert f"BROKEN at seq {seq}: its field 'note' holds text a PostgreSQL ledger cannot store" in err
+    assert connect(server).execute("SELECT to_regclass('meta')").fetchone() == (None,)
 
 
 # ---- the CLI on a URL ----------------------------------------------------------------------------------

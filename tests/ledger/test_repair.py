@@ -14,7 +14,7 @@ import pytest
 from tests.ledger.helpers import funded_ledger, killed_session, run_at_once, tamper
 from welfare_offsets.ledger import BudgetSession, Ledger, LedgerError
 from welfare_offsets.ledger.files import STALE_AFTER_S
-from welfare_offsets.ledger.location import is_server_url
+from welfare_offsets.ledger.location import check_not_ledger, is_server_url
 from welfare_offsets.ledger.sessions import MAX_PROGRESS_BYTES
 
 RESERVED = 1_000_000  # micro-hours: the one hour each dead session reserved
@@ -83,6 +83,7 @@ BAD_PROGRESS = {
     "bool": (b'{"session": "S", "spent_hours": true, "updated_at": "t"}', "not a finite number >= 0"),
     "bad energy": (b'{"session": "S", "spent_hours": 0.1, "energy_kwh": -1, "updated_at": "t"}', "energy_kwh"),
     "no time": (b'{"session": "S", "spent_hours": 0.1}', "updated_at"),
+    "time not UTF-8": (b'{"session": "S", "spent_hours": 0.1, "updated_at": "\\udce9"}', "updated_at"),
     "missing": (b'{"session": "S"}', "not a finite number >= 0"),
     "other session": (b'{"session": "other", "spent_hours": 0.1, "updated_at": "t"}', "not this session"),
     "a list": (b"[0.1]", "not this session"),
@@ -116,6 +117,26 @@ def test_an_unbelievable_progress_file_charges_the_reservation_and_the_next_sess
         assert reason in settle["basis"] and "whole reservation charged" in settle["basis"]
         assert settle["energy_kwh"] is None
         assert ledger.open_sessions() == [] and ledger.verify().ok
+
+
+def test_a_session_running_through_a_symlink_is_left_open_by_repair_through_the_real_path(tmp_path):
+    """Its lock is beside the ledger's real file, whichever path reached the ledger."""
+    real = tmp_path / "ledger.sqlite"
+    funded_ledger(real).close()
+    (tmp_path / "links").mkdir()
+    link = tmp_path / "links" / "l.sqlite"
+    link.symlink_to(real)
+    with Ledger.open(link) as runner:
+        session = runner.reserve("lab", 1.0).payload["session"]
+        assert [path.name for path in session_files(real)] == [f"{session}.lock"]
+        with Ledger.open(real) as auditor:
+            assert [(outcome.session, outcome.settlement) for outcome in auditor.repair()] == [(session, None)]
+        runner.settle(session, 0.25)
+    with Ledger.open(real) as ledger:
+        assert ledger.balance("lab").available_hours == 9.75 and ledger.verify().ok
+    assert not (tmp_path / "links" / "l.sqlite.sessions").exists()
+    with pytest.raises(LedgerError, match="is a ledger file"):  # where its locks are is no output path
+        check_not_ledger(sessions_folder(real) / "out.json", link)
 
 
 def test_a_believable_progress_file_is_charged_as_recorded(location):

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import stat
+import string
 
 import pytest
 import yaml
 
+from tests.ledger.helpers import forge
+from welfare_offsets.ledger import Ledger
 from welfare_offsets.ledger.errors import LedgerError
 from welfare_offsets.ledger.signing import MAX_KEYRING_BYTES, SIGNATURE, Keyring, SigningKey, generate_key
 
@@ -37,7 +41,7 @@ RESERVE = {"account": "lab", "session": "s1", "postings": {"lab": -5, "@reserved
 
 def test_each_role_signs_its_own_kinds_and_nothing_else(keys):
     approver, runner, ring = keys
-    seen: set[str] = set()
+    seen: set[bytes] = set()
     assert ring.problem("fund", approver.sign("fund", FUND), seen) is None
     assert ring.problem("reserve", runner.sign("reserve", RESERVE), seen) is None
     refused = ring.problem("fund", runner.sign("fund", FUND), seen)  # a runner's fund
@@ -46,7 +50,7 @@ def test_each_role_signs_its_own_kinds_and_nothing_else(keys):
 
 def test_a_changed_entry_a_replay_an_unknown_key_and_no_signature_are_each_refused(keys, tmp_path):
     approver, _, ring = keys
-    seen: set[str] = set()
+    seen: set[bytes] = set()
     signed = approver.sign("fund", FUND)
     assert "does not match" in ring.problem("fund", {**signed, "account": "mallory"}, set())
     assert "does not match" in ring.problem("transfer", signed, set())  # the kind is signed too
@@ -57,6 +61,59 @@ def test_a_changed_entry_a_replay_an_unknown_key_and_no_signature_are_each_refus
     assert "does not hold" in ring.problem("fund", stranger.sign("fund", FUND), set())
     assert ring.problem("fund", FUND, set()) == "unsigned"
     assert "malformed" in ring.problem("fund", {**FUND, SIGNATURE: ["x"]}, set())
+
+
+def respelled(sig: str) -> str:
+    """The same 64 bytes in other base64: the last character before '==' carries 4 padding bits, which
+    decoding ignores."""
+    alphabet = string.ascii_uppercase + string.ascii_lowercase + string.digits + "+/"
+    other = sig[:-3] + alphabet[alphabet.index(sig[-3]) ^ 1] + "=="
+    assert base64.b64decode(other, validate=True) == base64.b64decode(sig) and other != sig
+    return other
+
+
+def test_a_replay_whose_signature_is_spelled_otherwise_is_refused(keys):
+    approver, _, ring = keys
+    seen: set[bytes] = set()
+    signed = approver.sign("fund", FUND)
+    assert ring.problem("fund", signed, seen) is None
+    replay = {**signed, SIGNATURE: {**signed[SIGNATURE], "sig": respelled(signed[SIGNATURE]["sig"])}}
+    malformed = "its signature is malformed: its sig is not canonical base64 (a padding bit is set)"
+    assert ring.problem("fund", replay, seen) == malformed
+    assert ring.problem("fund", replay, set()) == malformed  # not only as a replay: no other spelling is accepted
+
+
+MALFORMED_SIGNATURES = {
+    "key in a list": lambda real: {**real, "key": [real["key"]]},
+    "key in an object": lambda real: {**real, "key": {"k": real["key"]}},
+    "nonce a number": lambda real: {**real, "nonce": 7},
+    "sig null": lambda real: {**real, "sig": None},
+    "a list": lambda real: [real],
+}
+
+
+@pytest.mark.parametrize("malformed", MALFORMED_SIGNATURES)
+def test_a_signature_that_is_not_three_texts_is_malformed(keys, malformed):
+    approver, _, ring = keys
+    signed = approver.sign("fund", FUND)
+    signature = MALFORMED_SIGNATURES[malformed](signed[SIGNATURE])
+    problem = ring.problem("fund", {**signed, SIGNATURE: signature}, set())
+    assert problem == "its signature is malformed (expected text key, nonce and sig)"
+
+
+def test_verify_with_a_keyring_catches_a_replay_spelled_otherwise(keys, tmp_path, monkeypatch, capsys):
+    """The reviewer's case: a signed fund copied, its signature respelled, chained properly after it."""
+    from welfare_offsets.ledger.cli import main as ledger_cli
+
+    ring = tmp_path / "keyring.yaml"
+    ledger = tmp_path / "ledger.sqlite"
+    monkeypatch.setenv("WELFARE_LEDGER_KEY", str(tmp_path / "approver.pem"))
+    with Ledger.open(ledger) as book:
+        fund = book.fund("lab", 5.0)
+    payload = {**fund.payload, SIGNATURE: {**fund.payload[SIGNATURE], "sig": respelled(fund.payload[SIGNATURE]["sig"])}}
+    forge(ledger, "fund", payload)
+    assert ledger_cli(["verify", "--ledger", str(ledger), "--keyring", str(ring)]) == 1
+    assert "BROKEN at seq 2: signature: its signature is malformed" in capsys.readouterr().err
 
 
 def test_a_new_key_is_private_to_its_owner_and_never_overwrites(tmp_path):
@@ -82,6 +139,10 @@ def test_a_new_key_is_private_to_its_owner_and_never_overwrites(tmp_path):
         ("keys:\n  - {key: AAAA, identity: x, roles: [runner]}\n", "not an ed25519 public key"),
         ("keys:\n  - {key: '" + "A" * 43 + "=', identity: x, roles: [god]}\n", "roles"),
         ("keys:\n  - {key: '" + "A" * 43 + "=', identity: [x], roles: [runner]}\n", "identity"),
+        ("keys:\n  - {key: '" + "A" * 43 + "=', identity: x, roles: [[approver]]}\n", r"keys\[1\]\.roles"),
+        ("keys:\n  - {key: '" + "A" * 43 + "=', identity: x, roles: [{runner: 1}]}\n", r"keys\[1\]\.roles"),
+        ("keys:\n  - {key: 12345, identity: x, roles: [runner]}\n", r"keys\[1\]\.key is not base64 text"),
+        ("keys:\n  - {key: '" + "A" * 42 + "B=', identity: x, roles: [runner]}\n", "not canonical base64"),
         ("keys:\n  - {key: '" + "A" * 43 + "=', identity: x, roles: [runner], extra: 1}\n", "exactly"),
         ("a: &a [*a]\n", "keys"),
         ("keys: [\n", "YAML"),
@@ -107,6 +168,19 @@ def test_a_key_or_keyring_path_that_is_no_small_regular_file_is_refused_without_
     for load in (SigningKey.load, Keyring.load):
         with pytest.raises(LedgerError, match=expected[what]):
             load(path)
+
+
+def test_verify_with_a_malformed_keyring_exits_2_with_one_line_naming_it(tmp_path, capsys):
+    from welfare_offsets.ledger.cli import main as ledger_cli
+
+    ledger = tmp_path / "ledger.sqlite"
+    Ledger.open(ledger).close()
+    ring = tmp_path / "ring.yaml"
+    ring.write_text("keys:\n  - {key: '" + "A" * 43 + "=', identity: alice, roles: [[approver]]}\n")
+    assert ledger_cli(["verify", "--ledger", str(ledger), "--keyring", str(ring)]) == 2
+    assert capsys.readouterr().err == (
+        f"welfare ledger: error: {ring}: keys[1].roles: expected a list of approver, runner\n"
+    )
 
 
 def test_a_file_that_is_not_a_key_is_refused(tmp_path):

@@ -75,9 +75,13 @@ def test_sigterm_during_an_exposure_records_the_episodes_lived_and_settles(
     assert settle["stopped_by_budget"] is False
 
 
-def test_an_evaluation_that_outlasts_the_reservation_is_cut_there(tiny, tmp_path, capsys):
-    """A budget far below what the "before" evaluation costs: the backstop stops it at the reservation; the
-    session is settled as stopped by its budget, and no results are written."""
+def test_an_evaluation_that_outlasts_the_reservation_is_cut_there(tiny, tmp_path, capsys, monkeypatch):
+    """A budget far below what the "before" evaluation costs: the backstop stops it at the reservation (its
+    grace set to 0 here, to keep the test short); the session is settled as stopped by its budget, and no
+    results are written."""
+    from welfare_offsets.ledger import budget
+
+    monkeypatch.setattr(budget, "BACKSTOP_GRACE_S", 0.0)
     ledger = tmp_path / "ledger.sqlite"
     funded_ledger(ledger, hours=1.0).close()
     out = tmp_path / "soft"

@@ -186,6 +186,40 @@ def test_a_budget_too_small_stops_between_subjects_settles_and_a_rerun_pays_only
         assert book.verify().ok and not book.open_sessions()
 
 
+def test_a_round_the_backstop_cuts_leaves_its_subject_unmeasured_and_the_rest_reported(
+    capsys, tiny, subjects, ledger, tmp_path, monkeypatch
+):
+    """The budget's alarm goes off while the second subject is measured (sent here, so the test does not
+    depend on timing): that subject and the next are left unmeasured, the first is reported, the session
+    settles as stopped by its budget, and a rerun measures only the rest."""
+    import os
+    import signal
+
+    import welfare_offsets.eval.study.sweep as sweep
+
+    measure, calls = sweep.measure_subject, []
+
+    def alarmed(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGALRM)
+        yield from measure(*args, **kwargs)
+
+    monkeypatch.setattr(sweep, "measure_subject", alarmed)
+    out = tmp_path / "out"
+    code, printed, err = _sweep(capsys, tiny, subjects, out, ledger, "--budget_hours", 0.5)
+    assert code == 0, err
+    assert "stopped by its budget before s1, s2: a round ran past its reservation and was cut" in printed
+    (settle,) = _entries(ledger, "settle")
+    assert settle.payload["stopped_by_budget"]
+    results = json.loads((out / "results.json").read_text())
+    assert [s["name"] for s in results["subjects"]] == ["s0"]
+    assert results["cost"]["ledger"]["unmeasured"] == ["s1", "s2"]
+    monkeypatch.setattr(sweep, "measure_subject", measure)
+    code, printed, err = _sweep(capsys, tiny, subjects, out, ledger, "--budget_hours", 0.5)
+    assert code == 0 and "1 already measured" in printed, err
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
