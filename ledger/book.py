@@ -501,6 +501,19 @@ class Ledger:
             until=None if until is None else format_time(until),
         )
 
+    def run_spent_hours(self, run: str) -> float:
+        """Accelerator-hours a training run has taken from its account: the spend of each of its settled
+        sessions (corrections included) and the whole reservation of one still open. A run is its first
+        session and every session that resumed it (its reservation's `resumes.run`), so a resume is charged
+        against what the run really spent, not only what its checkpoint saw."""
+        totals = self._store.account_totals()
+        spent = 0
+        for entry in self._store.select(kind="reserve"):
+            session, resumes = entry.payload["session"], entry.payload.get("resumes") or {}
+            if session == run or resumes.get("run") == run:
+                spent += totals.get(spent_account(session), 0) + totals.get(reserved_account(session), 0)
+        return to_hours(spent)
+
     def open_sessions(self) -> list[OpenSession]:
         """Sessions reserved and not yet settled, running or abandoned."""
         settled = {entry.payload["session"] for entry in self._store.select(kind="settle")}

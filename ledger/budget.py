@@ -3,9 +3,11 @@ would cross the budget, after saving a checkpoint, on all ranks together), a bac
 budget, such as an evaluation, is stopped when the reservation is used up: `BudgetExhausted`), and
 settlement (refund the rest).
 
-A budget covers a whole training run, across resumes: each checkpoint carries the run's spend so far
-(`ledger_spend.json`), a session resumed from it starts its count there and reserves only what is left,
-and the ledger is charged only what each session itself metered, so nothing is counted twice.
+A budget covers a whole training run, across resumes: each checkpoint carries the run's id and its spend
+so far (`ledger_spend.json`); a session resumed from it starts its count at what the run's sessions were
+charged in the ledger (work after the checkpoint included: an evaluation, the last save, steps cut by
+Ctrl-C), never less than the checkpoint says, and reserves only what is left; the ledger is charged only
+what each session itself metered, so nothing is counted twice or left out.
 """
 
 from __future__ import annotations
@@ -100,9 +102,17 @@ class CheckpointSpend:
             )
         try:
             data = read_json(path)
-            return cls(str(data["run"]), str(data["session"]), float(data["spent_hours"]))
+            run, session, spent = data["run"], data["session"], data["spent_hours"]
         except (ValueError, KeyError, TypeError) as error:
             raise LedgerError(f"{path} is unreadable ({error!r}); resume from another checkpoint") from None
+        if not (isinstance(run, str) and run and isinstance(session, str) and session):
+            raise LedgerError(f"{path}: run and session must be session ids; resume from another checkpoint")
+        if isinstance(spent, bool) or not isinstance(spent, (int, float)) or not 0 <= spent < float("inf"):
+            raise LedgerError(
+                f"{path}: spent_hours must be a finite number of hours >= 0, got {spent!r}; resume from another "
+                "checkpoint"
+            )
+        return cls(run, session, float(spent))
 
     def write(self, checkpoint: Path) -> None:
         write_json_atomic(
@@ -206,17 +216,20 @@ class BudgetSession:
         meter = Meter.for_device(device, processes, gpus)
         resumed = None if resume_from is None else CheckpointSpend.read(Path(resume_from))
         spent_before = resumed.spent_hours if resumed else 0.0
-        limit = budget_hours - spent_before
-        if limit <= 0:
-            raise LedgerError(
-                f"the checkpoint {resume_from} already spent {spent_before:g} of the run's "
-                f"{budget_hours:g}-hour budget; pass a larger budget_hours to go on"
-            )
         session = run = None
         if is_main:
             if ledger is None:
                 raise LedgerError("the main process needs a ledger to reserve the budget in")
             ledger.repair()
+            if resumed:
+                spent_before = max(spent_before, ledger.run_spent_hours(resumed.run))
+        limit = budget_hours - spent_before  # on other ranks, the checkpoint's count: the main process decides
+        if limit <= 0:
+            raise LedgerError(
+                f"the run resumed from {resume_from} already spent {spent_before:g} of its {budget_hours:g}-hour "
+                "budget (its sessions' charges in the ledger); pass a larger budget_hours to go on"
+            )
+        if is_main:
             reservation = ledger.reserve(
                 account,
                 limit,

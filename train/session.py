@@ -319,9 +319,13 @@ class Session:
                 f"no ledger at {path}: fund an account first, e.g. "
                 f"welfare ledger fund --account {self.args.account} --hours 10 --ledger {path}"
             )
-        needed = self.args.budget_hours - (CheckpointSpend.read(self.resume).spent_hours if self.resume else 0.0)
         with Ledger.open(path, create=False) as ledger:
             available = ledger.balance(self.args.account).available_hours
+            spent = 0.0
+            if self.resume:  # what the run spent: its sessions' charges, at least its checkpoint's count
+                saved = CheckpointSpend.read(self.resume)
+                spent = max(saved.spent_hours, ledger.run_spent_hours(saved.run))
+        needed = self.args.budget_hours - spent
         if needed > available:
             raise SessionError(
                 f"account {self.args.account!r} has {available:g} accelerator-hours available, less than the "

@@ -285,6 +285,7 @@ def test_plain_loop_guard_stops_saves_and_resume_continues_the_spend(tmp_path):
             sum(range(20_000))  # a training step
         first.saving_checkpoint()
         first.checkpoint_saved(checkpoint)
+        time.sleep(0.2)  # work after the checkpoint (an "after" evaluation): the run spent it too
     assert first.guard.stopped_at_hours <= budget / 2 + first.guard.last_step_hours
     saved = CheckpointSpend.read(checkpoint)
     assert saved.run == first.id
@@ -299,22 +300,46 @@ def test_plain_loop_guard_stops_saves_and_resume_continues_the_spend(tmp_path):
             sum(range(20_000))
         second.saving_checkpoint()
         second.checkpoint_saved(checkpoint)
+    # The resume starts from what the run was charged, the work after its checkpoint included.
+    charged = ledger.entries(session=first.id, kind="settle")[0].payload["postings"][f"@spent/{first.id}"] / 1e6
+    assert charged >= saved.spent_hours + hours(0.2)
     reservation = ledger.entries(session=second.id, kind="reserve")[0].payload
-    assert reservation["resumes"]["spent_hours"] == saved.spent_hours
-    assert reservation["postings"][f"@reserved/{second.id}"] == round((2 * budget - saved.spent_hours) * 1e6)
+    assert reservation["resumes"]["spent_hours"] == charged
+    assert reservation["postings"][f"@reserved/{second.id}"] == round((2 * budget - charged) * 1e6)
     # the ledger charges each session only what it metered; the checkpoint carries the run's total
     spent_second = ledger.entries(session=second.id, kind="settle")[0].payload["postings"][f"@spent/{second.id}"]
     assert spent_second == round(second.meter.hours * 1e6)
     final = CheckpointSpend.read(checkpoint)
     assert final.run == first.id and final.session == second.id
-    assert saved.spent_hours + second.guard.stopped_at_hours <= final.spent_hours
-    assert final.spent_hours <= saved.spent_hours + second.meter.hours
+    assert charged + second.guard.stopped_at_hours <= final.spent_hours
+    assert final.spent_hours <= charged + second.meter.hours
+
+
+@pytest.mark.parametrize("spent", [-5, float("nan"), "0.1", None, True, 1e400])
+def test_a_checkpoint_spend_that_is_not_hours_is_refused(tmp_path, spent):
+    """A resume trusts no checkpoint count it cannot believe: a negative one would reserve more than the budget."""
+    (tmp_path / SPEND_FILE).write_text(
+        json.dumps({"run": "run-1", "session": "run-1", "spent_hours": spent}).replace("Infinity", "1e400")
+    )
+    with pytest.raises(LedgerError, match="spent_hours must be a finite number of hours >= 0|unreadable"):
+        CheckpointSpend.read(tmp_path)
+
+
+def test_a_run_is_charged_what_its_sessions_spent_and_an_open_ones_reservation(tmp_path):
+    ledger = funded_ledger(tmp_path / "ledger.sqlite")
+    first = ledger.reserve("lab", 0.5)
+    run = first.payload["session"]
+    ledger.settle(run, 0.2)
+    ledger.reserve("lab", 0.25, resumes={"checkpoint": "c", "session": run, "run": run, "spent_hours": 0.1})
+    ledger.reserve("lab", 0.125)  # another run's
+    assert ledger.run_spent_hours(run) == pytest.approx(0.2 + 0.25)  # the open resume counts whole
+    assert ledger.run_spent_hours("no-such-run") == 0
 
 
 def test_resume_with_no_budget_left_is_refused(tmp_path):
     ledger = funded_ledger(tmp_path / "ledger.sqlite")
     CheckpointSpend("run-1", "run-1", 0.5).write(tmp_path)
-    with pytest.raises(LedgerError, match="already spent 0.5 of the run's 0.5-hour budget"):
+    with pytest.raises(LedgerError, match="already spent 0.5 of its 0.5-hour budget"):
         BudgetSession.start(ledger, account="lab", budget_hours=0.5, device="cpu", resume_from=tmp_path)
 
 
@@ -465,7 +490,7 @@ def test_trainer_stops_before_the_budget_saves_settles_and_resume_continues(tmp_
     second_settle = ledger.entries(session=second.id, kind="settle")[0].payload
     assert second_settle["postings"][f"@spent/{second.id}"] == round(second.meter.hours * 1e6)
     reserved = ledger.entries(session=second.id, kind="reserve")[0].payload["postings"][f"@reserved/{second.id}"]
-    assert reserved == round((2 * budget - spend["spent_hours"]) * 1e6)  # only what the run had left
+    assert reserved == round(2 * budget * 1e6) - spent  # only what the run had left: its charge, not the checkpoint's
     assert second.guard.stopped_at_hours <= reserved / 1e6 + second.guard.last_step_hours
     assert ledger.verify().ok
 

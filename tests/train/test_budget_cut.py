@@ -50,11 +50,14 @@ def finished(tiny, tmp_path_factory):
 
 @pytest.fixture
 def resumable(finished, tmp_path):
-    """A copy of the finished session to resume (each test edits its own), and its run's spend so far."""
+    """A copy of the finished session to resume (each test edits its own), and its run's spend so far: what
+    the ledger charged its sessions (a resume counts from there), more than its last checkpoint saw."""
     ledger, out = finished
     copy = tmp_path / "session"
     shutil.copytree(out, copy, symlinks=True)
-    spent = json.loads((copy / "checkpoint-2" / SPEND_FILE).read_text())["spent_hours"]
+    run = json.loads((copy / "checkpoint-2" / SPEND_FILE).read_text())["run"]
+    with Ledger.open(ledger, create=False) as book:
+        spent = book.run_spent_hours(run)
     return ledger, copy, spent
 
 
