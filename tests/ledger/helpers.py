@@ -147,3 +147,15 @@ def killed_session(
             assert time.monotonic() < deadline, f"session {session} still looks alive after its process died"
             time.sleep(0.01)
     return session
+
+
+# A well-chained reservation missing its session id: a malformed entry for read commands to name.
+RESERVE_WITHOUT_SESSION = {
+    "account": "lab",
+    "device": "cpu",
+    "processes": 1,
+    "purpose": "",
+    "resumes": None,
+    "wandb_run": None,
+    "postings": {"lab": -1, "@reserved/s2": 1},
+}

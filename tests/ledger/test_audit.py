@@ -10,7 +10,7 @@ import sqlite3
 
 import pytest
 
-from tests.ledger.helpers import connect, forge, funded_ledger, verify
+from tests.ledger.helpers import RESERVE_WITHOUT_SESSION, connect, forge, funded_ledger, verify
 from welfare_offsets.ledger import BrokenLedger, InsufficientHours, Ledger, LedgerError
 from welfare_offsets.ledger.accounts import MAX_HOURS_PER_ENTRY, MAX_MICROHOURS_PER_ENTRY
 from welfare_offsets.ledger.chain import canonical_json, seal
@@ -286,15 +286,7 @@ def test_text_a_server_cannot_store_is_caught(tmp_path, kind, payload, field):
 MALFORMED = {
     "a reservation without its session": (
         "reserve",
-        {
-            "account": "lab",
-            "device": "cpu",
-            "processes": 1,
-            "purpose": "",
-            "resumes": None,
-            "wandb_run": None,
-            "postings": {"lab": -1, "@reserved/s2": 1},
-        },
+        RESERVE_WITHOUT_SESSION,
         "its reserve payload lacks ['session']",
     ),
     "a posting in text": ("fund", fund_payload({"@external": -5, "lab": "5"}), "whole number of micro-hours"),

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.ledger.helpers import forge, tamper
+from tests.ledger.helpers import RESERVE_WITHOUT_SESSION, forge, tamper
 from welfare_offsets.ledger import Ledger, LedgerError
 from welfare_offsets.ledger.cli import main
 from welfare_offsets.ledger.location import check_not_ledger, is_ledger_file
@@ -129,17 +129,6 @@ def test_times_before_the_year_1000_filter_as_times(ledger_path, capsys):
     """--since 0999-01-01 is before every entry (written now), not after: years are compared padded to 4 digits."""
     assert len(run(capsys, "show", "--since", "0999-01-01", "--ledger", str(ledger_path))[1].splitlines()) == 1
     assert run(capsys, "show", "--until", "0999-01-01", "--ledger", str(ledger_path))[1] == ""
-
-
-RESERVE_WITHOUT_SESSION = {
-    "account": "lab",
-    "device": "cpu",
-    "processes": 1,
-    "purpose": "",
-    "resumes": None,
-    "wandb_run": None,
-    "postings": {"lab": -1, "@reserved/s2": 1},
-}
 
 
 @pytest.mark.parametrize(
