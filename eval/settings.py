@@ -327,8 +327,9 @@ class OverwriteSettings(Settings):
     overwrite: bool = setting(
         False,
         "start over in an output folder holding an earlier output of this command: it is "
-        "deleted (never other files); without it eval refuses, a sweep continues its "
-        "cache, a session must be resumed",
+        "deleted (eval, capability and a sweep refuse, untouched, one that holds anything they "
+        "did not write there, such as a ledger or a file of yours); without it eval refuses, a "
+        "sweep continues its cache, a session must be resumed",
     )
 
 
@@ -342,3 +343,7 @@ class OutputSettings(OverwriteSettings):
         "welfare-runs/sweep (report, results.json and the per-subject cache that makes it "
         "resumable)",
     )
+
+    def check(self):
+        if self.out == "":  # it would read as "no folder": a whole run written nowhere
+            raise ValueError("out: '' is an empty path; name a folder, e.g. --out runs/my-run (or leave it out)")

@@ -262,13 +262,15 @@ def resolve_dtype(dtype: str, device: str):
 def _resolve(model_id: str, trust_remote_code: bool) -> tuple[str, str]:
     """Find weights: a local folder, the HF cache, then (default model only) the converted-GGUF cache or the
     GGUF package, then the hub. Real weights of the id, cached, win over the dequantised Q4_1 conversion."""
-    if Path(model_id).expanduser().exists():
-        if not (Path(model_id).expanduser() / "config.json").exists():
+    local = Path(model_id).expanduser()
+    if local.exists():
+        if not (local / "config.json").exists():  # also where `local` is a file or a FIFO
+            what = "a folder without config.json" if local.is_dir() else "not a folder"
             raise ModelNotFoundError(
-                f"--model {model_id}: the folder has no config.json, so it is not a saved transformers model. "
-                "Pass a folder written by save_pretrained, or a HF hub id."
+                f"model {model_id!r} is {what}, so it is not a saved transformers model; pass a folder written by "
+                "save_pretrained, or a HF hub id"
             )
-        return str(Path(model_id).expanduser()), str(Path(model_id).expanduser().resolve())
+        return str(local), str(local.resolve())
     cached = _from_hf_cache(model_id)
     if cached:
         return cached, f"HF cache {cached}"

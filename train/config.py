@@ -55,7 +55,10 @@ def parse_config(dataclass_types: list[type], argv: list[str], prog: str) -> tup
         del argv[at : at + 2]
         yaml_values = load_yaml_recipe(config_path)
     values = recipe_values(dataclass_types, yaml_values, where=str(config_path))
-    values.update(_flag_values(_StrictParser(dataclass_types, prog=prog), argv))
+    flags = _flag_values(_StrictParser(dataclass_types, prog=prog), argv)
+    if "config" in flags:  # a second --config (or an abbreviated one): only the first is read
+        raise ConfigError("--config: give one recipe, once, spelled out in full")
+    values.update(flags)
     instances = build_configs(dataclass_types, values, where=config_path or "flags")
     passed = {
         "config_file": str(Path(config_path).resolve()) if config_path else None,
@@ -244,12 +247,29 @@ def _flag_values(parser: HfArgumentParser, argv: list[str]) -> dict:
 
 class _StrictParser(HfArgumentParser):
     """HfArgumentParser whose errors raise ConfigError (one clear line) instead of printing usage and exiting,
-    and where a field an earlier dataclass declared stays that dataclass's flag."""
+    where a field an earlier dataclass declared stays that dataclass's flag, and whose --help lists --config
+    (which parse_config reads itself) and says what each --no_X flag does."""
 
     def error(self, message):
         raise ConfigError(f"{message} (see `{self.prog} --help`)")
 
+    def _add_dataclass_arguments(self, dtype):
+        if "--config" not in self._option_string_actions:  # first in --help, before the dataclasses' flags
+            self.add_argument(
+                "--config",
+                metavar="RECIPE",
+                default=argparse.SUPPRESS,
+                help="a YAML recipe file, or the name of a packaged one (`welfare recipes` lists them; a file of "
+                "that name here wins); its keys are the flags below, and flags given win over it",
+            )
+        super()._add_dataclass_arguments(dtype)
+
     @staticmethod
     def _parse_dataclass_field(parser, field: dataclasses.Field):
-        if f"--{field.name}" not in parser._option_string_actions:
-            HfArgumentParser._parse_dataclass_field(parser, field)
+        if f"--{field.name}" in parser._option_string_actions:
+            return
+        HfArgumentParser._parse_dataclass_field(parser, field)
+        negation = parser._option_string_actions.get(f"--no_{field.name}")
+        if negation is not None:  # HfArgumentParser gives it the field's own help, and "(default: False)"
+            negation.help = f"the same as --{field.name} false"
+            negation.default = argparse.SUPPRESS

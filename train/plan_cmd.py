@@ -37,10 +37,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from welfare_offsets.eval.common.errors import InputError
+from welfare_offsets.eval.common.output_folder import claim, open_in_place, output_path, refuse_link
+from welfare_offsets.eval.common.outputs import write_text_file
 from welfare_offsets.eval.common.results import SessionResult, decode_result
 from welfare_offsets.eval.common.safe_read import MAX_JSON_BYTES, ReadError, load_yaml_recipe, read_bytes_bounded
 from welfare_offsets.train.config import CODE_RUNNING_SETTINGS, ConfigError, build_configs, recipe_values
-from welfare_offsets.train.guard import run_guarded
+from welfare_offsets.train.guard import refuse_ledger_paths, run_guarded
 
 BUDGET_MARGIN = 1.25  # default: each planned session's budget over the measured mean spend
 
@@ -111,7 +113,8 @@ class Plan:
 
     @property
     def shortfall_hours(self) -> float:
-        return max(0.0, self.expected_hours - self.funds)
+        """What the funds lack: for the expected spend, or for reserving one session's budget, whichever is more."""
+        return max(0.0, self.expected_hours - self.funds, self.budget_per_session - self.funds)
 
 
 def ledger_sessions(ledger) -> list[dict]:
@@ -241,14 +244,12 @@ def session_recipe(recipe: Recipe, *, budget_hours: float, output_dir: str) -> d
 
 def write_recipe(values: dict, path: Path) -> Path:
     """`values` as a YAML recipe file in a recipes folder of our own (a folder holding anything else, or a
-    link, is refused untouched), checked to read back as exactly these values."""
+    link, is refused untouched), written atomically (a link at its name is replaced, never written through)
+    and checked to read back as exactly these values."""
     import yaml
 
-    from welfare_offsets.eval.common.output_folder import claim, open_in_place
-
     folder = open_in_place(claim(path.parent, "plan recipes", resumable=True, flag="--out"), overwrite=False)
-    path = folder / path.name
-    path.write_text(yaml.safe_dump(values, sort_keys=True))
+    path = write_text_file(folder / path.name, yaml.safe_dump(values, sort_keys=True))
     if load_yaml_recipe(path) != values:
         raise ConfigError(f"{path}: the recipe does not read back as written; report this as a bug")
     return path
@@ -271,7 +272,7 @@ def commands(
         budgets = [plan.budget_per_session] * plan.sessions
         folders = [f"{out}/euphoric-{i + 1}" for i in range(plan.sessions)]
     values = session_recipe(recipe, budget_hours=budgets[0], output_dir=folders[0])
-    path = write_recipe(values, Path(out).expanduser().resolve() / "recipes" / f"{name}.yaml")
+    path = write_recipe(values, output_path(out) / "recipes" / f"{name}.yaml")
     return [
         [
             *shlex.split(launcher),
@@ -295,6 +296,19 @@ def commands(
 
 def main(argv: list[str]) -> int:
     return run_guarded(_plan, argv, "welfare plan")
+
+
+def check_out(out: str, ledger: str | None) -> None:
+    """`--out` must name a folder (empty text would put the sessions' folders at the filesystem root), outside
+    the ledger and its .sessions folder, and not be a symbolic link (it would be written through); before
+    anything is written."""
+    if not out:
+        raise InputError(
+            "--out '' is an empty path, so nothing was written: name the folder for the sessions' output folders, "
+            "e.g. --out runs/plan"
+        )
+    refuse_ledger_paths(out, ledger, "--out")
+    refuse_link(output_path(out), f"--out {out}")
 
 
 def _plan(argv: list[str]) -> int:
@@ -323,8 +337,11 @@ def _plan(argv: list[str]) -> int:
         help="let the sessions run the model repo's own Python code (never taken from a recording)",
     )
     args = parser.parse_args(argv)
-    if not args.budget_margin >= 1:
-        raise InputError(f"--budget_margin must be >= 1, got {args.budget_margin}")
+    if not (math.isfinite(args.budget_margin) and args.budget_margin >= 1):
+        raise InputError(
+            f"--budget_margin must be a finite number >= 1 (a multiple of the measured spend), got {args.budget_margin}"
+        )
+    check_out(args.out, args.ledger)
     path = resolve_ledger_path(args.ledger)
     with Ledger.open(path, create=False) as ledger:
         sessions = ledger_sessions(ledger)
@@ -408,9 +425,11 @@ def describe(plan: Plan, account: str) -> str:
         f"{plan.expected_hours:.4g} h, expected credit {plan.sessions * o.credit_per_session:.4g}."
     )
     if not plan.feasible:
-        affordable = int(plan.funds // o.hours_per_session) if o.hours_per_session else 0
+        reservable = plan.budget_per_session <= plan.funds  # a session first reserves its whole budget
+        affordable = int(plan.funds // o.hours_per_session) if o.hours_per_session and reservable else 0
+        why = "" if reservable else " to reserve one session's budget (a lower --budget_margin reserves less)"
         lines.append(
-            f"CANNOT repay within the funds: short by {plan.shortfall_hours:.4g} accelerator-hours; the "
+            f"CANNOT repay within the funds: short by {plan.shortfall_hours:.4g} accelerator-hours{why}; the "
             f"funds cover {affordable} session(s), repaying about "
             f"{min(1.0, affordable * o.credit_per_session / plan.debt):.0%} of the debt. Fund the account "
             f"(welfare ledger fund --account {account} --hours H) and plan again."

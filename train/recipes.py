@@ -2,8 +2,8 @@
 
 `--config offset/lora_sft` (or `offset/lora_sft.yaml`) names a packaged recipe, so every command works
 from a plain `pip install`, outside a clone. A path that exists always wins over a name, so a user's own
-`offset/lora_sft.yaml` is read as the file it is. Anything else that does not exist is passed on as a path,
-for the loader to report as a file it cannot read.
+`offset/lora_sft.yaml` is read as the file it is, whether named with or without .yaml. Anything else that
+does not exist is passed on as a path, for the loader to report as a file it cannot read.
 """
 
 from __future__ import annotations
@@ -50,10 +50,12 @@ def recipe_path(name: str) -> Path:
 
 
 def resolve_config(value: str) -> str:
-    """What `--config value` reads: an existing path as given; a recipe name as its packaged file."""
+    """What `--config value` reads: an existing path as given; a recipe name as the file of that name here
+    (`eval/default` is ./eval/default.yaml) if there is one, else as its packaged file."""
     if os.path.lexists(os.path.expanduser(value)) or not _looks_like_name(value):
         return value
-    return str(recipe_path(value))
+    local = value.removesuffix(SUFFIX) + SUFFIX
+    return local if os.path.lexists(local) else str(recipe_path(value))
 
 
 def description(path: Path) -> str:

@@ -23,6 +23,17 @@ from welfare_offsets.train.guard import run_guarded
 
 # Ranks wait for each other before every round of subjects and at the end; a round of big models takes hours.
 BARRIER_TIMEOUT = timedelta(hours=48)
+# Everything a sweep writes into its folder (the cache's entries, _write_outputs' files), recorded in its
+# marker: --overwrite deletes an earlier sweep only while it holds nothing else (output_folder.py).
+FILES = (
+    "cache/*.json",
+    "cache/capability/*.json",
+    "results.json",
+    "report.md",
+    "report.html",
+    "scaling_params.png",
+    "scaling_capability.png",
+)
 
 
 def config_types() -> list[type]:
@@ -46,7 +57,7 @@ def _sweep(argv: list[str]) -> int:
     from welfare_offsets.eval.common.output_folder import claim, open_in_place
     from welfare_offsets.eval.experiences import load_stimuli
     from welfare_offsets.eval.study.profile import profile_items
-    from welfare_offsets.eval.study.sweep import SweepCache, prepare_capability, subject_keys
+    from welfare_offsets.eval.study.sweep import SweepCache, prepare_capability
     from welfare_offsets.ledger.budget import BudgetExhausted
     from welfare_offsets.train.guard import refuse_ledger_paths
     from welfare_offsets.train.sweep_budget import NOTHING_RESERVED, SweepBudget
@@ -55,14 +66,14 @@ def _sweep(argv: list[str]) -> int:
     stimuli = load_stimuli(config.stimuli)
     profile_items(stimuli, config.split, config.empathy_split, config.max_items)  # fails now, not per subject
     # A rerun into our own sweep folder continues it (the cache); --overwrite starts it over.
-    folder = claim(config.out, "sweep", overwrite=config.overwrite, resumable=True)
+    folder = claim(config.out, "sweep", overwrite=config.overwrite, resumable=True, files=FILES)
     refuse_ledger_paths(folder.path, billing.ledger, "--out")
     tasks = prepare_capability(config)  # loads every task's data: a bad task fails now, with nothing written
     out = folder.path
     state = PartialState(cpu=not torch.cuda.is_available(), timeout=BARRIER_TIMEOUT)
     device = str(state.device)
     cache = SweepCache(out / "cache")
-    keys = [subject_keys(spec, config, stimuli, device, tasks) for spec in config.specs]
+    keys = [_keys(k, config, stimuli, device, tasks) for k in range(len(config.specs))]
     if not config.overwrite:  # (starting over deletes the cache unread)
         for key in set(keys):
             cache.get(key)  # a damaged, foreign or newer entry is refused now, before anything is reserved
@@ -111,6 +122,18 @@ def _sweep(argv: list[str]) -> int:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
     return 0
+
+
+def _keys(k: int, config, stimuli, device: str, tasks):
+    """Subject k's cache keys; a subject whose weights cannot be found is named as the recipe or --subjects
+    gave it."""
+    from welfare_offsets.eval.common.errors import InputError
+    from welfare_offsets.eval.study.sweep import SweepError, subject_keys
+
+    try:
+        return subject_keys(config.specs[k], config, stimuli, device, tasks)
+    except InputError as err:
+        raise SweepError(f"subjects[{k}]: {err}") from err
 
 
 def share(todo: list[int], specs, ranks: int) -> list[list[int]]:

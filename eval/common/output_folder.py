@@ -9,17 +9,28 @@ that made it. Before anything is written, `claim` looks at the destination witho
   directory or a folder above it): refused, and nothing is touched.
 Folders are created and replaced by renaming a complete staging folder into place (`swap_in`), so a crash
 never leaves a half folder, and an earlier output is only deleted once the new one is in place.
+
+A command that says what it writes (`files`: an evaluation's staged output, a sweep) has the marker record
+it: the files the staged folder held when it was swapped in, and the patterns of what an in-place folder
+will hold. --overwrite then deletes such a folder only if nothing else has been put in it since: a file of
+the user's, or a ledger (any SQLite database, its -wal/-shm/-journal, a .sessions folder) even under one
+of our names, is refused, naming it. An older version's marker records nothing: there only the command's
+declared patterns count, so an evaluation's folder (which declares none) is refused, asking the user to
+delete it by hand.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import re
 import shutil
 import stat
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from fnmatch import fnmatchcase
 from importlib import metadata
 from pathlib import Path
 
@@ -27,6 +38,8 @@ from welfare_offsets.eval.common.errors import InputError
 
 MARKER = ".welfare-offsets.json"
 _TOOL = "welfare-offsets"
+_TEMPORARY = re.compile(r"\.(.+)\.tmp-[0-9]+")  # `temporary_path` of a file, left by a killed writer
+_SQLITE_HEADER = b"SQLite format 3\x00"  # how every SQLite database file begins
 
 
 class OutputError(InputError):
@@ -35,12 +48,14 @@ class OutputError(InputError):
 
 @dataclass(frozen=True)
 class Claim:
-    """A destination checked by `claim`: `state` is "new", "empty" or "ours" (carries our marker)."""
+    """A destination checked by `claim`: `state` is "new", "empty" or "ours" (carries our marker); `files`
+    as `claim` was given them."""
 
     path: Path
     kind: str
     state: str
     flag: str
+    files: tuple[str, ...] | None = None
 
 
 def output_path(path: str | os.PathLike) -> Path:
@@ -49,36 +64,40 @@ def output_path(path: str | os.PathLike) -> Path:
 
 
 def claim(
-    path: str | os.PathLike, kind: str, *, overwrite: bool = False, resumable: bool = False, flag: str = "--out"
+    path: str | os.PathLike,
+    kind: str,
+    *,
+    overwrite: bool = False,
+    resumable: bool = False,
+    flag: str = "--out",
+    files: tuple[str, ...] | None = None,
 ) -> Claim:
     """May `path` receive a `kind` output? Raises OutputError saying why not and what to do; writes nothing.
 
     `resumable`: an own folder may be continued in place without --overwrite (a sweep's cache, a
-    session's checkpoints; the caller applies its own rules to what is inside)."""
+    session's checkpoints; the caller applies its own rules to what is inside).
+    `files`: glob patterns ("cache/*.json") of what the command writes into the folder in place, beside
+    what it records in the marker when it swaps a staged folder in; --overwrite then deletes an earlier
+    output only if it holds nothing else (module docstring). None: the folder is replaced whole."""
     path = output_path(path)
     where = f"{flag} {path}"
     _refuse_working_directory(path, where, flag)
+    refuse_link(path, where)
     try:
         status = os.lstat(path)
     except FileNotFoundError:
-        return Claim(path, kind, "new", flag)
+        return Claim(path, kind, "new", flag, files)
     except OSError as err:
         raise OutputError(f"{where}: cannot inspect it ({err.strerror or err}); choose a folder you can write") from err
-    if stat.S_ISLNK(status.st_mode):
-        raise OutputError(
-            f"{where} is a symbolic link (to {os.readlink(path)}); links are never followed, so "
-            "nothing was written: pass the real folder or a new path"
-        )
     if not stat.S_ISDIR(status.st_mode):
         raise OutputError(f"{where} exists and is not a folder; choose another path")
     entries = _entries(path, where)
     if not entries:
-        return Claim(path, kind, "empty", flag)
+        return Claim(path, kind, "empty", flag, files)
     marker = read_marker(path)
     if marker is None:
-        shown = ", ".join(sorted(entries)[:3]) + (", ..." if len(entries) > 3 else "")
         raise OutputError(
-            f"{where} holds files welfare-offsets did not write ({shown}); nothing was touched: "
+            f"{where} holds files welfare-offsets did not write ({_some(entries)}); nothing was touched: "
             f"choose an empty or new folder (--overwrite only replaces folders with our {MARKER} marker)"
         )
     if marker.get("kind") != kind:
@@ -91,7 +110,24 @@ def claim(
             f"{where} already holds an earlier {kind} output (made {marker.get('created_utc')}); "
             "nothing was touched: pass --overwrite to replace it, or choose a new folder"
         )
-    return Claim(path, kind, "ours", flag)
+    if overwrite and files is not None:
+        _refuse_what_we_did_not_write(path, where, kind, files, marker.get("files"))
+    return Claim(path, kind, "ours", flag, files)
+
+
+def refuse_link(path: Path, where: str) -> None:
+    """An output path that is a symbolic link, even a dangling one, is refused: writing through it would
+    write somewhere that was not named."""
+    if os.path.islink(path):
+        raise OutputError(
+            f"{where} is a symbolic link (to {os.readlink(path)}); links are never followed, so "
+            "nothing was written: pass the real folder or a new path"
+        )
+
+
+def temporary_path(path: Path) -> Path:
+    """Where an atomic writer puts `path`'s new content before renaming it into place (hidden, beside it)."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
 def read_marker(folder: Path) -> dict | None:
@@ -115,7 +151,7 @@ def staging_folder(destination: Claim) -> Path:
         parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{destination.path.name}.staging-", dir=parent))
         os.chmod(staging, 0o777 & ~_umask())  # it becomes the output folder: the permissions a mkdir gives
-        _write_marker(staging, destination.kind)
+        _write_marker(staging, destination.kind, destination.files)
     except OSError as err:
         raise OutputError(
             f"cannot write the output folder {destination.path}: {err.strerror or err}; "
@@ -126,8 +162,13 @@ def staging_folder(destination: Claim) -> Path:
 
 def swap_in(staging: Path, destination: Claim, *, overwrite: bool) -> Path:
     """Rename the complete `staging` folder into place. The destination is checked again first (it may
-    have changed during a long run); an earlier output of ours is deleted only after the new one is in."""
-    current = claim(destination.path, destination.kind, overwrite=overwrite, flag=destination.flag)
+    have changed during a long run); an earlier output of ours is deleted only after the new one is in.
+    Where the command says what it writes, the marker records it with every file the staged folder holds."""
+    current = claim(
+        destination.path, destination.kind, overwrite=overwrite, flag=destination.flag, files=destination.files
+    )
+    if destination.files is not None:
+        _write_marker(staging, destination.kind, (*destination.files, *_held_files(staging)))
     path = current.path
     old = None
     if current.state != "new":
@@ -158,7 +199,7 @@ def open_in_place(destination: Claim, *, overwrite: bool) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _write_marker(folder: Path, kind: str) -> None:
+def _write_marker(folder: Path, kind: str, files: tuple[str, ...] | None) -> None:
     try:
         version = metadata.version("welfare-offsets")
     except metadata.PackageNotFoundError:
@@ -169,7 +210,96 @@ def _write_marker(folder: Path, kind: str) -> None:
         "version": version,
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    if files is not None:
+        marker["files"] = sorted(set(files))
     (folder / MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+
+
+def _held_files(folder: Path, prefix: str = "") -> list[str]:
+    """Every file under our staging `folder` but the marker, as a pattern matching only itself."""
+    held = []
+    for entry in os.scandir(folder):
+        name = prefix + glob.escape(entry.name)
+        if entry.is_dir(follow_symlinks=False):
+            held += _held_files(Path(entry.path), name + "/")
+        elif name != MARKER:
+            held.append(name)
+    return held
+
+
+def _refuse_what_we_did_not_write(path: Path, where: str, kind: str, files: tuple[str, ...], recorded) -> None:
+    """--overwrite deletes an earlier output only if everything in it is ours: what the command declares
+    (`files`), what the marker records (`recorded`), or a temporary file of ours left by a killed writer."""
+    known = isinstance(recorded, list) and all(isinstance(p, str) for p in recorded)
+    patterns = [tuple(p.split("/")) for p in (*files, *(recorded if known else ()))]
+    ledgers, foreign = [], []
+    _survey(path, (), patterns, ledgers, foreign, where)
+    if ledgers:
+        raise OutputError(
+            f"{where} holds a ledger or another SQLite database ({_some(ledgers)}); --overwrite never deletes "
+            "one, so nothing was touched: move it out of the folder, or choose a new folder"
+        )
+    if foreign and not (known or files):
+        raise OutputError(
+            f"{where} holds an earlier {kind} output of an older welfare-offsets, which did not record the files "
+            f"it wrote, so --overwrite cannot tell them from files of yours ({_some(foreign)}); nothing was "
+            "touched: delete the folder by hand once nothing in it is needed, or choose a new folder"
+        )
+    if foreign:
+        raise OutputError(
+            f"{where} holds files welfare-offsets did not write there ({_some(foreign)}); --overwrite would delete "
+            f"them with the earlier {kind} output, so nothing was touched: move them out of the folder, or "
+            "choose a new folder"
+        )
+
+
+def _survey(folder: Path, at: tuple[str, ...], patterns: list, ledgers: list, foreign: list, where: str) -> None:
+    """Sort what `folder` (at relative path `at`) holds, links not followed, into `ledgers` and `foreign`
+    (what no pattern matches); a folder no pattern reaches into is foreign as a whole."""
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        parts = (*at, entry.name)
+        name = "/".join(parts)
+        if _is_ledger_part(entry, where):
+            ledgers.append(name)
+        elif entry.is_dir(follow_symlinks=False):
+            if any(len(p) > len(parts) and _matches(parts, p) for p in patterns):
+                _survey(Path(entry.path), parts, patterns, ledgers, foreign, where)
+            else:
+                foreign.append(name + "/")
+        elif parts != (MARKER,):
+            temporary = _TEMPORARY.fullmatch(entry.name)
+            written = (*at, temporary.group(1)) if temporary else parts
+            if not any(len(p) == len(written) and _matches(written, p) for p in patterns):
+                foreign.append(name)
+
+
+def _matches(parts: tuple[str, ...], pattern: tuple[str, ...]) -> bool:
+    """Whether `parts` match the first parts of `pattern`, each by glob."""
+    return all(fnmatchcase(part, glob_part) for part, glob_part in zip(parts, pattern))
+
+
+def _is_ledger_part(entry: os.DirEntry, where: str) -> bool:
+    """A ledger's file (any SQLite database: it begins with SQLite's header), -wal/-shm/-journal or .sessions."""
+    from welfare_offsets.ledger.location import COMPANION_SUFFIXES, SESSIONS_SUFFIX
+
+    if entry.name.endswith((*COMPANION_SUFFIXES, SESSIONS_SUFFIX)):
+        return True
+    if not entry.is_file(follow_symlinks=False):
+        return False
+    try:
+        fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as f:
+            return f.read(len(_SQLITE_HEADER)) == _SQLITE_HEADER
+    except OSError as err:
+        raise OutputError(
+            f"{where}: cannot read {entry.path} to check that it is no ledger ({err.strerror or err}); "
+            "nothing was touched: move it out of the folder, or choose a new folder"
+        ) from err
+
+
+def _some(names: list[str]) -> str:
+    """The first three `names` (sorted), and "..." for the rest."""
+    return ", ".join(sorted(names)[:3]) + (", ..." if len(names) > 3 else "")
 
 
 def _umask() -> int:

@@ -1,9 +1,11 @@
 """Writing outputs atomically: one file at a time, or an evaluation's whole output folder.
 
-A file is written to a temp file and renamed over its name (`write_text_file`); a folder is filled in a
-staging folder beside the destination and renamed into place at the end (`OutputFolder`), so a crash or a
-full disk never leaves a half-written result that looks complete. The staging folder
-is created before any model work (`OutputFolder.prepare`), so an unwritable destination fails at once.
+A file is written to a new temp file and renamed over its name (`write_text_file`, `write_figure`); a folder
+is filled in a staging folder beside the destination and renamed into place at the end (`OutputFolder`), so
+a crash or a full disk never leaves a half-written result that looks complete. The rename replaces whatever
+had the name (a symbolic link or a FIFO someone put there is replaced, never written through or blocked
+on). The staging folder is created before any model work (`OutputFolder.prepare`), so an unwritable
+destination fails at once.
 """
 
 from __future__ import annotations
@@ -14,13 +16,29 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Callable
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-from welfare_offsets.eval.common.output_folder import OutputError, claim, output_path, staging_folder, swap_in
+from welfare_offsets.eval.common.output_folder import (
+    OutputError,
+    claim,
+    output_path,
+    staging_folder,
+    swap_in,
+    temporary_path,
+)
 
-__all__ = ["OutputError", "OutputFolder", "provenance", "write_json_file", "write_jsonl_file", "write_text_file"]
+__all__ = [
+    "OutputError",
+    "OutputFolder",
+    "provenance",
+    "write_figure",
+    "write_json_file",
+    "write_jsonl_file",
+    "write_text_file",
+]
 
 _PROJECT = "welfare-offsets"
 _LIBRARIES = ("torch", "transformers", "peft", "trl", "accelerate", "datasets", "wandb", "numpy", "scipy")
@@ -28,7 +46,8 @@ _LIBRARIES = ("torch", "transformers", "peft", "trl", "accelerate", "datasets", 
 
 class OutputFolder:
     """A destination folder filled through a staging folder and swapped in by `commit`. It must be new,
-    empty, or (with `overwrite`) an earlier output of the same `kind`; see output_folder.py."""
+    empty, or (with `overwrite`) an earlier output of the same `kind` holding only what it recorded having
+    written (its marker lists the files; see output_folder.py)."""
 
     def __init__(self, destination: str | Path, *, kind: str = "eval", overwrite: bool = False, flag: str = "--out"):
         self.destination = output_path(destination)
@@ -37,7 +56,7 @@ class OutputFolder:
 
     def prepare(self) -> OutputFolder:
         """Check the destination and make the staging folder now, before any model work."""
-        self.claimed = claim(self.destination, self.kind, overwrite=self.overwrite, flag=self.flag)
+        self.claimed = claim(self.destination, self.kind, overwrite=self.overwrite, flag=self.flag, files=())
         self.staging = staging_folder(self.claimed)
         return self
 
@@ -63,12 +82,24 @@ class OutputFolder:
 
 
 def write_text_file(path: str | Path, text: str) -> Path:
-    """The one atomic writer outside the ledger: a file written whole or not at all (temp file, fsync, rename)."""
+    """A UTF-8 text file written whole or not at all (see `write_file`)."""
+    return write_file(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def write_figure(figure, path: str | Path, *, dpi: int) -> Path:
+    """A matplotlib figure as a PNG file written whole or not at all (savefig itself follows a link)."""
+    return write_file(path, lambda f: figure.savefig(f, dpi=dpi, format="png"))
+
+
+def write_file(path: str | Path, write: Callable) -> Path:
+    """The one atomic writer outside the ledger: `write(binary file)` fills a new temp file (created here,
+    never opened through a link or a FIFO left at its name), which is fsynced and renamed over `path`."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temporary_path(path)
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
+        tmp.unlink(missing_ok=True)  # a stale one of a killed writer with our pid
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666), "wb") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

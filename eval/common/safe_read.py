@@ -12,7 +12,7 @@ import json
 import os
 import re
 import stat
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from pathlib import Path
 
 from welfare_offsets.eval.common.errors import InputError
@@ -131,8 +131,8 @@ def iter_lines_bounded(
 
 
 def load_yaml_recipe(path: str | Path, *, what: str = "--config") -> dict:
-    """A YAML recipe: a mapping, at most MAX_RECIPE_BYTES, no aliases (so nothing expands), read as YAML 1.2
-    reads numbers (5e-5 is a float)."""
+    """A YAML recipe: a mapping, at most MAX_RECIPE_BYTES, no aliases (so nothing expands), no key given twice
+    in one mapping (YAML would silently keep the last), read as YAML 1.2 reads numbers (5e-5 is a float)."""
     import yaml
 
     where = f"{what} {Path(path)}"
@@ -157,7 +157,8 @@ _FLOAT_WITHOUT_DOT = re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]
 
 
 def _recipe_loader():
-    """yaml.SafeLoader that refuses aliases (the "billion laughs" expansion) and reads 1e-4 as a float."""
+    """yaml.SafeLoader that refuses aliases (the "billion laughs" expansion) and duplicate keys, and reads 1e-4
+    as a float."""
     global _LOADER
     if _LOADER is None:
         import yaml
@@ -170,6 +171,21 @@ def _recipe_loader():
                         None, None, "aliases (*name) are not allowed in recipes; write the value out", mark
                     )
                 return super().compose_node(parent, index)
+
+            def construct_mapping(self, node, deep=False):
+                lines = {}
+                for key_node, _ in node.value:
+                    key = self.construct_object(key_node, deep=deep)
+                    if not isinstance(key, Hashable):
+                        continue  # refused by SafeLoader itself
+                    line = key_node.start_mark.line + 1
+                    if key in lines:
+                        where = f"line {line}" if lines[key] == line else f"lines {lines[key]} and {line}"
+                        raise yaml.constructor.ConstructorError(
+                            None, None, f"key {key!r} is given twice, on {where}; keep one"
+                        )
+                    lines[key] = line
+                return super().construct_mapping(node, deep=deep)
 
         RecipeLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_WITHOUT_DOT, list("-+0123456789."))
         _LOADER = RecipeLoader

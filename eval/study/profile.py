@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from scipy.special import ndtr
 
+from welfare_offsets.eval.common.errors import InputError
 from welfare_offsets.eval.evaluate import EMPATHY_TARGETS, spread_evenly
 from welfare_offsets.eval.experiences import Experience, StimulusError, StimulusSet
 from welfare_offsets.eval.stats import pearson, percentile_ci
@@ -60,18 +61,16 @@ def profile_items(
     }
     # The anchor's empathy r leaves out the intensity-0 items: they carry no pain or pleasure to respond to.
     groups["empathy_all"] = [e for e in stimuli.select(category="empathy", split=empathy_split) if e.intensity != 0]
-    groups["everyday"] = [e for e in stimuli.select(split=split) if e.category != "empathy"]
+    everyday = [e for e in stimuli.select(split=split) if e.category != "empathy"]
+    groups["everyday"] = everyday
     if max_items:
         groups = {name: spread_evenly(items, max_items) for name, items in groups.items()}
     groups["neutral"] = [e for e in groups["everyday"] if e.valence == "neutral"]
-    problems = [
-        f"no {what}: add some to the stimuli"
-        for what, name in (
-            ("neutral everyday experiences (the zero point)", "neutral"),
-            (f"everyday experiences in split {split!r}", "everyday"),
-        )
-        if not groups[name]
-    ]
+    problems = []
+    if not everyday:
+        problems.append(f"no everyday experiences in split {split!r}: add some to the stimuli")
+    elif not any(e.valence == "neutral" for e in everyday):
+        problems.append(f"no neutral everyday experiences in split {split!r} (the zero point): add some to the stimuli")
     problems += [
         f"no empathy experiences about target {t!r} in split {empathy_split!r}"
         for t in EMPATHY_TARGETS
@@ -79,6 +78,16 @@ def profile_items(
     ]
     if problems:
         raise StimulusError(stimuli.source, problems)
+    if not groups["neutral"]:  # the stimuli have neutral items; the cap, taken evenly over categories, left none
+        keeps = next(
+            cap
+            for cap in range(max_items + 1, len(everyday) + 1)
+            if any(e.valence == "neutral" for e in spread_evenly(everyday, cap))
+        )
+        raise InputError(
+            f"max_items {max_items} leaves none of the neutral everyday experiences (the zero point) of split "
+            f"{split!r}: it takes items evenly over categories; raise it (max_items {keeps} keeps some) or leave it unset"
+        )
     return groups
 
 

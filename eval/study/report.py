@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from welfare_offsets.eval.common.outputs import write_figure, write_text_file
 from welfare_offsets.eval.stats import excludes_zero
 from welfare_offsets.eval.study.profile import STATISTIC_HELP
 
@@ -222,13 +223,15 @@ def plot_scaling(results: dict, covariate: str, path: str | Path, replicates: di
     if len(families) > 1:
         axes.flat[0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    written = write_figure(fig, path, dpi=110)
     plt.close(fig)
-    return Path(path)
+    return written
 
 
 def write_report(results: dict, folder: Path, plots: dict[str, Path]) -> tuple[Path, Path]:
-    """report.md and report.html in `folder` (plots given as {title: png path} in the same folder)."""
+    """report.md and report.html in `folder` (plots given as {title: png path} in the same folder), each
+    written atomically: the sweep's folder is written in place, and a link or FIFO left at a report's name
+    is replaced, never written through."""
     tables = [
         ("Per subject", subject_table(results)),
         ("How each statistic moves with size and capability", scaling_rows(results)),
@@ -275,10 +278,7 @@ def write_report(results: dict, folder: Path, plots: dict[str, Path]) -> tuple[P
         "td,th{border:1px solid #ccc;padding:3px 6px;text-align:left}img{max-width:100%}"
     )
     page = f"<!doctype html><html><head><meta charset='utf-8'><title>Wellbeing scale sweep</title><style>{style}</style></head><body>{''.join(body)}</body></html>"
-    md_path, html_path = folder / "report.md", folder / "report.html"
-    md_path.write_text("\n".join(md))
-    html_path.write_text(page)
-    return md_path, html_path
+    return write_text_file(folder / "report.md", "\n".join(md)), write_text_file(folder / "report.html", page)
 
 
 def _intro(results: dict) -> list[str]:

@@ -636,6 +636,18 @@ def test_model_folder_without_a_model(capsys, tmp_path):
     assert code == 2 and str(folder) in err
 
 
+@pytest.mark.parametrize("make", ["file", "fifo"])
+def test_model_that_is_a_file_is_called_one_not_a_folder_without_config(capsys, tmp_path, make):
+    model = tmp_path / "afile"
+    model.write_text("x") if make == "file" else os.mkfifo(model)
+    out = tmp_path / "out"
+    code, err = run_eval(capsys, "--model", model, "--device", "cpu", "--out", out)
+    assert code == 2, err
+    assert f"model {str(model)!r} is not a folder, so it is not a saved transformers model" in err
+    assert "config.json" not in err
+    assert_no_output(out)
+
+
 def test_bad_dtype(capsys, tmp_path, tiny_model):
     out = tmp_path / "out"
     try:

@@ -13,7 +13,7 @@ from welfare_offsets.eval.capability_run import CapabilityConfig
 from welfare_offsets.eval.evaluate import EvalConfig
 from welfare_offsets.eval.settings import Settings
 from welfare_offsets.train import sweep
-from welfare_offsets.train.config import parse_config
+from welfare_offsets.train.config import ConfigError, parse_config
 from welfare_offsets.train.offset_cmd import entry
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -163,3 +163,25 @@ def test_a_bad_shared_setting_is_refused_alike_by_every_command(
         assert code == 2, (command, err)
         assert err.endswith(f": error: flags: {message}"), (command, err)
     assert not any(tmp_path.iterdir())  # nothing written, nothing claimed
+
+
+@pytest.mark.parametrize("command", ["eval", "sweep"])
+def test_help_lists_config_and_says_what_a_no_flag_does(capsys, command):
+    from welfare_offsets.train.cli import main as welfare
+
+    with pytest.raises(SystemExit) as exit_:
+        welfare([command, "--help"])
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps help lines
+    assert exit_.value.code == 0
+    assert "[--config RECIPE]" in out and "--config RECIPE a YAML recipe file, or the name of a packaged one" in out
+    assert "--no_progress, --no-progress the same as --progress false" in out
+    assert "show progress bars (default: False)" not in out
+
+
+def test_no_flags_and_config_parse_as_they_say():
+    config, _ = parse_config([EvalConfig], ["--no_progress"], prog="test")
+    assert config.progress is False
+    assert parse_config([EvalConfig], [], prog="test")[0].progress is True
+    for argv in (["--config", "eval/default", "--config", "eval/default"], ["--conf", "eval/default"]):
+        with pytest.raises(ConfigError, match="--config: give one recipe, once, spelled out in full"):
+            parse_config([EvalConfig], argv, prog="test")

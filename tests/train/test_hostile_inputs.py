@@ -317,6 +317,7 @@ def test_plan_refuses_a_recorded_recipe_that_does_not_validate(capsys, tmp_path)
         (["--device", "banana"], "expected cpu, cuda, cuda:N or mps"),
         (["--device", "cuda:x"], "expected cpu, cuda, cuda:N or mps"),
         (["--batch_size", "1" + "0" * 400], "batch_size"),
+        (["--out", ""], "out: '' is an empty path; name a folder"),  # it would write nothing after a whole run
     ],
 )
 def test_invalid_eval_settings_are_refused_before_the_model_loads(capsys, tmp_path, flags, expected):
@@ -403,6 +404,18 @@ def test_invalid_lora_settings_are_refused(flags, expected, tmp_path):
         )
 
 
+@pytest.mark.parametrize("make", ["file", "fifo"])
+def test_a_sweep_subject_that_is_not_a_folder_is_named_as_given(capsys, tmp_path, monkeypatch, make):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WELFARE_LEDGER", str(tmp_path / "ledger.sqlite"))
+    subject = tmp_path / "afile"
+    subject.write_text("x") if make == "file" else os.mkfifo(subject)
+    code, err = welfare(capsys, "sweep", "--subjects", "afile", "--progress", "false")
+    assert code == 2, err
+    assert "subjects[0]: model 'afile' is not a folder" in err and "--model" not in err and "config.json" not in err
+    assert not (tmp_path / "welfare-runs").exists() and not (tmp_path / "ledger.sqlite").exists()
+
+
 def test_sweep_subject_settings_are_checked(tmp_path):
     from welfare_offsets.eval.study.sweep import SweepConfig
     from welfare_offsets.train.config import ConfigError, parse_config
@@ -452,6 +465,27 @@ def test_hostile_yaml_recipes_exit_2_naming_the_file(capsys, tmp_path, text, exp
     recipe = write(tmp_path / "recipe.yaml", text)
     code, err = welfare(capsys, "eval", "--config", recipe, "--model", tmp_path / "no-model")
     assert code == 2 and str(recipe) in err and expected in err, err
+
+
+@pytest.mark.parametrize(
+    "command, text, says",
+    [
+        ("eval", "seed: 1\nmodel: a/b\nseed: 2\n", "key 'seed' is given twice, on lines 1 and 3; keep one"),
+        (
+            "offset soft-prompt",
+            "budget_hours: 0.1\nbudget_hours: 0.2\n",
+            "key 'budget_hours' is given twice, on lines 1 and 2",
+        ),
+        ("sweep", "subjects:\n  - model: a/b\n    model: c/d\n", "key 'model' is given twice, on lines 2 and 3"),
+    ],
+)
+def test_a_key_given_twice_in_a_recipe_is_refused_naming_it_and_its_lines(capsys, tmp_path, command, text, says):
+    """YAML keeps the last of two equal keys without a word; a recipe says one thing once."""
+    recipe = write(tmp_path / "recipe.yaml", text)
+    with pytest.raises(ReadError, match=says):
+        load_yaml_recipe(recipe)
+    code, err = welfare(capsys, *command.split(), "--config", recipe)
+    assert code == 2 and f"{recipe}: not valid YAML ({says}" in err, err
 
 
 def test_invalid_utf8_in_a_recipe_names_the_file_and_line(capsys, tmp_path):

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import stat
+import threading
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -156,12 +160,81 @@ def test_eval_replaces_its_own_earlier_output_only_with_overwrite(capsys, tmp_pa
     assert "earlier eval output" in err and "--overwrite" in err
     assert snapshot(out) == first
 
-    (out / "stale.txt").write_text("from the first run")  # inside our own output folder: replaced with it
     code, err = evaluate(capsys, tiny, out, "--seed", "1", "--overwrite")
     assert code == 0, err
-    assert not (out / "stale.txt").exists()
     assert json.loads((out / "results.json").read_text())["seeds"] == {"seed": 1}
+    assert read_marker(out)["files"] == sorted(name for name in first if name != MARKER)
     assert not leftovers(tmp_path, "run")
+
+
+def test_eval_overwrite_refuses_a_file_put_into_its_earlier_output(capsys, tmp_path, tiny):
+    """--overwrite deletes what the earlier evaluation wrote (its marker lists it), never a file added since."""
+    out = tmp_path / "run"
+    assert evaluate(capsys, tiny, out)[0] == 0
+    (out / "notes.txt").write_text("mine")
+    (out / "sub").mkdir()
+    before = snapshot(out)
+    code, err = evaluate(capsys, tiny, out, "--overwrite")
+    assert code == 2, err
+    assert f"--out {out} holds files welfare-offsets did not write there (notes.txt, sub/)" in err
+    assert "nothing was touched" in err and "Traceback" not in err
+    assert snapshot(out) == before and (out / "sub").is_dir() and not leftovers(tmp_path, "run")
+
+
+@pytest.mark.parametrize("where", ["ledger", "ledger under our name", "sessions folder"])
+def test_eval_overwrite_refuses_a_folder_holding_a_ledger(capsys, tmp_path, tiny, where):
+    """The review's case: a ledger funded inside an earlier output, then --overwrite (another ledger in use)."""
+    out = tmp_path / "ev2"
+    assert evaluate(capsys, tiny, out)[0] == 0
+    ledger_path = out / ("results.json" if where == "ledger under our name" else "lab.sqlite")
+    if where == "ledger under our name":
+        (out / "results.json").unlink()
+    if where == "sessions folder":
+        (out / "lab.sqlite.sessions").mkdir()
+        (out / "lab.sqlite.sessions" / "progress.json").write_text("{}")
+    else:
+        funded_ledger(ledger_path, hours=3.0).close()
+    before = snapshot(out)
+    code, err = evaluate(capsys, tiny, out, "--overwrite")
+    assert code == 2, err
+    shown = "lab.sqlite.sessions" if where == "sessions folder" else ledger_path.name
+    assert f"holds a ledger or another SQLite database ({shown}" in err and "nothing was touched" in err
+    assert snapshot(out) == before
+    if where != "sessions folder":
+        with Ledger.open(ledger_path, create=False) as ledger:
+            assert ledger.verify().ok and ledger.balance("lab").available_hours == 3.0
+
+
+def test_eval_overwrite_of_an_output_whose_marker_lists_no_files_asks_to_delete_it_by_hand(capsys, tmp_path, tiny):
+    """An older version's marker does not say which files are ours, so none can be told from the user's."""
+    out = tmp_path / "run"
+    assert evaluate(capsys, tiny, out)[0] == 0
+    marker = read_marker(out)
+    del marker["files"]
+    (out / MARKER).write_text(json.dumps(marker))
+    before = snapshot(out)
+    code, err = evaluate(capsys, tiny, out, "--overwrite")
+    assert code == 2, err
+    assert (
+        "older welfare-offsets, which did not record the files it wrote" in err and "delete the folder by hand" in err
+    )
+    assert snapshot(out) == before
+
+
+def test_overwrite_takes_our_own_temporary_files_but_no_file_of_the_same_look(tmp_path):
+    """A temporary file the atomic writer leaves when killed is ours; one named so for a file we never write is not."""
+    folder = OutputFolder(tmp_path / "out").prepare()
+    folder.write_text("summary.md", "first")
+    folder.commit()
+    (tmp_path / "out" / ".summary.md.tmp-4242").write_text("half")
+    again = OutputFolder(tmp_path / "out", overwrite=True).prepare()
+    again.write_text("summary.md", "second")
+    again.commit()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [MARKER, "summary.md"]
+    (tmp_path / "out" / ".notes.txt.tmp-4242").write_text("mine")
+    with pytest.raises(OutputError, match=r"did not write there \(\.notes\.txt\.tmp-4242\)"):
+        OutputFolder(tmp_path / "out", overwrite=True).prepare()
+    assert (tmp_path / "out" / ".notes.txt.tmp-4242").read_text() == "mine"
 
 
 def test_eval_refuses_another_kind_of_our_output(capsys, tmp_path, tiny):
@@ -343,6 +416,77 @@ def test_sweep_continues_its_own_folder_and_starts_over_with_overwrite(capsys, t
     assert "1 already measured" in capsys.readouterr().out  # continued
     assert welfare_main(["sweep", *map(str, measured), "--overwrite"]) == 0
     assert "0 already measured" in capsys.readouterr().out  # started over
+
+
+@pytest.fixture
+def swept(capsys, tmp_path, tiny):
+    """A finished sweep of the tiny model into tmp_path/sweep, and the command that makes or continues it."""
+    funded_ledger(Path(os.environ["WELFARE_LEDGER"]), account="default").close()
+    out = tmp_path / "sweep"
+    argv = ["sweep", "--subjects", tiny["model"], "--stimuli", tiny["stimuli"], "--max_items", "2", "--bootstrap"]
+    argv = [*map(str, argv), "100", "--probes", "self_report", "--out", str(out), "--progress", "false"]
+    assert run(capsys, *argv)[0] == 0
+    return out, argv
+
+
+def test_sweep_overwrite_refuses_what_was_put_into_its_folder(capsys, swept):
+    out, argv = swept
+    assert read_marker(out)["files"]  # what a sweep writes, as patterns
+    (out / "cache" / "notes.txt").write_text("mine")
+    funded_ledger(out / "cache" / "lab.sqlite").close()
+    before = snapshot(out)
+    code, err = run(capsys, *argv, "--overwrite")
+    assert code == 2 and "holds a ledger or another SQLite database (cache/lab.sqlite)" in err, err
+    assert snapshot(out) == before
+    (out / "cache" / "lab.sqlite").unlink()
+    code, err = run(capsys, *argv, "--overwrite")
+    assert code == 2 and "did not write there (cache/notes.txt)" in err, err
+    (out / "cache" / "notes.txt").unlink()
+    (out / "cache" / ".gone.json.tmp-4242").write_text("{")  # a cache entry's temp file, of a killed sweep
+    assert run(capsys, *argv, "--overwrite")[0] == 0
+    assert not (out / "cache" / ".gone.json.tmp-4242").exists()
+
+
+@contextmanager
+def released_if_blocked(fifo: Path, seconds: float = 20.0):
+    """Reads `fifo` if it is still a FIFO after `seconds`, so that a writer blocked opening it (the defect
+    under test) fails the test instead of hanging it."""
+
+    def release():
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not done.is_set():
+            time.sleep(0.05)
+        if not done.is_set() and stat.S_ISFIFO(os.lstat(fifo).st_mode):
+            with open(fifo, "rb") as reader:
+                reader.read()
+
+    done = threading.Event()
+    watcher = threading.Thread(target=release, daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join()
+
+
+def test_sweep_reports_replace_a_link_or_fifo_at_their_names_and_never_write_through(capsys, tmp_path, swept):
+    out, argv = swept
+    theirs = tmp_path / "theirs" / "notes.txt"
+    theirs.parent.mkdir()
+    theirs.write_text("keep me")
+    for name in ("report.md", "scaling_params.png"):
+        (out / name).unlink()
+        (out / name).symlink_to(theirs)
+    (out / "report.html").unlink()
+    os.mkfifo(out / "report.html")
+    with released_if_blocked(out / "report.html"):
+        code, err = run(capsys, *argv)  # continues from the cache, then writes the reports again
+    assert code == 0, err
+    assert theirs.read_text() == "keep me"
+    for name in ("report.md", "report.html", "scaling_params.png"):
+        assert stat.S_ISREG(os.lstat(out / name).st_mode), name
+    assert (out / "report.md").read_text().startswith("# Wellbeing scale sweep")
 
 
 # --- welfare demo ------------------------------------------------------------------------------------

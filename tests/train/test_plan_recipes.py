@@ -10,6 +10,7 @@ depend on what the untrained model happens to feel.
 from __future__ import annotations
 
 import json
+import math
 import shlex
 from pathlib import Path
 
@@ -172,3 +173,86 @@ def test_a_planned_command_runs_as_printed(capsys, tmp_path, tiny):
     with Ledger.open(ledger, create=False) as book:
         assert [e for e in book.entries(kind="measurement") if e.payload["session"] == ran["session"]]
     assert verify(ledger).ok
+
+
+def test_a_margin_whose_budget_the_funds_cannot_reserve_says_by_how_much(capsys, tmp_path, recorded):
+    """The review's case: a tiny expected spend, but each session first reserves margin x spend, more than
+    the account has. The shortfall is what that reservation lacks, not 0."""
+    from welfare_offsets.train import plan_cmd
+
+    priced, _ = recorded
+    with Ledger.open(priced, create=False) as book:
+        sessions, funds = plan_cmd.ledger_sessions(book), book.balance("lab").available_hours
+    model = next(s["results"].subject["model_id"] for s in sessions)
+    spend = plan_cmd.make_plan(sessions, probe=PROBE, model=model, funds=funds).option.hours_per_session
+    margin = math.ceil(2 * funds / spend)  # a budget of twice the funds, whatever the session happened to spend
+    schedule = plan_cmd.make_plan(sessions, probe=PROBE, model=model, funds=funds, margin=margin)
+    assert schedule.expected_hours < funds < schedule.budget_per_session and not schedule.feasible
+    assert schedule.shortfall_hours == pytest.approx(schedule.budget_per_session - funds)
+    assert schedule.shortfall_hours == pytest.approx(funds, rel=0.01)
+    code, stdout, _ = plan(capsys, priced, tmp_path / "plan", "--budget_margin", str(margin))
+    assert code == 1
+    assert f"short by {schedule.shortfall_hours:.4g} accelerator-hours to reserve one session's budget" in stdout
+
+
+@pytest.mark.parametrize("margin", ["inf", "nan", "0.5"])
+def test_a_margin_that_is_no_finite_multiple_of_at_least_1_is_refused_first(capsys, tmp_path, recorded, margin):
+    priced, _ = recorded
+    capsys.readouterr()
+    assert (
+        welfare_main(
+            [
+                "plan",
+                "--ledger",
+                str(priced),
+                "--probe",
+                PROBE,
+                "--out",
+                str(tmp_path / "plan"),
+                "--budget_margin",
+                margin,
+            ]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert f"--budget_margin must be a finite number >= 1 (a multiple of the measured spend), got {margin}" in err
+    assert "recorded" not in err and not (tmp_path / "plan").exists()
+
+
+@pytest.mark.parametrize("where", ["empty", "sessions folder", "link"])
+def test_plans_out_is_refused_where_it_is_empty_the_ledgers_or_a_link(capsys, tmp_path, recorded, monkeypatch, where):
+    priced, _ = recorded
+    monkeypatch.chdir(tmp_path)
+    target = tmp_path / "real"
+    target.mkdir()
+    sessions = priced.with_name(priced.name + ".sessions")
+    out = {"empty": "", "sessions folder": str(sessions), "link": "linkdir"}[where]
+    if where == "link":
+        (tmp_path / "linkdir").symlink_to(target)
+    before = sorted(p.name for p in sessions.iterdir()) if sessions.exists() else None
+    capsys.readouterr()
+    assert welfare_main(["plan", "--ledger", str(priced), "--account", "lab", "--probe", PROBE, "--out", out]) == 2
+    err = capsys.readouterr().err
+    says = {
+        "empty": "--out '' is an empty path",
+        "sessions folder": "is a ledger file (or its -wal/-shm or .sessions folder)",
+        "link": "--out linkdir is a symbolic link (to",
+    }[where]
+    assert says in err and "nothing" in err, err
+    assert list(target.iterdir()) == [] and not (tmp_path / "recipes").exists()
+    assert (sorted(p.name for p in sessions.iterdir()) if sessions.exists() else None) == before
+
+
+def test_a_link_left_at_a_recipes_name_is_replaced_not_written_through(tmp_path):
+    from welfare_offsets.train import plan_cmd
+
+    recipe = tmp_path / "plan" / "recipes" / "euphoric-exposure.yaml"
+    plan_cmd.write_recipe({"valence": "euphoric"}, recipe)  # our own recipes folder
+    theirs = tmp_path / "theirs.txt"
+    theirs.write_text("keep me")
+    recipe.unlink()
+    recipe.symlink_to(theirs)
+    assert plan_cmd.write_recipe({"valence": "dysphoric"}, recipe) == recipe
+    assert theirs.read_text() == "keep me"
+    assert not recipe.is_symlink() and recipe.read_text() == "valence: dysphoric\n"

@@ -32,17 +32,26 @@ def test_a_name_resolves_to_the_packaged_file(name, tmp_path, monkeypatch):
     assert recipe_path("offset/lora_sft").read_text().startswith("#")
 
 
-def test_a_real_path_wins_over_a_name(tmp_path, monkeypatch):
+@pytest.mark.parametrize("name", ["eval/default.yaml", "eval/default"])
+def test_a_real_path_wins_over_a_name_spelled_either_way(tmp_path, monkeypatch, name):
     from welfare_offsets.eval.evaluate import EvalConfig
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "eval").mkdir()
     (tmp_path / "eval" / "default.yaml").write_text("seed: 7\n")
-    assert resolve_config("eval/default.yaml") == "eval/default.yaml"
-    config, passed = parse_config([EvalConfig], ["--config", "eval/default.yaml"], prog="test")
+    assert resolve_config(name) == "eval/default.yaml"
+    config, passed = parse_config([EvalConfig], ["--config", name], prog="test")
     assert config.seed == 7 and passed["config_file"] == str(tmp_path / "eval" / "default.yaml")
-    packaged, passed = parse_config([EvalConfig], ["--config", "eval/default"], prog="test")
-    assert passed["config_file"] == str(recipe_path("eval/default"))
+
+
+def test_the_reviewers_local_recipe_is_the_one_read(tmp_path, monkeypatch, capsys):
+    """A local eval/default.yaml with a key no setting has: refused as the file it is, not skipped."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "default.yaml").write_text("bogus_local_key: 1\n")
+    assert welfare(["eval", "--config", "eval/default", "--model", str(tmp_path / "no-model")]) == 2
+    err = capsys.readouterr().err
+    assert "eval/default.yaml: unknown key(s) ['bogus_local_key']" in err
 
 
 def test_an_unknown_name_exits_2_listing_the_names(tmp_path, monkeypatch, capsys):

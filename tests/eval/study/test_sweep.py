@@ -142,6 +142,25 @@ def test_subjects_parse_from_ids_key_values_and_yaml_mappings(tmp_path):
         parse_config([SweepConfig], [], prog="welfare sweep")
 
 
+@pytest.mark.parametrize("max_items, keeps", [(2, 3), (4, 5)])
+def test_a_cap_that_leaves_no_zero_point_says_so_and_what_keeps_one(capsys, tmp_path, monkeypatch, max_items, keeps):
+    """The built-in set has neutral held-out everyday items; a small cap, taken evenly over categories, can
+    pick none of them. That is the cap's doing, not the stimuli's, and the error says so."""
+    from welfare_offsets.eval.experiences import load_stimuli
+    from welfare_offsets.eval.study.profile import profile_items
+    from welfare_offsets.train.cli import main
+
+    stimuli = load_stimuli(None)
+    assert profile_items(stimuli, "heldout", "all", keeps)["neutral"]
+    monkeypatch.chdir(tmp_path)
+    argv = ["sweep", "--subjects", "HuggingFaceTB/SmolLM2-135M-Instruct", "--max_items", str(max_items)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"max_items {max_items} leaves none of the neutral everyday experiences (the zero point)" in err
+    assert f"raise it (max_items {keeps} keeps some)" in err and "add some to the stimuli" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_subjects_are_shared_biggest_first_to_the_least_loaded_rank():
     from welfare_offsets.train.sweep import share
 
