@@ -13,8 +13,8 @@ never leaves a half folder, and an earlier output is only deleted once the new o
 A command that says what it writes (`files`: an evaluation's staged output, a sweep) has the marker record
 it: the files the staged folder held when it was swapped in, and the patterns of what an in-place folder
 will hold. --overwrite then deletes such a folder only if nothing else has been put in it since: a file of
-the user's, or a ledger (any SQLite database, its -wal/-shm/-journal, a .sessions folder) even under one
-of our names, is refused, naming it. An older version's marker records nothing: there only the command's
+the user's (a ledger's .sessions folder among them), or a ledger (any SQLite database, its -wal/-shm/-journal)
+even under one of our names, is refused, naming it. An older version's marker records nothing: there only the command's
 declared patterns count, so an evaluation's folder (which declares none) is refused, asking the user to
 delete it by hand.
 """
@@ -40,6 +40,7 @@ MARKER = ".welfare-offsets.json"
 _TOOL = "welfare-offsets"
 _TEMPORARY = re.compile(r"\.(.+)\.tmp-[0-9]+")  # `temporary_path` of a file, left by a killed writer
 _SQLITE_HEADER = b"SQLite format 3\x00"  # how every SQLite database file begins
+_SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")  # the files SQLite keeps beside a database it writes
 
 
 class OutputError(InputError):
@@ -279,10 +280,9 @@ def _matches(parts: tuple[str, ...], pattern: tuple[str, ...]) -> bool:
 
 
 def _is_ledger_part(entry: os.DirEntry, where: str) -> bool:
-    """A ledger's file (any SQLite database: it begins with SQLite's header), -wal/-shm/-journal or .sessions."""
-    from welfare_offsets.ledger.location import COMPANION_SUFFIXES, SESSIONS_SUFFIX
-
-    if entry.name.endswith((*COMPANION_SUFFIXES, SESSIONS_SUFFIX)):
+    """A ledger's file (any SQLite database: it begins with SQLite's header) or one of SQLite's companions. (A
+    ledger's .sessions folder is refused too, as a folder we did not write: eval/ knows nothing of ledgers.)"""
+    if entry.name.endswith(_SQLITE_COMPANIONS):
         return True
     if not entry.is_file(follow_symlinks=False):
         return False

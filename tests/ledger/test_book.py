@@ -275,22 +275,3 @@ def test_ledger_and_its_cli_import_neither_torch_nor_transformers():
         "print(sorted(m for m in ('torch', 'transformers', 'matplotlib', 'rich') if m in sys.modules))"
     )
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
-
-
-def test_ledger_imports_nothing_else_from_the_project():
-    import ast
-
-    import welfare_offsets.ledger
-
-    for module in Path(welfare_offsets.ledger.__file__).parent.glob("*.py"):
-        for node in ast.walk(ast.parse(module.read_text())):
-            names = (
-                [node.module]
-                if isinstance(node, ast.ImportFrom)
-                else [alias.name for alias in node.names]
-                if isinstance(node, ast.Import)
-                else []
-            )
-            for name in filter(None, names):
-                ours = name.split(".")[0] == "welfare_offsets"
-                assert not ours or name.split(".")[:2] == ["welfare_offsets", "ledger"], f"{module.name} imports {name}"
