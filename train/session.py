@@ -24,7 +24,7 @@ from pathlib import Path
 from welfare_offsets.eval import probes as P
 from welfare_offsets.eval.common.checks import integers_at_least, number_in
 from welfare_offsets.eval.common.errors import InputError
-from welfare_offsets.eval.common.output_folder import claim, open_in_place
+from welfare_offsets.eval.common.output_folder import claim, open_in_place, refuse_ledgers_inside
 from welfare_offsets.eval.common.outputs import write_json_file
 from welfare_offsets.eval.common.results import EvaluationResult, SessionResult, read_result, write_result
 from welfare_offsets.eval.common.safe_read import load_json_bounded, load_jsonl_bounded
@@ -207,6 +207,8 @@ class Session:
             args.output_dir, f"{kind} session", overwrite=args.overwrite, resumable=True, flag="--output_dir"
         )
         refuse_ledger_paths(self.folder.path, args.ledger, "--output_dir")
+        if args.overwrite and self.folder.state == "ours":  # the earlier session is replaced whole
+            refuse_ledgers_inside(self.folder.path, f"--output_dir {self.folder.path}")
         if args.overwrite and run.resume_from_checkpoint:
             raise SessionError(
                 "--overwrite (start over) and --resume_from_checkpoint (continue) contradict "

@@ -235,11 +235,7 @@ def _refuse_what_we_did_not_write(path: Path, where: str, kind: str, files: tupl
     patterns = [tuple(p.split("/")) for p in (*files, *(recorded if known else ()))]
     ledgers, foreign = [], []
     _survey(path, (), patterns, ledgers, foreign, where)
-    if ledgers:
-        raise OutputError(
-            f"{where} holds a ledger or another SQLite database ({_some(ledgers)}); --overwrite never deletes "
-            "one, so nothing was touched: move it out of the folder, or choose a new folder"
-        )
+    _refuse_ledgers(ledgers, where)
     if foreign and not (known or files):
         raise OutputError(
             f"{where} holds an earlier {kind} output of an older welfare-offsets, which did not record the files "
@@ -251,6 +247,30 @@ def _refuse_what_we_did_not_write(path: Path, where: str, kind: str, files: tupl
             f"{where} holds files welfare-offsets did not write there ({_some(foreign)}); --overwrite would delete "
             f"them with the earlier {kind} output, so nothing was touched: move them out of the folder, or "
             "choose a new folder"
+        )
+
+
+def refuse_ledgers_inside(path: Path, where: str) -> None:
+    """For a folder --overwrite replaces whole (a session's): refused, untouched, if a ledger or any other
+    SQLite database sits anywhere in it (links not followed)."""
+    ledgers = []
+
+    def walk(folder: Path, at: str) -> None:
+        for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+            if _is_ledger_part(entry, where):
+                ledgers.append(at + entry.name)
+            elif entry.is_dir(follow_symlinks=False):
+                walk(Path(entry.path), f"{at}{entry.name}/")
+
+    walk(path, "")
+    _refuse_ledgers(ledgers, where)
+
+
+def _refuse_ledgers(ledgers: list[str], where: str) -> None:
+    if ledgers:
+        raise OutputError(
+            f"{where} holds a ledger or another SQLite database ({_some(ledgers)}); --overwrite never deletes "
+            "one, so nothing was touched: move it out of the folder, or choose a new folder"
         )
 
 

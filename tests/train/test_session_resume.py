@@ -166,3 +166,19 @@ def test_a_checkpoint_of_another_kind_is_refused_before_any_work(soft_prompt, tm
     (lora / SPEND_FILE).write_text(json.dumps({"run": "run-1", "session": "session-1", "spent_hours": 0.01}))
     code, err = soft_prompt("--resume_from_checkpoint", lora)
     assert code == 2 and "not a soft-prompt checkpoint" in err and problem in err and NO_MODEL not in err
+
+
+@pytest.mark.parametrize("where", ["lab.sqlite", "checkpoint-2/lab.sqlite", "notes/ledger.sqlite-wal"])
+def test_overwrite_never_deletes_a_ledger_left_in_a_session_folder(soft_prompt, where):
+    """--overwrite replaces an earlier session's folder whole: a ledger (any SQLite database, or one of its
+    companion files) anywhere in it makes it refuse, before the model loads, with everything left in place."""
+    earlier_session(soft_prompt.out, finished=True, checkpoints={2: 0.01})
+    kept = soft_prompt.out / where
+    kept.parent.mkdir(exist_ok=True)
+    if where.endswith(".sqlite"):
+        funded_ledger(kept, hours=3.0).close()
+    else:
+        kept.write_bytes(b"")
+    code, err = soft_prompt("--overwrite")
+    assert code == 2 and "holds a ledger or another SQLite database" in err and where in err, err
+    assert NO_MODEL not in err and kept.exists() and (soft_prompt.out / "results.json").exists()
