@@ -421,8 +421,11 @@ def test_a_killed_session_resumes_from_its_checkpoint_without_double_counting(sy
     assert len(entries["reserve"]) == len(entries["settle"]) == 2
     killed, resumed = entries["settle"]
     assert killed.payload["basis"].startswith("repair")  # settled when the resume opened the ledger
-    # The resumed session continues the run's count from the checkpoint and reserves only the rest.
-    assert entries["reserve"][1].payload["resumes"]["spent_hours"] == pytest.approx(at_checkpoint)
+    # The resumed session continues the run's count from what the killed one was charged (repair: its last
+    # progress note, written with the checkpoint), never less than the checkpoint's count, and reserves the rest.
+    charged = killed.payload["postings"][f"@spent/{killed.payload['session']}"] / 1e6
+    assert entries["reserve"][1].payload["resumes"]["spent_hours"] == max(at_checkpoint, charged)
+    assert charged >= at_checkpoint - 1e-6  # its last note came with or after the checkpoint (micro-hour rounding)
     spent = _spent_per_session(ledger)
     with Ledger.open(ledger, create=False) as book:
         assert book.balance("lab").spent_hours == pytest.approx(sum(spent), abs=1e-6)
