@@ -71,6 +71,10 @@ class _Backstop:
             self.disarm()
             raise self._on_fire()
 
+    def hold(self) -> None:
+        """Defer a stop until `release` (a checkpoint save under way)."""
+        self.held = True
+
     def release(self) -> None:
         """End a hold; the stop it deferred, if the reservation ran out meanwhile, happens now."""
         self.held = False
@@ -113,6 +117,11 @@ class CheckpointSpend:
                 "checkpoint"
             )
         return cls(run, session, float(spent))
+
+    def run_spent_hours(self, ledger: Ledger) -> float:
+        """What the run spent before a resume: its sessions' charges in `ledger` (work after this checkpoint
+        included), never less than this checkpoint's own count."""
+        return max(self.spent_hours, ledger.run_spent_hours(self.run))
 
     def write(self, checkpoint: Path) -> None:
         write_json_atomic(
@@ -222,7 +231,7 @@ class BudgetSession:
                 raise LedgerError("the main process needs a ledger to reserve the budget in")
             ledger.repair()
             if resumed:
-                spent_before = max(spent_before, ledger.run_spent_hours(resumed.run))
+                spent_before = resumed.run_spent_hours(ledger)
         limit = budget_hours - spent_before  # on other ranks, the checkpoint's count: the main process decides
         if limit <= 0:
             raise LedgerError(
@@ -291,7 +300,7 @@ class BudgetSession:
     def saving_checkpoint(self) -> None:
         """Call before each checkpoint save: the backstop lets it finish (a cut save would lose the steps
         since the last one), and stops the session at `checkpoint_saved` if the reservation ran out."""
-        self._backstop.held = True
+        self._backstop.hold()
 
     def checkpoint_saved(self, checkpoint: str | os.PathLike) -> None:
         """Call after each checkpoint save: stores the run's spend with it, for a resume to continue."""

@@ -323,10 +323,7 @@ class Session:
             )
         with Ledger.open(path, create=False) as ledger:
             available = ledger.balance(self.args.account).available_hours
-            spent = 0.0
-            if self.resume:  # what the run spent: its sessions' charges, at least its checkpoint's count
-                saved = CheckpointSpend.read(self.resume)
-                spent = max(saved.spent_hours, ledger.run_spent_hours(saved.run))
+            spent = CheckpointSpend.read(self.resume).run_spent_hours(ledger) if self.resume else 0.0
         needed = self.args.budget_hours - spent
         if needed > available:
             raise SessionError(
