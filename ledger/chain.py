@@ -192,7 +192,8 @@ def _sound_contents(chunk: list[tuple[bytes, str]], seq: int, prev: str) -> list
         return None
     # Each time slice is at most _TIME_TAIL long, so the joined slices equal n shapes only if each does.
     times = [body[-_TIME_TAIL:] for body in bodies]
-    if b"".join(times).translate(_DIGITS_AS_ZERO) != _TIME_SHAPE * count or not all(map(_is_possible, times)):
+    joined = b"".join(times)
+    if joined.translate(_DIGITS_AS_ZERO) != _TIME_SHAPE * count or not _all_possible(joined, times):
         return None
     return [body[: -_TIME_TAIL - len(tail)] for body, tail in zip(bodies, tails)]
 
@@ -232,6 +233,18 @@ _TIME_TAIL = len(format_time(datetime(2000, 1, 1))) + 2
 # A well-formed time and the body's end, with every digit read as 0 (cheaper than a regex, as exact).
 _DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
 _TIME_SHAPE = format_time(datetime(2000, 1, 1)).translate(str.maketrans("123456789", "000000000")).encode() + b'"}'
+# Where a time's seconds start ("YYYY-MM-DDTHH:MM:" before them), and a possible rest after its minute.
+_SECOND_TENS = format_time(datetime(2000, 1, 1)).index(":00.") + 1
+_MINUTE_REST = format_time(datetime(2000, 1, 1)).encode()[_SECOND_TENS:] + b'"}'
+
+
+def _all_possible(joined: bytes, times: list[bytes]) -> bool:
+    """Whether times of the right shape, joined, all name moments that exist. A second is possible if its
+    tens digit is 0-5 (checked for all at once, every _TIME_TAIL bytes); the date, hour and minute before
+    it are shared by every entry written in the same minute, so each distinct one is checked once."""
+    if max(joined[_SECOND_TENS::_TIME_TAIL]) > ord("5"):
+        return False
+    return all(_is_possible(minute + _MINUTE_REST) for minute in {time[:_SECOND_TENS] for time in times})
 
 
 def _is_possible(time_tail: bytes) -> bool:

@@ -239,7 +239,15 @@ def test_a_time_that_is_not_fixed_width_utc_is_caught(location):
 
 
 @pytest.mark.parametrize(
-    "time", ["9999-99-99T99:99:99.999999Z", "2026-02-29T10:00:00.000000Z", "2026-12-02T24:00:00.000000Z"]
+    "time",
+    [
+        "9999-99-99T99:99:99.999999Z",
+        "2026-02-29T10:00:00.000000Z",
+        "2026-12-02T24:00:00.000000Z",
+        "2026-12-02T10:60:00.000000Z",
+        "2026-12-02T10:00:60.000000Z",
+        "0000-12-02T10:00:00.000000Z",
+    ],
 )
 def test_a_time_that_cannot_exist_is_caught(location, time):
     funded_ledger(location).close()
