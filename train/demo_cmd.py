@@ -38,15 +38,31 @@ def _demo(argv: list[str]) -> int:
     from welfare_offsets.ledger import Ledger
     from welfare_offsets.ledger import cli as ledger_cli
     from welfare_offsets.train import exposure, lora_offset
+    from welfare_offsets.train.config import parse_config
 
-    own = argparse.ArgumentParser(add_help=False, allow_abbrev=False)  # the demo's one flag; the rest go on
-    own.add_argument("--overwrite", action="store_true")
+    own = argparse.ArgumentParser(
+        prog="welfare demo",
+        allow_abbrev=False,
+        description="Run the whole welfare-offset cycle on the built-in default model (minutes on a CPU): a "
+        "dysphoric exposure, a LoRA offset under a budget, the ledger verified and reported, all in a new "
+        "welfare-demo/ folder here with its own ledger.",
+        epilog="Any other flag goes to both sessions (`welfare offset exposure --help` and `welfare offset lora "
+        "--help` list them), e.g. `welfare demo --model ./my-model`.",
+    )
+    own.add_argument("--overwrite", action="store_true", help="replace an earlier welfare-demo/ made by the demo")
     demo, argv = own.parse_known_args(argv)
-    demo_folder(demo.overwrite)
     ledger_path = DEMO_DIR / "ledger.sqlite"
+    common = ["--ledger", str(ledger_path), *argv]
+    sessions = [
+        (exposure, "offset/demo_exposure", "welfare offset exposure"),
+        (lora_offset, "offset/lora_demo", "welfare offset lora"),
+    ]
+    for entry, recipe, prog in sessions:  # a mistyped flag is refused before the folder is made
+        session_argv = ["--config", str(recipe_path(recipe)), *common]
+        parse_config(entry.config_types(session_argv), session_argv, prog=prog)
+    demo_folder(demo.overwrite)
     with Ledger.open(ledger_path) as ledger:
         ledger.fund("demo", DEMO_HOURS, note="welfare demo")
-    common = ["--ledger", str(ledger_path), *argv]
     print("welfare demo 1/3: dysphoric exposure (the debt)", flush=True)
     if exposure.main(["--config", str(recipe_path("offset/demo_exposure")), *common]):
         return 2

@@ -521,3 +521,17 @@ def test_demo_twice_needs_overwrite(capsys, tmp_path, monkeypatch):
     assert code == 2 and NO_MODEL in err  # a fresh demo folder, then the (missing) model failed
     assert (demo / "ledger.sqlite").read_bytes() != b"the first demo's ledger"
     assert read_marker(demo)["kind"] == "demo" and not leftovers(tmp_path, "welfare-demo")
+
+
+def test_demo_help_and_a_mistyped_flag_create_nothing(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    from welfare_offsets.train.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["demo", "--help"])
+    assert exit_.value.code == 0 and "--overwrite" in capsys.readouterr().out
+    code, err = run(capsys, "demo", "--reply_tokenz", "8")
+    assert code == 2 and "--reply_tokenz" in err
+    code, err = run(capsys, "demo", "--reply_tokens", "-3")
+    assert code == 2 and "reply_tokens" in err
+    assert list(tmp_path.iterdir()) == []
