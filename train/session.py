@@ -24,7 +24,7 @@ from pathlib import Path
 from welfare_offsets.eval import probes as P
 from welfare_offsets.eval.common.checks import integers_at_least, number_in
 from welfare_offsets.eval.common.errors import InputError
-from welfare_offsets.eval.common.output_folder import claim, open_in_place, refuse_ledgers_inside
+from welfare_offsets.eval.common.output_folder import claim, open_in_place
 from welfare_offsets.eval.common.outputs import write_json_file
 from welfare_offsets.eval.common.results import EvaluationResult, SessionResult, read_result, write_result
 from welfare_offsets.eval.common.safe_read import load_json_bounded, load_jsonl_bounded
@@ -45,6 +45,21 @@ from welfare_offsets.train.ledger_settings import LedgerSettings
 
 AFTER_EVAL_MARGIN = 1.5  # the "after" evaluation is budgeted at this multiple of the measured "before": the
 # changed subject can cost more to evaluate (a soft prompt adds positions, LoRA adds compute, own replies vary)
+# Everything a session of any kind writes into its folder (the lists a marker records: output_folder.py), so
+# that --overwrite deletes an earlier session only while it holds nothing else: never a user's file or ledger.
+SESSION_FILES = (
+    "results.json",
+    "results-*.json",  # an earlier session's results, kept by a resume
+    "ledger.json",
+    "episodes.json",  # exposure
+    "train_data.jsonl",  # LoRA
+    "README.md",  # the model card TRL writes beside a LoRA session's checkpoints
+    "adapter/**",
+    "soft_prompt/**",
+    "checkpoint-*/**",
+    "eval-*/**",
+    "wandb/**",
+)
 
 
 class SessionError(InputError):
@@ -204,11 +219,14 @@ class Session:
             )
         # The folder first: a file, a link or someone else's folder fails before anything loads.
         self.folder = claim(
-            args.output_dir, f"{kind} session", overwrite=args.overwrite, resumable=True, flag="--output_dir"
+            args.output_dir,
+            f"{kind} session",
+            overwrite=args.overwrite,
+            resumable=True,
+            flag="--output_dir",
+            files=SESSION_FILES,
         )
         refuse_ledger_paths(self.folder.path, args.ledger, "--output_dir")
-        if args.overwrite and self.folder.state == "ours":  # the earlier session is replaced whole
-            refuse_ledgers_inside(self.folder.path, f"--output_dir {self.folder.path}")
         if args.overwrite and run.resume_from_checkpoint:
             raise SessionError(
                 "--overwrite (start over) and --resume_from_checkpoint (continue) contradict "

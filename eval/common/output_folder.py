@@ -10,9 +10,9 @@ that made it. Before anything is written, `claim` looks at the destination witho
 Folders are created and replaced by renaming a complete staging folder into place (`swap_in`), so a crash
 never leaves a half folder, and an earlier output is only deleted once the new one is in place.
 
-A command that says what it writes (`files`: an evaluation's staged output, a sweep) has the marker record
-it: the files the staged folder held when it was swapped in, and the patterns of what an in-place folder
-will hold. --overwrite then deletes such a folder only if nothing else has been put in it since: a file of
+A command that says what it writes (`files`: an evaluation's staged output, a sweep, a session) has the
+marker record it: the files the staged folder held when it was swapped in, and the patterns of what an
+in-place folder will hold ("cache/*.json"; "checkpoint-*/**" for everything under such folders). --overwrite then deletes such a folder only if nothing else has been put in it since: a file of
 the user's (a ledger's .sessions folder among them), or a ledger (any SQLite database, its -wal/-shm/-journal)
 even under one of our names, is refused, naming it. An older version's marker records nothing: there only the command's
 declared patterns count, so an evaluation's folder (which declares none) is refused, asking the user to
@@ -41,6 +41,7 @@ _TOOL = "welfare-offsets"
 _TEMPORARY = re.compile(r"\.(.+)\.tmp-[0-9]+")  # `temporary_path` of a file, left by a killed writer
 _SQLITE_HEADER = b"SQLite format 3\x00"  # how every SQLite database file begins
 _SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")  # the files SQLite keeps beside a database it writes
+_ANYTHING_BELOW = "**"  # as the last part of a `files` pattern ("checkpoint-*/**"): every file under it
 
 
 class OutputError(InputError):
@@ -250,22 +251,6 @@ def _refuse_what_we_did_not_write(path: Path, where: str, kind: str, files: tupl
         )
 
 
-def refuse_ledgers_inside(path: Path, where: str) -> None:
-    """For a folder --overwrite replaces whole (a session's): refused, untouched, if a ledger or any other
-    SQLite database sits anywhere in it (links not followed)."""
-    ledgers = []
-
-    def walk(folder: Path, at: str) -> None:
-        for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-            if _is_ledger_part(entry, where):
-                ledgers.append(at + entry.name)
-            elif entry.is_dir(follow_symlinks=False):
-                walk(Path(entry.path), f"{at}{entry.name}/")
-
-    walk(path, "")
-    _refuse_ledgers(ledgers, where)
-
-
 def _refuse_ledgers(ledgers: list[str], where: str) -> None:
     if ledgers:
         raise OutputError(
@@ -283,15 +268,29 @@ def _survey(folder: Path, at: tuple[str, ...], patterns: list, ledgers: list, fo
         if _is_ledger_part(entry, where):
             ledgers.append(name)
         elif entry.is_dir(follow_symlinks=False):
-            if any(len(p) > len(parts) and _matches(parts, p) for p in patterns):
+            if any(_reaches_into(parts, p) for p in patterns):
                 _survey(Path(entry.path), parts, patterns, ledgers, foreign, where)
             else:
                 foreign.append(name + "/")
         elif parts != (MARKER,):
             temporary = _TEMPORARY.fullmatch(entry.name)
             written = (*at, temporary.group(1)) if temporary else parts
-            if not any(len(p) == len(written) and _matches(written, p) for p in patterns):
+            if not any(_names(written, p) for p in patterns):
                 foreign.append(name)
+
+
+def _reaches_into(folder: tuple[str, ...], pattern: tuple[str, ...]) -> bool:
+    """Whether `pattern` names files inside `folder` (a last part `**` stands for anything below)."""
+    if pattern[-1] == _ANYTHING_BELOW:
+        return _matches(folder, pattern[:-1])
+    return len(pattern) > len(folder) and _matches(folder, pattern)
+
+
+def _names(file: tuple[str, ...], pattern: tuple[str, ...]) -> bool:
+    """Whether `pattern` names `file`: part by part, or (ending in `**`) any file below what it names."""
+    if pattern[-1] == _ANYTHING_BELOW:
+        return len(file) >= len(pattern) and _matches(file, pattern[:-1])
+    return len(pattern) == len(file) and _matches(file, pattern)
 
 
 def _matches(parts: tuple[str, ...], pattern: tuple[str, ...]) -> bool:

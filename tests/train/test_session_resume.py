@@ -168,10 +168,26 @@ def test_a_checkpoint_of_another_kind_is_refused_before_any_work(soft_prompt, tm
     assert code == 2 and "not a soft-prompt checkpoint" in err and problem in err and NO_MODEL not in err
 
 
-@pytest.mark.parametrize("where", ["lab.sqlite", "checkpoint-2/lab.sqlite", "notes/ledger.sqlite-wal"])
-def test_overwrite_never_deletes_a_ledger_left_in_a_session_folder(soft_prompt, where):
-    """--overwrite replaces an earlier session's folder whole: a ledger (any SQLite database, or one of its
-    companion files) anywhere in it makes it refuse, before the model loads, with everything left in place."""
+A_LEDGER = "holds a ledger or another SQLite database"
+NOT_OURS = "holds files welfare-offsets did not write there"
+
+
+@pytest.mark.parametrize(
+    "where, why, named",
+    [
+        ("lab.sqlite", A_LEDGER, "lab.sqlite"),
+        ("checkpoint-2/lab.sqlite", A_LEDGER, "checkpoint-2/lab.sqlite"),
+        ("eval-before/results.json-wal", A_LEDGER, "eval-before/results.json-wal"),
+        ("notes.txt", NOT_OURS, "notes.txt"),
+        ("notes/ledger.sqlite-wal", NOT_OURS, "notes/"),
+        ("adapter.safetensors", NOT_OURS, "adapter.safetensors"),
+        ("checkpoint-3", NOT_OURS, "checkpoint-3"),  # a file where checkpoint folders are
+    ],
+)
+def test_overwrite_deletes_an_earlier_session_only_while_it_holds_nothing_else(soft_prompt, where, why, named):
+    """--overwrite deletes an earlier session's folder only while it holds what sessions write: a ledger (any
+    SQLite database, or one of its companion files) or a file of the user's anywhere in it makes it refuse,
+    before the model loads, with everything left in place."""
     earlier_session(soft_prompt.out, finished=True, checkpoints={2: 0.01})
     kept = soft_prompt.out / where
     kept.parent.mkdir(exist_ok=True)
@@ -180,5 +196,30 @@ def test_overwrite_never_deletes_a_ledger_left_in_a_session_folder(soft_prompt, 
     else:
         kept.write_bytes(b"")
     code, err = soft_prompt("--overwrite")
-    assert code == 2 and "holds a ledger or another SQLite database" in err and where in err, err
+    assert code == 2 and why in err and named in err, err
     assert NO_MODEL not in err and kept.exists() and (soft_prompt.out / "results.json").exists()
+
+
+def test_overwrite_accepts_everything_a_session_writes(soft_prompt):
+    """What sessions of every kind leave in their folders (seen in real runs), a killed writer's temporary
+    file among them: --overwrite goes ahead."""
+    earlier_session(soft_prompt.out, finished=True, checkpoints={2: 0.01})
+    for name in (
+        "ledger.json",
+        "results-0123456789abcdef.json",
+        "episodes.json",
+        "train_data.jsonl",
+        "README.md",
+        ".ledger.json.tmp-4242",
+        "adapter/adapter_model.safetensors",
+        "soft_prompt/adapter_config.json",
+        "checkpoint-2/README.md",
+        "checkpoint-2/rng_state_0.pth",
+        "eval-before/.welfare-offsets.json",
+        "eval-after/wellbeing.png",
+        "wandb/offline-run-20261206_120000-abc/files/config.yaml",
+        "wandb/latest-run/logs/debug.log",
+    ):
+        (soft_prompt.out / name).parent.mkdir(parents=True, exist_ok=True)
+        (soft_prompt.out / name).write_bytes(b"")
+    assert reached_the_model(*soft_prompt("--overwrite"))
