@@ -166,18 +166,22 @@ def _joined(messages: Sequence[dict]) -> tuple[dict, ...]:
 
 def self_report_scores(probs: np.ndarray, reversed_items: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Expected digit (renormalised over 1-7; 8 minus it where the item is reversed) and valid-digit mass, per
-    row of [n, 7] probabilities."""
+    row of [n, 7] probabilities. A row with no mass at all on the digits says nothing: it reads as the
+    scale's midpoint 4, and its mass of 0 marks it as low adherence."""
     mass = probs.sum(axis=1)
-    expected = probs @ np.arange(1, 8) / np.maximum(mass, 1e-30)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        expected = np.where(mass > 0, probs @ np.arange(1, 8) / mass, SR_NEUTRAL)
     if reversed_items is not None:
         expected = np.where(reversed_items, 8.0 - expected, expected)
     return expected, mass
 
 
 def choice_first(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """P(answer A) renormalised over {A, B}, and the A/B mass, per row of [n, 2] probabilities."""
+    """P(answer A) renormalised over {A, B}, and the A/B mass, per row of [n, 2] probabilities; with no
+    mass on either answer, no preference (0.5)."""
     mass = probs.sum(axis=1)
-    return probs[:, 0] / np.maximum(mass, 1e-30), mass
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(mass > 0, probs[:, 0] / mass, 0.5), mass
 
 
 def stop_probability(p_call_per_turn: Sequence[float]) -> float:

@@ -42,6 +42,8 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 from tqdm.auto import tqdm
 
+from welfare_offsets.eval.common.errors import InputError
+
 # Padded context tokens per batch, by where the model runs. On a CPU, speed per token falls by a quarter
 # and more above ~8k tokens (activations outgrow the caches; measured at 135M), and 4k holds ~0.2 GB of
 # fp32 KV cache at 135M. On an accelerator, 16k tokens per forward pass keep a 0.5B model's matrix units
@@ -217,8 +219,8 @@ class NextTokenScorer:
         picked = torch.stack(self.next_token_logprobs(token_lists, groups, desc=desc, keep=[flat] * len(prompts)))
         out = np.zeros((len(prompts), len(labels)), dtype=np.float64)
         start = 0
-        for j, ids in enumerate(label_ids):
-            out[:, j] = torch.logsumexp(picked[:, start : start + len(ids)], dim=-1).exp().numpy()
+        for j, ids in enumerate(label_ids):  # exp in float64: a label at log-probability -120 is not 0
+            out[:, j] = torch.logsumexp(picked[:, start : start + len(ids)].double(), dim=-1).exp().numpy()
             start += len(ids)
         return out
 
@@ -280,7 +282,9 @@ class NextTokenScorer:
         ):
             call = _Call(token_lists, groups, keep, [None] * len(token_lists), bar)
             self.last_choice = self._score(call)
-        return torch.stack(call.results) if keep is None else call.results  # type: ignore[arg-type]
+        results = torch.stack(call.results) if keep is None else call.results
+        _refuse_non_finite(results if keep is None else torch.cat(results), len(token_lists))
+        return results  # type: ignore[return-value]
 
     # -- choosing the path --------------------------------------------------------------------------
 
@@ -501,6 +505,21 @@ class NextTokenScorer:
         )
         logprobs = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
         return _Landing.of(rows, logprobs, None if keep is None else [keep[r] for r in rows])
+
+
+class NonFiniteScores(InputError):
+    """The model gave NaN or +inf log-probabilities, from which no probe reading can be made."""
+
+
+def _refuse_non_finite(logprobs: torch.Tensor, prompts: int) -> None:
+    """Raise NonFiniteScores unless every log-probability is a number or -inf (a probability of 0): a NaN
+    would otherwise become a reading that looks valid, or a fit that silently stays where it started."""
+    if bool(torch.isnan(logprobs).any() or torch.isposinf(logprobs).any()):
+        raise NonFiniteScores(
+            f"the model gave NaN or infinite log-probabilities while scoring {prompts} prompts, so no reading "
+            "can be made from them; float16 often overflows: load the model in bfloat16 or float32 (--dtype), "
+            "or check its weights"
+        )
 
 
 def pad_token_id(tokenizer) -> int:

@@ -212,3 +212,12 @@ def test_an_effect_read_off_format_is_flagged_unreliable():
     in_line, *_ = _interpret({"self_report": in_format}, {})
     assert "Not a reliable wellbeing reading" in off_line and "0.04" in off_line
     assert "Not a reliable" not in in_line and "lower than baseline" in in_line
+
+
+def test_no_mass_on_the_valid_answers_reads_as_no_information():
+    """With no probability at all on 1-7 (or on A/B) the expected digit would be 0, off the scale, and P(A)
+    0, a strong preference: they read as the midpoint and as indifference, with mass 0 (low adherence)."""
+    score, mass = P.self_report_scores(np.array([[0.0] * 7, [0.0, 0, 0, 0, 0, 0, 1e-300]]))
+    assert score.tolist() == [4.0, 7.0] and mass[0] == 0.0
+    p_a, mass = P.choice_first(np.array([[0.0, 0.0], [1e-300, 0.0]]))
+    assert p_a.tolist() == [0.5, 1.0] and mass[0] == 0.0

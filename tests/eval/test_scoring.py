@@ -456,3 +456,30 @@ def test_a_reuse_prefix_that_is_not_auto_on_or_off_is_refused(bad):
 
     with pytest.raises(ValueError, match="reuse_prefix: expected auto or on or off"):
         ProbeSettings(reuse_prefix=bad)
+
+
+@pytest.mark.parametrize("reuse", [True, False])
+def test_nan_from_the_model_is_refused_not_read(tiny_random_model, reuse):
+    """A model whose forward gives NaN (fp16 overflow, broken weights) must fail with what to do, never
+    hand NaN to the probes, where it becomes a reading that looks valid."""
+    model, tokenizer = tiny_random_model
+    broken = copy.deepcopy(model)
+    with torch.no_grad():
+        broken.lm_head.weight[0, 0] = float("nan")
+    prompts, groups = _prompts(np.random.default_rng(3))
+    scorer = NextTokenScorer(broken, tokenizer, reuse_prefix=reuse, progress=False)
+    with pytest.raises(scoring.NonFiniteScores, match="NaN or infinite.*--dtype"):
+        scorer.label_probs(prompts, ["happy", "sad"], groups)
+    with pytest.raises(scoring.NonFiniteScores):
+        scorer.answer_logprobs(prompts[:2], [" happy", " sad"])
+
+
+def test_a_label_far_down_the_distribution_keeps_its_probability(tiny_random_model, monkeypatch):
+    """exp(-120) is 0 in float32 but not in float64: a label's probability is exponentiated in float64."""
+    model, tokenizer = tiny_random_model
+    scorer = NextTokenScorer(model, tokenizer, progress=False)
+    monkeypatch.setattr(
+        scorer, "next_token_logprobs", lambda rows, groups, desc, keep: [torch.full((len(k),), -120.0) for k in keep]
+    )
+    probs = scorer.label_probs(["<|user|> happy"], ["happy", "sad"])
+    assert probs.shape == (1, 2) and np.allclose(probs, np.exp(-120.0), rtol=1e-5, atol=0)
