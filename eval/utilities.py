@@ -161,13 +161,13 @@ def _heldout_check(fit: ThurstonianFit, heldout: list[tuple[int, int]], observed
     """Accuracy and log-loss of the fit on the comparisons it never saw.
 
     Accuracy: the share of held-out pairs whose preferred side the fit predicts (a pair the subject
-    rates a perfect tie counts half). Log-loss: cross-entropy of the subject's preference probability
+    rates a perfect tie, or the fit predicts as one, counts half). Log-loss: cross-entropy of the subject's preference probability
     under the fitted one, in nats (0.693 is a coin).
     """
     if not heldout:
         return {"heldout_pairs": 0, "heldout_accuracy": None, "heldout_log_loss": None}
     q = np.clip(predicted_first(fit, np.array(heldout)), 1e-6, 1 - 1e-6)
     p = np.array([observed[pair] for pair in heldout])
-    agree = np.where(p == 0.5, 0.5, ((q > 0.5) == (p > 0.5)).astype(float))
+    agree = np.where((p == 0.5) | (q == 0.5), 0.5, ((q > 0.5) == (p > 0.5)).astype(float))
     log_loss = -np.mean(p * np.log(q) + (1 - p) * np.log(1 - q))
     return {"heldout_pairs": len(heldout), "heldout_accuracy": float(agree.mean()), "heldout_log_loss": float(log_loss)}

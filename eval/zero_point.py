@@ -155,6 +155,9 @@ def combination_estimate(
         return None
     parts = [np.array([utility[p] for p in b["parts"]]) for b in measured]
     y = np.array([utility[b["id"]] for b in measured])
+    if not np.ptp(np.concatenate(parts)) > 0:  # a subject that prefers nothing: no gains, no losses, no zero
+        entry = {"mean": float("nan"), "ci95": [float("nan")] * 2, "r2": float("nan"), "n_bundles": len(measured)}
+        return {**entry, "reliable": False, "converged": False, "degenerate": True}, np.full(n_boot, np.nan)
     fit = fit_combination(parts, y, rng)
     replicates = combination_replicates(fit, parts, y, n_boot, rng)
     entry = {
@@ -234,8 +237,9 @@ def _batched_lm(model, theta, weights, lo, hi, max_iterations=30, rtol=1e-9):
 
 def sr_crossing(u: np.ndarray, sr: np.ndarray, n_boot: int, rng: np.random.Generator) -> dict:
     """Utility at which a least-squares line of self-report on utility crosses the neutral point 4.
-    Reliable only when the slope's CI excludes 0: without an SR-utility relation the crossing is an
-    extrapolation, not an estimate."""
+    Reliable only when the slope's CI excludes 0 (without an SR-utility relation the crossing is an
+    extrapolation, not an estimate) and the crossing lies within the measured utilities (beyond them the
+    line is extrapolated)."""
     u, sr = np.asarray(u, dtype=np.float64), np.asarray(sr, dtype=np.float64)
     slope, crossing = _lines(u[None], sr[None])
     idx = rng.integers(0, len(u), (n_boot, len(u)))
@@ -246,7 +250,7 @@ def sr_crossing(u: np.ndarray, sr: np.ndarray, n_boot: int, rng: np.random.Gener
         "ci95": percentile_ci(crossings),
         "slope": float(slope[0]),
         "slope_ci95": slope_ci,
-        "reliable": excludes_zero(slope_ci),
+        "reliable": excludes_zero(slope_ci) and bool(u.min() <= crossing[0] <= u.max()),
         "n": int(len(u)),
     }
 
@@ -352,6 +356,8 @@ def chosen_zero_point(combination: dict | None, neutral_mean: dict | None) -> di
         return {"estimator": "combination", "mean": combination["mean"], "ci95": combination["ci95"], "reason": reason}
     if combination is None:
         why = f"fewer than {MIN_BUNDLES} bundles with utilities: no combination fit"
+    elif combination.get("degenerate"):
+        why = "the parts of every bundle have the same utility (no preference between experiences): no combination fit"
     elif not combination["converged"]:
         why = "combination fit did not converge: not reliable"
     else:

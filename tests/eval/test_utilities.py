@@ -194,3 +194,15 @@ def test_keep_going_stops_the_design_between_steps_and_asks_nothing_after():
     )
     measure_pairwise(whole, experiences(30), "experienced_utility", design, np.random.default_rng(5))
     assert stepped.prompts == whole.prompts
+
+
+@pytest.mark.parametrize("p", [0.4, 0.6])
+def test_a_predicted_tie_counts_half_in_heldout_accuracy(p):
+    """A fit that cannot tell two items apart predicts neither side: it is half right, whichever side the
+    subject leaned to (it scored 1.0 or 0.0 by the side)."""
+    from welfare_offsets.eval.thurstonian import ThurstonianFit
+    from welfare_offsets.eval.utilities import _heldout_check
+
+    flat = ThurstonianFit(np.zeros(4), np.ones(4), True, 0.0)
+    pairs = [(0, 1), (1, 2), (2, 3), (0, 3)]
+    assert _heldout_check(flat, pairs, {pair: p for pair in pairs})["heldout_accuracy"] == 0.5

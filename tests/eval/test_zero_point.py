@@ -16,6 +16,7 @@ from welfare_offsets.eval.zero_point import (
     make_bundles,
     sr_crossing,
     sr_crossing_sigmoid,
+    zero_point_draws,
     zero_point_estimates,
 )
 
@@ -159,3 +160,35 @@ def test_every_estimate_is_plain_json():
 
     assert {type(x) for x in leaves(out)} <= {float, int, bool, str, type(None)}
     assert json.loads(json.dumps(out, allow_nan=False)) == out
+
+
+def test_a_crossing_beyond_the_measured_utilities_is_not_reliable():
+    """A clear SR-utility line whose SR = 4 lies past every measured utility is an extrapolation."""
+    rng = np.random.default_rng(5)
+    u = rng.normal(size=30)
+    out = sr_crossing(u, 5.5 + 0.5 * u + rng.normal(0, 0.05, 30), 500, rng)
+    assert out["slope_ci95"][0] > 0 and out["mean"] < u.min()
+    assert not out["reliable"]
+
+
+def test_a_subject_without_preferences_has_no_combination_fit_and_the_reason_says_so():
+    """Every utility equal (a subject that answers the same whatever it is shown): no crash, no zero."""
+    utility, neutral, bundles = simulated(bundle_noise=0.05)
+    flat = dict.fromkeys(utility, 0.0)
+    for estimates in (
+        zero_point_estimates(
+            flat, neutral_ids=neutral, self_report=None, bundles=bundles, n_boot=50, rng=np.random.default_rng(1)
+        ),
+        zero_point_estimates(
+            flat,
+            neutral_ids=neutral,
+            self_report=dict.fromkeys(flat, 4.0),
+            bundles=bundles,
+            n_boot=50,
+            rng=np.random.default_rng(1),
+        ),
+    ):
+        assert not estimates["combination"]["reliable"] and estimates["combination"]["degenerate"]
+        assert "no preference between experiences" in estimates["chosen"]["reason"]
+    draws, info = zero_point_draws(flat, neutral, bundles, 50, np.random.default_rng(2))
+    assert info["estimator"] == "neutral_mean" and "no preference" in info["reason"]
