@@ -195,10 +195,10 @@ def score_items(config: EvalConfig, subject, items: list[Experience], rng: np.ra
         scored = score_in_context(scorer, items, in_context, instrument=instrument)
         # The battery mean is read from the same prompts as the headline item, so it costs nothing more.
         for probe in in_context + ([BATTERY] if "self_report" in in_context else []):
-            rows, score, mass = scored.prompt_scores("self_report" if probe == BATTERY else probe)
             scores[probe] = dict(zip([e.id for e in items], scored.experience_scores(probe)[0].tolist()))
-            adherence[probe] = _adherence(mass, config.adherence_threshold)
+            adherence[probe] = _adherence(scored.mass[scored.rows_read(probe)], config.adherence_threshold)
             if probe != BATTERY:
+                rows, score, mass = scored.prompt_scores(probe)
                 samples += [
                     sample_record(scored.requests[k], scored.prompts[k], s, m) for k, s, m in zip(rows, score, mass)
                 ]
@@ -262,6 +262,8 @@ def _summarise(config, chosen, scored: ItemScores, rng) -> dict:
         }
     for probe, fit in scored.fits.items():
         probes_out[probe]["fit"] = fit
+    for result in probes_out.values():
+        result["reading"] = _reading(result)
     primary = "experienced_utility" if "experienced_utility" in scores else next(iter(scores))
     empathy = {
         target: empathy_correlations(
@@ -342,8 +344,10 @@ def _interpret(probes_out: dict, empathy: dict) -> list[str]:
             )
         else:
             lines.append(
-                f"{probe}: no detectable difference between baseline and post-dysphoric (delta {d['mean']:+.3f}, 95% CI [{lo:+.3f}, {hi:+.3f}] includes 0)."
+                f"{probe}: no detectable difference between baseline and post-dysphoric (delta {d['mean']:+.3f}, 95% CI [{lo:+.3f}, {hi:+.3f}] includes 0).{_caveat(res)}"
             )
+        if res.get("fit", {}).get("converged") is False:
+            lines.append(f"{probe}: the Thurstonian fit stopped before it converged; its utilities may be off the best fit.")
         adh = res["adherence"]
         if adh["prompts"] and adh["low_adherence_prompts"] > adh["prompts"] / 2:
             lines.append(
@@ -365,10 +369,25 @@ def _interpret(probes_out: dict, empathy: dict) -> list[str]:
     return lines
 
 
+def _reading(probe_result: dict) -> dict:
+    """Whether a probe's numbers are a wellbeing reading at all, and if not, why: the model must answer in
+    the asked format, and a pairwise probe's subject must prefer some experiences to others."""
+    reasons = []
+    adherence, fit = probe_result["adherence"], probe_result.get("fit", {})
+    if not adherence["reliable"]:
+        reasons.append(
+            f"the model rarely answers in the asked format (valid-answer mass {adherence['mean_valid_mass']:.2f})"
+        )
+    if fit.get("utilities_differ") is False:
+        reasons.append("it preferred no experience over another (every comparison even, every utility equal)")
+    return {"reliable": not reasons, "reasons": reasons}
+
+
+def reliable_reading(probe_result: dict) -> bool:
+    """A probe result's verdict (`reading`), or its adherence's where it was written before readings were."""
+    return probe_result.get("reading", probe_result["adherence"])["reliable"]
+
+
 def _caveat(probe_result: dict) -> str:
-    if probe_result["adherence"]["reliable"]:
-        return ""
-    return (
-        " Not a reliable wellbeing reading: the model rarely answers in the asked format"
-        f" (valid-answer mass {probe_result['adherence']['mean_valid_mass']:.2f})."
-    )
+    reading = _reading(probe_result)
+    return "" if reading["reliable"] else f" Not a reliable wellbeing reading: {'; '.join(reading['reasons'])}."

@@ -39,22 +39,25 @@ class InContextScores:
         rows = [k for k, r in enumerate(self.requests) if r.probe == probe]
         return rows, self.score[rows], self.mass[rows]
 
+    def rows_read(self, probe: str) -> list[int]:
+        """The rows `probe`'s score is read from: self-report's headline item, every item for BATTERY, every
+        turn for stop. Its adherence is judged on these rows alone."""
+        rows, _, _ = self.prompt_scores("self_report" if probe == BATTERY else probe)
+        if probe == "self_report":
+            return [k for k in rows if self.requests[k].question == self.instrument.headline_item]
+        return rows
+
     def experience_scores(self, probe: str) -> tuple[np.ndarray, np.ndarray]:
-        """Per experience: the probe's score and the mean valid mass of its prompts. Self-report is the
-        headline item (BATTERY: the mean of all items); stop is the chance of a call at some turn."""
-        rows, score, mass = self.prompt_scores("self_report" if probe == BATTERY else probe)
-        owner = self.owner[rows]
+        """Per experience: the probe's score and the mean valid mass of the prompts it is read from (rows_read).
+        Self-report is the headline item (BATTERY: the mean of all items); stop is the chance of a call at
+        some turn."""
+        rows = self.rows_read(probe)
+        owner, score, mass = self.owner[rows], self.score[rows], self.mass[rows]
         values, masses = np.zeros(self.n_experiences), np.zeros(self.n_experiences)
-        headline = np.array([self.requests[k].question == self.instrument.headline_item for k in rows])
         for i in range(self.n_experiences):
             mine = owner == i
             masses[i] = mass[mine].mean()
-            if probe == "self_report":
-                values[i] = score[mine & headline].mean()
-            elif probe == BATTERY:
-                values[i] = score[mine].mean()
-            else:
-                values[i] = P.stop_probability(score[mine])
+            values[i] = P.stop_probability(score[mine]) if probe == "stop" else score[mine].mean()
         return values, masses
 
 

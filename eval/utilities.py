@@ -147,6 +147,8 @@ def measure_pairwise(
         "pairs_per_item": 2 * len(fitted) / n if n else 0.0,
         "budget": f"{design.budget:g} x N log2 N",
         "converged": fit.converged,
+        # False for a subject that preferred no item over another (every comparison even): all utilities 0.
+        "utilities_differ": bool(np.ptp(fit.mu[:k]) > 0),
         "sigma_mean": float(np.mean(fit.sigma[:k] / scale)),
         **_heldout_check(fit, heldout, observed),
     }

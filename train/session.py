@@ -28,7 +28,7 @@ from welfare_offsets.eval.common.output_folder import claim, open_in_place
 from welfare_offsets.eval.common.outputs import write_json_file
 from welfare_offsets.eval.common.results import EvaluationResult, SessionResult, read_result, write_result
 from welfare_offsets.eval.common.safe_read import load_json_bounded, load_jsonl_bounded
-from welfare_offsets.eval.evaluate import EvalConfig
+from welfare_offsets.eval.evaluate import EvalConfig, reliable_reading
 from welfare_offsets.eval.experiences import StimulusError, StimulusSet, load_stimuli
 from welfare_offsets.eval.settings import (
     CapabilitySettings,
@@ -514,9 +514,9 @@ class Session:
             optimised=optimised_probe,
             n_boot=self.args.eval_bootstrap,
             rng=np.random.default_rng(self.args.seed),
-            # A probe read mostly off its valid answers says little (eval adherence); say so beside its recovery.
+            # A probe that is no reading (off its valid answers, no preferences) says little; say so beside its recovery.
             reliable={
-                probe: all(e.result.probes[probe]["adherence"]["reliable"] for e in (before, after))
+                probe: all(reliable_reading(e.result.probes[probe]) for e in (before, after))
                 for probe in before.result.probes
                 if probe in after.result.probes
             },
@@ -547,7 +547,7 @@ class Session:
                 results=[path],
                 wandb_run=getattr(self.wandb_run, "id", None),
                 note=f"{self.kind}; held-out, paired over {recovered['n_items']['post_dysphoric']} items{context}"
-                + ("" if numbers["reliable"] else "; NOT a reliable reading (low probability on valid answers)"),
+                + ("" if numbers["reliable"] else "; NOT a reliable reading (see the evaluations' reading reasons)"),
             )
         if self.wandb_run is not None:
             summary = flatten_numbers({"recovery": recovered, "capability": capability})

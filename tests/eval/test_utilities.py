@@ -205,4 +205,4 @@ def test_a_predicted_tie_counts_half_in_heldout_accuracy(p):
 
     flat = ThurstonianFit(np.zeros(4), np.ones(4), True, 0.0)
     pairs = [(0, 1), (1, 2), (2, 3), (0, 3)]
-    assert _heldout_check(flat, pairs, {pair: p for pair in pairs})["heldout_accuracy"] == 0.5
+    assert _heldout_check(flat, pairs, dict.fromkeys(pairs, p))["heldout_accuracy"] == 0.5
