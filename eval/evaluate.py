@@ -347,7 +347,9 @@ def _interpret(probes_out: dict, empathy: dict) -> list[str]:
                 f"{probe}: no detectable difference between baseline and post-dysphoric (delta {d['mean']:+.3f}, 95% CI [{lo:+.3f}, {hi:+.3f}] includes 0).{_caveat(res)}"
             )
         if res.get("fit", {}).get("converged") is False:
-            lines.append(f"{probe}: the Thurstonian fit stopped before it converged; its utilities may be off the best fit.")
+            lines.append(
+                f"{probe}: the Thurstonian fit stopped before it converged; its utilities may be off the best fit."
+            )
         adh = res["adherence"]
         if adh["prompts"] and adh["low_adherence_prompts"] > adh["prompts"] / 2:
             lines.append(
