@@ -29,7 +29,7 @@ from welfare_offsets.eval.settings import (
     TrackingSettings,
     setting,
 )
-from welfare_offsets.eval.stats import difference_ci, excludes_zero, mean_ci, pearson_ci
+from welfare_offsets.eval.stats import MIN_ITEMS, difference_ci, excludes_zero, mean_ci, pearson_ci
 from welfare_offsets.eval.subject import check_device
 from welfare_offsets.eval.utilities import measure_pairwise
 from welfare_offsets.eval.validity import describe as describe_validity
@@ -336,7 +336,12 @@ def _interpret(probes_out: dict, empathy: dict) -> list[str]:
     for probe, res in probes_out.items():
         d = res["delta"]
         lo, hi = d["ci95"]
-        if excludes_zero(d["ci95"]):
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            lines.append(
+                f"{probe}: delta {d['mean']:+.3f} between baseline and post-dysphoric, with no CI: fewer than "
+                f"{MIN_ITEMS} items in a condition ({d['n']}), too few to tell a difference from chance.{_caveat(res)}"
+            )
+        elif excludes_zero(d["ci95"]):
             direction = "lower" if d["mean"] < 0 else "higher"
             lines.append(
                 f"{probe}: post-dysphoric is {direction} than baseline (delta {d['mean']:+.3f}, "

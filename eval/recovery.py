@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from welfare_offsets.eval.stats import percentile_ci
+from welfare_offsets.eval.stats import MIN_ITEMS, NO_CI, expanded_tail, percentile_ci
 
 BETTER = {"self_report": 1.0, "experienced_utility": 1.0, "decision_utility": 1.0, "stop": -1.0}  # sign of "better"
 RELATIVE_TO_BASELINE = {"experienced_utility", "decision_utility"}
@@ -74,8 +74,16 @@ def recovery(
     point = stats(np.arange(len(post)), np.arange(len(base)))
     boots = [stats(rng.integers(0, len(post), len(post)), rng.integers(0, len(base), len(base))) for _ in range(n_boot)]
 
+    # The expanded interval of eval/stats.py, for the smaller of the two item sets (none below MIN_ITEMS).
+    fewest = min(len(post), len(base))
+    tail = expanded_tail(fewest - 1, np.sqrt(fewest / (fewest - 1))) if fewest >= MIN_ITEMS else None
+
     def estimate(statistic) -> dict:
-        return {"mean": float(statistic(point)), "ci95": percentile_ci(np.array([statistic(b) for b in boots]))}
+        replicates = np.array([statistic(b) for b in boots])
+        return {
+            "mean": float(statistic(point)),
+            "ci95": list(NO_CI) if tail is None else percentile_ci(replicates, tail),
+        }
 
     def of_probe(probe: str, name: str) -> dict:
         return estimate(lambda s: s[probe][name])
@@ -168,6 +176,8 @@ def _goodhart_gap(optimised: str | None, reasons: dict[str, str | None], estimat
 def _no_harm(ci95) -> str | None:
     """Why there is no harm to recover from, or None where the harm's CI is above 0."""
     lo, hi = ci95
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return f"no CI for the harm: fewer than {MIN_ITEMS} items in a condition"
     if lo > 0:
         return None
     where = "is below 0: post-dysphoric reads better than baseline" if hi < 0 else "includes 0: no harm to recover from"

@@ -2,53 +2,86 @@
 
 Percentile bootstrap over items (the unit that varies), seeded so results are reproducible. Differences
 are paired when the two samples are the same items measured twice, independent otherwise.
+
+Means and differences of means use the expanded percentile interval (Hesterberg, "What teachers should
+know about the bootstrap", 2015): the plain percentile interval of a mean is too narrow in small samples
+(it covers about 68% at n = 2 and 86% at n = 5, not 95%: it uses the variance divided by n, and normal
+rather than t quantiles), so the percentiles are moved out to where, for a normal mean, the interval is
+as wide as Student's t interval. At n = 100 the change is about 2%. Below MIN_ITEMS items there is no
+interval: a bootstrap cannot be wider than the range of what it resamples, and the range of 2 items holds
+their mean only half the time (of 3, three times in four).
 """
 
 from __future__ import annotations
 
 import numpy as np
+from scipy.special import ndtr
 from scipy.stats import rankdata
+from scipy.stats import t as student_t
+
+TAIL = 0.025  # each side's share outside a 95% interval
+MIN_ITEMS = 5  # the fewest items a mean's CI is given for: at 5 the expanded interval covers about 93%
+NO_CI = [float("nan"), float("nan")]
 
 
-def percentile_ci(samples: np.ndarray) -> list[float]:
-    """The 95% percentile interval of bootstrap samples (non-finite samples dropped)."""
+def percentile_ci(samples: np.ndarray, tail: float = TAIL) -> list[float]:
+    """The interval between the `tail` and 1 - `tail` quantiles of bootstrap samples (non-finite samples
+    dropped): the 95% percentile interval by default."""
     finite = samples[np.isfinite(samples)]
     if finite.size == 0:
-        return [float("nan"), float("nan")]
-    lo, hi = np.percentile(finite, [2.5, 97.5])
+        return list(NO_CI)
+    lo, hi = np.percentile(finite, [100 * tail, 100 * (1 - tail)])
     return [float(lo), float(hi)]
 
 
+def expanded_tail(df: float, widen: float) -> float:
+    """The tail of the expanded percentile interval: the normal tail beyond `widen` times Student's 97.5%
+    point at `df` degrees of freedom (for a mean of n items, df = n - 1 and widen = sqrt(n / (n - 1)),
+    the plug-in variance's shortfall)."""
+    return float(ndtr(-widen * student_t.ppf(1 - TAIL, df)))
+
+
 def mean_ci(values, n_boot: int, rng: np.random.Generator) -> dict:
-    """Mean with a 95% bootstrap CI; {"mean", "ci95", "n"}."""
+    """Mean with a 95% expanded bootstrap CI (none below MIN_ITEMS values); {"mean", "ci95", "n"}."""
     x = np.asarray(values, dtype=np.float64)
-    if x.size == 0:
-        return {"mean": float("nan"), "ci95": [float("nan"), float("nan")], "n": 0}
+    if x.size < MIN_ITEMS:
+        return {"mean": float(x.mean()) if x.size else float("nan"), "ci95": list(NO_CI), "n": int(x.size)}
     idx = rng.integers(0, x.size, size=(n_boot, x.size))
-    return {"mean": float(x.mean()), "ci95": percentile_ci(x[idx].mean(axis=1)), "n": int(x.size)}
+    tail = expanded_tail(x.size - 1, np.sqrt(x.size / (x.size - 1)))
+    return {"mean": float(x.mean()), "ci95": percentile_ci(x[idx].mean(axis=1), tail), "n": int(x.size)}
 
 
 def difference_ci(after, before, n_boot: int, rng: np.random.Generator, paired: bool) -> dict:
-    """mean(after) - mean(before) with a 95% CI; paired resamples item indices shared by both."""
+    """mean(after) - mean(before) with a 95% expanded bootstrap CI (none with fewer than MIN_ITEMS on a side);
+    paired resamples item indices shared by both; unpaired uses Welch's degrees of freedom."""
     a, b = np.asarray(after, dtype=np.float64), np.asarray(before, dtype=np.float64)
-    if a.size == 0 or b.size == 0:
-        return {"mean": float("nan"), "ci95": [float("nan"), float("nan")], "n": 0, "paired": paired}
+    n = int(a.size) if paired else [int(a.size), int(b.size)]
+    if paired and a.size != b.size:
+        raise ValueError(f"a paired difference needs equal sizes, got {a.size} and {b.size}")
+    mean = float(a.mean() - b.mean()) if a.size and b.size else float("nan")
+    if min(a.size, b.size) < MIN_ITEMS:
+        return {"mean": mean, "ci95": list(NO_CI), "n": n if a.size and b.size else 0, "paired": paired}
     if paired:
-        if a.size != b.size:
-            raise ValueError(f"a paired difference needs equal sizes, got {a.size} and {b.size}")
         diff = a - b
-        idx = rng.integers(0, diff.size, size=(n_boot, diff.size))
-        boots = diff[idx].mean(axis=1)
+        boots = diff[rng.integers(0, diff.size, size=(n_boot, diff.size))].mean(axis=1)
+        tail = expanded_tail(diff.size - 1, np.sqrt(diff.size / (diff.size - 1)))
     else:
         boots = a[rng.integers(0, a.size, (n_boot, a.size))].mean(1) - b[
             rng.integers(0, b.size, (n_boot, b.size))
         ].mean(1)
-    return {
-        "mean": float(a.mean() - b.mean()),
-        "ci95": percentile_ci(boots),
-        "n": int(a.size) if paired else [int(a.size), int(b.size)],
-        "paired": paired,
-    }
+        tail = _welch_tail(a, b)
+    return {"mean": mean, "ci95": percentile_ci(boots, tail), "n": n, "paired": paired}
+
+
+def _welch_tail(a: np.ndarray, b: np.ndarray) -> float:
+    """The expanded tail for a difference of two independent means: Welch's degrees of freedom, and the
+    plug-in standard error's shortfall against the unbiased one."""
+    unbiased = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
+    plug_in = a.var() / a.size + b.var() / b.size
+    if plug_in == 0:
+        return TAIL  # no spread at all: every resample is the same difference
+    df = sum(unbiased) ** 2 / (unbiased[0] ** 2 / (a.size - 1) + unbiased[1] ** 2 / (b.size - 1))
+    return expanded_tail(df, np.sqrt(sum(unbiased) / plug_in))
 
 
 def pearson(x: np.ndarray, y: np.ndarray) -> float:

@@ -10,20 +10,20 @@ from welfare_offsets.eval.recovery import recovery
 
 
 def _items(post: dict, base: dict) -> list[dict]:
-    """Four post-dysphoric and four baseline items; a probe's value is a number or one per item."""
+    """Eight post-dysphoric and eight baseline items; a probe's value is a number or one per item."""
 
     def rows(prefix, role, values):
-        per_item = {k: np.broadcast_to(v, 4) for k, v in values.items()}
+        per_item = {k: np.broadcast_to(v, 8) for k, v in values.items()}
         return [
             {"item_id": f"{prefix}{i}", "roles": [role], **{k: float(v[i]) for k, v in per_item.items()}}
-            for i in range(4)
+            for i in range(8)
         ]
 
     return rows("p", "post_dysphoric", post) + rows("b", "baseline", base)
 
 
 def _spread(mean: float, sd: float) -> list[float]:
-    return [mean - sd, mean + sd] * 2  # exactly this mean and (population) sd
+    return [mean - sd, mean + sd] * 4  # exactly this mean and (population) sd
 
 
 def _recovery(before, after, optimised="self_report"):
