@@ -276,6 +276,15 @@ def _summarise(config, chosen, scored: ItemScores, rng) -> dict:
         )
         for target in EMPATHY_TARGETS
     }
+    # The anchor's statistic is one r per model, over every target's non-neutral items together.
+    empathy["all"] = empathy_correlations(
+        [e for target in EMPATHY_TARGETS for e in chosen[f"empathy_{target}"]],
+        scores,
+        primary,
+        f"about any target in split {config.empathy_split!r}",
+        config.bootstrap,
+        rng,
+    )
     zero_point = _zero_point(scored, chosen["baseline"], config.bootstrap, rng)
     checks = validity(scores, config.bootstrap, rng)
     return {

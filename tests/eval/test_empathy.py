@@ -44,3 +44,28 @@ def test_an_empathy_target_without_items_reads_not_measured():
     line = _interpret({}, {"animal": empty})[0]
     assert line.startswith("empathy (animal, self_report): not measured: no non-neutral empathy items")
     assert "no detectable empathy" not in line and "nan" not in line
+
+
+def test_all_targets_pooled_is_the_anchors_one_r_per_model():
+    """Each target's wellbeing follows intensity exactly, at its own offset: r = 1 per target, and the
+    pooled r (the study's statistic) is the correlation over all twelve items together."""
+    from dataclasses import replace
+
+    from welfare_offsets.eval.evaluate import EMPATHY_TARGETS, EvalConfig, ItemScores, _summarise
+
+    def item(target, i):
+        return replace(_exp(f"{target}{i}", i), target=target)
+
+    offsets = {"self": 0.0, "human": 1.0, "animal": -1.0}
+    chosen = {f"empathy_{t}": [item(t, i) for i in (-8, -4, 4, 8)] for t in EMPATHY_TARGETS}
+    chosen["baseline"] = [replace(_exp(f"b{k}", 0), valence="neutral") for k in range(6)]
+    chosen["post_dysphoric"] = [replace(_exp(f"d{k}", -5), valence="dysphoric") for k in range(6)]
+    everything = [e for group in chosen.values() for e in group]
+    score = {e.id: e.intensity / 10 + offsets.get(e.target, 0.0) for e in everything}
+    adherence = {"mean_valid_mass": 0.9, "low_adherence_prompts": 0, "prompts": 30, "threshold": 0.5, "reliable": True}
+    scored = ItemScores(everything, {"self_report": score}, {}, {"self_report": adherence}, {}, [], [], {})
+    empathy = _summarise(EvalConfig(bootstrap=200), chosen, scored, np.random.default_rng(0))["empathy"]
+    assert [empathy[t]["r"] for t in EMPATHY_TARGETS] == [pytest.approx(1.0)] * 3
+    pooled = [e for t in EMPATHY_TARGETS for e in chosen[f"empathy_{t}"]]
+    expected = np.corrcoef([e.intensity for e in pooled], [score[e.id] for e in pooled])[0, 1]
+    assert empathy["all"]["r"] == pytest.approx(expected) and empathy["all"]["n"] == 12 and expected < 0.9
