@@ -34,7 +34,7 @@ from welfare_offsets.eval.subject import check_device
 from welfare_offsets.eval.utilities import measure_pairwise
 from welfare_offsets.eval.validity import describe as describe_validity
 from welfare_offsets.eval.validity import validity
-from welfare_offsets.eval.zero_point import bundle_record, make_bundles, zero_point_estimates
+from welfare_offsets.eval.zero_point import bundle_record, make_bundles, utility_draws, zero_point_estimates
 
 CONDITIONS = ("baseline", "post_dysphoric")
 EMPATHY_TARGETS = ("self", "human", "animal")
@@ -139,6 +139,8 @@ class ItemScores:
     bundles: list[dict]  # the zero point's bundles: id, parts and experienced utility
     samples: list[dict]
     timing: dict[str, float]
+    # Experienced utility's sampling covariance over its comparisons: the items', then the bundles' (zero point).
+    utility_cov: np.ndarray | None = None
 
     def item_rows(self, with_replies: bool) -> list[dict]:
         """One row per experience: its metadata and every probe's score (and its own replies, if asked)."""
@@ -219,6 +221,7 @@ def score_items(config: EvalConfig, subject, items: list[Experience], rng: np.ra
             rng,
             instrument=instrument,
             n_standardised=len(items),
+            covariance=bool(bundles),
         )
         n = len(items)
         scores[probe] = dict(zip(ids, measured.utility[:n].tolist()))
@@ -233,7 +236,8 @@ def score_items(config: EvalConfig, subject, items: list[Experience], rng: np.ra
         timing[f"{probe}_s"] = time.perf_counter() - start
     if scorer.measured:  # which path auto chose for each shape of call, from the batches it timed (eval/scoring.py)
         timing["prefix_reuse_measured"] = [asdict(choice) for choice in scorer.measured.values()]
-    return ItemScores(items, scores, utility_sd, adherence, fits, bundle_rows, samples, timing)
+    utility_cov = measured.cov if bundle_rows else None  # only experienced utility has bundles
+    return ItemScores(items, scores, utility_sd, adherence, fits, bundle_rows, samples, timing, utility_cov)
 
 
 def _adherence(mass: np.ndarray, threshold: float) -> dict:
@@ -329,6 +333,9 @@ def _zero_point(scored: ItemScores, neutral: list[Experience], n_boot: int, rng)
     if "experienced_utility" not in scored.scores:
         return {}
     utility = {**scored.scores["experienced_utility"], **{b["id"]: b["experienced_utility"] for b in scored.bundles}}
+    draws = None
+    if scored.utility_cov is not None:  # utilities in the scores' order: the items', then the bundles'
+        draws = utility_draws(list(utility), np.array(list(utility.values())), scored.utility_cov, n_boot, rng)
     return zero_point_estimates(
         utility,
         neutral_ids=[e.id for e in neutral],
@@ -336,6 +343,7 @@ def _zero_point(scored: ItemScores, neutral: list[Experience], n_boot: int, rng)
         bundles=scored.bundles,
         n_boot=n_boot,
         rng=rng,
+        draws=draws,
     )
 
 

@@ -24,10 +24,14 @@ class ThurstonianFit:
     sigma: np.ndarray  # per-item sd, in the same standardised units
     converged: bool
     negative_log_likelihood: float
+    mu_cov: np.ndarray | None = None  # the sampling covariance of `mu`, where asked for (`covariance`)
 
 
-def fit_thurstonian(n_items: int, pairs: np.ndarray, p_first: np.ndarray, prior: float = 0.01) -> ThurstonianFit:
-    """Fit utilities to comparisons: `pairs[k] = (i, j)` with P(i over j) = `p_first[k]`."""
+def fit_thurstonian(
+    n_items: int, pairs: np.ndarray, p_first: np.ndarray, prior: float = 0.01, *, covariance: bool = False
+) -> ThurstonianFit:
+    """Fit utilities to comparisons: `pairs[k] = (i, j)` with P(i over j) = `p_first[k]`. With `covariance`,
+    also how much the standardised utilities would vary over the comparisons asked (`_sandwich`)."""
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
     p = np.clip(np.asarray(p_first, dtype=np.float64), 0.0, 1.0)
     if len(pairs) != len(p):
@@ -36,27 +40,56 @@ def fit_thurstonian(n_items: int, pairs: np.ndarray, p_first: np.ndarray, prior:
         raise ValueError("a Thurstonian fit needs at least two items and one comparison")
     i, j = pairs[:, 0], pairs[:, 1]
 
-    def objective(theta):
+    def per_pair(theta):
+        """Each comparison's negative log-likelihood and its gradient's parts (by mu_i, mu_j, rho_i, rho_j)."""
         mu, rho = theta[:n_items], theta[n_items:]
         var = np.exp(2 * rho)
         s = np.sqrt(var[i] + var[j])
         d = (mu[i] - mu[j]) / s
         log_cdf_pos, log_cdf_neg = log_ndtr(d), log_ndtr(-d)
         log_pdf = -0.5 * d * d - _LOG_SQRT_2PI
-        nll = -np.sum(p * log_cdf_pos + (1 - p) * log_cdf_neg) + 0.5 * prior * (mu @ mu + rho @ rho)
         dl_dd = p * np.exp(log_pdf - log_cdf_pos) - (1 - p) * np.exp(log_pdf - log_cdf_neg)
-        g_mu = np.zeros(n_items)
-        np.add.at(g_mu, i, -dl_dd / s)
-        np.add.at(g_mu, j, dl_dd / s)
-        g_rho = np.zeros(n_items)
-        np.add.at(g_rho, i, dl_dd * d * var[i] / s**2)
-        np.add.at(g_rho, j, dl_dd * d * var[j] / s**2)
-        return nll, np.concatenate([g_mu + prior * mu, g_rho + prior * rho])
+        parts = (-dl_dd / s, dl_dd / s, dl_dd * d * var[i] / s**2, dl_dd * d * var[j] / s**2)
+        return -(p * log_cdf_pos + (1 - p) * log_cdf_neg), parts
+
+    def objective(theta):
+        mu, rho = theta[:n_items], theta[n_items:]
+        nll, (g_mu_i, g_mu_j, g_rho_i, g_rho_j) = per_pair(theta)
+        g_mu = np.bincount(i, g_mu_i, n_items) + np.bincount(j, g_mu_j, n_items)
+        g_rho = np.bincount(i, g_rho_i, n_items) + np.bincount(j, g_rho_j, n_items)
+        penalty = 0.5 * prior * (mu @ mu + rho @ rho)
+        return nll.sum() + penalty, np.concatenate([g_mu + prior * mu, g_rho + prior * rho])
 
     result = minimize(objective, np.zeros(2 * n_items), jac=True, method="L-BFGS-B", options={"maxiter": 2000})
     mu, sigma = result.x[:n_items], np.exp(result.x[n_items:])
     scale = mu.std() if mu.std() > 0 else 1.0
-    return ThurstonianFit((mu - mu.mean()) / scale, sigma / scale, bool(result.success), float(result.fun))
+    mu_cov = None
+    if covariance:
+        centring = np.eye(n_items) - 1.0 / n_items
+        raw = _sandwich(result.x, lambda theta: objective(theta)[1], per_pair(result.x)[1], i, j, n_items)
+        mu_cov = centring @ raw @ centring / scale**2
+    return ThurstonianFit((mu - mu.mean()) / scale, sigma / scale, bool(result.success), float(result.fun), mu_cov)
+
+
+def _sandwich(theta: np.ndarray, gradient, parts, i: np.ndarray, j: np.ndarray, n_items: int) -> np.ndarray:
+    """The covariance of the fitted mu over resamples of the comparisons, H^-1 (sum of g g^T) H^-1 (the
+    sandwich, or infinitesimal jackknife), with g each comparison's gradient and H the Hessian of the whole
+    objective (central differences of its gradient). It asks nothing of the likelihood's scale, which
+    soft outcomes (probabilities, not sampled choices) leave undefined, and it still holds where the
+    subject's preferences are not exactly Thurstonian."""
+    size, rows = len(theta), np.arange(len(i))
+    per_pair = np.zeros((len(i), size))
+    for columns, values in zip((i, j, n_items + i, n_items + j), parts):
+        per_pair[rows, columns] += values
+    step = 1e-5
+    hessian = np.empty((size, size))
+    for k in range(size):
+        shift = np.zeros(size)
+        shift[k] = step
+        hessian[:, k] = (gradient(theta + shift) - gradient(theta - shift)) / (2 * step)
+    hessian = 0.5 * (hessian + hessian.T)
+    bread = np.linalg.solve(hessian, per_pair.T)  # H^-1 G^T
+    return (bread @ bread.T)[:n_items, :n_items]
 
 
 def predicted_first(fit: ThurstonianFit, pairs: np.ndarray) -> np.ndarray:

@@ -69,6 +69,7 @@ class PairwiseUtilities:
     info: dict
     samples: list[dict]
     mass: np.ndarray  # probability on the two answer labels, per prompt
+    cov: np.ndarray | None = None  # the sampling covariance of `utility` over the comparisons, if asked for
 
 
 def measure_pairwise(
@@ -82,13 +83,15 @@ def measure_pairwise(
     n_standardised: int | None = None,
     keep_going: Callable[[], bool] | None = None,
     step_pairs: int = 32,
+    covariance: bool = False,
 ) -> PairwiseUtilities:
     """Ask `probe` (experienced or decision utility) about pairs of `items` and fit utilities.
 
     Utilities are standardised (mean 0, sd 1) over the first `n_standardised` items (default: all), so
     extra items compared in the same design (bundles for the zero point, a session's episodes) do not move
     the scale of the experiences themselves. With `keep_going`, the pairs are asked `step_pairs` at a time
-    and `keep_going()` is asked before each step; on False, DesignStopped is raised.
+    and `keep_going()` is asked before each step; on False, DesignStopped is raised. With `covariance`, the
+    result carries how much the utilities vary over the comparisons asked (thurstonian.py `_sandwich`).
     """
     n = len(items)
     n_random, n_active, n_heldout = design.sizes(n)
@@ -125,18 +128,20 @@ def measure_pairwise(
         observed.update(zip(pairs, P.preference_probability(p_a[0::2], p_a[1::2]).tolist()))
 
     ask(fitted + heldout, "random design")
-    fit = _fit(n, fitted, observed)
     per_round = [
         n_active // design.active_rounds + (r < n_active % design.active_rounds) for r in range(design.active_rounds)
     ]
+    fit = _fit(n, fitted, observed, covariance=covariance and not any(per_round))
     for r, size in enumerate(per_round):
         new = active_pairs(fit, set(observed), size) if size else []
         if not new:
             continue
         ask(new, f"active round {r + 1}")
         fitted += new
-        fit = _fit(n, fitted, observed)
+        fit = _fit(n, fitted, observed, covariance=covariance and r == len(per_round) - 1)
 
+    if covariance and fit.mu_cov is None:  # the last round asked nothing new: its fit is an earlier one
+        fit = _fit(n, fitted, observed, covariance=True)
     k = n if n_standardised is None else n_standardised
     centre, scale = fit.mu[:k].mean(), fit.mu[:k].std() or 1.0
     info = {
@@ -152,11 +157,15 @@ def measure_pairwise(
         "sigma_mean": float(np.mean(fit.sigma[:k] / scale)),
         **_heldout_check(fit, heldout, observed),
     }
-    return PairwiseUtilities((fit.mu - centre) / scale, fit.sigma / scale, info, samples, np.concatenate(masses))
+    cov = None
+    if fit.mu_cov is not None:  # restandardised as the utilities are: centred on the first k, in their sd
+        centring = np.eye(n) - np.outer(np.ones(n), np.arange(n) < k) / k
+        cov = centring @ fit.mu_cov @ centring.T / scale**2
+    return PairwiseUtilities((fit.mu - centre) / scale, fit.sigma / scale, info, samples, np.concatenate(masses), cov)
 
 
-def _fit(n: int, pairs: list[tuple[int, int]], observed: dict) -> ThurstonianFit:
-    return fit_thurstonian(n, np.array(pairs), np.array([observed[p] for p in pairs]))
+def _fit(n: int, pairs: list[tuple[int, int]], observed: dict, covariance: bool = False) -> ThurstonianFit:
+    return fit_thurstonian(n, np.array(pairs), np.array([observed[p] for p in pairs]), covariance=covariance)
 
 
 def _heldout_check(fit: ThurstonianFit, heldout: list[tuple[int, int]], observed: dict) -> dict:

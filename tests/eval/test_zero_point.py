@@ -192,3 +192,47 @@ def test_a_subject_without_preferences_has_no_combination_fit_and_the_reason_say
         assert "no preference between experiences" in estimates["chosen"]["reason"]
     draws, info = zero_point_draws(flat, neutral, bundles, 50, np.random.default_rng(2))
     assert info["estimator"] == "neutral_mean" and "no preference" in info["reason"]
+
+
+def test_the_combination_ci_carries_the_utilities_own_uncertainty():
+    """Utilities fitted from noisy comparisons (the subject not exactly Thurstonian), then the zero point:
+    the CI from bundle resamples and utility draws (the fit's sandwich covariance) covers the planted zero,
+    mapped onto the fitted scale, in nearly every seeded run (16 of 16). Resampling the bundles alone
+    covered 11 of these 16: it treated every fitted utility as exact."""
+    from scipy.special import expit, logit, ndtr
+
+    from welfare_offsets.eval.thurstonian import connected_design, fit_thurstonian
+    from welfare_offsets.eval.zero_point import utility_draws
+
+    covered = []
+    for seed in range(16):
+        rng = np.random.default_rng(100 + seed)
+        items = [experience(i) for i in range(40)]
+        u = rng.normal(size=40)
+        bundles = make_bundles(items, 24, rng)
+        u_all = np.concatenate([u, [combination(u[[int(p[1:]) for p in b.parts]]) for b in bundles]])
+        n = len(u_all)
+        pairs = np.array(connected_design(n, int(2 * n * np.log2(n)), rng))
+        p = ndtr((u_all[pairs[:, 0]] - u_all[pairs[:, 1]]) / np.sqrt(2))
+        p = expit(logit(p) + rng.normal(0, 1.0, len(p)))
+        fit = fit_thurstonian(n, pairs, p, covariance=True)
+        centre, scale = fit.mu[:40].mean(), fit.mu[:40].std()
+        mu = (fit.mu - centre) / scale
+        k = np.arange(n) < 40
+        centring = np.eye(n) - np.outer(np.ones(n), k) / 40
+        cov = centring @ fit.mu_cov @ centring.T / scale**2
+        ids = [e.id for e in items] + [b.id for b in bundles]
+        slope, intercept = np.polyfit(u, mu[:40], 1)  # the planted zero on the fitted scale
+        draws = utility_draws(ids, mu, cov, 300, rng)
+        out = zero_point_estimates(
+            dict(zip(ids, mu.tolist())),
+            neutral_ids=[],
+            self_report=None,
+            bundles=[bundle_record(b) for b in bundles],
+            n_boot=300,
+            rng=rng,
+            draws=draws,
+        )
+        lo, hi = out["combination"]["ci95"]
+        covered.append(lo <= intercept + slope * TRUE_C <= hi)
+    assert np.mean(covered) >= 0.9, covered
