@@ -382,13 +382,10 @@ def _interpret(probes_out: dict, empathy: dict) -> list[str]:
         if res["r"] is None:
             lines.append(f"empathy ({target}, {res['probe']}): not measured: {res['reason']}.")
             continue
-        if excludes_zero(res["ci95"]):
-            verdict = "CI excludes 0" + _caveat(probes_out[res["probe"]])
-        else:
-            verdict = "CI includes 0: no detectable empathy"
+        verdict = "CI excludes 0" if excludes_zero(res["ci95"]) else "CI includes 0: no detectable empathy"
         lines.append(
             f"empathy ({target}, {res['probe']}): r = {res['r']:+.2f}, 95% CI [{res['ci95'][0]:+.2f}, "
-            f"{res['ci95'][1]:+.2f}] over {res['n']} non-neutral items ({verdict})."
+            f"{res['ci95'][1]:+.2f}] over {res['n']} non-neutral items ({verdict}).{_caveat(probes_out[res['probe']])}"
         )
     return lines
 

@@ -49,6 +49,13 @@ def _ed25519():
     return ed25519
 
 
+def _serialization():
+    _ed25519()  # the same clear error where cryptography is missing
+    from cryptography.hazmat.primitives import serialization
+
+    return serialization
+
+
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
@@ -82,8 +89,7 @@ class SigningKey:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> SigningKey:
-        from cryptography.hazmat.primitives import serialization
-
+        serialization = _serialization()
         ed25519 = _ed25519()
         where = Path(path).expanduser()
         try:
@@ -123,8 +129,7 @@ class SigningTransaction:
 
 
 def _public_text(public_key) -> str:
-    from cryptography.hazmat.primitives import serialization
-
+    serialization = _serialization()
     raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return _b64(raw)
 
@@ -132,8 +137,7 @@ def _public_text(public_key) -> str:
 def generate_key(path: str | os.PathLike) -> str:
     """Write a new private key to `path` (mode 0600; an existing path is never replaced) and return its
     public key, for the auditor's keyring."""
-    from cryptography.hazmat.primitives import serialization
-
+    serialization = _serialization()
     key = _ed25519().Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     where = Path(path).expanduser()
@@ -142,6 +146,8 @@ def generate_key(path: str | os.PathLike) -> str:
     except FileExistsError:
         raise LedgerError(f"{where} exists; a key is never overwritten: choose another path") from None
     except OSError as err:
+        if not where.parent.is_dir():
+            raise LedgerError(f"{where}: its folder {where.parent} does not exist; create it first") from None
         raise LedgerError(f"{where}: cannot write the key ({err.strerror})") from None
     with os.fdopen(fd, "wb") as out:
         out.write(pem)

@@ -263,3 +263,21 @@ def test_the_writer_s_key_is_loaded_only_to_write(tmp_path, monkeypatch, capsys)
     monkeypatch.delenv("WELFARE_LEDGER_KEY")
     assert ledger_cli(["verify", "--ledger", ledger]) == 0
     assert "1 unsigned" in capsys.readouterr().out  # the refused fund left nothing behind
+
+
+def test_without_cryptography_keys_are_refused_with_how_to_install(tmp_path, monkeypatch):
+    """The signing extra is optional: without it, making or loading a key says what to install (exit 2 at
+    the command line), never an internal error."""
+    import sys
+
+    for name in [m for m in sys.modules if m == "cryptography" or m.startswith("cryptography.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "cryptography", None)  # import cryptography... raises ImportError
+    with pytest.raises(LedgerError, match="need the `cryptography` package"):
+        generate_key(tmp_path / "alice.pem")
+    assert not (tmp_path / "alice.pem").exists()
+
+
+def test_a_key_in_a_folder_that_does_not_exist_says_so(tmp_path):
+    with pytest.raises(LedgerError, match="its folder .* does not exist; create it first"):
+        generate_key(tmp_path / "missing" / "alice.pem")
