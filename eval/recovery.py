@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from welfare_offsets.eval.stats import MIN_ITEMS, NO_CI, expanded_tail, percentile_ci
+from welfare_offsets.eval.stats import MIN_ITEMS, NO_CI, mean_tail, percentile_ci
 
 BETTER = {"self_report": 1.0, "experienced_utility": 1.0, "decision_utility": 1.0, "stop": -1.0}  # sign of "better"
 RELATIVE_TO_BASELINE = {"experienced_utility", "decision_utility"}
@@ -74,9 +74,7 @@ def recovery(
     point = stats(np.arange(len(post)), np.arange(len(base)))
     boots = [stats(rng.integers(0, len(post), len(post)), rng.integers(0, len(base), len(base))) for _ in range(n_boot)]
 
-    # The expanded interval of eval/stats.py, for the smaller of the two item sets (none below MIN_ITEMS).
-    fewest = min(len(post), len(base))
-    tail = expanded_tail(fewest - 1, np.sqrt(fewest / (fewest - 1))) if fewest >= MIN_ITEMS else None
+    tail = mean_tail(min(len(post), len(base)))  # eval/stats.py's expanded interval, for the smaller item set
 
     def estimate(statistic) -> dict:
         replicates = np.array([statistic(b) for b in boots])

@@ -217,6 +217,7 @@ class NextTokenScorer:
         flat = [i for ids in label_ids for i in ids]
         token_lists = [self._prompt_tokens(i, p) for i, p in enumerate(prompts)]
         picked = torch.stack(self.next_token_logprobs(token_lists, groups, desc=desc, keep=[flat] * len(prompts)))
+        _refuse_non_finite(picked, len(prompts))
         out = np.zeros((len(prompts), len(labels)), dtype=np.float64)
         start = 0
         for j, ids in enumerate(label_ids):  # exp in float64: a label at log-probability -120 is not 0
@@ -252,9 +253,10 @@ class NextTokenScorer:
                 targets.append([target])
                 row_groups.append(groups[i] if groups is not None else ("__prompt__", i))
                 owner.append(i)
-        picked = self.next_token_logprobs(rows, row_groups, desc=desc, keep=targets)
+        picked = torch.cat(self.next_token_logprobs(rows, row_groups, desc=desc, keep=targets))
+        _refuse_non_finite(picked, len(prompts))
         out = np.zeros(len(prompts), dtype=np.float64)
-        np.add.at(out, owner, torch.cat(picked).double().numpy())
+        np.add.at(out, owner, picked.double().numpy())
         return out
 
     def _prompt_tokens(self, index: int, prompt: str) -> list[int]:
@@ -282,9 +284,7 @@ class NextTokenScorer:
         ):
             call = _Call(token_lists, groups, keep, [None] * len(token_lists), bar)
             self.last_choice = self._score(call)
-        results = torch.stack(call.results) if keep is None else call.results
-        _refuse_non_finite(results if keep is None else torch.cat(results), len(token_lists))
-        return results  # type: ignore[return-value]
+        return torch.stack(call.results) if keep is None else call.results  # type: ignore[arg-type]
 
     # -- choosing the path --------------------------------------------------------------------------
 

@@ -41,14 +41,23 @@ def expanded_tail(df: float, widen: float) -> float:
     return float(ndtr(-widen * student_t.ppf(1 - TAIL, df)))
 
 
-def mean_ci(values, n_boot: int, rng: np.random.Generator) -> dict:
-    """Mean with a 95% expanded bootstrap CI (none below MIN_ITEMS values); {"mean", "ci95", "n"}."""
+def mean_tail(n: int) -> float | None:
+    """The expanded tail for a mean of n items (df n - 1, widened by sqrt(n / (n - 1))), or None below
+    MIN_ITEMS: no interval."""
+    return expanded_tail(n - 1, np.sqrt(n / (n - 1))) if n >= MIN_ITEMS else None
+
+
+def mean_ci(values, n_boot: int, rng: np.random.Generator, draws: np.ndarray | None = None) -> dict:
+    """Mean with a 95% expanded bootstrap CI (none below MIN_ITEMS values); {"mean", "ci95", "n"}. With
+    `draws` ([n_boot, len(values)]: the values as other measurements might have given them), replicate b
+    resamples the items of draw b, so the CI carries the values' own uncertainty too."""
     x = np.asarray(values, dtype=np.float64)
-    if x.size < MIN_ITEMS:
+    tail = mean_tail(x.size)
+    if tail is None:
         return {"mean": float(x.mean()) if x.size else float("nan"), "ci95": list(NO_CI), "n": int(x.size)}
     idx = rng.integers(0, x.size, size=(n_boot, x.size))
-    tail = expanded_tail(x.size - 1, np.sqrt(x.size / (x.size - 1)))
-    return {"mean": float(x.mean()), "ci95": percentile_ci(x[idx].mean(axis=1), tail), "n": int(x.size)}
+    replicates = (x[idx] if draws is None else np.take_along_axis(draws, idx, axis=1)).mean(axis=1)
+    return {"mean": float(x.mean()), "ci95": percentile_ci(replicates, tail), "n": int(x.size)}
 
 
 def difference_ci(after, before, n_boot: int, rng: np.random.Generator, paired: bool) -> dict:
@@ -64,7 +73,7 @@ def difference_ci(after, before, n_boot: int, rng: np.random.Generator, paired: 
     if paired:
         diff = a - b
         boots = diff[rng.integers(0, diff.size, size=(n_boot, diff.size))].mean(axis=1)
-        tail = expanded_tail(diff.size - 1, np.sqrt(diff.size / (diff.size - 1)))
+        tail = mean_tail(diff.size)
     else:
         boots = a[rng.integers(0, a.size, (n_boot, a.size))].mean(1) - b[
             rng.integers(0, b.size, (n_boot, b.size))

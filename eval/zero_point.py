@@ -29,7 +29,7 @@ from scipy.special import expit
 
 from welfare_offsets.eval.experiences import Experience
 from welfare_offsets.eval.probes import SR_NEUTRAL, _joined
-from welfare_offsets.eval.stats import MIN_ITEMS, excludes_zero, expanded_tail, mean_ci, percentile_ci
+from welfare_offsets.eval.stats import excludes_zero, mean_ci, percentile_ci
 
 R2_RELIABLE = 0.4  # the anchor's bar: below it the combination model does not describe the bundles
 MIN_BUNDLES = 20  # four parameters fitted to a handful of bundles reach r^2 0.4 by chance
@@ -362,9 +362,7 @@ def zero_point_estimates(
     neutral_ids = [i for i in neutral_ids if i in utility]
     if neutral_ids:
         values = [utility[i] for i in neutral_ids]
-        out["neutral_mean"] = (
-            mean_ci(values, n_boot, rng) if draws is None else _drawn_mean(values, draws.of(neutral_ids), rng)
-        )
+        out["neutral_mean"] = mean_ci(values, n_boot, rng, None if draws is None else draws.of(neutral_ids))
     if self_report:
         ids = sorted(set(utility) & set(self_report))
         if len(ids) >= MIN_SELF_REPORTS:
@@ -376,16 +374,6 @@ def zero_point_estimates(
         out["combination"] = combination[0]
     out["chosen"] = chosen_zero_point(out.get("combination"), out.get("neutral_mean"))
     return out
-
-
-def _drawn_mean(values: list[float], drawn: np.ndarray, rng) -> dict:
-    """mean_ci's numbers, each replicate the mean of a resample of the items in one draw of their utilities."""
-    if len(values) < MIN_ITEMS:
-        return mean_ci(values, len(drawn), rng)
-    picks = rng.integers(0, len(values), drawn.shape)
-    replicates = np.take_along_axis(drawn, picks, axis=1).mean(axis=1)
-    tail = expanded_tail(len(values) - 1, np.sqrt(len(values) / (len(values) - 1)))
-    return {"mean": float(np.mean(values)), "ci95": percentile_ci(replicates, tail), "n": len(values)}
 
 
 def zero_point_draws(

@@ -47,3 +47,13 @@ def test_a_subject_that_prefers_nothing_is_no_reading_and_its_zero_point_says_wh
     )
     assert "no preference between experiences" in results["zero_point"]["chosen"]["reason"]
     assert results["probes"]["self_report"]["reading"] == {"reliable": True, "reasons": []}
+
+
+def test_a_result_written_before_readings_is_judged_by_its_adherence():
+    """A session resumed on an earlier evaluation's results.json, which has no `reading`, still says
+    whether each probe was reliable."""
+    assert E.reliable_reading({"adherence": {"reliable": False}}) is False
+    assert E.reliable_reading({"adherence": {"reliable": True}}) is True
+    assert (
+        E.reliable_reading({"adherence": {"reliable": True}, "reading": {"reliable": False, "reasons": ["x"]}}) is False
+    )

@@ -36,3 +36,14 @@ def test_too_few_items_get_no_interval_but_keep_their_mean():
     delta = difference_ci(np.ones(20), few, 100, rng, paired=False)
     assert delta["mean"] == pytest.approx(1.0 - few.mean()) and np.isnan(delta["ci95"]).all()
     assert delta["n"] == [20, MIN_ITEMS - 1]
+
+
+def test_draws_of_the_values_widen_a_mean_ci_by_their_own_uncertainty():
+    """Draws equal to the values change nothing; draws that vary (values measured with error) widen it."""
+    x = np.random.default_rng(1).normal(size=20)
+    plain = mean_ci(x, 1000, np.random.default_rng(2))
+    assert mean_ci(x, 1000, np.random.default_rng(2), np.tile(x, (1000, 1))) == plain
+    noisy = x + np.random.default_rng(3).normal(0, 1.0, (1000, 20))
+    drawn = mean_ci(x, 1000, np.random.default_rng(2), noisy)
+    assert drawn["mean"] == plain["mean"]
+    assert np.diff(drawn["ci95"])[0] > 1.2 * np.diff(plain["ci95"])[0]
